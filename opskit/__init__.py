@@ -1,0 +1,8 @@
+"""opskit: keeps PostgreSQL data safe and recoverable."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("opskit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,131 @@
+"""The ``opskit`` command line: a click group, error mapping and the shared context.
+
+Each verb lives in its own module under ``opskit/cli/`` and stays thin: parse options,
+call ``opskit.actions.<verb>.run(ctx, ...)``, render the result. Errors are mapped to exit
+codes here, once: an OpskitError prints one line and exits with its code; anything else
+is a bug (exit 1) and ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from opskit import __version__
+from opskit.config import load_config
+from opskit.context import AppContext
+from opskit.errors import OpskitError
+from opskit.log import configure_logging, redact_text
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Submodules that add commands to the group; each defines `register(group)`.
+COMMAND_MODULES = (
+    "opskit.cli.backup",
+    "opskit.cli.restore",
+    "opskit.cli.keygen",
+    "opskit.cli.copy",
+    "opskit.cli.prune",
+    "opskit.cli.status",
+    "opskit.cli.migrate",
+    "opskit.cli.drill",
+    "opskit.cli.runbook",
+    "opskit.cli.daemon",
+    "opskit.cli.metrics",
+    "opskit.cli.config_check",
+)
+
+
+class LazyContext:
+    """Holds global options; loads the config only when a command first asks for it."""
+
+    def __init__(self, config_path: str | None, debug: bool) -> None:
+        self.config_path = config_path
+        self.debug = debug
+        self._app: AppContext | None = None
+
+    @property
+    def app(self) -> AppContext:
+        """Return the AppContext, loading and validating the config on first use."""
+        if self._app is None:
+            config = load_config(self.config_path)
+            self._app = AppContext(config=config, interactive=sys.stdin.isatty() and sys.stderr.isatty(), debug=self.debug)
+        return self._app
+
+
+def pass_app(func: F) -> F:
+    """Decorator: call the command with the AppContext as its first argument."""
+
+    @click.pass_obj
+    def wrapper(obj: LazyContext, *args: Any, **kwargs: Any) -> Any:
+        return func(obj.app, *args, **kwargs)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return click.decorators.update_wrapper(wrapper, func)  # type: ignore[attr-defined,no-any-return]
+
+
+class OpskitGroup(click.Group):
+    """A click group that turns OpskitError into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OpskitError as exc:
+            debug = bool(getattr(ctx.obj, "debug", False))
+            if debug:
+                traceback.print_exc()
+            click.echo(f"opskit: error: {redact_text(exc.one_line())}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("opskit: interrupted; nothing was committed for the run in progress", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            debug = bool(getattr(ctx.obj, "debug", False))
+            if debug:
+                traceback.print_exc()
+            click.echo(
+                f"opskit: unexpected error: {type(exc).__name__}: {redact_text(str(exc))}; "
+                "run again with --debug for the traceback and report it",
+                err=True,
+            )
+            sys.exit(1)
+
+
+@click.group(cls=OpskitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="FILE", help="Config file (default: $OPSKIT_CONFIG, ./opskit.toml).")
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
+              help="Log format on stderr: console on a terminal, JSON otherwise.")
+@click.version_option(__version__, prog_name="opskit")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: str) -> None:
+    """Keep PostgreSQL data safe and recoverable: backups, restores, migrations, drills.
+
+    Exit codes: 0 ok, 1 unexpected error, 2 usage/config error, 3 target or storage
+    unreachable, 4 backup/restore failed, 5 verification or drill check failed,
+    6 objective breached, 7 lock held by another run.
+    """
+    configure_logging(debug=debug, json_logs=None if log_format == "auto" else log_format == "json")
+    ctx.obj = LazyContext(config_path, debug)
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # a verb not built yet
+            raise
+        module.register(main)
+
+
+_register()

@@ -1,0 +1,92 @@
+"""The storage contract every backend implements.
+
+Keys are relative to the storage's own prefix (the path part of its URL) and always use
+``/``. A writer commits on a clean exit of its ``with`` block and aborts on an exception,
+leaving nothing visible under the key; that is what lets the manifest, written last, be
+the only marker of a complete backup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol, runtime_checkable
+
+# Chunk size used by every streaming stage: large enough for throughput, small enough
+# that memory never grows with the database (ARCHITECTURE.md: 1-16 MiB).
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key (relative to the storage prefix), size in bytes and mtime (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What opskit needs from a place that keeps objects.
+
+    Every method raises :class:`opskit.errors.StorageError` (or ``ObjectNotFound``)
+    after bounded retries; library exceptions never escape a backend module.
+    """
+
+    name: str
+    url: str
+    kind: str  # "file", "s3", "gs", "az": used for the 3-2-1 "two kinds of storage" check
+
+    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """Return a context manager yielding a writable stream; commit on clean exit, abort on error."""
+        ...
+
+    def reader(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """Return a context manager yielding a readable stream of the object's bytes."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix`` (all pages), in no set order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete the object; deleting a missing object is not an error."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Return True when an object is stored under ``key``."""
+        ...
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a small probe object.
+
+        Raises UnreachableError naming the storage and the cause (missing bucket, bad
+        credentials, read-only credential, permission denied).
+        """
+        ...
+
+
+@runtime_checkable
+class ServerSideCopy(Protocol):
+    """Optional: copy an object from another storage of the same provider without streaming it."""
+
+    def copy_from(self, source: Storage, key: str) -> bool:
+        """Copy ``key`` from ``source`` to the same key here; return False when not possible."""
+        ...
+
+
+@runtime_checkable
+class IncompleteUploads(Protocol):
+    """Optional: list and abort uploads that were started and never completed (S3 multipart)."""
+
+    def abort_incomplete_uploads(self, prefix: str, older_than: datetime, dry_run: bool) -> list[str]:
+        """Abort incomplete uploads under ``prefix`` started before ``older_than``; return their keys."""
+        ...
+
+
+def join_key(*parts: str) -> str:
+    """Join key parts with single slashes, ignoring empty parts."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))

@@ -1,0 +1,180 @@
+"""Local-disk storage (``file:///var/backups/opskit``).
+
+A writer streams into a hidden temporary file in the destination directory, fsyncs it and
+renames it into place on success, so a crash never leaves a partial object under its
+final name. Temporary files (``.opskit-tmp-*``) are invisible to ``list`` and are swept by
+``prune`` like any other leftover.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from opskit.errors import ConfigError, ObjectNotFound, StorageError, UnreachableError
+from opskit.storage.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from opskit.config import StorageConfig
+
+TEMP_PREFIX = ".opskit-tmp-"
+
+
+def root_from_url(url: str) -> Path:
+    """Return the directory a ``file://`` URL names (``file:///abs`` or ``file://./relative``)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise ConfigError(f"not a file:// URL: {url}")
+    # file://./backups and file://backups are relative paths; file:///x is absolute.
+    path = unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
+    if not path:
+        raise ConfigError(f"file:// URL has no path: {url}")
+    return Path(path)
+
+
+def _storage_error(action: str, key: str, exc: OSError, name: str) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(
+            f"storage '{name}': no space left on device while {action} '{key}'",
+            hint="free space on the backup volume or point the storage elsewhere; nothing was committed",
+        )
+    return StorageError(f"storage '{name}': {action} '{key}' failed: {exc.strerror or exc}")
+
+
+class LocalStorage:
+    """Objects as files under a root directory."""
+
+    kind = "file"
+
+    def __init__(self, name: str, url: str, root: Path) -> None:
+        self.name = name
+        self.url = url
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        clean = key.strip("/")
+        if not clean or ".." in clean.split("/"):
+            raise StorageError(f"storage '{self.name}': invalid object key '{key}'")
+        return self.root / clean
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """Yield a file open for writing; rename it to ``key`` on success, delete it on error."""
+        final = self._path(key)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f"{TEMP_PREFIX}{final.name}.{secrets.token_hex(4)}"
+            handle = open(tmp, "xb")  # noqa: SIM115 - closed below on every path
+        except OSError as exc:
+            raise _storage_error("creating", key, exc, self.name) from exc
+        try:
+            yield handle  # type: ignore[misc]
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except BaseException as exc:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _storage_error("writing", key, exc, self.name) from exc
+            raise
+
+    @contextmanager
+    def reader(self, key: str) -> Iterator[BinaryIO]:
+        """Yield the object's file open for reading."""
+        path = self._path(key)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise ObjectNotFound(f"storage '{self.name}' has no object '{key}'") from None
+        except OSError as exc:
+            raise _storage_error("reading", key, exc, self.name) from exc
+        with handle:
+            yield handle  # type: ignore[misc]
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every committed file under the root whose key starts with ``prefix``."""
+        if not self.root.is_dir():
+            return
+        # Walk only the deepest directory the prefix names, not the whole tree.
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not start.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(start):
+            for filename in filenames:
+                path = Path(dirpath) / filename
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def delete(self, key: str) -> None:
+        """Delete the file (and the directories left empty by it, up to the root)."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _storage_error("deleting", key, exc, self.name) from exc
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def exists(self, key: str) -> bool:
+        """Return True when the file exists."""
+        return self._path(key).is_file()
+
+    def check_writable(self) -> None:
+        """Create the root if needed, then write, read and delete a probe file."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnreachableError(
+                f"storage '{self.name}' ({self.url}) cannot be created: {exc.strerror or exc}",
+                hint="create the directory or fix its permissions",
+            ) from exc
+        probe = f".opskit-probe-{secrets.token_hex(4)}"
+        try:
+            with self.writer(probe) as out:
+                out.write(b"probe")
+            with self.reader(probe) as inp:
+                inp.read()
+            self.delete(probe)
+        except StorageError as exc:
+            raise UnreachableError(
+                f"storage '{self.name}' ({self.url}) is not writable: {exc.message}",
+                hint="fix the directory's permissions or free space",
+            ) from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_storage(config: StorageConfig) -> LocalStorage:
+    """Return the local storage a ``file://`` config names."""
+    return LocalStorage(config.name, config.url, root_from_url(config.url))
