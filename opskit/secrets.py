@@ -93,6 +93,26 @@ class SecretRef:
         """Return True when the value was written into the config as plain text."""
         return self.scheme == "literal"
 
+    def problem(self) -> str | None:
+        """Return why the reference is malformed (for a config error), or None when it is well formed.
+
+        Checks the shape only; nothing is read or fetched.
+        """
+        scheme = self.scheme
+        _, _, rest = self.reference.partition(":")
+        if scheme == "env" and not rest.strip():
+            return "names no environment variable (use 'env:NAME')"
+        if scheme == "file" and not rest.strip():
+            return "names no file (use 'file:/run/secrets/NAME')"
+        if scheme in CLOUD_SCHEMES:
+            from opskit import secret_managers
+
+            try:
+                secret_managers.parse(self.reference)
+            except ConfigError as exc:
+                return exc.message
+        return None
+
     def resolve(self) -> Secret:
         """Resolve the reference once per process and return the secret.
 
@@ -141,3 +161,9 @@ def clear_cache() -> None:
     """Forget every resolved secret (tests, and the daemon between config reloads)."""
     with _cache_lock:
         _cache.clear()
+
+
+def resolved_values() -> frozenset[str]:
+    """Return the plain values of every secret resolved so far (to keep them out of child environments)."""
+    with _cache_lock:
+        return frozenset(secret.reveal() for secret in _cache.values() if secret.reveal())

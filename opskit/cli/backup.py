@@ -1,0 +1,106 @@
+"""``opskit backup now`` and ``opskit backup list`` (pin, unpin and verify are added by backup_extra)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from opskit.actions import backup as backup_action
+from opskit.catalog import Manifest, format_time, list_backups
+from opskit.cli import pass_app
+from opskit.cli.render import echo_json, echo_table
+from opskit.context import AppContext
+from opskit.errors import CopyFailed
+from opskit.units import format_duration, format_size
+
+
+@click.group("backup")
+def backup_group() -> None:
+    """Take, list, verify and pin backups."""
+
+
+@backup_group.command("now")
+@click.option("--target", "-t", help="Target to back up (default: the only one).")
+@click.option("--all", "all_targets", is_flag=True, help="Back up every target that is not a staging target.")
+@click.option("--label", "labels", multiple=True, help="Label recorded in the manifest (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@pass_app
+def backup_now(app: AppContext, target: str | None, all_targets: bool, labels: tuple[str, ...], as_json: bool) -> None:
+    """Take a consistent backup now: pg_dump streamed through zstd [and age] into the storages."""
+    if all_targets and target:
+        raise click.UsageError("--target and --all exclude each other")
+    if all_targets:
+        results, errors = backup_action.run_all(app, labels)
+    else:
+        results, errors = [backup_action.run(app, target=target, labels=labels)], {}
+    if as_json:
+        docs = [r.manifest.to_dict() | {"copies": r.copies} for r in results]
+        echo_json(docs if all_targets else docs[0])
+    else:
+        for result in results:
+            click.echo(_summary(result))
+    failed_copies = [(r.manifest.target, name, err) for r in results for name, err in r.failed_copies.items()]
+    for target_name, error in errors.items():
+        click.echo(f"opskit: error: backup of target '{target_name}' failed: {error.one_line()}", err=True)
+    for target_name, storage, error in failed_copies:
+        click.echo(f"backup ok, copy to '{storage}' failed (target '{target_name}'): {error}", err=True)
+    if errors:
+        sys.exit(max(e.exit_code for e in errors.values()))
+    if failed_copies:
+        sys.exit(CopyFailed.exit_code)
+
+
+def _summary(result: backup_action.BackupResult) -> str:
+    m = result.manifest
+    dump = m.artifact("db")
+    seconds = (m.finished_at - m.started_at).total_seconds()
+    copies = "".join(f", copied to '{name}'" for name, err in result.copies.items() if err is None)
+    encrypted = ", encrypted" if m.encrypted else ""
+    return (
+        f"backup {m.id} of target '{m.target}' committed to '{result.storage}'{copies}: "
+        f"{format_size(m.size)} stored ({format_size(dump.plain_size)} dump{encrypted}), "
+        f"{len(m.tables)} tables, {seconds:.1f} s"
+    )
+
+
+@backup_group.command("list")
+@click.option("--target", "-t", help="Only this target (default: every target).")
+@click.option("--storage", "-s", help="Storage to list (default: each target's primary).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
+@pass_app
+def backup_list(app: AppContext, target: str | None, storage: str | None, as_json: bool) -> None:
+    """List complete backups, newest first."""
+    names = [app.target(target).name] if target else list(app.config.targets)
+    rows: list[tuple[str, Manifest]] = []
+    for name in names:
+        config = app.target(name)
+        storage_name = storage or config.primary_storage
+        rows.extend((storage_name, m) for m in list_backups(app.storage(storage_name), name))
+    if as_json:
+        echo_json([m.to_dict() | {"storage": s} for s, m in rows])
+        return
+    if not rows:
+        click.echo("no backups" + (f" of target '{target}'" if target else ""))
+        return
+    now = app.clock()
+    table: list[list[Any]] = []
+    for storage_name, m in rows:
+        table.append([
+            m.id, m.target, format_time(m.snapshot_time), format_duration(now - m.snapshot_time),
+            format_size(m.size), storage_name, ",".join(m.labels),
+        ])
+    echo_table(["ID", "TARGET", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"], table)
+
+
+def register(group: click.Group) -> None:
+    """Add the ``backup`` command group (with pin/unpin/verify when available)."""
+    try:
+        from opskit.cli.backup_extra import register_backup_commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "opskit.cli.backup_extra":
+            raise
+    else:
+        register_backup_commands(backup_group)
+    group.add_command(backup_group)
