@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
 import zstandard
+from psycopg import sql
 
 from opskit import __version__, facts, postgres
 from opskit.catalog import Artifact, Manifest, artifact_key, new_backup_id, write_manifest
@@ -161,11 +161,17 @@ class _Preflight:
 
 
 class _FactsThread(threading.Thread):
-    """Collects row counts and the schema version inside the exported snapshot while pg_dump runs."""
+    """Collects row counts, fingerprints and the schema version inside pg_dump's snapshot while it streams.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    It works on its own connection that imports the exported snapshot: an error here (a
+    table the role may not read) aborts only this connection's transaction, never the
+    exporting one that pg_dump still needs.
+    """
+
+    def __init__(self, target: TargetConfig, snapshot_id: str) -> None:
         super().__init__(name="opskit-facts", daemon=True)
-        self.conn = conn
+        self.target = target
+        self.snapshot_id = snapshot_id
         self.result: facts.SnapshotFacts | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
@@ -173,7 +179,15 @@ class _FactsThread(threading.Thread):
     def run(self) -> None:
         started = time.monotonic()
         try:
-            self.result = facts.collect(self.conn)
+            with postgres.connect(self.target, autocommit=True, application_name="opskit backup facts") as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
+                self.result = facts.collect(
+                    conn,
+                    fingerprint_tables=self.target.fingerprint_tables,
+                    fingerprint_max_bytes=self.target.fingerprint_max_bytes,
+                )
+                conn.execute("ROLLBACK")
         except BaseException as exc:  # reported by the main thread
             self.error = exc
         self.seconds = time.monotonic() - started
@@ -202,7 +216,7 @@ def _dump_and_commit(
     encryption = (
         {"format": "age", "recipients": [recipient_fingerprint(r) for r in recipients]} if recipients else None
     )
-    facts_thread = _FactsThread(pre.conn)
+    facts_thread = _FactsThread(target, snapshot_id)
     facts_thread.start()
     phases: dict[str, float] = {}
     with postgres.password_env(target) as env:
