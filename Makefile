@@ -1,0 +1,37 @@
+# opskit: `make demo` shows the whole loop on this machine; `make test` runs the suite.
+# Both set up everything they need on a fresh machine (virtualenv, age/zstd, Azurite, PostgreSQL).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv tools postgres demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+tools:
+	@scripts/setup-tools.sh
+
+postgres:
+	@scripts/ensure-postgres.sh
+
+demo: venv tools postgres
+	@scripts/demo.sh
+
+test: venv tools postgres
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check opskit tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .tools demo .pytest_cache .mypy_cache .ruff_cache
