@@ -9,6 +9,7 @@ is a bug (exit 1) and ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -114,7 +115,14 @@ def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: s
     6 objective breached, 7 lock held by another run.
     """
     configure_logging(debug=debug, json_logs=None if log_format == "auto" else log_format == "json")
+    # SIGTERM (docker stop, a CronJob's deadline) unwinds like Ctrl-C, so every open upload is
+    # aborted and no manifest is written. The daemon installs its own, gentler handler.
+    signal.signal(signal.SIGTERM, _terminate)
     ctx.obj = LazyContext(config_path, debug)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _register() -> None:
