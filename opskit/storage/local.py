@@ -112,6 +112,8 @@ class LocalStorage:
         for dirpath, _dirnames, filenames in os.walk(start):
             for filename in filenames:
                 path = Path(dirpath) / filename
+                if filename.startswith(TEMP_PREFIX):
+                    continue  # an unfinished write: not an object (swept by abort_incomplete_uploads)
                 key = path.relative_to(self.root).as_posix()
                 if not key.startswith(prefix):
                     continue
@@ -135,6 +137,34 @@ class LocalStorage:
             except OSError:
                 break
             parent = parent.parent
+
+    def abort_incomplete_uploads(self, prefix: str, older_than: datetime, dry_run: bool) -> list[str]:
+        """Remove temporary files of writes that never finished (a killed run) and were started before ``older_than``.
+
+        Returns the keys they were meant for, as the S3 backend does for multipart uploads.
+        """
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for filename in filenames:
+                if not filename.startswith(TEMP_PREFIX):
+                    continue
+                path = Path(dirpath) / filename
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                except FileNotFoundError:
+                    continue
+                if modified >= older_than:
+                    continue
+                final_name = filename[len(TEMP_PREFIX):].rsplit(".", 1)[0]
+                removed.append(str(Path(key).parent / final_name))
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        return removed
 
     def exists(self, key: str) -> bool:
         """Return True when the file exists."""
