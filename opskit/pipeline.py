@@ -21,7 +21,7 @@ import io
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pyrage
 import zstandard
@@ -197,7 +197,7 @@ def compress_and_store(
     """
     plain = HashingReader(source, cancel=cancel, progress=progress)
     compressor = zstandard.ZstdCompressor(level=level, threads=threads if threads else -1)
-    compressed = compressor.stream_reader(plain, read_size=CHUNK_SIZE, closefd=False)
+    compressed = compressor.stream_reader(cast(BinaryIO, plain), read_size=CHUNK_SIZE, closefd=False)
     age_recipients = parse_recipients(recipients) if recipients else []
     with storage.writer(key) as out:
         stored = HashingWriter(out)
@@ -269,7 +269,7 @@ def read_artifact(
     """
     check_can_decrypt(artifact, identities, backup_id)
     plain = HashingWriter(_NonClosing(sink), progress=progress)
-    decompressor = zstandard.ZstdDecompressor().stream_writer(plain, write_size=CHUNK_SIZE, closefd=False)
+    decompressor = zstandard.ZstdDecompressor().stream_writer(cast(BinaryIO, plain), write_size=CHUNK_SIZE, closefd=False)
     with storage.reader(artifact.key) as raw:
         stored = HashingReader(raw, cancel=cancel)
         try:

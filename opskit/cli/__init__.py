@@ -8,12 +8,13 @@ is a bug (exit 1) and ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import signal
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -66,9 +67,7 @@ def pass_app(func: F) -> F:
     def wrapper(obj: LazyContext, *args: Any, **kwargs: Any) -> Any:
         return func(obj.app, *args, **kwargs)
 
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return click.decorators.update_wrapper(wrapper, func)  # type: ignore[attr-defined,no-any-return]
+    return cast(F, functools.update_wrapper(wrapper, func))
 
 
 class OpskitGroup(click.Group):

@@ -42,10 +42,10 @@ def backup_now(app: AppContext, target: str | None, all_targets: bool, labels: t
         for result in results:
             click.echo(_summary(result))
     failed_copies = [(r.manifest.target, name, err) for r in results for name, err in r.failed_copies.items()]
-    for target_name, error in errors.items():
-        click.echo(f"opskit: error: backup of target '{target_name}' failed: {error.one_line()}", err=True)
-    for target_name, storage, error in failed_copies:
-        click.echo(f"backup ok, copy to '{storage}' failed (target '{target_name}'): {error}", err=True)
+    for target_name, failure in errors.items():
+        click.echo(f"opskit: error: backup of target '{target_name}' failed: {failure.one_line()}", err=True)
+    for target_name, storage, copy_error in failed_copies:
+        click.echo(f"backup ok, copy to '{storage}' failed (target '{target_name}'): {copy_error}", err=True)
     if errors:
         sys.exit(max(e.exit_code for e in errors.values()))
     if failed_copies:

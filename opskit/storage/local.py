@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from builtins import list as builtins_list
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -75,7 +76,7 @@ class LocalStorage:
         except OSError as exc:
             raise _storage_error("creating", key, exc, self.name) from exc
         try:
-            yield handle  # type: ignore[misc]
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
@@ -99,7 +100,7 @@ class LocalStorage:
         except OSError as exc:
             raise _storage_error("reading", key, exc, self.name) from exc
         with handle:
-            yield handle  # type: ignore[misc]
+            yield handle
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every committed file under the root whose key starts with ``prefix``."""
@@ -138,12 +139,12 @@ class LocalStorage:
                 break
             parent = parent.parent
 
-    def abort_incomplete_uploads(self, prefix: str, older_than: datetime, dry_run: bool) -> list[str]:
+    def abort_incomplete_uploads(self, prefix: str, older_than: datetime, dry_run: bool) -> builtins_list[str]:
         """Remove temporary files of writes that never finished (a killed run) and were started before ``older_than``.
 
         Returns the keys they were meant for, as the S3 backend does for multipart uploads.
         """
-        removed: list[str] = []
+        removed: builtins_list[str] = []
         if not self.root.is_dir():
             return removed
         for dirpath, _dirnames, filenames in os.walk(self.root):
