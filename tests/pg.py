@@ -84,3 +84,13 @@ def local_config(dbname: str, backups: Path, **target: Any) -> dict[str, Any]:
         "targets": {"app": {"dsn": dsn_for(dbname), **target}},
         "storages": {"local": {"url": f"file://{backups}"}},
     }
+
+
+def storage_table(storage: Any) -> dict[str, Any]:
+    """Return the config table for a StorageConfig made by the server fixtures (secrets as references)."""
+    from opskit.secrets import SecretRef
+
+    table: dict[str, Any] = {"url": storage.url}
+    for key, value in storage.options.items():
+        table[key] = value.reference if isinstance(value, SecretRef) else value
+    return table

@@ -1,0 +1,43 @@
+"""``opskit copy``: replicate backups to secondary storages (3-2-1)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from opskit.actions import copy as copy_action
+from opskit.cli import pass_app
+from opskit.cli.render import echo_json
+from opskit.context import AppContext
+from opskit.errors import CopyFailed
+
+
+@click.command("copy")
+@click.option("--target", "-t", help="Only this target (default: every target).")
+@click.option("--storage", "-s", help="Only this secondary storage.")
+@click.option("--dry-run", is_flag=True, help="Say what would be copied; copy nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool, as_json: bool) -> None:
+    """Copy every backup a target's primary storage has and a secondary lacks (idempotent)."""
+    app.dry_run = dry_run
+    report = copy_action.run(app, target=target, storage=storage, all_targets=target is None)
+    if as_json:
+        echo_json({"copied": [dict(zip(("target", "storage", "backup"), row, strict=True)) for row in report.copied],
+                   "skipped": report.skipped,
+                   "failed": [dict(zip(("target", "storage", "error"), row, strict=True)) for row in report.failed]})
+    else:
+        verb = "would copy" if dry_run else "copied"
+        for target_name, storage_name, backup_id in report.copied:
+            click.echo(f"{verb} backup {backup_id} of target '{target_name}' to '{storage_name}'")
+        click.echo(f"{len(report.copied)} {verb}, {report.skipped} already present, {len(report.failed)} failed")
+    for target_name, storage_name, error in report.failed:
+        click.echo(f"opskit: error: copy of target '{target_name}' to '{storage_name}' failed: {error}", err=True)
+    if report.failed:
+        sys.exit(CopyFailed.exit_code)
+
+
+def register(group: click.Group) -> None:
+    """Add ``copy``."""
+    group.add_command(copy)
