@@ -329,3 +329,24 @@ def test_backups_land_in_s3_and_restore_from_there(pg_database: str, tmp_path: P
 
     assert [m.id for m in list_backups(ctx.storage("s3"), "app")] == [manifest.id]
     assert restored.ok and restored.tables_checked == 1
+
+
+def test_a_missing_bucket_fails_with_exit_3_naming_the_storage_before_pg_dump_starts(
+    pg_database: str, tmp_path: Path, s3_bucket: Any
+) -> None:
+    endpoint = s3_bucket.options["endpoint_url"]
+    config = write_config(tmp_path, f"""
+[targets.app]
+dsn = "{dsn_for(pg_database)}"
+storages = ["s3"]
+[storages.s3]
+url = "s3://no-such-bucket-opskit/backups"
+endpoint_url = "{endpoint}"
+region = "us-east-1"
+""")
+
+    result = opskit(config, "backup", "now")
+
+    assert result.returncode == 3, result.stderr
+    assert "storage 's3'" in result.stderr and "no-such-bucket-opskit" in result.stderr
+    assert "pg_dump" not in result.stderr
