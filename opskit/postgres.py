@@ -308,16 +308,28 @@ def database_is_empty(server: TargetConfig, database: str) -> bool:
     return not any(counts.values())
 
 
-def create_database(server: TargetConfig, database: str) -> None:
+def create_database(server: TargetConfig, database: str, owner: str | None = None) -> None:
     """Create ``database`` from template0 (so nothing from template1 collides with the dump)."""
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database))
+    if owner:
+        statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
     with _maintenance_connection(server, database) as conn:
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database)))
+            conn.execute(statement)
         except psycopg.Error as exc:
             raise RestoreFailed(
                 f"cannot create database '{database}' on target '{server.name}': {exc.diag.message_primary or exc}",
                 hint="the role needs CREATEDB, or create the database and pass --to",
             ) from exc
+
+
+def database_owner(server: TargetConfig, database: str) -> str | None:
+    """Return the role that owns ``database``, or None when it does not exist."""
+    with _maintenance_connection(server, database) as conn:
+        row = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+    return str(row[0]) if row else None
 
 
 def drop_database(server: TargetConfig, database: str) -> None:

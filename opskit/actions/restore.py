@@ -2,7 +2,8 @@
 
 The default destination is a NEW database ``<db>_restore_<id>`` on the target's own server,
 so a restore never overwrites anything unless asked to. A non-empty destination needs
-``--clean``; a ``protected`` target needs confirmation (the typed database name on a
+``--clean`` (drop the objects the dump contains) or ``--replace`` (drop and recreate the whole
+database, so objects created after the backup go too); a ``protected`` target needs confirmation (the typed database name on a
 terminal, ``--yes`` otherwise).
 
 ``--jobs 1`` streams storage -> [age] -> zstd -> ``pg_restore`` stdin with no temp file.
@@ -65,7 +66,9 @@ def default_database_name(manifest: Manifest) -> str:
     """Return ``<db>_restore_<id>`` lower-cased, within PostgreSQL's 63-byte identifier limit."""
     suffix = "_restore_" + re.sub(r"[^a-z0-9]", "_", manifest.id.lower())
     base = manifest.database or manifest.target
-    return base[: 63 - len(suffix)] + suffix
+    # The limit is in bytes: cut the UTF-8 form, dropping a character split in two.
+    base = base.encode("utf-8")[: 63 - len(suffix)].decode("utf-8", "ignore")
+    return base + suffix
 
 
 def resolve_destination(ctx: AppContext, source: TargetConfig, to: str | None, manifest: Manifest) -> tuple[TargetConfig, str, bool]:
@@ -95,6 +98,7 @@ def run(
     confirmed: bool = False,
     confirm: Confirm | None = None,
     no_owner: bool = False,
+    replace: bool = False,
 ) -> RestoreResult:
     """Restore the backup ``selector`` names (id, id prefix or ``latest``) of ``target``.
 
@@ -107,7 +111,7 @@ def run(
     storage_name = storage or source.primary_storage
     manifest = find_backup(ctx.storage(storage_name), source.name, selector)
     server, database, is_default = resolve_destination(ctx, source, to, manifest)
-    if is_default and not clean and postgres.database_exists(server, database):
+    if is_default and not (clean or replace) and postgres.database_exists(server, database):
         raise ConfigError(
             f"database '{database}' already exists on target '{server.name}' (restored earlier?)",
             hint="drop it, or pass --clean to restore over it",
@@ -117,7 +121,9 @@ def run(
             f"target '{server.name}' is protected; restoring into database '{database}' needs confirmation",
             hint="type the database name when asked, or pass --yes",
         )
-    return restore_backup(ctx, manifest, storage_name, server, database, jobs=jobs, clean=clean, no_owner=no_owner)
+    return restore_backup(
+        ctx, manifest, storage_name, server, database, jobs=jobs, clean=clean, no_owner=no_owner, replace=replace
+    )
 
 
 def restore_to_new_database(
@@ -152,8 +158,11 @@ def restore_backup(
     clean: bool = False,
     exit_on_error: bool = True,
     no_owner: bool = False,
+    replace: bool = False,
 ) -> RestoreResult:
     """Restore ``manifest`` into ``database`` on ``server``, creating it when missing.
+
+    ``replace`` drops and recreates an existing database (same owner) before restoring.
 
     With ``exit_on_error`` False, pg_restore carries on past errors and they are returned
     in ``pg_restore_errors`` (a drill judges them against its allow-list).
@@ -171,11 +180,16 @@ def restore_backup(
     pg_restore = postgres.find_tool("pg_restore", dump_major, bin_dir)
 
     created = False
-    if postgres.database_exists(server, database):
+    if replace and postgres.database_exists(server, database):
+        owner = postgres.database_owner(server, database)
+        log.warning("dropping the destination database to replace it", database=database, server=server.name)
+        postgres.drop_database(server, database)
+        postgres.create_database(server, database, owner=owner)
+    elif postgres.database_exists(server, database):
         if not clean and not postgres.database_is_empty(server, database):
             raise ConfigError(
                 f"database '{database}' on target '{server.name}' is not empty",
-                hint="pass --clean to drop its objects first, or restore into a new database (omit --to)",
+                hint="pass --clean to drop its objects first, --replace to recreate it, or omit --to for a new database",
             )
     else:
         postgres.create_database(server, database)

@@ -30,16 +30,18 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Parallel pg_restore jobs; above 1 the dump is spooled to the state directory first.")
 @click.option("--clean", is_flag=True, help="Drop the destination's objects first (needed if it is not empty).")
+@click.option("--replace", is_flag=True,
+              help="Drop and recreate the destination database first (also removes objects made after the backup).")
 @click.option("--no-owner", is_flag=True, help="Skip ownership and privileges (restoring onto another server).")
 @click.option("--yes", "-y", is_flag=True, help="Confirm a restore into a protected target without a prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def restore(app: AppContext, backup_id: str, target: str | None, to: str | None, storage: str | None, jobs: int,
-            clean: bool, no_owner: bool, yes: bool, as_json: bool) -> None:
+            clean: bool, replace: bool, no_owner: bool, yes: bool, as_json: bool) -> None:
     """Restore a backup (ID, an ID prefix, or 'latest') and check row counts against its manifest."""
     result = restore_action.run(
         app, selector=backup_id, target=target, to=to, storage=storage, jobs=jobs, clean=clean, confirmed=yes,
-        confirm=_confirm_on_tty if app.interactive else None, no_owner=no_owner,
+        confirm=_confirm_on_tty if app.interactive else None, no_owner=no_owner, replace=replace,
     )
     seconds = sum(result.phases.values())
     if as_json:

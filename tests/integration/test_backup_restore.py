@@ -350,3 +350,16 @@ region = "us-east-1"
     assert result.returncode == 3, result.stderr
     assert "storage 's3'" in result.stderr and "no-such-bucket-opskit" in result.stderr
     assert "pg_dump" not in result.stderr
+
+
+def test_replace_recreates_the_database_so_objects_made_after_the_backup_are_gone(pg_database: str, tmp_path: Path, make_context: Any) -> None:
+    run_sql(pg_database, "CREATE TABLE kept (id int); INSERT INTO kept VALUES (1);")
+    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
+    backup.run(ctx, target="app")
+    run_sql(pg_database, "CREATE TABLE made_later (id int); DELETE FROM kept;")
+
+    restored = restore.run(ctx, target="app", to="app", replace=True)
+
+    assert restored.ok
+    with psycopg.connect(dsn_for(pg_database)) as conn:
+        assert conn.execute("SELECT to_regclass('made_later'), (SELECT count(*) FROM kept)").fetchone() == (None, 1)
