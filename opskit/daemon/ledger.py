@@ -1,0 +1,245 @@
+"""The run ledger: which replica ran which (job, scheduled slot), and how it ended.
+
+Several daemons may share one control database. Before running a slot a replica:
+
+1. opens a direct connection (not through a transaction-pooling proxy: session advisory
+   locks need a real session) and takes ``pg_try_advisory_lock`` on the job. Holding it
+   for the whole run means one replica at a time runs a job, and a replica that dies
+   loses it with its connection, which is how a stale ``running`` row is recognised;
+2. in one transaction, under ``pg_advisory_xact_lock`` on the ledger, inserts the
+   (job, slot) row with ``ON CONFLICT DO NOTHING``. Only the replica whose insert
+   returned a row runs the slot. At start-up (catch-up) a slot whose row did not end in
+   ``success`` may be claimed again: nobody else can be running it while we hold the
+   job lock.
+
+Result values: ``running``, ``success``, ``failed``, ``aborted``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from opskit.errors import UnreachableError
+from opskit.log import get_logger, redact_text
+from opskit.secrets import Secret
+
+log = get_logger(__name__)
+
+RUNNING, SUCCESS, FAILED, ABORTED = "running", "success", "failed", "aborted"
+RESULTS = (RUNNING, SUCCESS, FAILED, ABORTED)
+
+
+def default_owner() -> str:
+    """Return this replica's name in the ledger: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Claim:
+    """A claimed slot. Holds the connection whose session owns the job's advisory lock."""
+
+    job: str
+    slot: datetime
+    attempt: int
+    conn: psycopg.Connection[Any]
+
+
+class Ledger:
+    """The ledger table in the control database."""
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str = "opskit_job_runs",
+        password: Secret | None = None,
+        owner: str | None = None,
+        connect_timeout: int = 10,
+    ) -> None:
+        self.dsn = dsn
+        self.password = password
+        self.owner = owner or default_owner()
+        self.connect_timeout = connect_timeout
+        self.table_name = table
+        self.table = sql.Identifier(*table.split("."))
+        self.index = sql.Identifier(table.split(".")[-1] + "_job_finished_idx")
+
+    # ------------------------------------------------------------------ connections
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """Return a new autocommit connection to the control database.
+
+        Raises UnreachableError (with the DSN's password redacted) when it cannot connect.
+        """
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": self.connect_timeout,
+            "application_name": "opskit-daemon",
+        }
+        if self.password is not None:
+            kwargs["password"] = self.password.reveal()
+        try:
+            return psycopg.connect(self.dsn, **kwargs)
+        except psycopg.Error as exc:
+            raise UnreachableError(
+                f"control database for the job ledger is unreachable: {redact_text(str(exc).strip())}",
+                hint="check daemon.control_dsn (default: the target's dsn) and that the server is up",
+            ) from exc
+
+    def _lock_key(self, *parts: str) -> str:
+        return ":".join(("opskit-ledger", self.table_name, *parts))
+
+    def ensure_table(self) -> None:
+        """Create the ledger table if it does not exist (concurrent replicas serialize on a lock)."""
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_key(),))
+            conn.execute(
+                sql.SQL(
+                    """
+                    CREATE TABLE IF NOT EXISTS {table} (
+                        job         text        NOT NULL,
+                        slot        timestamptz NOT NULL,
+                        owner       text        NOT NULL,
+                        attempt     integer     NOT NULL DEFAULT 1,
+                        claimed_at  timestamptz NOT NULL DEFAULT now(),
+                        finished_at timestamptz,
+                        result      text        NOT NULL DEFAULT 'running',
+                        error       text,
+                        details     jsonb,
+                        PRIMARY KEY (job, slot)
+                    )
+                    """
+                ).format(table=self.table)
+            )
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {table} (job, finished_at)").format(
+                    index=self.index, table=self.table
+                )
+            )
+
+    def check(self) -> None:
+        """Connect and read the ledger table. Raises UnreachableError (readiness probe)."""
+        with self.connect() as conn:
+            try:
+                conn.execute(sql.SQL("SELECT 1 FROM {table} LIMIT 1").format(table=self.table))
+            except psycopg.Error as exc:
+                raise UnreachableError(f"job ledger cannot be read: {str(exc).strip()}") from exc
+
+    # ------------------------------------------------------------------ claims
+
+    def claim(self, job: str, slot: datetime, retry_unsuccessful: bool = False) -> Claim | None:
+        """Claim (job, slot) for this replica; return the Claim, or None when it is not ours to run.
+
+        None means another replica holds the job (still running an earlier slot) or the slot was
+        already claimed. With ``retry_unsuccessful`` (start-up catch-up) a slot that ended in
+        anything but success, or whose claimer died, is claimed again. Raises UnreachableError.
+        """
+        conn = self.connect()
+        try:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self._lock_key(job),)
+            ).fetchone()
+            if not row or not row[0]:
+                conn.close()
+                return None
+            attempt = self._insert_or_reclaim(conn, job, slot, retry_unsuccessful)
+        except psycopg.Error as exc:
+            conn.close()
+            raise UnreachableError(f"cannot claim job '{job}' in the ledger: {str(exc).strip()}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        if attempt is None:
+            conn.close()  # releases the job lock
+            return None
+        return Claim(job=job, slot=slot, attempt=attempt, conn=conn)
+
+    def _insert_or_reclaim(
+        self, conn: psycopg.Connection[Any], job: str, slot: datetime, retry_unsuccessful: bool
+    ) -> int | None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_key(),))
+            row = conn.execute(
+                sql.SQL(
+                    "INSERT INTO {table} (job, slot, owner) VALUES (%s, %s, %s) "
+                    "ON CONFLICT DO NOTHING RETURNING attempt"
+                ).format(table=self.table),
+                (job, slot, self.owner),
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            if not retry_unsuccessful:
+                return None
+            # We hold the job's session lock, so a 'running' row is a dead replica's.
+            row = conn.execute(
+                sql.SQL(
+                    "UPDATE {table} SET owner = %s, attempt = attempt + 1, claimed_at = now(), "
+                    "finished_at = NULL, result = 'running', error = NULL, details = NULL "
+                    "WHERE job = %s AND slot = %s AND result <> 'success' RETURNING attempt"
+                ).format(table=self.table),
+                (self.owner, job, slot),
+            ).fetchone()
+            return int(row[0]) if row is not None else None
+
+    def finish(
+        self, claim: Claim, result: str, error: str | None = None, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record how a claimed run ended and release the job lock.
+
+        A ledger write failure is logged, not raised: the run itself already happened.
+        """
+        if result not in RESULTS:
+            raise ValueError(f"unknown result {result!r}")
+        try:
+            claim.conn.execute(
+                sql.SQL(
+                    "UPDATE {table} SET finished_at = now(), result = %s, error = %s, details = %s "
+                    "WHERE job = %s AND slot = %s AND owner = %s"
+                ).format(table=self.table),
+                (
+                    result,
+                    error,
+                    json.dumps(dict(details), default=str) if details else None,
+                    claim.job,
+                    claim.slot,
+                    self.owner,
+                ),
+            )
+        except psycopg.Error as exc:
+            log.warning("ledger not updated", job=claim.job, slot=claim.slot.isoformat(), error=str(exc).strip())
+        finally:
+            claim.conn.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def result_of(self, job: str, slot: datetime) -> str | None:
+        """Return the recorded result of (job, slot), or None when it was never claimed."""
+        with self.connect() as conn:
+            row = conn.execute(
+                sql.SQL("SELECT result FROM {table} WHERE job = %s AND slot = %s").format(table=self.table),
+                (job, slot),
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def runs(self, job: str | None = None) -> list[dict[str, Any]]:
+        """Return the recorded runs (of one job, or all), oldest slot first."""
+        query = sql.SQL(
+            "SELECT job, slot, owner, attempt, claimed_at, finished_at, result, error, details FROM {table} "
+        ).format(table=self.table)
+        params: tuple[Any, ...] = ()
+        if job is not None:
+            query += sql.SQL("WHERE job = %s ")
+            params = (job,)
+        query += sql.SQL("ORDER BY slot, job")
+        with self.connect() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            return list(cursor.execute(query, params).fetchall())

@@ -1,0 +1,304 @@
+"""The daemon's run loop: APScheduler fires jobs, the ledger decides who runs a slot.
+
+- APScheduler 3.11 ``BackgroundScheduler``: ``coalesce=True`` (a backlog of missed slots
+  becomes one run), ``max_instances=1``, and a ``misfire_grace_time`` in hours per job
+  (APScheduler's default of one second silently skips a run that starts a little late).
+- Each firing computes its slot (the latest scheduled time at or before now), claims it in
+  the ledger, and only then calls the action. At start-up each job's latest due slot, if it
+  is within the job's misfire grace and has no successful run, is caught up.
+- ``stop()`` (SIGTERM/SIGINT): stop claiming; let running jobs finish for up to the grace
+  period; then set ``ctx.cancel`` so they abort cleanly (no manifest, uploads aborted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from opskit.config import Config
+from opskit.context import AppContext, utc_now
+from opskit.daemon import ledger as ledger_mod
+from opskit.daemon.jobs import Job, previous_fire_time, resolve_action
+from opskit.daemon.ledger import Ledger
+from opskit.errors import OpskitError
+from opskit.log import get_logger
+from opskit.metrics import Metrics
+from opskit.notify import ABORTED, FAILURE, START, SUCCESS, Event, NotifySettings, notify
+
+log = get_logger(__name__)
+
+HEARTBEAT_SECONDS = 5.0
+# How long cancelled actions get to unwind (abort uploads, kill pg_dump) after the grace period.
+ABORT_WAIT = timedelta(seconds=20)
+
+
+@dataclass
+class RunOutcome:
+    """How one claimed run ended."""
+
+    job: str
+    slot: datetime
+    result: str  # ledger result: success, failed, aborted
+    duration_seconds: float
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs job slots: claim in the ledger, notify, call the action, record, refresh metrics."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        metrics: Metrics,
+        notify_settings: NotifySettings | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        metrics_ctx: AppContext | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.metrics = metrics
+        self.notify_settings = notify_settings
+        self.clock = clock
+        self.cancel = threading.Event()
+        self.stopping = threading.Event()
+        self.metrics_ctx = metrics_ctx or AppContext(config=config, clock=clock)
+        self._running: dict[str, datetime] = {}
+        self._idle = threading.Condition()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def running(self) -> dict[str, datetime]:
+        """Return a copy of {job name: slot} of the runs in progress."""
+        with self._idle:
+            return dict(self._running)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress; return False if ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    # ------------------------------------------------------------------ running
+
+    def fire(self, job: Job, slot: datetime | None = None, catch_up: bool = False) -> RunOutcome | None:
+        """Run ``job`` for ``slot`` (default: the latest slot at or before now) if this replica claims it.
+
+        Returns the outcome, or None when the slot was not ours (claimed elsewhere, job busy,
+        shutting down, ledger unreachable). Never raises: it is called from scheduler threads.
+        """
+        if self.stopping.is_set():
+            return None
+        now = self.clock()
+        slot = slot or previous_fire_time(job.trigger, now)
+        if slot is None:
+            return None
+        try:
+            claim = self.ledger.claim(job.name, slot, retry_unsuccessful=catch_up)
+        except OpskitError as exc:
+            log.error("job not run: cannot claim", job=job.name, slot=slot.isoformat(), error=exc.message)
+            notify(
+                Event(FAILURE, job.name, job.action, job.target, slot.isoformat(), error=exc.one_line()),
+                self.notify_settings,
+            )
+            return None
+        if claim is None:
+            log.debug("slot not ours", job=job.name, slot=slot.isoformat())
+            return None
+        with self._idle:
+            self._running[job.name] = slot
+        try:
+            outcome = self._run_claimed(job, slot, catch_up, claim.attempt)
+            self.ledger.finish(claim, outcome.result, outcome.error, outcome.details)
+        finally:
+            with self._idle:
+                self._running.pop(job.name, None)
+                self._idle.notify_all()
+        self._after_run(job, outcome)
+        return outcome
+
+    def _run_claimed(self, job: Job, slot: datetime, catch_up: bool, attempt: int) -> RunOutcome:
+        slot_text = slot.isoformat()
+        with structlog.contextvars.bound_contextvars(job=job.name, target=job.target, slot=slot_text):
+            notify(Event(START, job.name, job.action, job.target, slot_text), self.notify_settings)
+            log.info("job started", action=job.action, catch_up=catch_up, attempt=attempt)
+            started = time.monotonic()
+            details: dict[str, Any] = {}
+            error: str | None = None
+            try:
+                action = resolve_action(job.action)
+                ctx = AppContext(config=self.config, clock=self.clock, cancel=self.cancel)
+                result = action(ctx, target=job.target, **dict(job.args))
+                details = _details_of(result)
+                outcome = ledger_mod.SUCCESS
+            except OpskitError as exc:
+                error = exc.one_line()
+                outcome = ledger_mod.ABORTED if self.cancel.is_set() else ledger_mod.FAILED
+            except Exception as exc:  # a bug in an action must not kill the scheduler thread
+                error = f"unexpected error: {type(exc).__name__}: {exc}"
+                outcome = ledger_mod.ABORTED if self.cancel.is_set() else ledger_mod.FAILED
+                log.exception("job raised an unexpected error", action=job.action)
+            duration = time.monotonic() - started
+            # The one summary line per run.
+            log_method = log.info if outcome == ledger_mod.SUCCESS else log.error
+            log_method(
+                "job finished",
+                action=job.action,
+                result=outcome,
+                duration_seconds=round(duration, 3),
+                error=error,
+                **{k: v for k, v in details.items() if k in ("backup_id", "size")},
+            )
+            return RunOutcome(job.name, slot, outcome, duration, error, details)
+
+    def _after_run(self, job: Job, outcome: RunOutcome) -> None:
+        kind = {ledger_mod.SUCCESS: SUCCESS, ledger_mod.ABORTED: ABORTED}.get(outcome.result, FAILURE)
+        if job.action == "backup":
+            target = job.target or (next(iter(self.config.targets)) if len(self.config.targets) == 1 else None)
+            if target is not None:
+                self.metrics.record_run(target, {SUCCESS: "success", ABORTED: "aborted"}.get(kind, "failure"))
+        try:
+            targets = [job.target] if job.target else None
+            self.metrics.refresh(self.metrics_ctx, targets)
+        except Exception as exc:  # metrics are best effort; the run already happened
+            log.warning("metrics not refreshed", job=job.name, error=f"{type(exc).__name__}: {exc}")
+        notify(
+            Event(
+                kind,
+                job.name,
+                job.action,
+                job.target,
+                outcome.slot.isoformat(),
+                duration_seconds=round(outcome.duration_seconds, 3),
+                error=outcome.error,
+                details=outcome.details,
+            ),
+            self.notify_settings,
+        )
+
+
+def _details_of(result: Any) -> dict[str, Any]:
+    """Return loggable facts of an action's result (a backup's id and size)."""
+    manifest = getattr(result, "manifest", None)
+    if manifest is not None:
+        details: dict[str, Any] = {"backup_id": getattr(manifest, "id", None)}
+        size = getattr(manifest, "size", None)
+        if isinstance(size, int):
+            details["size"] = size
+        return details
+    return {}
+
+
+class Scheduler:
+    """APScheduler wired to a Runner, with start-up catch-up, a heartbeat and a graceful stop."""
+
+    def __init__(self, jobs: list[Job], runner: Runner, shutdown_grace: timedelta) -> None:
+        self.jobs = jobs
+        self.runner = runner
+        self.shutdown_grace = shutdown_grace
+        self.last_heartbeat = time.monotonic()
+        self.started = False
+        self._aps = BackgroundScheduler(
+            timezone="UTC",
+            executors={
+                "default": ThreadPoolExecutor(max_workers=max(2, len(jobs) + 1)),
+                # Its own executor: a heartbeat must not queue behind long jobs.
+                "heartbeat": ThreadPoolExecutor(max_workers=1),
+            },
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+
+    def start(self, catch_up: bool = True) -> None:
+        """Add every job, start the scheduler thread, and queue catch-up runs of unrun due slots."""
+        for job in self.jobs:
+            self._aps.add_job(
+                self.runner.fire,
+                trigger=job.trigger,
+                args=[job],
+                id=job.name,
+                name=job.name,
+                misfire_grace_time=int(job.misfire_grace_time.total_seconds()),
+                coalesce=True,
+                max_instances=1,
+                replace_existing=True,
+            )
+        self._aps.add_job(
+            self._beat, "interval", seconds=HEARTBEAT_SECONDS, id="opskit-heartbeat", executor="heartbeat"
+        )
+        self._aps.start()
+        self.started = True
+        if catch_up:
+            self._queue_catch_up()
+        for job in self.jobs:
+            aps_job = self._aps.get_job(job.name)
+            log.info(
+                "job scheduled",
+                job=job.name,
+                action=job.action,
+                target=job.target,
+                schedule=job.schedule,
+                next_run=aps_job.next_run_time.isoformat() if aps_job and aps_job.next_run_time else None,
+            )
+
+    def _queue_catch_up(self) -> None:
+        now = self.runner.clock()
+        for job in self.jobs:
+            slot = previous_fire_time(job.trigger, now)
+            if slot is None or now - slot > job.misfire_grace_time:
+                continue
+            self._aps.add_job(
+                self.runner.fire,
+                "date",
+                run_date=now,
+                args=[job],
+                kwargs={"slot": slot, "catch_up": True},
+                id=f"catch-up:{job.name}",
+                misfire_grace_time=int(job.misfire_grace_time.total_seconds()),
+            )
+
+    def _beat(self) -> None:
+        self.last_heartbeat = time.monotonic()
+
+    def alive(self) -> bool:
+        """Return True when the scheduler runs and its loop dispatched a heartbeat recently."""
+        return self.started and self._aps.running and time.monotonic() - self.last_heartbeat < 4 * HEARTBEAT_SECONDS
+
+    def stop(self) -> bool:
+        """Stop claiming, wait up to the grace period, then cancel running jobs; return True if all ended.
+
+        The scheduler loop stops at once; runs in progress continue in their threads until
+        they finish or honour ``ctx.cancel``.
+        """
+        self.runner.stopping.set()
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+        running = self.runner.running
+        if running:
+            log.info(
+                "shutting down: waiting for running jobs",
+                jobs=sorted(running),
+                grace_seconds=self.shutdown_grace.total_seconds(),
+            )
+        if self.runner.wait_idle(self.shutdown_grace.total_seconds()):
+            return True
+        log.warning("grace period over: aborting running jobs", jobs=sorted(self.runner.running))
+        self.runner.cancel.set()
+        if self.runner.wait_idle(ABORT_WAIT.total_seconds()):
+            return True
+        log.error("jobs did not abort in time", jobs=sorted(self.runner.running))
+        return False
