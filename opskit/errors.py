@@ -11,7 +11,7 @@ Exit codes (also in the README and ``docs/architecture.md``)::
     1  unexpected error (a bug: please report it with --debug output)
     2  ConfigError          usage or configuration error; MissingExtraError (an SDK is not installed)
     3  UnreachableError     a target or storage cannot be reached, read or written before work starts
-    4  BackupFailed         a backup, copy or restore failed (RestoreFailed, CopyFailed)
+    4  BackupFailed         a backup, copy or restore failed (RestoreFailed, CopyFailed, MigrationFailed)
     5  VerificationFailed   a checksum, manifest or drill check failed (ManifestError)
     6  ObjectiveBreached    the RPO or RTO objective is breached
     7  LockHeld             another run holds the lock for the same target
@@ -69,6 +69,10 @@ class RestoreFailed(BackupFailed):
 
 class CopyFailed(BackupFailed):
     """Copying a backup to a secondary storage failed (exit 4)."""
+
+
+class MigrationFailed(BackupFailed):
+    """A schema migration failed while running; its changes were rolled back where possible (exit 4)."""
 
 
 class VerificationFailed(OpskitError):

@@ -1,0 +1,1 @@
+"""Flyway-compatible migrations: scripts (names, checksums, placeholders), history table and lock, engine."""
