@@ -1,0 +1,457 @@
+"""Amazon S3 and S3-compatible storage (``s3://bucket/prefix``) with boto3.
+
+A writer streams a multipart upload: parts are cut from the writes as they arrive (see
+:class:`opskit.storage.cloud.PartWriter`), the upload is completed on a clean exit and
+aborted on an exception, so a failed backup leaves no object behind. An object smaller
+than one part is stored with a single PutObject. Parts start at ``part_size`` (default
+16 MiB) and double every 500 parts so a 5 TiB object stays under S3's 10,000-part limit
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html).
+
+boto3's own retries are switched off; every request is retried by
+:mod:`opskit.storage.retry` so that retries are bounded, logged, and per part.
+Buckets are never created: a missing bucket is an error for the operator to fix.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+import boto3
+import botocore.exceptions as bex
+from botocore.config import Config as BotoConfig
+
+from opskit.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage
+from opskit.storage.cloud import ChunkReader, KeySpace, MiB, PartSchedule, PartWriter, open_reader, split_url
+from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
+
+if TYPE_CHECKING:
+    from opskit.config import StorageConfig
+
+DEFAULT_PART_SIZE = 16 * MiB
+# S3 rejects non-final parts under 5 MiB (EntityTooSmall). Smaller parts are honoured only
+# with a custom endpoint_url, for test servers and stores without that limit.
+MIN_PART_SIZE = 5 * MiB
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "503",
+        "500",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, bex.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, bex.ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return True for S3 errors worth retrying: 5xx, throttling, timeouts, dropped connections."""
+    if isinstance(exc, bex.ClientError):
+        return _status(exc) in TRANSIENT_HTTP_STATUSES or _code(exc) in _TRANSIENT_CODES
+    return isinstance(
+        exc,
+        bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError | ConnectionError | TimeoutError,
+    )
+
+
+class S3Storage:
+    """Objects in an S3 bucket under a prefix."""
+
+    kind = "s3"
+
+    def __init__(self, config: StorageConfig) -> None:
+        self.name = config.name
+        self.url = config.url
+        self.bucket, prefix = split_url(config.url, "s3")
+        self.keys = KeySpace(prefix)
+        self.options = dict(config.options)
+        self.endpoint_url: str | None = self.options.get("endpoint_url") or None
+        self.retry = RetryPolicy(
+            storage=self.name, max_attempts=max_attempts_option(self.options), is_transient=is_transient
+        )
+        self.schedule = PartSchedule(base=self._part_size(config.part_size))
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def _part_size(self, configured: int | None) -> int:
+        size = configured or DEFAULT_PART_SIZE
+        if size < MIN_PART_SIZE and not self.endpoint_url:
+            return MIN_PART_SIZE
+        return size
+
+    # ------------------------------------------------------------------ client
+
+    @property
+    def client(self) -> Any:
+        """Return the boto3 S3 client, built on first use (secrets are resolved here, not earlier).
+
+        Raises ConfigError for an unknown profile or a bad option.
+        """
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._build_client()
+            return self._client
+
+    def _build_client(self) -> Any:
+        opts = self.options
+        session_args: dict[str, Any] = {}
+        if opts.get("profile"):
+            session_args["profile_name"] = opts["profile"]
+        for option, arg in (
+            ("access_key_id", "aws_access_key_id"),
+            ("secret_access_key", "aws_secret_access_key"),
+            ("session_token", "aws_session_token"),
+        ):
+            if opts.get(option) is not None:
+                session_args[arg] = opts[option].resolve().reveal()
+        config_args: dict[str, Any] = {
+            # One attempt per boto3 call: opskit.storage.retry does the retrying, logged and per part.
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": 120,
+            "max_pool_connections": 16,
+        }
+        if opts.get("path_style"):
+            config_args["s3"] = {"addressing_style": "path"}
+        if self.endpoint_url:
+            # Stores other than AWS (older MinIO and Ceph releases) reject the CRC checksums
+            # boto3 >= 1.36 sends by default; opskit checks sha256 end to end anyway.
+            config_args["request_checksum_calculation"] = "when_required"
+            config_args["response_checksum_validation"] = "when_required"
+        try:
+            session = boto3.session.Session(**session_args)
+            return session.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=opts.get("region") or None,
+                config=BotoConfig(**config_args),
+            )
+        except bex.ProfileNotFound as exc:
+            raise ConfigError(
+                f"storage '{self.name}': AWS profile '{opts.get('profile')}' is not configured",
+                hint="add it to ~/.aws/config or remove the 'profile' option",
+            ) from exc
+        except (bex.BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"storage '{self.name}': cannot create an S3 client: {exc}") from exc
+
+    def _call(self, action: str, key: str | None, fn: Callable[[], Any]) -> Any:
+        """Run one S3 request with retries; translate the final error. Returns the request's result."""
+        try:
+            return self.retry.call(fn, action, key)
+        except OpskitError:
+            raise
+        except Exception as exc:
+            raise self._error(action, key, exc) from exc
+
+    def _error(self, action: str, key: str | None, exc: BaseException) -> StorageError:
+        """Return the opskit error for a failed request made while a run is under way."""
+        what = f"{action} '{key}'" if key else action
+        if _code(exc) in _NOT_FOUND_CODES and key:
+            return ObjectNotFound(f"storage '{self.name}' has no object '{key}'")
+        cause = _describe(exc, self.bucket)
+        return StorageError(f"storage '{self.name}' ({self.url}): {what} failed: {cause}", hint=_hint(exc))
+
+    def _write_args(self) -> dict[str, Any]:
+        """Return the SSE and storage-class arguments every object write carries."""
+        args: dict[str, Any] = {}
+        if self.options.get("sse"):
+            args["ServerSideEncryption"] = self.options["sse"]
+        if self.options.get("sse_kms_key_id"):
+            args["SSEKMSKeyId"] = self.options["sse_kms_key_id"]
+        if self.options.get("storage_class"):
+            args["StorageClass"] = self.options["storage_class"]
+        return args
+
+    # ------------------------------------------------------------------ writing
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """Yield a stream that uploads ``key`` in parts; complete on clean exit, abort on error.
+
+        Raises StorageError when a part or the completion fails (after retries).
+        """
+        name = self.keys.full(key)
+        upload = _MultipartUpload(self, name, key)
+        parts: PartWriter[dict[str, Any]] = PartWriter(self.schedule, upload.upload_part, upload.put_whole)
+        try:
+            yield cast(BinaryIO, parts)
+            results = parts.finish()
+            if results:
+                upload.complete(results)
+        except BaseException:
+            parts.cancel()
+            upload.abort()
+            raise
+
+    # ------------------------------------------------------------------ reading
+
+    @contextmanager
+    def reader(self, key: str) -> Iterator[BinaryIO]:
+        """Yield a stream of the object's bytes, downloaded in chunks (resumed after a transient error).
+
+        Raises ObjectNotFound when there is no such object, StorageError otherwise.
+        """
+        name = self.keys.full(key)
+
+        def open_at(offset: int) -> Iterator[bytes]:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+            if offset:
+                args["Range"] = f"bytes={offset}-"
+            body = self.client.get_object(**args)["Body"]
+            return cast(Iterator[bytes], body.iter_chunks(CHUNK_SIZE))
+
+        raw = ChunkReader(open_at, self.retry, lambda exc: self._error("reading", key, exc), key)
+        stream = open_reader(raw)
+        try:
+            yield cast(BinaryIO, stream)
+        finally:
+            stream.close()
+
+    # ------------------------------------------------------------------ listing, deleting
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, page by page (ListObjectsV2)."""
+        list_prefix = self.keys.list_prefix(prefix)
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": list_prefix, "MaxKeys": 1000}
+            if token:
+                args["ContinuationToken"] = token
+            # One page per retried request: a failure on page 7 does not re-list pages 1-6.
+            page = self._call("listing", prefix or "/", partial(self.client.list_objects_v2, **args))
+            for item in page.get("Contents", []):
+                rel = self.keys.relative(item["Key"])
+                if rel:
+                    yield ObjectInfo(rel, int(item["Size"]), item["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def delete(self, key: str) -> None:
+        """Delete the object; a missing object is not an error (S3 DeleteObject is idempotent)."""
+        name = self.keys.full(key)
+        self._call("deleting", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
+
+    def exists(self, key: str) -> bool:
+        """Return True when ``key`` exists (HeadObject)."""
+        name = self.keys.full(key)
+        try:
+            self._call("checking", key, lambda: self.client.head_object(Bucket=self.bucket, Key=name))
+        except ObjectNotFound:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ probing
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a probe object under the prefix.
+
+        Raises UnreachableError naming the storage and the cause: missing bucket, unknown
+        access key, wrong secret, access denied (e.g. a read-only credential), no route
+        to the endpoint.
+        """
+        probe = self.keys.full(f".opskit-probe-{secrets.token_hex(6)}")
+        try:
+            client = self.client
+            client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **self._write_args())
+            client.get_object(Bucket=self.bucket, Key=probe)["Body"].read()
+            client.delete_object(Bucket=self.bucket, Key=probe)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise UnreachableError(
+                f"storage '{self.name}' ({self.url}): {_describe(exc, self.bucket)}", hint=_hint(exc)
+            ) from exc
+
+    # ------------------------------------------------------------------ optional capabilities
+
+    def copy_from(self, source: Storage, key: str) -> bool:
+        """Copy ``key`` from another S3 storage server-side; return False when that is not possible.
+
+        Possible when ``source`` is an S3 storage on the same endpoint (and, for AWS, the
+        credentials here can read the source bucket). Raises ObjectNotFound / StorageError.
+        """
+        if not isinstance(source, S3Storage) or source.endpoint_url != self.endpoint_url:
+            return False
+        src = {"Bucket": source.bucket, "Key": source.keys.full(key)}
+        dst = self.keys.full(key)
+        # client.copy is the managed transfer: it switches to UploadPartCopy above 8 MiB,
+        # which S3 requires for objects over 5 GiB.
+        extra = self._write_args()
+        self._call(
+            "copying",
+            key,
+            lambda: self.client.copy(src, self.bucket, dst, ExtraArgs=extra or None),
+        )
+        return True
+
+    def abort_incomplete_uploads(
+        self, prefix: str, older_than: datetime, dry_run: bool
+    ) -> builtins.list[str]:
+        """Abort multipart uploads under ``prefix`` initiated before ``older_than``; return their keys.
+
+        With ``dry_run`` nothing is aborted. Raises StorageError.
+        """
+        list_prefix = self.keys.list_prefix(prefix)
+        aborted: builtins.list[str] = []
+        markers: dict[str, str] = {}
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": list_prefix, **markers}
+            list_page = partial(self.client.list_multipart_uploads, **args)
+            page = self._call("listing uploads", prefix or "/", list_page)
+            for upload in page.get("Uploads", []):
+                rel = self.keys.relative(upload["Key"])
+                if rel is None or upload["Initiated"] >= older_than:
+                    continue
+                if not dry_run:
+                    abort = partial(
+                        self.client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
+                    self._call("aborting upload", rel, abort)
+                aborted.append(rel)
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+
+class _MultipartUpload:
+    """One object being written: created lazily on the first full part, then completed or aborted."""
+
+    def __init__(self, storage: S3Storage, name: str, key: str) -> None:
+        self.storage = storage
+        self.name = name
+        self.key = key
+        self.upload_id: str | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_started(self) -> str:
+        with self._lock:
+            if self.upload_id is None:
+                s = self.storage
+                start = partial(
+                    s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args()
+                )
+                response = s._call("starting upload of", self.key, start)
+                self.upload_id = str(response["UploadId"])
+            return self.upload_id
+
+    def upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+        """Upload part ``number`` (retried on its own); return what CompleteMultipartUpload needs."""
+        upload_id = self._ensure_started()
+        s = self.storage
+        response = s._call(
+            f"uploading part {number} of",
+            self.key,
+            lambda: s.client.upload_part(
+                Bucket=s.bucket, Key=self.name, UploadId=upload_id, PartNumber=number, Body=data
+            ),
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def put_whole(self, data: bytes) -> None:
+        """Store an object smaller than one part with a single PutObject."""
+        s = self.storage
+        s._call(
+            "uploading",
+            self.key,
+            lambda: s.client.put_object(Bucket=s.bucket, Key=self.name, Body=data, **s._write_args()),
+        )
+
+    def complete(self, parts: list[dict[str, Any]]) -> None:
+        """Complete the upload: only now does the object become visible."""
+        s = self.storage
+        upload_id = self._ensure_started()
+        s._call(
+            "completing upload of",
+            self.key,
+            lambda: s.client.complete_multipart_upload(
+                Bucket=s.bucket, Key=self.name, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            ),
+        )
+
+    def abort(self) -> None:
+        """Abort the upload so its parts are discarded; failures are left for the prune sweep."""
+        if self.upload_id is None:
+            return
+        s = self.storage
+        abort = partial(
+            s.client.abort_multipart_upload, Bucket=s.bucket, Key=self.name, UploadId=self.upload_id
+        )
+        # The original error matters more; an upload left behind is swept by `opskit prune`
+        # (abort_incomplete_uploads) and is invisible meanwhile.
+        with contextlib.suppress(StorageError):
+            s._call("aborting upload of", self.key, abort)
+
+
+def _describe(exc: BaseException, bucket: str) -> str:
+    """Return a short cause for an S3 failure, naming the bucket where that helps."""
+    code = _code(exc)
+    status = _status(exc)
+    if code == "NoSuchBucket":
+        return f"bucket '{bucket}' does not exist"
+    if code == "InvalidAccessKeyId":
+        return "the access key id is not known to the server (bad credentials)"
+    if code == "SignatureDoesNotMatch":
+        return "the secret access key does not match the access key id (bad credentials)"
+    if code in {"ExpiredToken", "InvalidToken", "TokenRefreshRequired"}:
+        return "the session token is expired or invalid"
+    if code in {"AccessDenied", "AllAccessDisabled"} or status == 403:
+        return f"access denied to bucket '{bucket}' (a read-only credential, or a policy that denies it)"
+    if isinstance(exc, bex.NoCredentialsError):
+        return "no AWS credentials were found"
+    if isinstance(exc, bex.EndpointConnectionError):
+        return f"cannot connect to {exc.kwargs.get('endpoint_url', 'the endpoint')}"
+    if isinstance(exc, bex.ClientError):
+        message = exc.response.get("Error", {}).get("Message", "")
+        return f"{code or status}: {message}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _hint(exc: BaseException) -> str | None:
+    code = _code(exc)
+    if code == "NoSuchBucket":
+        return "create the bucket (opskit never creates buckets) or fix the storage URL"
+    if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"} or isinstance(
+        exc, bex.NoCredentialsError
+    ):
+        return "check access_key_id/secret_access_key, the profile, or the AWS_* environment"
+    if code in {"AccessDenied", "AllAccessDisabled"} or _status(exc) == 403:
+        return "grant s3:PutObject, s3:GetObject, s3:DeleteObject and s3:ListBucket on the bucket and prefix"
+    if isinstance(exc, bex.ConnectionError | bex.HTTPClientError):
+        return "check endpoint_url, region and the network path to the store"
+    return None
+
+
+def open_storage(config: StorageConfig) -> S3Storage:
+    """Return the S3 storage a ``s3://`` config names. Does no I/O."""
+    return S3Storage(config)

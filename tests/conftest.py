@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the real test servers come from tests/servers.py."""
+
+pytest_plugins = ["tests.servers", "tests.pg", "tests.pgcluster"]
