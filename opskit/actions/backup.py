@@ -19,6 +19,7 @@ Order of work, and why:
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -30,13 +31,13 @@ import zstandard
 from psycopg import sql
 
 from opskit import __version__, facts, postgres
-from opskit.catalog import Artifact, Manifest, artifact_key, new_backup_id, write_manifest
+from opskit.catalog import Artifact, Manifest, artifact_key, backup_prefix, new_backup_id, write_manifest
 from opskit.config import TargetConfig
 from opskit.context import AppContext
 from opskit.errors import BackupFailed, ConfigError, LockHeld, OpskitError
 from opskit.execute import spawn
 from opskit.log import get_logger
-from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
+from opskit.pipeline import Cancelled, StoreResult, compress_and_store, recipient_fingerprint
 from opskit.progress import ByteProgress
 from opskit.storage import Storage
 
@@ -88,8 +89,12 @@ def run(
         snapshot_id, snapshot_time = pre.export_snapshot()
         backup_id = new_backup_id(snapshot_time)
         log.info("backup started", target=target_config.name, backup_id=backup_id, storage=storage.name)
-        manifest = _dump_and_commit(ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id,
-                                    labels, extra or {})
+        try:
+            manifest = _dump_and_commit(ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id,
+                                        labels, extra or {})
+        except BaseException:
+            _remove_partial_backup(storage, target_config.name, backup_id)
+            raise
     result = BackupResult(manifest=manifest, storage=storage.name)
     for secondary in target_config.storages[1:]:
         result.copies[secondary] = _copy_to_secondary(ctx, manifest, storage, secondary)
@@ -102,6 +107,20 @@ def run(
         failed_copies=sorted(result.failed_copies),
     )
     return result
+
+
+def _remove_partial_backup(storage: Storage, target: str, backup_id: str) -> None:
+    """Delete the artifacts a failed run already committed (best effort: prune sweeps what is left).
+
+    No manifest exists for the run, so nothing here is listed as a backup; removing the
+    objects keeps the storage free of orphans right away.
+    """
+    try:
+        for info in list(storage.list(backup_prefix(target, backup_id) + "/")):
+            storage.delete(info.key)
+    except Exception as exc:
+        log.warning("could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id,
+                    error=str(exc))
 
 
 def _copy_to_secondary(ctx: AppContext, manifest: Manifest, source: Storage, name: str) -> str | None:
@@ -307,30 +326,47 @@ def _store_tool_output(
     label: str,
     program: str,
 ) -> StoreResult:
-    """Run a dump program and stream its stdout into ``key``; commit only if it exits 0."""
-    import subprocess
+    """Run a dump program and stream its stdout into ``key``; commit only if it exits 0.
 
+    A cancel (daemon shutdown) kills the program at once, even while it waits on a lock,
+    so the upload ends and is aborted instead of committed.
+    """
     compression = ctx.config.compression
     with spawn(argv, env=env, stdout=subprocess.PIPE) as child, ByteProgress(label, ctx.interactive) as progress:
+        done = threading.Event()
+
+        def kill_on_cancel() -> None:
+            while not done.wait(0.2):
+                if ctx.cancel.is_set():
+                    child.kill()
+                    return
+
+        watcher = threading.Thread(target=kill_on_cancel, name="opskit-cancel-watch", daemon=True)
+        watcher.start()
 
         def check_exit() -> None:
+            if ctx.cancel.is_set():
+                raise Cancelled("the run was cancelled (shutdown requested); nothing was committed")
             child.check(
                 BackupFailed,
                 f"{program} of target '{target.name}' failed",
                 hint="nothing was committed; fix the cause above and run the backup again",
             )
 
-        return compress_and_store(
-            child.stdout,
-            storage,
-            key,
-            level=compression.level,
-            threads=compression.threads,
-            recipients=ctx.config.encryption.recipients,
-            cancel=ctx.cancel,
-            progress=progress,
-            before_commit=check_exit,
-        )
+        try:
+            return compress_and_store(
+                child.stdout,
+                storage,
+                key,
+                level=compression.level,
+                threads=compression.threads,
+                recipients=ctx.config.encryption.recipients,
+                cancel=ctx.cancel,
+                progress=progress,
+                before_commit=check_exit,
+            )
+        finally:
+            done.set()
 
 
 def run_all(ctx: AppContext, labels: Sequence[str] = ()) -> tuple[list[BackupResult], dict[str, OpskitError]]:
