@@ -93,7 +93,7 @@ def open_engine(target: TargetConfig, settings: MigrationSettings, dbname: str |
 
 def restore_command(backup_id: str, target: str) -> str:
     """Return the command that puts ``target`` back to backup ``backup_id``."""
-    return f"opskit restore {backup_id} --target {target} --to {target} --clean --yes"
+    return f"opskit restore {backup_id} --target {target} --to {target} --replace --yes"
 
 
 def _flyway(settings: MigrationSettings) -> Any:
@@ -187,13 +187,12 @@ def _after_failure(ctx: AppContext, exc: MigrationFailed, outcome: MigrateOutcom
     say(f"restoring backup {outcome.backup_id} into target '{outcome.target}' (--restore-on-failure)")
     try:
         result = restore.run(ctx, selector=outcome.backup_id or "latest", target=outcome.target, to=outcome.target,
-                             clean=True, confirmed=yes)
+                             replace=True, confirmed=yes)
     except OpskitError as restore_error:
         exc.hint = (f"the automatic restore failed too ({restore_error.one_line()}); run it by hand: "
                     f"{outcome.restore_command}")
         return
     if not result.ok:
-        # pg_restore --clean drops only what the dump holds: tables a migration created stay behind.
         names = ", ".join(sorted(m.table for m in result.mismatches)) if result.mismatches else "?"
         exc.hint = (f"backup {outcome.backup_id} was restored into '{outcome.target}', but {len(result.mismatches)} "
                     f"table(s) differ from it ({names}): drop what the failed run created and check")
