@@ -28,6 +28,9 @@ def test_the_shipped_example_config_loads_and_uses_every_section() -> None:
     assert config.targets["app"].staging == "staging"
     assert config.targets["app"].protected
     assert {s.kind for s in config.storages.values()} >= {"file", "s3", "gs", "az"}
+    assert set(config.retention) == {"gfs"}
+    for section in ("migrations", "notify", "daemon"):
+        assert getattr(config, section) is not None, section
 
 
 def test_with_no_config_at_all_there_is_a_default_target_and_a_local_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
