@@ -1,0 +1,85 @@
+"""``opskit status``: backups, RPO, 3-2-1, last verify and last drill per target; exit 6 on a breach."""
+
+from __future__ import annotations
+
+import click
+
+from opskit.actions import status as status_action
+from opskit.cli import pass_app
+from opskit.cli.render import echo_json
+from opskit.context import AppContext
+from opskit.objectives import short
+from opskit.units import format_size
+
+
+@click.command("status")
+@click.option("--target", "-t", help="Only this target (default: every target that is not a staging target).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_app
+def status(app: AppContext, target: str | None, as_json: bool) -> None:
+    """Show whether each target meets its objectives. Exit 6 when an objective is breached."""
+    report = status_action.run(app, target=target)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        for index, item in enumerate(report.targets):
+            if index:
+                click.echo("")
+            _render(item)
+    report.raise_for_breach()
+
+
+def _render(item: status_action.TargetStatus) -> None:
+    click.echo(f"target {item.target}")
+    newest = item.newest
+    if newest is None:
+        click.echo("  newest backup: none")
+    else:
+        click.echo(
+            f"  newest backup: {newest.id}, snapshot {newest.snapshot_time:%Y-%m-%d %H:%M:%SZ} "
+            f"({short(item.now - newest.snapshot_time)} ago), {format_size(newest.size)}, "
+            f"in {', '.join(item.holders)}"
+        )
+    click.echo(f"  RPO: {item.rpo.explain()} [{item.rpo.status}]")
+    for state in item.storages:
+        where = (
+            f"{state.backups} backups, newest {state.newest_id}"
+            if not state.error
+            else f"ERROR {state.error}"
+        )
+        click.echo(f"  storage {state.name} ({state.kind}{', offsite' if state.offsite else ''}): {where}")
+    verdict = "holds" if item.three_two_one else "does NOT hold"
+    click.echo(
+        f"  3-2-1 {verdict}: {item.copies} copies, kinds {', '.join(item.kinds) or 'none'}, "
+        f"offsite {', '.join(item.offsite) or 'none'}"
+    )
+    verify = item.last_verify
+    click.echo(
+        "  last verify: "
+        + (
+            "never"
+            if verify is None
+            else f"{verify['time']} backup {verify['backup_id']} ({verify['level']}): {verify['verdict']}"
+        )
+    )
+    drill = item.last_drill
+    if drill is None:
+        click.echo("  last drill: never")
+    else:
+        rto = item.rto
+        rto_text = (
+            f", RTO measured {short(rto.measured)}, estimated {short(rto.estimated)} "
+            f"(target {short(rto.target)}): {rto.status}"
+            if rto
+            else ""
+        )
+        click.echo(f"  last drill: {drill['finished_at']} {drill['verdict']}{rto_text}")
+    for text in item.breaches:
+        click.echo(f"  BREACHED {text}")
+    for text in item.warnings:
+        click.echo(f"  warning: {text}")
+
+
+def register(group: click.Group) -> None:
+    """Add ``status``."""
+    group.add_command(status)
