@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,9 @@ import psycopg
 from psycopg import sql
 
 from opskit.catalog import TableFacts
+from opskit.log import get_logger
+
+log = get_logger(__name__)
 
 # Tables pg_dump dumps data for: ordinary tables and partitions outside system schemas,
 # not owned by an extension (their data is the extension's, and is not dumped).
@@ -109,12 +111,14 @@ def object_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
         return {col.name: int(value) for col, value in zip(cur.description, row, strict=True)}
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version))
-
-
 def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema_history") -> str | None:
-    """Return the highest successfully applied Flyway version, or None when there is no history table."""
+    """Return the schema version Flyway's ``info`` would report, or None when there is no history table.
+
+    Flyway's rules decide (a DELETE marker cancels a version, baselines count), so a manifest and
+    ``flyway info`` never disagree.
+    """
+    from opskit.migrate.engine import schema_version
+
     with conn.cursor() as cur:
         cur.execute(
             "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -122,15 +126,24 @@ def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema
             (table,),
         )
         found = cur.fetchone()
-        if found is None:
-            return None
-        cur.execute(
-            sql.SQL(
-                "SELECT version FROM {}.{} WHERE success AND version IS NOT NULL AND type <> 'DELETE'"
-            ).format(sql.Identifier(found[0]), sql.Identifier(table))
-        )
-        versions = [row[0] for row in cur.fetchall() if row[0]]
-    return max(versions, key=_version_key) if versions else None
+    if found is None:
+        return None
+    # A history table that is not Flyway's shape must not fail a backup: read it inside a
+    # savepoint (when in a transaction) and report no version if it cannot be read.
+    in_transaction = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    try:
+        if in_transaction:
+            conn.execute("SAVEPOINT opskit_schema_version")
+        version = schema_version(conn, schema=found[0], table=table)
+        if in_transaction:
+            conn.execute("RELEASE SAVEPOINT opskit_schema_version")
+        return version
+    except psycopg.Error as exc:
+        if in_transaction:
+            conn.execute("ROLLBACK TO SAVEPOINT opskit_schema_version")
+        log.warning("the schema history table cannot be read; no migration version recorded",
+                    table=f"{found[0]}.{table}", error=str(exc).strip())
+        return None
 
 
 def collect(

@@ -34,7 +34,7 @@ from opskit import __version__, facts, postgres
 from opskit.catalog import Artifact, Manifest, artifact_key, backup_prefix, new_backup_id, write_manifest
 from opskit.config import TargetConfig
 from opskit.context import AppContext
-from opskit.errors import BackupFailed, ConfigError, LockHeld, OpskitError
+from opskit.errors import BackupFailed, ConfigError, CopyFailed, LockHeld, OpskitError
 from opskit.execute import spawn
 from opskit.log import get_logger
 from opskit.pipeline import Cancelled, StoreResult, compress_and_store, recipient_fingerprint
@@ -56,6 +56,15 @@ class BackupResult:
     def failed_copies(self) -> dict[str, str]:
         """Return storage name -> error for the copies that failed."""
         return {name: error for name, error in self.copies.items() if error is not None}
+
+    def raise_for_outcome(self) -> None:
+        """Raise CopyFailed (exit 4) when the backup is committed but a secondary copy failed."""
+        if self.failed_copies:
+            names = ", ".join(f"'{name}'" for name in sorted(self.failed_copies))
+            raise CopyFailed(
+                f"backup {self.manifest.id} ok, copy to {names} failed: {'; '.join(self.failed_copies.values())}",
+                hint="the next 'opskit copy' retries it",
+            )
 
 
 def lock_key(target: str) -> int:

@@ -63,6 +63,14 @@ class CopyReport:
     skipped: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, error)
 
+    def raise_for_outcome(self) -> None:
+        """Raise CopyFailed (exit 4) naming every copy that failed."""
+        if self.failed:
+            raise CopyFailed(
+                "copy failed: " + "; ".join(f"target '{t}' to '{s}': {e}" for t, s, e in self.failed),
+                hint="fix the storage and run 'opskit copy' again",
+            )
+
 
 def run(
     ctx: AppContext, target: str | None = None, storage: str | None = None, all_targets: bool = False

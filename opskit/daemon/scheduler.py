@@ -145,6 +145,10 @@ class Runner:
                 ctx = AppContext(config=self.config, clock=self.clock, cancel=self.cancel)
                 result = action(ctx, target=job.target, **dict(job.args))
                 details = _details_of(result)
+                # Some actions report a failed outcome in their result (a drill check, a failed copy).
+                raise_for_outcome = getattr(result, "raise_for_outcome", None)
+                if callable(raise_for_outcome):
+                    raise_for_outcome()
                 outcome = ledger_mod.SUCCESS
             except OpskitError as exc:
                 error = exc.one_line()

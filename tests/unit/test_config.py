@@ -29,7 +29,7 @@ def test_the_shipped_example_config_loads_and_uses_every_section() -> None:
     assert config.targets["app"].protected
     assert {s.kind for s in config.storages.values()} >= {"file", "s3", "gs", "az"}
     assert set(config.retention) == {"gfs"}
-    for section in ("migrations", "notify", "daemon"):
+    for section in ("migrations", "notify", "daemon", "drill"):
         assert getattr(config, section) is not None, section
 
 
