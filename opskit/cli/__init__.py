@@ -126,13 +126,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # a verb not built yet
-            raise
-        module.register(main)
+        importlib.import_module(name).register(main)
 
 
 _register()

@@ -96,11 +96,7 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
 
 def register(group: click.Group) -> None:
     """Add the ``backup`` command group (with pin/unpin/verify when available)."""
-    try:
-        from opskit.cli.backup_extra import register_backup_commands
-    except ModuleNotFoundError as exc:
-        if exc.name != "opskit.cli.backup_extra":
-            raise
-    else:
-        register_backup_commands(backup_group)
+    from opskit.cli.backup_extra import register_backup_commands
+
+    register_backup_commands(backup_group)
     group.add_command(backup_group)
