@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import zstandard
 from psycopg import sql
 
@@ -184,8 +185,16 @@ class _Preflight:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # Closing the session ends the snapshot transaction and releases the advisory lock.
-        self.conn.close()
+        # End the snapshot transaction and release the lock explicitly: closing alone releases it
+        # only when the server backend exits, after the client has moved on, so a backup started
+        # right after this one could still find the lock held.
+        try:
+            self.conn.execute("ROLLBACK")
+            self.conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            pass  # the session is gone, and its lock with it
+        finally:
+            self.conn.close()
 
 
 class _FactsThread(threading.Thread):

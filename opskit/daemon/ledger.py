@@ -159,7 +159,7 @@ class Ledger:
             conn.close()
             raise
         if attempt is None:
-            conn.close()  # releases the job lock
+            _release(conn)
             return None
         return Claim(job=job, slot=slot, attempt=attempt, conn=conn)
 
@@ -217,7 +217,7 @@ class Ledger:
         except psycopg.Error as exc:
             log.warning("ledger not updated", job=claim.job, slot=claim.slot.isoformat(), error=str(exc).strip())
         finally:
-            claim.conn.close()
+            _release(claim.conn)
 
     # ------------------------------------------------------------------ reading
 
@@ -243,3 +243,17 @@ class Ledger:
         with self.connect() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             return list(cursor.execute(query, params).fetchall())
+
+
+def _release(conn: psycopg.Connection[Any]) -> None:
+    """Release the job lock, then close.
+
+    Closing alone releases it too, but asynchronously: the server backend exits after the client
+    has moved on, and another replica's immediate try could still find the lock held.
+    """
+    try:
+        conn.execute("SELECT pg_advisory_unlock_all()")
+    except psycopg.Error:
+        pass  # the connection is gone, and its locks with it
+    finally:
+        conn.close()
