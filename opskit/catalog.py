@@ -181,11 +181,17 @@ class Manifest:
             )
         except ManifestError:
             raise
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            # OverflowError: a timestamp such as 0001-01-01T00:00+01:00 has no UTC equivalent.
             raise ManifestError(f"manifest is malformed: {exc}") from exc
         for artifact in artifacts:
-            if not isinstance(artifact.size, int) or not isinstance(artifact.key, str):
+            if not _fields_have_types(artifact, _ARTIFACT_TYPES):
                 raise ManifestError(f"manifest artifact '{artifact.name}' is malformed")
+        for table in tables:
+            if not _fields_have_types(table, _TABLE_TYPES):
+                raise ManifestError(f"manifest table entry '{table.schema}.{table.name}' is malformed")
+        if manifest.migration_version is not None and not isinstance(manifest.migration_version, str):
+            raise ManifestError("manifest field 'migration_version' is not a string")
         return manifest
 
     @classmethod
@@ -196,6 +202,25 @@ class Manifest:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+# Field -> accepted types, checked after parsing so later code can trust them (bool is no int here).
+_ARTIFACT_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "key": (str,), "size": (int,), "sha256": (str,), "plain_size": (int,),
+    "plain_sha256": (str,), "compression": (str,), "encryption": (dict, type(None)),
+}
+_TABLE_TYPES: dict[str, tuple[type, ...]] = {
+    "schema": (str,), "name": (str,), "rows": (int,), "fingerprint": (str, type(None)),
+}
+
+
+def _fields_have_types(item: Any, types: Mapping[str, tuple[type, ...]]) -> bool:
+    """Return True when every field of the dataclass ``item`` has one of its accepted types."""
+    for name, kinds in types.items():
+        value = getattr(item, name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+    return True
 
 
 def _only(value: Any, kind: type) -> dict[str, Any]:

@@ -12,6 +12,7 @@ a test loads, so the example can never rot.
 
 from __future__ import annotations
 
+import builtins
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -195,26 +196,26 @@ class Section:
     Every key read is remembered; ``finish()`` reports the keys nobody read as unknown.
     """
 
-    def __init__(self, raw: Any, path: str, errors: ConfigErrors) -> None:
+    def __init__(self, raw: Any, path: builtins.str, errors: ConfigErrors) -> None:
         self.path = path
         self.errors = errors
-        self.seen: set[str] = set()
+        self.seen: set[builtins.str] = set()
         if isinstance(raw, Mapping):
-            self.raw: Mapping[str, Any] = raw
+            self.raw: Mapping[builtins.str, Any] = raw
         else:
             errors.add(path, f"must be a table, not {type(raw).__name__}")
             self.raw = {}
 
-    def key_path(self, key: str) -> str:
+    def key_path(self, key: builtins.str) -> builtins.str:
         """Return the dotted path of ``key`` in this section."""
         return f"{self.path}.{key}" if self.path else key
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         """Return True when the key is present (and mark it seen)."""
         self.seen.add(key)
         return key in self.raw
 
-    def get(self, key: str, kinds: type | tuple[type, ...], default: Any, what: str) -> Any:
+    def get(self, key: builtins.str, kinds: type | tuple[type, ...], default: Any, what: builtins.str) -> Any:
         """Return ``raw[key]`` if it has one of ``kinds``, else record an error and return default."""
         self.seen.add(key)
         if key not in self.raw:
@@ -224,23 +225,23 @@ class Section:
             return default
         value = self.raw[key]
         # bool is an int in Python; a TOML `true` is never a valid number here.
-        if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in _as_tuple(kinds)):
+        if isinstance(value, kinds) and not (isinstance(value, builtins.bool) and builtins.bool not in _as_tuple(kinds)):
             return value
         self.errors.add(self.key_path(key), f"must be {what}, not {_describe(value)}")
         return default if default is not _MISSING else None
 
-    def str(self, key: str, default: Any = _MISSING) -> Any:
+    def str(self, key: builtins.str, default: Any = _MISSING) -> Any:
         """Return a string value."""
-        return self.get(key, str, default, "a string")
+        return self.get(key, builtins.str, default, "a string")
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool = False) -> builtins.bool:
         """Return a boolean value."""
-        return bool(self.get(key, bool, default, "true or false"))
+        return bool(self.get(key, builtins.bool, default, "true or false"))
 
-    def int(self, key: str, default: Any = _MISSING, minimum: int | None = None, maximum: int | None = None) -> Any:
+    def int(self, key: builtins.str, default: Any = _MISSING, minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> Any:
         """Return an integer within [minimum, maximum]."""
-        value = self.get(key, int, default, "an integer")
-        if isinstance(value, int) and key in self.raw:
+        value = self.get(key, builtins.int, default, "an integer")
+        if isinstance(value, builtins.int) and key in self.raw:
             if minimum is not None and value < minimum:
                 self.errors.add(self.key_path(key), f"must be at least {minimum}, not {value}")
                 return default
@@ -249,47 +250,72 @@ class Section:
                 return default
         return value
 
-    def duration(self, key: str, default: Any = _MISSING) -> Any:
+    def duration(self, key: builtins.str, default: Any = _MISSING) -> Any:
         """Return a timedelta from a string such as ``90m`` or ``30d``."""
-        value = self.get(key, str, default, "a duration such as '1h' or '30d'")
-        if isinstance(value, str):
+        value = self.get(key, builtins.str, default, "a duration such as '1h' or '30d'")
+        if isinstance(value, builtins.str):
             try:
                 return parse_duration(value)
             except ValueError as exc:
                 self.errors.add(self.key_path(key), str(exc))
                 return default if default is not _MISSING else None
+            except OverflowError:  # e.g. '99999999999999999999d' does not fit a timedelta
+                self.errors.add(self.key_path(key), f"'{value}' is too long a duration")
+                return default if default is not _MISSING else None
         return value
 
-    def size(self, key: str, default: Any = _MISSING) -> Any:
+    def size(self, key: builtins.str, default: Any = _MISSING) -> Any:
         """Return a byte count from an integer or a string such as ``64MiB``."""
-        value = self.get(key, (str, int), default, "a size such as '64MiB'")
-        if isinstance(value, str | int) and key in self.raw:
+        value = self.get(key, (builtins.str, builtins.int), default, "a size such as '64MiB'")
+        if isinstance(value, builtins.str | builtins.int) and key in self.raw:
             try:
                 return parse_size(value)
             except ValueError as exc:
                 self.errors.add(self.key_path(key), str(exc))
                 return default if default is not _MISSING else None
+            except OverflowError:  # e.g. '1e999 TiB' is an infinite float
+                self.errors.add(self.key_path(key), f"'{value}' is too large a size")
+                return default if default is not _MISSING else None
         return value
 
-    def str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def str_list(self, key: builtins.str, default: tuple[builtins.str, ...] = ()) -> tuple[builtins.str, ...]:
         """Return a list of strings as a tuple."""
         value = self.get(key, list, list(default), "a list of strings")
-        if not all(isinstance(item, str) for item in value):
+        if not all(isinstance(item, builtins.str) for item in value):
             self.errors.add(self.key_path(key), "must contain only strings")
             return default
         return tuple(value)
 
-    def secret(self, key: str) -> SecretRef | None:
-        """Return a secret reference (``env:X``, ``file:/path``, ``aws-sm://...``, or a literal)."""
-        value = self.get(key, str, None, "a secret reference such as 'env:NAME' or 'file:/run/secrets/x'")
-        return SecretRef(value) if isinstance(value, str) else None
+    def secret(self, key: builtins.str) -> SecretRef | None:
+        """Return a secret reference (``env:X``, ``file:/path``, ``aws-sm://...``, or a literal).
 
-    def table(self, key: str) -> Section:
+        ``OPSKIT_<PATH>`` / ``OPSKIT_<PATH>_FILE`` in the environment (Docker's convention; see
+        :func:`secret_env_name`) override the file's value; both set is an error.
+        """
+        value = self.get(key, builtins.str, None, "a secret reference such as 'env:NAME' or 'file:/run/secrets/x'")
+        ref = SecretRef(value) if isinstance(value, builtins.str) else None
+        name = secret_env_name(self.key_path(key))
+        direct, from_file = os.environ.get(name), os.environ.get(f"{name}_FILE")
+        if direct and from_file:
+            self.errors.add(self.key_path(key), f"both {name} and {name}_FILE are set; unset one")
+            return None
+        if direct:
+            # A reference to the variable, not its value: resolved on use, logged as 'env:NAME'.
+            ref = SecretRef(f"env:{name}")
+        elif from_file:
+            ref = SecretRef(f"file:{from_file}")
+        problem = ref.problem() if ref is not None else None
+        if problem:
+            self.errors.add(self.key_path(key), problem)
+            return None
+        return ref
+
+    def table(self, key: builtins.str) -> Section:
         """Return the sub-table ``key`` as a Section (empty when absent)."""
         self.seen.add(key)
         return Section(self.raw.get(key, {}), self.key_path(key), self.errors)
 
-    def tables(self, key: str) -> Iterator[tuple[str, Section]]:
+    def tables(self, key: builtins.str) -> Iterator[tuple[builtins.str, Section]]:
         """Yield (name, Section) for every sub-table of the table ``key`` (``[targets.NAME]``)."""
         parent = self.table(key)
         for name in parent.raw:
@@ -301,6 +327,15 @@ class Section:
         for key in self.raw:
             if key not in self.seen:
                 self.errors.add(self.key_path(key), "unknown key")
+
+
+def secret_env_name(path: str) -> str:
+    """Return the environment variable that overrides the secret at ``path``.
+
+    ``targets.app.password`` -> ``OPSKIT_TARGETS_APP_PASSWORD`` (``_FILE`` appended for the
+    file form); every character that is not a letter or digit becomes ``_``.
+    """
+    return "OPSKIT_" + "".join(c if c.isascii() and c.isalnum() else "_" for c in path).upper()
 
 
 def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -472,6 +507,11 @@ def _parse_storage(name: str, section: Section) -> StorageConfig:
                     options[key] = section.int(key, 5, minimum=1, maximum=50)
                 else:
                     options[key] = section.str(key)
+            # A secret may come only from OPSKIT_STORAGES_<NAME>_<KEY>[_FILE], absent from the file.
+            for key in sorted(backend.secret_options - set(options)):
+                ref = section.secret(key)
+                if ref is not None:
+                    options[key] = ref
     section.finish()
     return StorageConfig(name=name, url=url or "", offsite=offsite, part_size=part_size, options=options)
 

@@ -18,15 +18,32 @@ import structlog
 # Keys whose values are secrets whatever they contain.
 _SECRET_KEY_RE = re.compile(r"(pass(word)?|secret|token|api[_-]?key|private[_-]?key|credential|identity|sas)", re.I)
 # user:password@ in URLs and DSNs, and password=... in libpq key/value strings.
-_URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
-_KV_PASSWORD_RE = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+# The password runs to the LAST '@' before the host, so an unencoded '@' inside it is still hidden.
+_URL_PASSWORD_RE = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>\S+?)(?=@[^@\s/?#]*(?:[/?#\s]|$))", re.I
+)
+# password=, sslpassword=, PGPASSWORD=, aws_secret_access_key=, token=, SAS sig= ...
+_KV_PASSWORD_RE = re.compile(
+    r"(?P<key>\b(?:\w*(?:password|secret|token|credential)\w*|sig|api_?key)\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'|\S+)",
+    re.I,
+)
 REDACTED = "[redacted]"
+# Resolved secrets shorter than this are not searched for in text: too likely to hit innocent words.
+_MIN_SCRUB_LENGTH = 4
 
 
 def redact_text(text: str) -> str:
     """Return ``text`` with passwords inside URLs and libpq key/value DSNs replaced."""
+    from opskit.secrets import resolved_values
+
     text = _URL_PASSWORD_RE.sub(lambda m: m.group("scheme") + REDACTED, text)
-    return _KV_PASSWORD_RE.sub(lambda m: m.group("key") + REDACTED, text)
+    text = _KV_PASSWORD_RE.sub(lambda m: m.group("key") + REDACTED, text)
+    # Last line of defence: a resolved secret quoted verbatim (by a library's error, say) is hidden too.
+    for value in resolved_values():
+        if len(value) >= _MIN_SCRUB_LENGTH and value in text:
+            text = text.replace(value, REDACTED)
+    return text
 
 
 def _redact_value(key: str, value: Any) -> Any:
@@ -48,7 +65,12 @@ def _redact_value(key: str, value: Any) -> Any:
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: redact secret-looking keys and DSN passwords in every field."""
+    """structlog processor: redact secret-looking keys and DSN passwords in every field.
+
+    A traceback (``exc_info``) is rendered to text here first, so it is redacted too.
+    """
+    if event_dict.get("exc_info"):
+        event_dict = structlog.processors.format_exc_info(_logger, _method, event_dict)
     for key in list(event_dict):
         event_dict[key] = _redact_value(key, event_dict[key])
     return event_dict
