@@ -57,11 +57,17 @@ def conninfo(target: TargetConfig, dbname: str | None = None) -> str:
 
 
 def password(target: TargetConfig) -> str | None:
-    """Return the target's password: the secret reference if configured, else one inside the DSN."""
+    """Return the target's password: the secret reference, else one inside the DSN, else ``$PGPASSWORD``.
+
+    ``$PGPASSWORD`` is read here because child tools never see it (execute.child_env removes
+    it): it reaches them through the temporary PGPASSFILE like any other password.
+    """
     if target.password is not None:
         return target.password.resolve().reveal()
     inline = dsn_parts(target).get("password")
-    return str(inline) if inline else None
+    if inline:
+        return str(inline)
+    return os.environ.get("PGPASSWORD") or None
 
 
 def describe(target: TargetConfig, dbname: str | None = None) -> str:
