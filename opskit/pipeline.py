@@ -287,13 +287,15 @@ def read_artifact(
                 hint="the object is corrupt; restore another backup or a copy from another storage",
             ) from exc
         # Drain whatever the decoder did not need, so the stored hash covers the whole object.
-        pump(stored, _Discard())
+        pump(stored, Discard())
     result = StoreResult(plain=plain.stats(), stored=stored.stats())
     check_stats(artifact, result, backup_id)
     return result
 
 
-class _Discard(io.RawIOBase):
+class Discard(io.RawIOBase):
+    """A sink that drops every byte (hashing a stream is the point)."""
+
     def writable(self) -> bool:
         return True
 
@@ -303,7 +305,7 @@ class _Discard(io.RawIOBase):
 
 def _decrypt_failure(artifact: Artifact, backup_id: str, stored: HashingReader, exc: Exception) -> Exception:
     # A wrong key and a corrupted object both surface as DecryptError; the stored hash tells them apart.
-    pump(stored, _Discard())
+    pump(stored, Discard())
     if stored.stats().sha256 != artifact.sha256:
         return VerificationFailed(
             f"artifact '{artifact.key}' of backup {backup_id}: stored sha256 mismatch (object is corrupt): {exc}",
@@ -336,5 +338,5 @@ def hash_stored(storage: Storage, artifact: Artifact, cancel: threading.Event | 
     """Stream an artifact and return its stored size and sha256 (needs no key)."""
     with storage.reader(artifact.key) as raw:
         reader = HashingReader(raw, cancel=cancel)
-        pump(reader, _Discard())
+        pump(reader, Discard())
     return reader.stats()

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ import psycopg
 
 from opskit import __version__, catalog, facts, objectives, pipeline, postgres, report
 from opskit.actions.drill_settings import DrillSettings
+from opskit.archive import TocReader
 from opskit.catalog import Manifest
 from opskit.config import TargetConfig
 from opskit.context import AppContext
@@ -47,7 +46,6 @@ from opskit.errors import (
     OpskitError,
     VerificationFailed,
 )
-from opskit.execute import spawn
 from opskit.log import get_logger
 from opskit.storage import Storage, join_key
 
@@ -534,7 +532,7 @@ def _pre_checks(
                     "identity matches a recipient",
                 )
             )
-        toc = _TocSink(tool.path)
+        toc = TocReader(tool.path)
         try:
             with toc:
                 read = pipeline.read_artifact(
@@ -553,7 +551,9 @@ def _pre_checks(
             "pre", "decrypt, decompress and plain sha256", True, artifact.plain_sha256, read.plain.sha256
         )
     )
-    checks.append(toc.check())
+    checks.append(
+        DrillCheck("pre", "pg_restore --list reads it", toc.readable, "a readable table of contents", toc.describe())
+    )
     return all(c.ok for c in checks)
 
 
@@ -587,62 +587,6 @@ def _dump_major(manifest: Manifest) -> int:
     """Return the lowest pg_restore major that can read the dump: the newer of server and pg_dump."""
     majors = [manifest.server.get("major"), (manifest.tools.get("pg_dump") or {}).get("major")]
     return max((int(m) for m in majors if isinstance(m, int)), default=0)
-
-
-class _TocSink:
-    """A sink feeding ``pg_restore --list``; collects the table of contents it prints.
-
-    pg_restore may exit once it has read the TOC at the start of the archive, so a broken
-    pipe after that is expected: the rest of the stream is still hashed by the caller.
-    """
-
-    def __init__(self, pg_restore: str) -> None:
-        self._spawn = spawn([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._chunks: list[bytes] = []
-        self._closed = False
-        self.returncode: int | None = None
-        self.stderr = ""
-
-    def __enter__(self) -> _TocSink:
-        self._child = self._spawn.__enter__()
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-        return self
-
-    def _collect(self) -> None:
-        # Read concurrently: a long TOC would fill the pipe and block our writes.
-        for chunk in iter(lambda: self._child.stdout.read(65536), b""):
-            self._chunks.append(chunk)
-
-    def write(self, data: Any) -> int:
-        if not self._closed:
-            try:
-                self._child.stdin.write(data)
-            except (BrokenPipeError, ValueError):
-                self._closed = True
-        return len(data)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if exc_info[0] is not None:
-            self._spawn.__exit__(*exc_info)
-            return
-        try:
-            if not self._closed:
-                with contextlib.suppress(BrokenPipeError):
-                    self._child.stdin.close()
-            self.returncode = self._child.wait()
-            self._reader.join(timeout=30)
-            self.stderr = self._child.stderr_tail()
-        finally:
-            self._spawn.__exit__(None, None, None)
-
-    def check(self) -> DrillCheck:
-        """Return the check: pg_restore exited 0 and listed at least one entry."""
-        text = b"".join(self._chunks).decode("utf-8", "replace")
-        entries = sum(1 for line in text.splitlines() if line.strip() and not line.startswith(";"))
-        ok = self.returncode == 0 and entries > 0
-        actual = f"{entries} entries" if ok else f"exit {self.returncode}: {self.stderr}, {entries} entries"
-        return DrillCheck("pre", "pg_restore --list reads it", ok, "a readable table of contents", actual)
 
 
 # --------------------------------------------------------------------------- restore and post-restore checks

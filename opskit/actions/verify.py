@@ -16,9 +16,6 @@ with :func:`record_verification` (``kind="drill"``); retention honours both.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,11 +23,12 @@ from typing import Any
 import structlog
 
 from opskit import __version__, catalog, pipeline, postgres
+from opskit.archive import TocReader
 from opskit.catalog import Artifact, Manifest
 from opskit.context import AppContext
 from opskit.errors import ConfigError, ManifestError, ObjectNotFound, RestoreFailed, VerificationFailed
-from opskit.execute import spawn
 from opskit.log import get_logger
+from opskit.pipeline import Discard
 from opskit.storage import Storage, join_key
 
 log = get_logger(__name__)
@@ -332,18 +330,18 @@ def _check_full(
     """Decrypt + decompress with both hashes checked; feed the db artifact to ``pg_restore --list``."""
     if not store.exists(artifact.key):
         return [_missing(artifact)]
-    toc: _TocReader | None = None
+    toc: TocReader | None = None
     try:
         if artifact.name == catalog.DUMP_ARTIFACT:
             tool = postgres.find_tool("pg_restore", _dump_major(manifest), bin_dir)
-            toc = _TocReader(tool.path)
+            toc = TocReader(tool.path)
             with toc:
                 result = pipeline.read_artifact(
                     store, artifact, toc, identities=identities, backup_id=manifest.id, cancel=ctx.cancel
                 )
         else:
             result = pipeline.read_artifact(
-                store, artifact, _Discard(), identities=identities, backup_id=manifest.id, cancel=ctx.cancel
+                store, artifact, Discard(), identities=identities, backup_id=manifest.id, cancel=ctx.cancel
             )
     except ObjectNotFound:
         return [_missing(artifact)]
@@ -363,7 +361,8 @@ def _check_full(
         Check(artifact.name, "plain sha256", artifact.plain_sha256, result.plain.sha256, True),
     ]
     if toc is not None:
-        checks.append(toc.check(artifact.name))
+        checks.append(Check(artifact.name, "pg_restore --list", "a readable table of contents", toc.describe(),
+                            toc.readable))
     return checks
 
 
@@ -377,66 +376,3 @@ def _dump_major(manifest: Manifest) -> int:
     return max((int(m) for m in majors if isinstance(m, int)), default=0)
 
 
-class _Discard:
-    """A sink that drops what it is given (the plain bytes of artifacts only hashed)."""
-
-    def write(self, data: Any) -> int:
-        return len(data)
-
-
-class _TocReader:
-    """A sink that feeds ``pg_restore --list`` on stdin and collects its table of contents.
-
-    pg_restore exits once it has read the TOC at the start of a custom-format archive, so
-    a broken pipe after that is expected: the rest of the stream is only hashed.
-    """
-
-    def __init__(self, pg_restore: str) -> None:
-        self.argv = [pg_restore, "--list"]
-        self._spawn = spawn(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._output: list[bytes] = []
-        self._closed_early = False
-        self.returncode: int | None = None
-        self.stderr = ""
-
-    def __enter__(self) -> _TocReader:
-        self._child = self._spawn.__enter__()
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-        return self
-
-    def _collect(self) -> None:
-        # Read stdout concurrently: a large TOC would fill the pipe and deadlock our writes.
-        for chunk in iter(lambda: self._child.stdout.read(65536), b""):
-            self._output.append(chunk)
-
-    def write(self, data: Any) -> int:
-        if not self._closed_early:
-            try:
-                self._child.stdin.write(data)
-            except (BrokenPipeError, ValueError):
-                self._closed_early = True
-        return len(data)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if exc_info[0] is not None:
-            self._spawn.__exit__(*exc_info)  # kills and reaps pg_restore; the error propagates
-            return
-        try:
-            if not self._closed_early:
-                with contextlib.suppress(BrokenPipeError):
-                    self._child.stdin.close()
-            self.returncode = self._child.wait()
-            self._reader.join(timeout=30)
-            self.stderr = self._child.stderr_tail()
-        finally:
-            self._spawn.__exit__(None, None, None)
-
-    def check(self, artifact: str) -> Check:
-        """Return the pg_restore check: its exit status and how many TOC entries it listed."""
-        text = b"".join(self._output).decode("utf-8", "replace")
-        entries = sum(1 for line in text.splitlines() if line.strip() and not line.startswith(";"))
-        if self.returncode == 0 and entries > 0:
-            return Check(artifact, "pg_restore --list", "a readable table of contents", f"{entries} entries", True)
-        why = f"exit {self.returncode}" + (f": {self.stderr}" if self.stderr else "") + f", {entries} entries"
-        return Check(artifact, "pg_restore --list", "a readable table of contents", why, False)
