@@ -32,7 +32,15 @@ from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
 from opskit.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.storage.base import ObjectInfo
-from opskit.storage.cloud import ChunkReader, KeySpace, MiB, PartSchedule, PartWriter, open_reader, split_url
+from opskit.storage.cloud import (
+    KeySpace,
+    MiB,
+    PartSchedule,
+    PartWriter,
+    list_paged,
+    resuming_stream,
+    split_url,
+)
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
 
 if TYPE_CHECKING:
@@ -239,27 +247,17 @@ class AzureStorage:
             etag = etag or downloader.properties.etag
             return cast(Iterator[bytes], downloader.chunks())
 
-        raw = ChunkReader(open_at, self.retry, lambda exc: self._error("reading", key, exc), key)
-        stream = open_reader(raw)
-        try:
-            yield cast(BinaryIO, stream)
-        finally:
-            stream.close()
+        with resuming_stream(open_at, self.retry, lambda exc: self._error("reading", key, exc), key) as stream:
+            yield stream
 
     # ------------------------------------------------------------------ listing, deleting
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every blob whose key starts with ``prefix``, one retried request per page."""
         list_prefix = self.keys.list_prefix(prefix)
-        token: str | None = None
-        while True:
-            items, token = self._call("listing", prefix or "/", partial(self._list_page, list_prefix, token))
-            for name, size, modified in items:
-                rel = self.keys.relative(name)
-                if rel:
-                    yield ObjectInfo(rel, size, modified)
-            if not token:
-                return
+        yield from list_paged(
+            self.keys, lambda token: self._call("listing", prefix or "/", partial(self._list_page, list_prefix, token))
+        )
 
     def _list_page(
         self, list_prefix: str, token: str | None

@@ -20,11 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar, cast
 
 from opskit.errors import ConfigError, OpskitError, StorageError
-from opskit.storage.base import CHUNK_SIZE
+from opskit.storage.base import CHUNK_SIZE, ObjectInfo
 from opskit.storage.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -304,3 +306,38 @@ class ChunkReader(io.RawIOBase):
 def open_reader(reader: ChunkReader) -> io.BufferedReader:
     """Return ``reader`` wrapped for efficient ``read(n)`` calls of any size."""
     return io.BufferedReader(reader, buffer_size=CHUNK_SIZE)
+
+
+@contextmanager
+def resuming_stream(
+    open_at: Callable[[int], Iterator[bytes]],
+    policy: RetryPolicy,
+    translate: Callable[[BaseException], OpskitError],
+    key: str,
+) -> Iterator[BinaryIO]:
+    """Yield a buffered stream over an object that resumes broken downloads (see ChunkReader)."""
+    stream = open_reader(ChunkReader(open_at, policy, translate, key))
+    try:
+        yield cast(BinaryIO, stream)
+    finally:
+        stream.close()
+
+
+Page = tuple[list[tuple[str, int, datetime]], str | None]
+
+
+def list_paged(keys: KeySpace, fetch_page: Callable[[str | None], Page]) -> Iterator[ObjectInfo]:
+    """Yield ObjectInfo for every object, calling ``fetch_page(token)`` once per page until no token.
+
+    ``fetch_page`` returns ((full name, size, modified) items, next token); each call is one
+    retried request, so a failure on page 7 does not re-list pages 1 to 6.
+    """
+    token: str | None = None
+    while True:
+        items, token = fetch_page(token)
+        for name, size, modified in items:
+            relative = keys.relative(name)
+            if relative:
+                yield ObjectInfo(relative, size, modified)
+        if not token:
+            return

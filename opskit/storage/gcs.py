@@ -41,13 +41,13 @@ from google.oauth2 import service_account
 from opskit.errors import ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage
 from opskit.storage.cloud import (
-    ChunkReader,
     KeySpace,
     MiB,
     PartSchedule,
     PartWriter,
     TiB,
-    open_reader,
+    list_paged,
+    resuming_stream,
     split_url,
 )
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
@@ -279,27 +279,17 @@ class GCSStorage:
                 stream.seek(offset)
             return _chunks(stream, size - offset)
 
-        raw = ChunkReader(open_at, self.retry, lambda exc: self._error("reading", key, exc), key)
-        stream = open_reader(raw)
-        try:
-            yield cast(BinaryIO, stream)
-        finally:
-            stream.close()
+        with resuming_stream(open_at, self.retry, lambda exc: self._error("reading", key, exc), key) as stream:
+            yield stream
 
     # ------------------------------------------------------------------ listing, deleting
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``, one retried request per page."""
         list_prefix = self.keys.list_prefix(prefix)
-        token: str | None = None
-        while True:
-            items, token = self._call("listing", prefix or "/", partial(self._list_page, list_prefix, token))
-            for name, size, updated in items:
-                rel = self.keys.relative(name)
-                if rel:
-                    yield ObjectInfo(rel, size, updated)
-            if not token:
-                return
+        yield from list_paged(
+            self.keys, lambda token: self._call("listing", prefix or "/", partial(self._list_page, list_prefix, token))
+        )
 
     def _list_page(
         self, list_prefix: str, token: str | None

@@ -30,7 +30,7 @@ from botocore.config import Config as BotoConfig
 
 from opskit.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage
-from opskit.storage.cloud import ChunkReader, KeySpace, MiB, PartSchedule, PartWriter, open_reader, split_url
+from opskit.storage.cloud import KeySpace, MiB, PartSchedule, PartWriter, resuming_stream, split_url
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
 
 if TYPE_CHECKING:
@@ -227,12 +227,8 @@ class S3Storage:
             body = self.client.get_object(**args)["Body"]
             return cast(Iterator[bytes], body.iter_chunks(CHUNK_SIZE))
 
-        raw = ChunkReader(open_at, self.retry, lambda exc: self._error("reading", key, exc), key)
-        stream = open_reader(raw)
-        try:
-            yield cast(BinaryIO, stream)
-        finally:
-            stream.close()
+        with resuming_stream(open_at, self.retry, lambda exc: self._error("reading", key, exc), key) as stream:
+            yield stream
 
     # ------------------------------------------------------------------ listing, deleting
 
