@@ -1,0 +1,345 @@
+"""Shared pieces of the benchmark scripts: machine facts, timing, peak RSS, medians, a moto server.
+
+Benchmarks are not tests: they print numbers and ratios against baselines, and never
+fail a build. Each script runs every case ``--runs`` times (3 by default) and prints the
+median; ``--quick`` runs a small database once, to check the scripts still work.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import psycopg  # noqa: E402
+
+from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, free_port, s3_client, start_server  # noqa: E402
+
+PG_HOST = "127.0.0.1"
+PG_USER = "postgres"
+ADMIN_DSN = f"host={PG_HOST} user={PG_USER} dbname=postgres"
+MiB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine() -> dict[str, str]:
+    """Return the facts printed with every result: cores, memory, CPU, PostgreSQL and opskit versions."""
+    import opskit
+
+    memory = "?"
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    with psycopg.connect(ADMIN_DSN) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    load = os.getloadavg()
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": memory,
+        "postgresql": str(row[0]) if row else "?",
+        "pg_dump": subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.strip(),
+        "opskit": opskit.__version__,
+        "python": platform.python_version(),
+        "load average (1/5/15 min)": " / ".join(f"{x:.2f}" for x in load),
+    }
+
+
+def print_machine(facts: dict[str, str]) -> None:
+    """Print the machine facts as an indented block."""
+    print("machine:")
+    for key, value in facts.items():
+        print(f"  {key}: {value}")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Sample:
+    """One timed run: wall seconds, the measured process's peak RSS (bytes, 0 if not measured), extras."""
+
+    seconds: float
+    peak_rss: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+    stdout: str = ""
+
+
+def _vm_hwm(pid: int) -> int:
+    """Return the peak resident set size (VmHWM) of ``pid`` in bytes, or 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_measured(
+    argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, capture: bool = True
+) -> Sample:
+    """Run ``argv``; return its wall time and ITS OWN peak RSS (not its children's).
+
+    ``wait4``'s rusage would fold in pg_dump's and pg_restore's peaks, so VmHWM of the
+    process itself is polled from /proc instead (it only grows, so the last reading
+    before exit is the peak, up to the polling interval). Raises RuntimeError when it fails.
+    """
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, cwd=cwd, text=True,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _vm_hwm(process.pid))
+            done.wait(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    stdout, stderr = process.communicate()
+    elapsed = time.perf_counter() - started
+    done.set()
+    poller.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])}... exited {process.returncode}:\n{stderr[-3000:]}")
+    return Sample(elapsed, peak, stdout=stdout or "")
+
+
+def timed(fn: Callable[[], object]) -> Sample:
+    """Run ``fn`` and return its wall time."""
+    started = time.perf_counter()
+    fn()
+    return Sample(time.perf_counter() - started)
+
+
+def median(samples: Sequence[Sample]) -> Sample:
+    """Return the median wall time and the median peak RSS of ``samples`` (extras: medians too)."""
+    keys = samples[0].extra.keys()
+    return Sample(
+        statistics.median(s.seconds for s in samples),
+        int(statistics.median(s.peak_rss for s in samples)),
+        {k: statistics.median(s.extra[k] for s in samples) for k in keys},
+    )
+
+
+def fmt_bytes(count: float) -> str:
+    """Return ``count`` bytes as MiB with one decimal."""
+    return f"{count / MiB:.1f} MiB"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a Markdown table (so results paste straight into docs/benchmarks.md)."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def verdict(value: float, limit: float) -> str:
+    """Return ``ok`` or ``MISSED`` for a ratio that must stay at or below ``limit``."""
+    return "ok" if value <= limit else "MISSED"
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def ensure_pgbench_database(scale: int, text_mib: int = 0) -> str:
+    """Return ``opskit_bench_s<scale>[_t<text_mib>]``, created with ``pgbench -i -s scale`` unless it exists.
+
+    ``text_mib`` adds a table ``bench_text`` of that many MiB of hex text (md5 strings):
+    pgbench's blank-padded rows compress ~100x and make gzip nearly free, which hides
+    what zstd saves on ordinary data. The database is cached between runs (generating
+    -s 70 takes minutes); one whose ``pgbench_accounts`` does not hold ``scale * 100000``
+    rows is rebuilt.
+    """
+    name = f"opskit_bench_s{scale}" + (f"_t{text_mib}" if text_mib else "")
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if exists:
+        try:
+            with psycopg.connect(f"host={PG_HOST} user={PG_USER} dbname={name}") as conn:
+                row = conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()
+            if row and row[0] == scale * 100_000:
+                return name
+        except psycopg.Error:
+            pass
+        drop_database(name)
+    print(f"creating {name} with pgbench -i -s {scale} (cached for later runs)...", flush=True)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), "-h", PG_HOST, "-U", PG_USER, name],
+                   check=True, capture_output=True)
+    with psycopg.connect(f"host={PG_HOST} user={PG_USER} dbname={name}", autocommit=True) as conn:
+        if text_mib:
+            # 32 hex characters per md5: 32,768 rows of 1 KiB (32 of them) per MiB.
+            conn.execute("CREATE TABLE bench_text (id bigint PRIMARY KEY, body text)")
+            conn.execute(
+                "INSERT INTO bench_text SELECT i, (SELECT string_agg(md5(i::text || j::text), '') "
+                "FROM generate_series(1, 32) AS j) FROM generate_series(1, %s) AS i",
+                (text_mib * 1024,),
+            )
+        conn.execute("VACUUM ANALYZE")
+    return name
+
+
+def database_size(name: str) -> int:
+    """Return ``pg_database_size`` of ``name`` in bytes."""
+    with psycopg.connect(ADMIN_DSN) as conn:
+        row = conn.execute("SELECT pg_database_size(%s)", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def drop_database(name: str) -> None:
+    """Drop ``name`` if it exists."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def drop_databases_like(prefix: str) -> None:
+    """Drop every database whose name starts with ``prefix``."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                            (prefix + "%",)).fetchall()]
+    for name in names:
+        drop_database(name)
+
+
+# --------------------------------------------------------------------------- moto and opskit
+
+
+@dataclass
+class S3Endpoint:
+    """A running moto server and a bucket on it."""
+
+    url: str
+    bucket: str
+
+    def client(self) -> object:
+        """Return a boto3 client for it."""
+        return s3_client(self.url)
+
+
+@contextmanager
+def moto_server(bucket: str = "opskit-bench") -> Iterator[S3Endpoint]:
+    """Start moto_server on a free loopback port (as the test fixtures do), make ``bucket``, stop it after."""
+    port = free_port()
+    log_dir = Path(tempfile.mkdtemp(prefix="opskit-bench-moto-"))
+    server = start_server(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
+        "/moto-api/data.json", log_dir, env={"MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+    )
+    try:
+        endpoint = S3Endpoint(server.url, bucket)
+        endpoint.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def empty_bucket(endpoint: S3Endpoint) -> None:
+    """Delete every object (and abort every upload) in the bench bucket, so moto's memory stays small."""
+    client = endpoint.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=endpoint.bucket)  # type: ignore[attr-defined]
+    for page in pages:
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=endpoint.bucket, Delete={"Objects": keys})  # type: ignore[attr-defined]
+
+
+def opskit_env() -> dict[str, str]:
+    """Return the environment for the opskit CLI: the repo importable, JSON logs, fake S3 credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "OPSKIT_"))}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env |= {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_DEFAULT_REGION": S3_REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+    return env
+
+
+def write_config(
+    directory: Path,
+    database: str,
+    storage: str,
+    endpoint: S3Endpoint | None = None,
+    recipients: Sequence[str] = (),
+    identity_file: Path | None = None,
+) -> Path:
+    """Write an opskit.toml for target ``bench`` on ``database`` with storage ``local`` or ``s3``; return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = textwrap.dedent(
+        f"""\
+        [tools]
+        state_dir = "{directory / 'state'}"
+
+        [targets.bench]
+        dsn = "host={PG_HOST} user={PG_USER} dbname={database}"
+        storages = ["{storage}"]
+
+        [storages.local]
+        url = "file://{directory / 'backups'}"
+        """
+    )
+    if endpoint is not None:
+        text += textwrap.dedent(
+            f"""
+            [storages.s3]
+            url = "s3://{endpoint.bucket}/{database}"
+            endpoint_url = "{endpoint.url}"
+            region = "{S3_REGION}"
+            access_key_id = "{S3_ACCESS_KEY}"
+            secret_access_key = "{S3_SECRET_KEY}"
+            """
+        )
+    if recipients:
+        text += "\n[encryption]\nrecipients = [" + ", ".join(f'"{r}"' for r in recipients) + "]\n"
+        if identity_file is not None:
+            text += f'identity = "file:{identity_file}"\n'
+    path = directory / "opskit.toml"
+    path.write_text(text)
+    return path
+
+
+def opskit_argv(config: Path, *args: str) -> list[str]:
+    """Return the command line of ``opskit --config CONFIG ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "opskit", "--config", str(config), *args]
+
+
+def new_identity(directory: Path) -> tuple[Path, str]:
+    """Write a new age identity file; return (its path, its recipient)."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    path = directory / "age.key"
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{identity}\n")
+    path.chmod(0o600)
+    return path, str(identity.to_public())

@@ -1,0 +1,152 @@
+"""Benchmark ``opskit backup now`` against the common recipe and against pg_dump alone.
+
+Cases, each run ``--runs`` times on a cached ``pgbench -i -s SCALE`` database (median shown):
+
+- ``opskit -> local``     ``opskit backup now`` into a ``file://`` storage
+- ``opskit -> S3``        ``opskit backup now`` into a moto S3 server on loopback
+- ``opskit -> S3 + age``  the same with age encryption to one recipient
+- ``recipe (a)``          ``pg_dump -Fc -f x.dump`` then boto3 ``upload_file`` to the same server
+- ``floor (b)``           ``pg_dump -Fc -Z0 > /dev/null``: reading the data, nothing else
+
+Targets (issues 2 and 3): opskit -> S3 wall <= 0.45x (a) and <= 1.3x (b); stored size <= 0.9x
+(a)'s dump; opskit's own peak RSS <= 200 MiB and within 15% between ``--rss-scale`` and
+``--scale``; encrypted / unencrypted wall <= 1.15x.
+
+Usage: ``python bench/backup.py [--scale 70] [--rss-scale 20] [--runs 3] [--text-mib N] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import _common as c
+
+TARGETS = {"vs_recipe": 0.45, "vs_floor": 1.3, "size": 0.9, "rss": 200 * c.MiB, "rss_flat": 0.15, "age": 1.15}
+
+
+def opskit_backup(config: Path, workdir: Path, endpoint: c.S3Endpoint | None) -> c.Sample:
+    """Run one ``opskit backup now --json``; return its time, peak RSS and stored size; delete the backup."""
+    sample = c.run_measured(c.opskit_argv(config, "backup", "now", "--json"), env=c.opskit_env(), cwd=workdir)
+    manifest = json.loads(sample.stdout)
+    sample.extra["stored"] = float(manifest["artifacts"][0]["size"])
+    sample.extra["plain"] = float(manifest["artifacts"][0]["plain_size"])
+    shutil.rmtree(workdir / "backups", ignore_errors=True)
+    if endpoint is not None:
+        c.empty_bucket(endpoint)
+    return sample
+
+
+def recipe(database: str, workdir: Path, endpoint: c.S3Endpoint) -> c.Sample:
+    """Run the common recipe: ``pg_dump -Fc -f x.dump``, then upload the file with boto3."""
+    dump = workdir / "x.dump"
+    argv = ["pg_dump", "-Fc", "-h", c.PG_HOST, "-U", c.PG_USER, "-f", str(dump), database]
+    dumped = c.run_measured(argv, capture=False)
+    client = endpoint.client()
+    uploaded = c.timed(lambda: client.upload_file(str(dump), endpoint.bucket, "recipe/x.dump"))  # type: ignore[attr-defined]
+    size = dump.stat().st_size
+    dump.unlink()
+    c.empty_bucket(endpoint)
+    return c.Sample(dumped.seconds + uploaded.seconds, 0,
+                    {"stored": float(size), "dump": dumped.seconds, "upload": uploaded.seconds})
+
+
+def floor(database: str) -> c.Sample:
+    """Run ``pg_dump -Fc -Z0`` into /dev/null: the time to read the data out of PostgreSQL."""
+    argv = ["pg_dump", "-Fc", "-Z0", "-h", c.PG_HOST, "-U", c.PG_USER, database]
+    return c.run_measured(argv, capture=False)
+
+
+def run_cases(database: str, runs: int, workdir: Path, endpoint: c.S3Endpoint, with_baselines: bool) -> dict[str, c.Sample]:
+    """Run every case ``runs`` times, interleaved (so a noisy neighbour hits all cases alike); return medians."""
+    identity, recipient = c.new_identity(workdir / "keys")
+    configs = {
+        "opskit -> local": (c.write_config(workdir / "local", database, "local"), None),
+        "opskit -> S3": (c.write_config(workdir / "s3", database, "s3", endpoint), endpoint),
+        "opskit -> S3 + age": (c.write_config(workdir / "age", database, "s3", endpoint, [recipient], identity),
+                               endpoint),
+    }
+    samples: dict[str, list[c.Sample]] = {}
+    for run in range(runs):
+        print(f"  run {run + 1}/{runs} on {database}", flush=True)
+        if with_baselines:
+            samples.setdefault("floor (b): pg_dump -Fc -Z0 > /dev/null", []).append(floor(database))
+            samples.setdefault("recipe (a): pg_dump -Fc -f + upload_file", []).append(recipe(database, workdir, endpoint))
+        for name, (config, ep) in configs.items():
+            if not with_baselines and name != "opskit -> S3":
+                continue
+            samples.setdefault(name, []).append(opskit_backup(config, config.parent, ep))
+    return {name: c.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=70, help="pgbench scale of the main database (70 = ~1 GB)")
+    parser.add_argument("--rss-scale", type=int, default=20, help="a second scale, to show peak RSS stays flat")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--text-mib", type=int, default=0,
+                        help="add MiB of hex text to both databases (less compressible than pgbench's rows)")
+    parser.add_argument("--quick", action="store_true", help="scale 2 and 1, one run: checks the script works")
+    args = parser.parse_args()
+    if args.quick:
+        args.scale, args.rss_scale, args.runs = 2, 1, 1
+
+    facts = c.machine()
+    c.print_machine(facts)
+    main_db = c.ensure_pgbench_database(args.scale, args.text_mib)
+    rss_db = c.ensure_pgbench_database(args.rss_scale, args.text_mib)
+    print(f"database: {main_db} ({c.fmt_bytes(c.database_size(main_db))}), "
+          f"rss comparison: {rss_db} ({c.fmt_bytes(c.database_size(rss_db))}); {args.runs} run(s) each", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="opskit-bench-backup-"))
+    try:
+        with c.moto_server() as endpoint:
+            results = run_cases(main_db, args.runs, workdir, endpoint, with_baselines=True)
+            small = run_cases(rss_db, args.runs, workdir / "small", endpoint, with_baselines=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        subprocess.run(["sync"], check=False)
+    report(results, small, args)
+
+
+def report(results: dict[str, c.Sample], small: dict[str, c.Sample], args: argparse.Namespace) -> None:
+    """Print the results table and the targets table."""
+    floor_s = results["floor (b): pg_dump -Fc -Z0 > /dev/null"]
+    recipe_s = results["recipe (a): pg_dump -Fc -f + upload_file"]
+    print(f"\nbackup, pgbench -s {args.scale}, median of {args.runs}:")
+    rows = []
+    for name, s in results.items():
+        stored = s.extra.get("stored")
+        rows.append([
+            name, f"{s.seconds:.2f}", f"{s.seconds / recipe_s.seconds:.2f}", f"{s.seconds / floor_s.seconds:.2f}",
+            c.fmt_bytes(stored) if stored else "-", c.fmt_bytes(s.peak_rss) if s.peak_rss else "-",
+        ])
+    c.print_table(["case", "wall s", "x recipe (a)", "x floor (b)", "stored", "peak RSS"], rows)
+    print(f"  recipe (a) split: pg_dump {recipe_s.extra['dump']:.2f} s + upload {recipe_s.extra['upload']:.2f} s")
+
+    s3 = results["opskit -> S3"]
+    age = results["opskit -> S3 + age"]
+    small_s3 = small["opskit -> S3"]
+    rss_spread = abs(s3.peak_rss - small_s3.peak_rss) / max(small_s3.peak_rss, 1)
+    checks = [
+        ("wall, opskit -> S3 / recipe (a)", s3.seconds / recipe_s.seconds, TARGETS["vs_recipe"]),
+        ("wall, opskit -> S3 / floor (b)", s3.seconds / floor_s.seconds, TARGETS["vs_floor"]),
+        ("wall, opskit -> local / floor (b)", results["opskit -> local"].seconds / floor_s.seconds, TARGETS["vs_floor"]),
+        ("stored size / recipe (a) dump", s3.extra["stored"] / recipe_s.extra["stored"], TARGETS["size"]),
+        ("wall, encrypted / unencrypted (S3)", age.seconds / s3.seconds, TARGETS["age"]),
+        (f"peak RSS spread, -s {args.rss_scale} vs -s {args.scale}", rss_spread, TARGETS["rss_flat"]),
+    ]
+    print("\ntargets:")
+    table = [[name, f"{value:.2f}", f"<= {limit}", c.verdict(value, limit)] for name, value, limit in checks]
+    for name, s in (("peak RSS, opskit -> S3", s3), ("peak RSS, opskit -> S3 + age", age),
+                    ("peak RSS, opskit -> local", results["opskit -> local"]),
+                    (f"peak RSS, opskit -> S3 at -s {args.rss_scale}", small_s3)):
+        table.append([name, c.fmt_bytes(s.peak_rss), "<= 200 MiB", c.verdict(s.peak_rss, TARGETS["rss"])])
+    c.print_table(["target", "measured", "limit", "verdict"], table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Faults: a full disk, under the backup storage and under the restore spool (small tmpfs mounts).
+
+A full backup volume fails the backup with exit 4 and "no space left", leaving neither a
+manifest nor a temp file. A full spool volume during ``restore --jobs 2`` fails with exit
+4, removes the spool file, and drops the database the restore created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from opskit.config import StorageConfig
+from tests.faults.helpers import add_random_bytes, databases_like, one_line_error, write_setup
+
+
+def test_a_full_backup_volume_fails_cleanly_with_no_manifest_and_no_temp_file(
+    tmp_path: Path, database: str, tiny_tmpfs: Callable[[str], Path]
+) -> None:
+    volume = tiny_tmpfs("2m")
+    add_random_bytes(database, 4)  # ~4 MiB stored: twice what the volume holds
+    storage = StorageConfig(name="local", url=f"file://{volume / 'backups'}")
+    setup = write_setup(tmp_path, database, storage)
+
+    result = setup.run("backup", "now")
+
+    assert result.returncode == 4, result.stderr
+    line = one_line_error(result.stderr)
+    assert "no space left on device" in line and "nothing was committed" in line
+    assert setup.backups() == []
+    assert [p for p in volume.rglob("*") if p.is_file()] == []
+
+
+def test_a_full_spool_volume_during_a_parallel_restore_removes_the_spool_and_the_new_database(
+    tmp_path: Path, database: str, local_storage: StorageConfig, tiny_tmpfs: Callable[[str], Path]
+) -> None:
+    add_random_bytes(database, 3)  # the spool holds the plain dump: ~6 MiB of hex, the volume 1 MiB
+    setup = write_setup(tmp_path, database, local_storage)
+    backed_up = setup.run("backup", "now")
+    assert backed_up.returncode == 0, backed_up.stderr
+    spool = tiny_tmpfs("1m")
+    setup = write_setup(tmp_path, database, local_storage, state_dir=spool)
+
+    result = setup.run("restore", "latest", "--jobs", "2")
+
+    assert result.returncode == 4, result.stderr
+    line = one_line_error(result.stderr)
+    assert "spool disk is full" in line and "spool file was removed" in line and "database dropped" in line
+    assert list(spool.iterdir()) == []
+    assert databases_like(database + "_restore_") == []
