@@ -196,7 +196,8 @@ def compress_and_store(
     aborted and nothing is visible. Raises BackupFailed/StorageError; Cancelled on cancel.
     """
     plain = HashingReader(source, cancel=cancel, progress=progress)
-    compressor = zstandard.ZstdCompressor(level=level, threads=threads if threads else -1)
+    # Frame checksums let the decoder itself reject a corrupted object, before pg_restore sees junk.
+    compressor = zstandard.ZstdCompressor(level=level, threads=threads if threads else -1, write_checksum=True)
     compressed = compressor.stream_reader(cast(BinaryIO, plain), read_size=CHUNK_SIZE, closefd=False)
     age_recipients = parse_recipients(recipients) if recipients else []
     with storage.writer(key) as out:

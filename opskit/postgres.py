@@ -7,6 +7,7 @@ candidate and taking the lowest major version that is at least the server's.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -180,8 +181,9 @@ class Tool:
     version: str
 
 
+@functools.lru_cache(maxsize=64)
 def tool_version(path: str) -> tuple[int, str] | None:
-    """Run ``path --version``; return (major, full version) or None when it is not a PostgreSQL tool."""
+    """Run ``path --version`` (once per process); return (major, full version) or None when it is not a PostgreSQL tool."""
     try:
         result = run_command([path, "--version"], timeout=15)
     except Exception:
@@ -201,9 +203,12 @@ def tool_candidates(name: str, configured_dir: str | None = None) -> list[str]:
     if configured_dir:
         paths.append(str(Path(configured_dir) / name))
     on_path = shutil.which(name)
-    if on_path:
+    versioned = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    # Debian's pg_wrapper (what /usr/bin/pg_dump points to) only dispatches to one of the versioned
+    # binaries below, and is a Perl script that is slow to start: skip it when those are present.
+    if on_path and not (versioned and os.path.basename(os.path.realpath(on_path)) == "pg_wrapper"):
         paths.append(os.path.realpath(on_path))
-    paths.extend(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")))
+    paths.extend(versioned)
     paths.extend(sorted(glob.glob(f"/usr/pgsql-*/bin/{name}")))  # RHEL/PGDG layout
     seen: set[str] = set()
     unique = []

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from opskit import facts, postgres
-from opskit.catalog import Manifest, find_backup
+from opskit.catalog import Artifact, Manifest, find_backup
 from opskit.config import TargetConfig
 from opskit.context import AppContext
 from opskit.errors import ConfigError, RestoreFailed, VerificationFailed
 from opskit.execute import spawn
 from opskit.log import get_logger
-from opskit.pipeline import check_can_decrypt, parse_identities, read_artifact
+from opskit.pipeline import check_can_decrypt, hash_stored, parse_identities, read_artifact
 from opskit.progress import ByteProgress
 
 log = get_logger(__name__)
@@ -249,7 +249,10 @@ def _restore_streaming(
             result.bytes_restored = stats.plain.size
             child.stdin.close()
         except BrokenPipeError:
-            pass  # pg_restore stopped reading: its exit status and stderr say why
+            # pg_restore stopped reading. A corrupt object confuses it into odd errors ("out of
+            # memory"), so check the stored bytes first and blame the object when they differ.
+            child.wait()
+            _check_stored_bytes(ctx, storage, artifact, manifest)
         except VerificationFailed:
             child.kill()
             raise
@@ -292,6 +295,17 @@ def _restore_spooled(
         result.phases["restore"] = time.monotonic() - started
     finally:
         spool.unlink(missing_ok=True)
+
+
+def _check_stored_bytes(ctx: AppContext, storage: Any, artifact: Artifact, manifest: Manifest) -> None:
+    """Raise VerificationFailed when the stored object's size or sha256 differs from the manifest."""
+    stats = hash_stored(storage, artifact, cancel=ctx.cancel)
+    if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
+        raise VerificationFailed(
+            f"artifact '{artifact.key}' of backup {manifest.id}: stored sha256 mismatch (expected {artifact.sha256}, "
+            f"got {stats.sha256}); pg_restore could not read it",
+            hint="the object is corrupt; restore another backup or a copy from another storage",
+        )
 
 
 def _finish_pg_restore(child: Any, result: RestoreResult, manifest: Manifest) -> None:

@@ -176,7 +176,12 @@ class S3Storage:
         if _code(exc) in _NOT_FOUND_CODES and key:
             return ObjectNotFound(f"storage '{self.name}' has no object '{key}'")
         cause = _describe(exc, self.bucket)
-        return StorageError(f"storage '{self.name}' ({self.url}): {what} failed: {cause}", hint=_hint(exc))
+        attempts = self.retry.max_attempts
+        hint = _hint(exc) or "check the store's health and run again"
+        return StorageError(
+            f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}",
+            hint=f"nothing was committed; {hint}",
+        )
 
     def _write_args(self) -> dict[str, Any]:
         """Return the SSE and storage-class arguments every object write carries."""

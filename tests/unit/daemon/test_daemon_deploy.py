@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from opskit.config import parse_config
@@ -77,7 +78,7 @@ def test_the_entrypoint_is_the_console_script_and_it_imports() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module_name, _, attribute = scripts["opskit"].partition(":")
     main = getattr(importlib.import_module(module_name), attribute)
-    assert {"daemon", "metrics"} <= set(main.commands)
+    assert {"daemon", "metrics"} <= set(main.list_commands(click.Context(main)))
 
 
 def test_the_dockerignore_keeps_what_the_dockerfile_needs() -> None:
