@@ -19,6 +19,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ VERIFY_PREFIX = "verify-"
 DRILLS_DIR = "drills"
 DUMP_ARTIFACT = "db"
 GLOBALS_ARTIFACT = "globals"
+LIST_CONCURRENCY = 16  # manifests read at once by list_backups
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4,8}$")
 
 
@@ -342,15 +344,26 @@ def list_backups(
 
     Unreadable manifests are skipped; pass ``bad`` to collect them.
     """
-    manifests: list[Manifest] = []
-    for target_name, backup_id in list_manifest_keys(storage, target):
+    keys = list(list_manifest_keys(storage, target))
+
+    def read(key: tuple[str, str]) -> Manifest | BadManifest | None:
         try:
-            manifests.append(read_manifest(storage, target_name, backup_id))
+            return read_manifest(storage, *key)
         except ObjectNotFound:
-            continue  # deleted between list and read
+            return None  # deleted between list and read
         except ManifestError as exc:
-            if bad is not None:
-                bad.append(BadManifest(target_name, backup_id, exc.message))
+            return BadManifest(key[0], key[1], exc.message)
+
+    # Manifests are small and an object store answers each read in milliseconds: read them
+    # concurrently, or listing thousands of backups takes minutes.
+    if len(keys) > 4:
+        with ThreadPoolExecutor(max_workers=LIST_CONCURRENCY, thread_name_prefix="opskit-list") as pool:
+            found = list(pool.map(read, keys))
+    else:
+        found = [read(key) for key in keys]
+    manifests = [item for item in found if isinstance(item, Manifest)]
+    if bad is not None:
+        bad.extend(item for item in found if isinstance(item, BadManifest))
     manifests.sort(key=lambda m: (m.snapshot_time, m.id), reverse=True)
     return manifests
 

@@ -93,14 +93,15 @@ class PartSchedule:
 
     Part N (1-based) is ``base * 2 ** ((N - 1) // grow_every)``, capped at ``max_part``.
     The defaults fit S3 (at most 10,000 parts of at most 5 GiB): with a base of at least
-    5 MiB and doubling every 500 parts, 10,000 parts hold far more than 5 TiB, while an
-    object under ``base * 500`` (8 GB at the 16 MiB default) never grows a part.
+    5 MiB and doubling every 900 parts, 10,000 parts hold more than 5 TiB, while an
+    object under ``base * 900`` (14 GiB at the 16 MiB default) never grows a part, which
+    keeps the memory an upload holds flat for all but the largest databases.
     """
 
     base: int
     max_part: int = 5 * GiB
     max_parts: int = 10_000
-    grow_every: int = 500
+    grow_every: int = 900
 
     def size(self, part_number: int) -> int:
         """Return the size in bytes of part ``part_number`` (1-based)."""
@@ -164,10 +165,18 @@ class PartWriter(io.RawIOBase, Generic[R]):
         # last one, which matters because an object of exactly one part is stored whole.
         while len(self._buffer) > self._schedule.size(self._next_part):
             size = self._schedule.size(self._next_part)
-            part = bytes(self._buffer[:size])
+            # Wait for a free upload slot before cutting the part, and cut it with one copy, so at
+            # most in_flight parts, the part being cut and the buffer are in memory at once.
+            self._wait_for_slot()
+            with memoryview(self._buffer) as buffer:
+                part = bytes(buffer[:size])
             del self._buffer[:size]
             self._submit(part)
         return len(view)
+
+    def _wait_for_slot(self) -> None:
+        while len(self._pending) >= self._in_flight:
+            self._results.append(self._pending.popleft().result())
 
     def tell(self) -> int:
         """Return the number of bytes written so far."""
@@ -189,8 +198,7 @@ class PartWriter(io.RawIOBase, Generic[R]):
             )
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="opskit-upload")
-        while len(self._pending) >= self._in_flight:
-            self._results.append(self._pending.popleft().result())
+        self._wait_for_slot()
         # Run the part in a copy of the caller's context so structlog's bound target and
         # backup_id appear on the retry warnings logged from the worker thread.
         context = contextvars.copy_context()

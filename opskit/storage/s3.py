@@ -4,7 +4,7 @@ A writer streams a multipart upload: parts are cut from the writes as they arriv
 :class:`opskit.storage.cloud.PartWriter`), the upload is completed on a clean exit and
 aborted on an exception, so a failed backup leaves no object behind. An object smaller
 than one part is stored with a single PutObject. Parts start at ``part_size`` (default
-16 MiB) and double every 500 parts so a 5 TiB object stays under S3's 10,000-part limit
+16 MiB) and double every 900 parts so a 5 TiB object stays under S3's 10,000-part limit
 (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html).
 
 boto3's own retries are switched off; every request is retried by

@@ -17,11 +17,11 @@ def test_a_5_tib_object_fits_in_10000_s3_parts_from_any_allowed_base(base: int) 
     assert schedule.capacity() >= 5 * TiB
 
 
-def test_parts_keep_the_base_size_for_the_first_500_parts() -> None:
+def test_parts_keep_the_base_size_for_the_first_900_parts() -> None:
     schedule = PartSchedule(base=16 * MiB)
-    assert {schedule.size(n) for n in range(1, 501)} == {16 * MiB}
-    assert schedule.size(501) == 32 * MiB
-    assert schedule.size(1001) == 64 * MiB
+    assert {schedule.size(n) for n in range(1, 901)} == {16 * MiB}
+    assert schedule.size(901) == 32 * MiB
+    assert schedule.size(1801) == 64 * MiB
 
 
 def test_parts_never_shrink_and_never_exceed_the_s3_maximum_of_5_gib() -> None:
