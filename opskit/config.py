@@ -19,12 +19,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opskit.errors import ConfigError
 from opskit.secrets import SecretRef
 from opskit.storage import BACKENDS, COMMON_OPTIONS, scheme_of
 from opskit.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from opskit.actions.drill_settings import DrillSettings
+    from opskit.daemon.settings import DaemonSettings
+    from opskit.migrate.settings import MigrationSettings
+    from opskit.notify import NotifySettings
+    from opskit.retention import RetentionPolicy
 
 DEFAULT_CONFIG_NAME = "opskit.toml"
 DEFAULT_STORAGE_URL = "file://./opskit-backups"
@@ -127,11 +134,12 @@ class Config:
     compression: CompressionConfig = CompressionConfig()
     encryption: EncryptionConfig = EncryptionConfig()
     tools: ToolsConfig = ToolsConfig()
-    retention: Mapping[str, Any] = field(default_factory=dict)
-    migrations: Any = None
-    drill: Any = None
-    notify: Any = None
-    daemon: Any = None
+    retention: Mapping[str, RetentionPolicy] = field(default_factory=dict)
+    # Optional sections, each parsed by the module that owns it; None when the table is absent.
+    migrations: MigrationSettings | None = None
+    drill: DrillSettings | None = None
+    notify: NotifySettings | None = None
+    daemon: DaemonSettings | None = None
     source: Path | None = None
 
     def target(self, name: str | None) -> TargetConfig:
@@ -517,7 +525,7 @@ def _parse_storage(name: str, section: Section) -> StorageConfig:
 
 
 def _parse_target(
-    name: str, section: Section, storages: Mapping[str, StorageConfig], retention: Mapping[str, Any]
+    name: str, section: Section, storages: Mapping[str, StorageConfig], retention: Mapping[str, RetentionPolicy]
 ) -> TargetConfig:
     dsn = section.str("dsn", "")
     names = section.str_list("storages", (next(iter(storages)),) if storages else ())
@@ -561,7 +569,7 @@ def _check_staging(targets: Mapping[str, TargetConfig], errors: ConfigErrors) ->
             errors.add(f"targets.{target.name}.staging", "cannot be the target itself")
 
 
-def _parse_retention(root: Section) -> dict[str, Any]:
+def _parse_retention(root: Section) -> dict[str, RetentionPolicy]:
     """Parse ``[retention.NAME]`` policies with the planner's own parser."""
     if not root.has("retention"):
         root.seen.add("retention")
