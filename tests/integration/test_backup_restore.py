@@ -363,3 +363,17 @@ def test_replace_recreates_the_database_so_objects_made_after_the_backup_are_gon
     assert restored.ok
     with psycopg.connect(dsn_for(pg_database)) as conn:
         assert conn.execute("SELECT to_regclass('made_later'), (SELECT count(*) FROM kept)").fetchone() == (None, 1)
+
+
+def test_with_no_config_the_libpq_environment_is_backed_up_into_opskit_backups(pg_database: str, tmp_path: Path) -> None:
+    run_sql(pg_database, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);")
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": pg_database}
+    env.pop("OPSKIT_CONFIG", None)
+
+    taken = subprocess.run([sys.executable, "-m", "opskit", "backup", "now", "--json"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+
+    assert taken.returncode == 0, taken.stderr
+    manifest = json.loads(taken.stdout)
+    assert manifest["target"] == "default" and manifest["server"]["database"] == pg_database
+    assert (tmp_path / "opskit-backups" / "default" / manifest["id"] / "manifest.json").is_file()
