@@ -103,6 +103,8 @@ def run(ctx: AppContext) -> CheckReport:
     for name in config.storages:
         _guard(report, f"storage {name}", functools.partial(_check_storage, ctx, name))
     _check_encryption(config, report)
+    if config.daemon is not None and config.daemon.control_dsn:
+        _guard(report, "daemon control database", functools.partial(_check_control_database, config))
     log.info(
         "config check finished",
         ok=report.ok,
@@ -227,6 +229,17 @@ def _check_target(ctx: AppContext, target: TargetConfig, report: CheckReport) ->
             return f"{name} {tool.version} ({tool.path}) for server major {server.major}"
 
         _guard(report, f"target {target.name} {name}", find)
+
+
+def _check_control_database(config: Config) -> str:
+    """Connect to the daemon's ledger database (``daemon.control_dsn``)."""
+    from opskit import postgres
+
+    assert config.daemon is not None and config.daemon.control_dsn
+    control = TargetConfig(name="daemon control", dsn=config.daemon.control_dsn, password=config.daemon.control_password)
+    with postgres.connect(control) as conn:
+        server = postgres.server_facts(conn)
+    return f"PostgreSQL {server.version} at {postgres.describe(control)} as {server.user}"
 
 
 def _check_storage(ctx: AppContext, name: str) -> str:

@@ -209,3 +209,14 @@ def test_an_invalid_config_is_reported_as_failed_checks_with_exit_2(tmp_path: Pa
     details = [c["detail"] for c in document["checks"] if c["status"] == FAIL]
     assert any("targets.app.dsn" in d for d in details)
     assert any("targets.app.pasword" in d and "unknown key" in d for d in details)
+
+
+def test_the_daemon_control_database_is_checked_when_configured(
+    good_config: dict[str, Any], scram_cluster: ScramCluster, password_file: Path
+) -> None:
+    good_config["daemon"] = {"control_dsn": scram_cluster.dsn(), "control_password": f"file:{password_file}"}
+    assert result(check(good_config), "daemon control database").status == OK
+
+    good_config["daemon"]["control_dsn"] = f"host=127.0.0.1 port={free_port()} user=x dbname=postgres"
+    failed = result(check(good_config), "daemon control database")
+    assert failed.status == FAIL and "cannot connect" in failed.detail
