@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from opskit.catalog import Manifest, list_backups, manifest_key, write_manifest
+from opskit.catalog import Manifest, list_backups, manifest_key, pin_key, write_manifest
 from opskit.context import AppContext
 from opskit.errors import CopyFailed, OpskitError, VerificationFailed
 from opskit.log import get_logger
@@ -47,12 +47,21 @@ def copy_backup(ctx: AppContext, manifest: Manifest, source: Storage, dest: Stor
                         hint="run 'opskit backup verify' on the source storage",
                     )
         write_manifest(dest, manifest)
+        _copy_pin(source, dest, manifest)
     except OpskitError as exc:
         raise CopyFailed(
             f"copy of backup {manifest.id} to storage '{dest.name}' failed: {exc.message}",
             hint="it is retried by the next 'opskit copy'",
         ) from exc
     log.info("backup copied", backup_id=manifest.id, source=source.name, dest=dest.name)
+
+
+def _copy_pin(source: Storage, dest: Storage, manifest: Manifest) -> None:
+    """Carry a pin over, so retention on the secondary keeps what the primary keeps pinned."""
+    key = pin_key(manifest.target, manifest.id)
+    if source.exists(key):
+        with source.reader(key) as inp, dest.writer(key) as out:
+            out.write(inp.read())
 
 
 @dataclass

@@ -109,3 +109,22 @@ def test_a_copy_refuses_bytes_that_do_not_match_the_manifest(pg_database: str, t
 
     assert report.failed and "does not match its manifest" in report.failed[0][2]
     assert list_backups(ctx.storage("second"), "app") == []
+
+
+def test_a_pinned_backup_stays_pinned_on_the_copy(pg_database: str, tmp_path: Path, make_context: Any) -> None:
+    from opskit.catalog import is_pinned, pin_key
+
+    run_sql(pg_database, "CREATE TABLE t (id int);")
+    storages = {"local": {"url": f"file://{tmp_path}/primary"}, "second": {"url": f"file://{tmp_path}/second"}}
+    config = config_with(pg_database, tmp_path, storages)
+    config["targets"]["app"]["storages"] = ["local"]
+    ctx = make_context(config)
+    manifest = backup.run(ctx, target="app").manifest
+    with ctx.storage("local").writer(pin_key("app", manifest.id)) as out:
+        out.write(b'{"note": "keep for the audit"}')
+    config["targets"]["app"]["storages"] = ["local", "second"]
+    ctx = make_context(config)
+
+    copy.run(ctx, target="app")
+
+    assert is_pinned(ctx.storage("second"), manifest)
