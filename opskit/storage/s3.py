@@ -178,9 +178,10 @@ class S3Storage:
         cause = _describe(exc, self.bucket)
         attempts = self.retry.max_attempts
         hint = _hint(exc) or "check the store's health and run again"
+        if action.startswith(("starting upload", "uploading", "completing", "writing", "putting")):
+            hint = f"nothing was committed; {hint}"
         return StorageError(
-            f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}",
-            hint=f"nothing was committed; {hint}",
+            f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}", hint=hint
         )
 
     def _write_args(self) -> dict[str, Any]:
