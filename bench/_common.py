@@ -7,6 +7,7 @@ median; ``--quick`` runs a small database once, to check the scripts still work.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -171,6 +172,21 @@ def verdict(value: float, limit: float) -> str:
 
 
 # --------------------------------------------------------------------------- databases
+
+
+def database_arguments(doc: str | None) -> argparse.Namespace:
+    """Parse the options the backup and restore benchmarks share (--scale, --rss-scale, --runs, ...)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=70, help="pgbench scale of the main database (70 = ~1 GB)")
+    parser.add_argument("--rss-scale", type=int, default=20, help="a second scale, to show peak RSS stays flat")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--text-mib", type=int, default=0,
+                        help="add MiB of hex text to both databases (less compressible than pgbench's rows)")
+    parser.add_argument("--quick", action="store_true", help="scale 2 and 1, one run: checks the script works")
+    args = parser.parse_args()
+    if args.quick:
+        args.scale, args.rss_scale, args.runs = 2, 1, 1
+    return args
 
 
 def ensure_pgbench_database(scale: int, text_mib: int = 0) -> str:

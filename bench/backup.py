@@ -84,16 +84,7 @@ def run_cases(database: str, runs: int, workdir: Path, endpoint: c.S3Endpoint, w
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=int, default=70, help="pgbench scale of the main database (70 = ~1 GB)")
-    parser.add_argument("--rss-scale", type=int, default=20, help="a second scale, to show peak RSS stays flat")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--text-mib", type=int, default=0,
-                        help="add MiB of hex text to both databases (less compressible than pgbench's rows)")
-    parser.add_argument("--quick", action="store_true", help="scale 2 and 1, one run: checks the script works")
-    args = parser.parse_args()
-    if args.quick:
-        args.scale, args.rss_scale, args.runs = 2, 1, 1
+    args = c.database_arguments(__doc__)
 
     facts = c.machine()
     c.print_machine(facts)

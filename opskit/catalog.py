@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -403,11 +403,3 @@ def find_backup(storage: Storage, target: str, selector: str) -> Manifest:
 def is_pinned(storage: Storage, manifest: Manifest) -> bool:
     """Return True when the backup has a pin marker."""
     return storage.exists(pin_key(manifest.target, manifest.id))
-
-
-def objects_of(storage: Storage, manifests: Iterable[Manifest]) -> set[str]:
-    """Return the keys that belong to the given complete backups (artifacts, manifest, markers)."""
-    keys: set[str] = set()
-    for manifest in manifests:
-        keys.update(info.key for info in storage.list(manifest.prefix + "/"))
-    return keys

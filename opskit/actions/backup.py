@@ -233,7 +233,10 @@ class _FactsThread(threading.Thread):
         """Wait for the collection and return it; raise BackupFailed if it failed."""
         self.join()
         if self.error is not None or self.result is None:
-            raise BackupFailed(f"reading row counts inside the snapshot failed: {self.error}") from self.error
+            raise BackupFailed(
+                f"reading row counts inside pg_dump's snapshot failed: {self.error}",
+                hint="nothing was committed; the role needs SELECT on every table it backs up",
+            ) from self.error
         return self.result
 
 
