@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,27 @@ def storage_table(storage: Any) -> dict[str, Any]:
     for key, value in storage.options.items():
         table[key] = value.reference if isinstance(value, SecretRef) else value
     return table
+
+
+def schema_dump(dbname: str) -> str:
+    """Return pg_dump --schema-only of a database without its version header."""
+    out = subprocess.run(["pg_dump", "--schema-only", dsn_for(dbname)], capture_output=True, text=True, check=True)
+    return "\n".join(line for line in out.stdout.splitlines() if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict")))
+
+
+def content_hashes(dbname: str) -> dict[str, str]:
+    """Return md5 of every user table's rows in a stable order, by qualified name."""
+    with psycopg.connect(dsn_for(dbname)) as conn:
+        tables = conn.execute(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        hashes = {}
+        for (name,) in tables:
+            row = conn.execute(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {name} t").fetchone()
+            assert row is not None
+            hashes[name] = row[0]
+        row = conn.execute("SELECT md5(string_agg(encode(data, 'hex'), '' ORDER BY loid, pageno)) FROM pg_largeobject").fetchone()
+        assert row is not None
+        hashes["pg_largeobject"] = row[0]
+    return hashes

@@ -7,25 +7,24 @@ database, so objects created after the backup go too); a ``protected`` target ne
 terminal, ``--yes`` otherwise).
 
 ``--jobs 1`` streams storage -> [age] -> zstd -> ``pg_restore`` stdin with no temp file.
-``--jobs N`` spools the decompressed dump to a file in the state directory (pg_restore -j
-needs a seekable file), checks every hash before pg_restore starts, and removes the spool
-whatever happens. Either way, a database this run created is dropped again if the restore
-fails, so no partial restore is left behind.
+``--jobs N`` streams too, and loads the data over N connections, one big table included
+(``restore_parallel``); only ``--clean`` and archives with large objects spool the dump to a
+file for ``pg_restore --jobs N``, and the spool is removed whatever happens. Either way, a
+database this run created is dropped again if the restore fails, so no partial restore is
+left behind.
 """
 
 from __future__ import annotations
 
-import errno
 import re
-import secrets as random_tokens
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from opskit import facts, postgres
+from opskit.actions import restore_parallel
 from opskit.catalog import Artifact, Manifest, find_backup
 from opskit.config import TargetConfig
 from opskit.context import AppContext
@@ -55,6 +54,7 @@ class RestoreResult:
     tables_checked: int = 0
     pg_restore_errors: list[str] = field(default_factory=list)
     bytes_restored: int = 0
+    route: str = "stream"  # "stream" (--jobs 1), "loader" or "spool" (see restore_parallel)
 
     @property
     def ok(self) -> bool:
@@ -206,7 +206,11 @@ def restore_backup(
             argv += ["--no-owner", "--no-privileges"]
         with postgres.password_env(server) as env:
             if jobs > 1:
-                _restore_spooled(ctx, manifest, storage, identities, argv, env, jobs, result)
+                restore_parallel.restore(
+                    ctx, manifest, storage, identities, argv, env, jobs, result, server=server, clean=clean,
+                    exit_on_error=exit_on_error,
+                    check_stored_bytes=lambda: _check_stored_bytes(ctx, storage, manifest.artifact("db"), manifest),
+                )
             else:
                 _restore_streaming(ctx, manifest, storage, identities, argv, env, result)
         started = time.monotonic()
@@ -258,43 +262,6 @@ def _restore_streaming(
             raise
         _finish_pg_restore(child, result, manifest)
     result.phases["restore"] = time.monotonic() - started
-
-
-def _restore_spooled(
-    ctx: AppContext,
-    manifest: Manifest,
-    storage: Any,
-    identities: list[Any],
-    argv: list[str],
-    env: dict[str, str],
-    jobs: int,
-    result: RestoreResult,
-) -> None:
-    spool = Path(ctx.state_dir) / f"spool-{manifest.id}-{random_tokens.token_hex(3)}.dump"
-    started = time.monotonic()
-    try:
-        try:
-            with open(spool, "xb") as out, ByteProgress(f"fetch {manifest.id}", ctx.interactive) as progress:
-                stats = read_artifact(
-                    storage, manifest.artifact("db"), out, identities=identities, backup_id=manifest.id,
-                    progress=progress, cancel=ctx.cancel,
-                )
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise RestoreFailed(
-                    f"the spool disk is full ({spool.parent}) while fetching backup {manifest.id}; the spool file "
-                    "was removed" + ("" if not result.created else " and the new database dropped"),
-                    hint="free space, set tools.state_dir to a larger volume, or restore with --jobs 1 (no spool)",
-                ) from exc
-            raise RestoreFailed(f"writing the spool file {spool} failed: {exc.strerror or exc}") from exc
-        result.bytes_restored = stats.plain.size
-        result.phases["fetch"] = time.monotonic() - started
-        started = time.monotonic()
-        with spawn([*argv, f"--jobs={jobs}", str(spool)], env=env) as child:
-            _finish_pg_restore(child, result, manifest)
-        result.phases["restore"] = time.monotonic() - started
-    finally:
-        spool.unlink(missing_ok=True)
 
 
 def _check_stored_bytes(ctx: AppContext, storage: Any, artifact: Artifact, manifest: Manifest) -> None:

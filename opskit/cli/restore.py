@@ -28,7 +28,8 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 @click.option("--to", "to", metavar="TARGET|DSN", help="Destination (default: a NEW database <db>_restore_<id>).")
 @click.option("--storage", "-s", help="Storage to read from (default: the target's primary).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Parallel pg_restore jobs; above 1 the dump is spooled to the state directory first.")
+              help="Connections loading the data (one big table too) and pg_restore jobs for indexes; "
+                   "--clean or large objects spool the dump to the state directory instead.")
 @click.option("--clean", is_flag=True, help="Drop the destination's objects first (needed if it is not empty).")
 @click.option("--replace", is_flag=True,
               help="Drop and recreate the destination database first (also removes objects made after the backup).")

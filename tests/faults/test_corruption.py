@@ -78,7 +78,7 @@ def test_drill_fails_with_exit_5_naming_the_failed_check_and_restores_nothing(
     assert databases_like(staging_db) == []
 
 
-def test_a_parallel_restore_of_a_corrupt_backup_fails_with_exit_5_before_pg_restore_starts(
+def test_a_parallel_restore_of_a_corrupt_backup_fails_with_exit_5_and_drops_the_new_database(
     tmp_path: Path, database: str, local_storage: StorageConfig
 ) -> None:
     setup, _, key = corrupt_backup(tmp_path, database, local_storage, "flipped byte")

@@ -1,14 +1,18 @@
 """Faults: a full disk, under the backup storage and under the restore spool (small tmpfs mounts).
 
 A full backup volume fails the backup with exit 4 and "no space left", leaving neither a
-manifest nor a temp file. A full spool volume during ``restore --jobs 2`` fails with exit
-4, removes the spool file, and drops the database the restore created.
+manifest nor a temp file. A full spool volume during ``restore --jobs 2`` of an archive
+that needs the spool (one with large objects) fails with exit 4, removes the spool file, and
+drops the database the restore created. An archive of tables and sequences needs no spool:
+``--jobs 2`` loads it through a volume far smaller than the dump.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
+import psycopg
 
 from opskit.config import StorageConfig
 from tests.faults.helpers import add_random_bytes, databases_like, one_line_error, write_setup
@@ -35,6 +39,8 @@ def test_a_full_spool_volume_during_a_parallel_restore_removes_the_spool_and_the
     tmp_path: Path, database: str, local_storage: StorageConfig, tiny_tmpfs: Callable[[str], Path]
 ) -> None:
     add_random_bytes(database, 3)  # the spool holds the plain dump: ~6 MiB of hex, the volume 1 MiB
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={database}", autocommit=True) as conn:
+        conn.execute("SELECT lo_from_bytea(0, 'a large object: only pg_restore loads those')")
     setup = write_setup(tmp_path, database, local_storage)
     backed_up = setup.run("backup", "now")
     assert backed_up.returncode == 0, backed_up.stderr
@@ -48,3 +54,19 @@ def test_a_full_spool_volume_during_a_parallel_restore_removes_the_spool_and_the
     assert "spool disk is full" in line and "spool file was removed" in line and "database dropped" in line
     assert list(spool.iterdir()) == []
     assert databases_like(database + "_restore_") == []
+
+
+def test_a_parallel_restore_of_tables_needs_no_spool_and_passes_through_a_tiny_volume(
+    tmp_path: Path, database: str, local_storage: StorageConfig, tiny_tmpfs: Callable[[str], Path]
+) -> None:
+    add_random_bytes(database, 3)  # ~6 MiB of plain dump against a 1 MiB state volume
+    setup = write_setup(tmp_path, database, local_storage)
+    assert setup.run("backup", "now").returncode == 0
+    state = tiny_tmpfs("1m")
+    setup = write_setup(tmp_path, database, local_storage, state_dir=state)
+
+    result = setup.run("restore", "latest", "--jobs", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert list(state.iterdir()) == []
+    assert len(databases_like(database + "_restore_")) == 1

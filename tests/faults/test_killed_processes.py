@@ -11,11 +11,13 @@ import os
 import signal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from opskit.config import StorageConfig
 from tests.faults.helpers import (
     add_random_bytes,
+    databases_like,
     kill_cli,
     leftovers,
     local_files,
@@ -118,3 +120,39 @@ def test_opskit_killed_mid_upload_lists_nothing_new_and_prune_sweeps_the_leftove
         assert committed_keys <= set(s3_objects(storage))
     else:
         assert len(local_files(storage)) == 3  # the committed backup: db, globals, manifest
+
+
+def copies_running(database: str) -> int:
+    """Return how many of the restore's COPYs into databases named after ``database`` are running."""
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opskit restore'"
+            " AND query LIKE 'COPY %%' AND datname LIKE %s", (database + "_restore_%",)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def sessions_left(database: str) -> int:
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE %s",
+                           (database + "_restore_%",)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_sigterm_during_a_parallel_restore_stops_the_copies_and_drops_the_new_database(
+    tmp_path: Path, database: str, local_storage: StorageConfig
+) -> None:
+    add_random_bytes(database, 60)  # ~120 MiB of COPY text: loading takes a few seconds
+    setup = write_setup(tmp_path, database, local_storage)
+    assert setup.run("backup", "now").returncode == 0
+
+    cli = setup.start("restore", "latest", "--jobs", "2")
+    wait_for(lambda: copies_running(database) >= 1, what="the restore's COPYs to start")
+    cli.send_signal(signal.SIGTERM)
+    _, stderr = cli.communicate(timeout=60)
+
+    assert cli.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert databases_like(database + "_restore_") == []
+    assert sessions_left(database) == 0
+    assert list(setup.state_dir.iterdir()) == []

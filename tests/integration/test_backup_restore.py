@@ -15,7 +15,7 @@ import pytest
 
 from opskit.actions import backup, restore
 from opskit.catalog import list_backups
-from tests.pg import dsn_for, local_config, run_sql
+from tests.pg import content_hashes, dsn_for, local_config, run_sql, schema_dump
 
 AWKWARD_SQL = (Path(__file__).parent / "data" / "awkward.sql").read_text(encoding="utf-8")
 
@@ -32,30 +32,6 @@ def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "opskit.toml"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def schema_dump(dbname: str) -> str:
-    """Return pg_dump --schema-only of a database without its version header."""
-    out = subprocess.run(["pg_dump", "--schema-only", dsn_for(dbname)], capture_output=True, text=True, check=True)
-    return "\n".join(line for line in out.stdout.splitlines() if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict")))
-
-
-def content_hashes(dbname: str) -> dict[str, str]:
-    """Return md5 of every user table's rows in a stable order, by qualified name."""
-    with psycopg.connect(dsn_for(dbname)) as conn:
-        tables = conn.execute(
-            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables"
-            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchall()
-        hashes = {}
-        for (name,) in tables:
-            row = conn.execute(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {name} t").fetchone()
-            assert row is not None
-            hashes[name] = row[0]
-        row = conn.execute("SELECT md5(string_agg(encode(data, 'hex'), '' ORDER BY loid, pageno)) FROM pg_largeobject").fetchone()
-        assert row is not None
-        hashes["pg_largeobject"] = row[0]
-    return hashes
 
 
 @pytest.fixture
@@ -120,18 +96,6 @@ def test_restore_refuses_a_non_empty_destination_unless_clean(pg_database: str, 
     assert restored.ok and restored.database == pg_database
     with psycopg.connect(dsn_for(pg_database)) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
-
-
-def test_parallel_restore_spools_to_the_state_directory_and_removes_the_spool(pg_database: str, tmp_path: Path, make_context: Any) -> None:
-    run_sql(pg_database, "CREATE TABLE a AS SELECT generate_series(1, 5000) id; CREATE TABLE b AS SELECT generate_series(1, 300) id;")
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
-
-    restored = restore.run(ctx, target="app", jobs=2)
-
-    assert restored.ok and restored.tables_checked == 2
-    assert "fetch" in restored.phases
-    assert list((tmp_path / "state").iterdir()) == []
 
 
 def test_restore_into_a_protected_target_needs_yes(pg_database: str, tmp_path: Path) -> None:

@@ -1,0 +1,179 @@
+"""The table of contents at the head of a pg_dump custom-format archive, read in Python.
+
+A custom-format archive starts with a header and the table of contents (TOC): one entry per
+object, with its section (pre-data, data, post-data), its SQL and, for table data, the
+``COPY ... FROM stdin;`` statement. The data blocks follow. When pg_dump writes to a pipe, as
+``opskit backup`` makes it do, the TOC is complete but records no data offsets.
+
+The parallel restore (``opskit.parallel_load``) needs the TOC before the data arrives: to write
+a TOC-only archive that ``pg_restore --section=pre-data`` and ``--section=post-data`` accept,
+and to know which COPY statements the data section will contain. The layout is pg_dump's
+``WriteHead``/``WriteToc`` (``src/bin/pg_dump/pg_backup_archiver.c``); archive versions 1.12
+(PostgreSQL 9.6 to 11) to 1.16 (17 and later) are understood, anything else is reported as
+unsupported so the caller can fall back to pg_restore alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAGIC = b"PGDMP"
+FORMAT_CUSTOM = 1
+OLDEST = (1, 12)
+NEWEST = (1, 16)
+SECTION_NAMES = {1: "none", 2: "pre-data", 3: "data", 4: "post-data"}
+
+
+class NeedMoreBytes(Exception):
+    """The buffer ends before the table of contents does."""
+
+
+class UnsupportedArchive(Exception):
+    """Not a custom-format archive, or a version whose TOC layout is not known here."""
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One table-of-contents entry, with its section resolved as pg_restore resolves it."""
+
+    dump_id: int
+    desc: str  # "TABLE", "TABLE DATA", "SEQUENCE SET", "BLOBS", ...
+    tag: str
+    namespace: str | None
+    section: str  # "pre-data", "data" or "post-data"
+    has_data: bool  # a data block follows in the archive's data part
+    copy_stmt: bytes | None  # as bytes: in the archive's encoding, which need not be UTF-8
+
+
+@dataclass(frozen=True)
+class ArchiveToc:
+    """The parsed head of an archive: version, its entries, and where the TOC ends."""
+
+    version: tuple[int, int, int]
+    entries: list[TocEntry] = field(default_factory=list)
+    end: int = 0  # bytes from the start of the archive to the end of the TOC
+
+    def data_entries(self) -> list[TocEntry]:
+        """Return the entries of the data section, in archive order."""
+        return [e for e in self.entries if e.section == "data"]
+
+
+class _Cursor:
+    def __init__(self, buf: bytes | bytearray) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.int_size = 4
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise NeedMoreBytes
+        chunk = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return chunk
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def int(self) -> int:
+        # A sign byte, then int_size bytes, least significant first (pg_dump's WriteInt).
+        negative = self.byte()
+        value = int.from_bytes(self.take(self.int_size), "little")
+        return -value if negative else value
+
+    def raw(self) -> bytes | None:
+        length = self.int()
+        if length < 0:
+            return None
+        return self.take(length)
+
+    def str(self) -> str | None:
+        raw = self.raw()
+        return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def parse(buf: bytes | bytearray) -> ArchiveToc:
+    """Parse the header and TOC at the start of ``buf``.
+
+    Returns the ArchiveToc (``end`` is the TOC's length in bytes). Raises NeedMoreBytes when
+    ``buf`` stops inside the TOC, and UnsupportedArchive for another format or version.
+    """
+    cur = _Cursor(buf)
+    if cur.take(5) != MAGIC:
+        raise UnsupportedArchive("not a pg_dump custom-format archive (no PGDMP header)")
+    version = (cur.byte(), cur.byte(), cur.byte())
+    if not OLDEST <= version[:2] <= NEWEST:
+        raise UnsupportedArchive(f"archive version {'.'.join(map(str, version))} is not one opskit can read")
+    cur.int_size = cur.byte()
+    offset_size = cur.byte()
+    if cur.byte() != FORMAT_CUSTOM:
+        raise UnsupportedArchive("not a custom-format archive")
+    if version[:2] >= (1, 15):
+        cur.byte()  # compression algorithm
+    else:
+        cur.int()  # compression level
+    for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
+        cur.int()
+    for _ in range(3):  # database name, server version, pg_dump version
+        cur.str()
+    entries = []
+    section = "pre-data"
+    for _ in range(cur.int()):
+        dump_id = cur.int()
+        has_data = cur.int() != 0
+        cur.str()  # catalog table oid
+        cur.str()  # oid
+        tag = cur.str() or ""
+        desc = cur.str() or ""
+        raw_section = cur.int()
+        cur.str()  # definition
+        cur.str()  # drop statement
+        copy_stmt = cur.raw()
+        namespace = cur.str()
+        cur.str()  # tablespace
+        if version[:2] >= (1, 14):
+            cur.str()  # table access method
+        if version[:2] >= (1, 16):
+            cur.int()  # relkind
+        cur.str()  # owner
+        cur.str()  # "false": tables WITH OIDS are gone
+        while cur.raw() is not None:  # dependencies, ended by a NULL string
+            pass
+        cur.byte()  # data offset flag (custom format's extra TOC field)
+        cur.take(offset_size)
+        # Entries of no section (ACLs, comments) belong to the section before them, as in pg_restore.
+        if SECTION_NAMES.get(raw_section, "none") != "none":
+            section = SECTION_NAMES[raw_section]
+        entries.append(TocEntry(dump_id, desc, tag, namespace, section, has_data, copy_stmt))
+    return ArchiveToc(version, entries, cur.pos)
+
+
+class TocCapture:
+    """Collects the first bytes of an archive stream until its TOC parses.
+
+    ``feed`` returns the ArchiveToc once the TOC is complete (and None before); the bytes
+    fed so far stay in ``buffer`` so the caller can pass them on.
+    """
+
+    RETRY_BYTES = 256 * 1024
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self._next_try = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> ArchiveToc | None:
+        """Add ``data``; return the TOC when it is complete. Raises UnsupportedArchive."""
+        self.buffer += data
+        if len(self.buffer) < self._next_try:
+            return None  # a large TOC: parse again after a good part more has arrived, not on every write
+        try:
+            return parse(self.buffer)
+        except NeedMoreBytes:
+            self._next_try = max(len(self.buffer) + self.RETRY_BYTES, len(self.buffer) * 3 // 2)
+            return None
+
+    def finish(self) -> ArchiveToc:
+        """Return the TOC at the end of the stream. Raises UnsupportedArchive when it is incomplete."""
+        try:
+            return parse(self.buffer)
+        except NeedMoreBytes:
+            raise UnsupportedArchive(f"the archive ends inside its table of contents ({len(self.buffer)} bytes)") from None
