@@ -1,16 +1,25 @@
-"""Benchmark ``opskit restore --jobs 2`` from S3 against the common recipe.
+"""Benchmark ``opskit restore`` from S3 against the common recipe, and against PostgreSQL alone.
 
 On a cached ``pgbench -i -s SCALE`` database, one backup is taken into a moto S3 server
 (untimed), and the common recipe's ``pg_dump -Fc`` file is uploaded next to it. Then,
 ``--runs`` times each (median shown):
 
-- ``opskit restore --jobs 2``  fetch, check both sha256, decompress into a spool file,
-                               ``pg_restore -j 2``, then compare every table's row count
+- ``opskit restore --jobs 2``  one streamed read (both sha256 checked): schema from the TOC,
+                               every table's COPY data split over 2 connections, indexes with
+                               ``pg_restore --section=post-data -j 2``, then every table's row
+                               count compared with the manifest
+- ``opskit restore --jobs 1``  the same read streamed into one serial ``pg_restore``, then the
+                               row counts
 - ``recipe``                   boto3 ``download_file`` of the ``-Fc`` dump, ``CREATE DATABASE``,
                                ``pg_restore -d`` (serial)
+- ``floor``                    PostgreSQL alone, for reference: the schema, then each table's rows
+                               from two local plain files by two ``psql`` COPYs at once, then
+                               ``pg_restore --section=post-data -j 2``; no download,
+                               decompression or checks. No restore over 2 connections can beat
+                               it on this machine.
 
-Targets (issue 9): opskit wall <= 0.75x the recipe; opskit's own peak RSS flat (within 15%)
-between ``--rss-scale`` and ``--scale``.
+Targets (issue 9): ``opskit restore --jobs 2`` wall <= 0.75x the recipe; opskit's own peak
+RSS flat (within 15%) between ``--rss-scale`` and ``--scale``.
 
 Usage: ``python bench/restore.py [--scale 70] [--rss-scale 20] [--runs 3] [--text-mib N] [--quick]``
 """
@@ -20,29 +29,97 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import _common as c
 import psycopg
 
+from opskit import dump_toc
+from opskit.parallel_load import ScriptSplitter
+
 TARGETS = {"vs_recipe": 0.75, "rss_flat": 0.15}
+JOBS_2 = "opskit restore --jobs 2"
+JOBS_1 = "opskit restore --jobs 1"
+RECIPE = "recipe: download + pg_restore -d"
+FLOOR = "floor: PostgreSQL alone, 2 COPYs at once"
 
 
 def prepare(database: str, workdir: Path, endpoint: c.S3Endpoint) -> Path:
-    """Back up ``database`` with opskit and upload a ``pg_dump -Fc`` of it; return the opskit config."""
+    """Back up ``database`` with opskit and upload a ``pg_dump -Fc`` of it; return the opskit config.
+
+    The dump stays in ``workdir`` for the floor case.
+    """
     config = c.write_config(workdir, database, "s3", endpoint)
     c.run_measured(c.opskit_argv(config, "backup", "now"), env=c.opskit_env(), cwd=workdir)
     dump = workdir / "x.dump"
     c.run_measured(["pg_dump", "-Fc", "-h", c.PG_HOST, "-U", c.PG_USER, "-f", str(dump), database], capture=False)
     endpoint.client().upload_file(str(dump), endpoint.bucket, f"recipe/{database}.dump")  # type: ignore[attr-defined]
-    dump.unlink()
     return config
 
 
-def opskit_restore(config: Path, database: str) -> c.Sample:
-    """Run ``opskit restore latest --jobs 2`` into a new database; drop it afterwards."""
-    sample = c.run_measured(c.opskit_argv(config, "restore", "latest", "--jobs", "2", "--json"),
+def split_for_floor(dump: Path, workdir: Path) -> list[tuple[bytes, list[Path]]]:
+    """Write each table's COPY rows into two plain files, blocks alternating (untimed).
+
+    Returns (COPY statement, [file, file]) per table, in archive order.
+    """
+    toc = dump_toc.parse(dump.read_bytes())
+    pairs: dict[bytes, list[Path]] = {}
+    blocks: dict[bytes, int] = {}
+    outs: dict[Path, BinaryIO] = {}
+
+    def write_block(statement: bytes, rows: bytes) -> None:
+        pair = pairs.setdefault(statement, [workdir / f"floor-{len(pairs)}-{half}.copy" for half in (0, 1)])
+        blocks[statement] = blocks.get(statement, 0) + 1
+        path = pair[blocks[statement] % 2]
+        if path not in outs:
+            outs[path] = path.open("wb")
+        outs[path].write(rows)
+
+    splitter = ScriptSplitter([e.copy_stmt for e in toc.data_entries() if e.copy_stmt], write_block, lambda sql: None)
+    with subprocess.Popen(["pg_restore", "--section=data", "-f", "-", str(dump)], stdout=subprocess.PIPE) as script:
+        assert script.stdout is not None
+        for chunk in iter(lambda: script.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+            splitter.feed(chunk)
+    splitter.finish()
+    for out in outs.values():
+        out.close()
+    for pair in pairs.values():
+        for path in pair:
+            path.touch()
+    return list(pairs.items())
+
+
+def floor(database: str, dump: Path, tables: list[tuple[bytes, list[Path]]]) -> c.Sample:
+    """PostgreSQL alone: schema, each table's two row files by two psql COPYs at once, then indexes."""
+    target = f"{database}_floor"
+    c.drop_database(target)
+    connect = ["-h", c.PG_HOST, "-U", c.PG_USER, "-d", target]
+
+    def restore() -> None:
+        with psycopg.connect(c.ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{target}"')
+        subprocess.run(["pg_restore", *connect, "--section=pre-data", str(dump)], check=True)
+        for statement, pair in tables:
+            copies = []
+            for path in pair:
+                with path.open("rb") as rows:
+                    copies.append(subprocess.Popen(["psql", *connect, "-q", "-c", statement.decode().strip()], stdin=rows))
+            for copy in copies:
+                if copy.wait() != 0:
+                    raise SystemExit(f"floor: psql COPY failed for {statement!r}")
+        subprocess.run(["pg_restore", *connect, "--section=post-data", "--jobs=2", str(dump)], check=True)
+
+    sample = c.timed(restore)
+    c.drop_database(target)
+    return sample
+
+
+def opskit_restore(config: Path, database: str, jobs: int = 2) -> c.Sample:
+    """Run ``opskit restore latest --jobs N`` into a new database; drop it afterwards."""
+    sample = c.run_measured(c.opskit_argv(config, "restore", "latest", "--jobs", str(jobs), "--json"),
                             env=c.opskit_env(), cwd=config.parent)
     result = json.loads(sample.stdout)
     restored = result.get("database") or f"{database}_restore_"
@@ -82,40 +159,46 @@ def main() -> None:
     print(f"database: {main_db} ({c.fmt_bytes(c.database_size(main_db))}), "
           f"rss comparison: {rss_db} ({c.fmt_bytes(c.database_size(rss_db))}); {args.runs} run(s) each", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="opskit-bench-restore-"))
-    samples: dict[str, list[c.Sample]] = {"opskit restore --jobs 2": [], "recipe: download + pg_restore -d": []}
+    cases = (JOBS_2, JOBS_1, RECIPE, FLOOR)
+    samples: dict[str, list[c.Sample]] = {case: [] for case in cases}
     small: list[c.Sample] = []
     try:
         with c.moto_server() as endpoint:
             config = prepare(main_db, workdir / "main", endpoint)
             small_config = prepare(rss_db, workdir / "small", endpoint)
+            tables = split_for_floor(workdir / "main" / "x.dump", workdir / "main")
             for run in range(args.runs):
                 print(f"  run {run + 1}/{args.runs}", flush=True)
-                samples["recipe: download + pg_restore -d"].append(recipe(main_db, workdir, endpoint))
-                samples["opskit restore --jobs 2"].append(opskit_restore(config, main_db))
-                small.append(opskit_restore(small_config, rss_db))
+                samples[RECIPE].append(recipe(main_db, workdir, endpoint))
+                samples[JOBS_2].append(opskit_restore(config, main_db, jobs=2))
+                samples[FLOOR].append(floor(main_db, workdir / "main" / "x.dump", tables))
+                samples[JOBS_1].append(opskit_restore(config, main_db, jobs=1))
+                small.append(opskit_restore(small_config, rss_db, jobs=2))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         c.drop_databases_like(f"{main_db}_restore_")
         c.drop_databases_like(f"{rss_db}_restore_")
+        c.drop_database(f"{main_db}_floor")
     report({k: c.median(v) for k, v in samples.items()}, c.median(small), args)
 
 
 def report(results: dict[str, c.Sample], small: c.Sample, args: argparse.Namespace) -> None:
     """Print the results table and the targets table."""
-    opskit = results["opskit restore --jobs 2"]
-    recipe_s = results["recipe: download + pg_restore -d"]
+    opskit = results[JOBS_2]
+    recipe_s = results[RECIPE]
     print(f"\nrestore from S3, pgbench -s {args.scale}, median of {args.runs}:")
     rows = [[name, f"{s.seconds:.2f}", f"{s.seconds / recipe_s.seconds:.2f}",
              ", ".join(f"{k} {v:.2f}" for k, v in s.extra.items()),
              c.fmt_bytes(s.peak_rss) if s.peak_rss else "-"] for name, s in results.items()]
-    rows.append([f"opskit restore --jobs 2 at -s {args.rss_scale}", f"{small.seconds:.2f}", "-",
+    rows.append([f"{JOBS_2} at -s {args.rss_scale}", f"{small.seconds:.2f}", "-",
                  ", ".join(f"{k} {v:.2f}" for k, v in small.extra.items()), c.fmt_bytes(small.peak_rss)])
     c.print_table(["case", "wall s", "x recipe", "phases (s)", "peak RSS"], rows)
     spread = abs(opskit.peak_rss - small.peak_rss) / max(small.peak_rss, 1)
     print("\ntargets:")
     c.print_table(["target", "measured", "limit", "verdict"], [
-        ["wall, opskit / recipe", f"{opskit.seconds / recipe_s.seconds:.2f}", "<= 0.75",
+        ["wall, opskit --jobs 2 / recipe", f"{opskit.seconds / recipe_s.seconds:.2f}", "<= 0.75",
          c.verdict(opskit.seconds / recipe_s.seconds, TARGETS["vs_recipe"])],
+        ["(reference) wall, floor / recipe", f"{results[FLOOR].seconds / recipe_s.seconds:.2f}", "-", "-"],
         [f"peak RSS spread, -s {args.rss_scale} vs -s {args.scale}", f"{spread:.2f}", "<= 0.15",
          c.verdict(spread, TARGETS["rss_flat"])],
     ])
