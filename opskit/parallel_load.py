@@ -193,8 +193,10 @@ class CopyLoader:
         jobs: int,
         settings: list[bytes],
         exit_on_error: bool = True,
+        table_names: dict[bytes, str] | None = None,
     ) -> None:
         self._connect = connect
+        self._table_names = table_names or {}
         self._settings = settings
         self._exit_on_error = exit_on_error
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=2 * jobs)
@@ -330,11 +332,12 @@ class CopyLoader:
             self.stats.rows[statement] = self.stats.rows.get(statement, 0) + max(cursor.rowcount, 0)
 
     def _copy_failed(self, statement: bytes, exc: psycopg.Error) -> None:
-        table = _show(statement).removesuffix(" FROM stdin;")
-        message = f"COPY failed: {table}: {str(exc).strip().splitlines()[0]}"
+        # Worded as pg_restore words it, so a drill's allowed_restore_errors match either.
+        table = self._table_names.get(statement) or _show(statement).removesuffix(" FROM stdin;")
+        message = f'COPY failed for table "{table}": ERROR:  {str(exc).strip().splitlines()[0]}'
         if self._exit_on_error:
             raise LoadFailed(message) from exc
         log.warning("COPY failed; carrying on", statement=statement, error=str(exc))
         with self._lock:
             self._skipped.add(statement)
-            self.stats.errors.append(message)
+            self.stats.errors.append(f"pg_restore: error: {message}")

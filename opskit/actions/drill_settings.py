@@ -8,7 +8,7 @@
     checks_dir = "runbooks/checks"     # smoke queries (*.sql), relative to the config file's directory
     report_dir = "drill-reports"       # also write every report here (JSON, Markdown, HTML)
     no_owner = false                   # pg_restore --no-owner --no-privileges (staging lacks the roles)
-    jobs = 1                           # parallel pg_restore jobs (above 1 the dump is spooled)
+    jobs = 1                           # connections loading the data (see restore --jobs)
 """
 
 from __future__ import annotations

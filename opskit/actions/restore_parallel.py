@@ -96,6 +96,7 @@ class ParallelRestore:
         self._splitter_thread: threading.Thread | None = None
         self._splitter_error: BaseException | None = None
         self._sql: list[bytes] = []
+        self._table_names: dict[bytes, str] = {}
         self._started = time.monotonic()
 
     # -- the sink -------------------------------------------------------------------------------
@@ -155,8 +156,8 @@ class ParallelRestore:
         argv = [self.argv[0], "--section=data", "--file=-"]
         self._data_cm = spawn(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._data_child = self._data_cm.__enter__()
-        statements = [e.copy_stmt for e in toc.data_entries() if e.copy_stmt]
-        splitter = ScriptSplitter(statements, self._load_block, self._sql.append)
+        self._table_names = {e.copy_stmt.strip(): e.tag for e in toc.data_entries() if e.copy_stmt}
+        splitter = ScriptSplitter(list(self._table_names), self._load_block, self._sql.append)
         self._splitter_thread = threading.Thread(
             target=self._split, args=(splitter,), name="opskit-split", daemon=True
         )
@@ -178,7 +179,9 @@ class ParallelRestore:
     def _load_block(self, statement: bytes, rows: bytes) -> None:
         if self._loader is None:
             settings = session_settings(b"".join(self._sql))
-            self._loader = CopyLoader(self._connect, self.jobs, settings, exit_on_error=self.exit_on_error)
+            self._loader = CopyLoader(
+                self._connect, self.jobs, settings, exit_on_error=self.exit_on_error, table_names=self._table_names
+            )
         self._loader.put(statement, rows)
 
     def _connect(self) -> Any:
@@ -200,6 +203,8 @@ class ParallelRestore:
             except LoadFailed as exc:
                 raise self._load_failure(exc) from exc
             self.error_lines += stats.errors
+            log.info("data loaded", connections=self.jobs, tables=len(stats.rows), blocks=stats.blocks,
+                     rows=sum(stats.rows.values()))
         self._run_sql()
         self.phases["data"] = time.monotonic() - self._started - self.phases.get("schema", 0.0)
 
