@@ -154,6 +154,16 @@ def test_a_drill_on_a_good_backup_passes_and_its_report_has_every_field(
     assert latest is not None and latest["drill_id"] == report.drill_id and latest["verdict"] == "pass"
 
 
+def test_a_drill_with_two_jobs_loads_over_two_connections_and_passes(source_db: str, tmp_path: Path) -> None:
+    ctx = make_context(source_db, tmp_path, jobs=2)
+    take_backup(ctx)
+
+    report = drill.run(ctx, target="app", trigger="test")
+
+    assert report.verdict == "pass", [c for c in report.checks if not c.ok]
+    assert not _database_exists(report.staging_database)
+
+
 def test_a_flipped_byte_in_the_artifact_fails_the_checksum_check_with_exit_5(
     source_db: str, tmp_path: Path
 ) -> None:
