@@ -231,6 +231,9 @@ class ParallelRestore:
             return
         with self._connect() as conn:
             try:
+                # Settings first, on their own: the server decodes a query in the encoding set before it.
+                for setting in session_settings(script):
+                    conn.execute(setting)
                 conn.execute(script)
             except Exception as exc:
                 message = f"pg_restore: error: {str(exc).strip().splitlines()[0]}"

@@ -185,3 +185,36 @@ def test_an_encrypted_backup_takes_the_loader_route_and_a_failing_copy_keeps_its
     with pytest.raises(RestoreFailed, match=r'COPY failed for table "capped"') as failure:
         restore.run(ctx, target="app", jobs=2)
     assert failure.value.exit_code == 4
+
+
+def test_a_latin1_database_round_trips_through_the_loader(pg_database: str, tmp_path: Path, make_context: Any) -> None:
+    latin1 = pg_database + "_latin1"
+    run_sql(pg_database, f"CREATE DATABASE \"{latin1}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        with psycopg.connect(dsn_for(latin1), autocommit=True, client_encoding="UTF8") as conn:
+            conn.execute("CREATE TABLE café (id int, nom text)")
+            conn.execute("INSERT INTO café VALUES (1, 'crème brûlée'), (2, 'naïve')")
+        ctx = make_context(local_config(latin1, tmp_path / "backups"))
+        backup.run(ctx, target="app")
+
+        restored = restore.run(ctx, target="app", jobs=2)
+
+        assert restored.ok and restored.route == "loader"
+        with psycopg.connect(dsn_for(restored.database)) as conn:
+            assert conn.execute("SELECT nom FROM café ORDER BY id").fetchall() == [("crème brûlée",), ("naïve",)]
+        run_sql(pg_database, f'DROP DATABASE "{restored.database}"')
+    finally:
+        run_sql(pg_database, f'DROP DATABASE IF EXISTS "{latin1}" WITH (FORCE)')
+
+
+def test_a_database_of_sequences_and_views_only_restores_with_jobs(
+    pg_database: str, tmp_path: Path, make_context: Any
+) -> None:
+    run_sql(pg_database, "CREATE SEQUENCE s START 5; SELECT nextval('s'), nextval('s'); CREATE VIEW v AS SELECT 1 AS one;")
+    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
+    backup.run(ctx, target="app")
+
+    restored = restore.run(ctx, target="app", jobs=2)
+
+    assert restored.ok and restored.route == "loader"
+    assert sequence_values(restored.database) == sequence_values(pg_database)

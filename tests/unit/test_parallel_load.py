@@ -129,3 +129,13 @@ def test_a_script_that_stops_inside_a_copy_is_an_error() -> None:
 
     with pytest.raises(ScriptError, match="ends inside the data"):
         splitter.finish()
+
+
+def test_a_row_larger_than_a_block_travels_whole_in_a_block_of_its_own() -> None:
+    big = b"7\t" + b"x" * 5000 + b"\n"
+    rows = [b"1\tsmall\n", big, b"8\tsmall\n"]
+
+    collected = split([script(rows)], block_size=256)
+
+    assert collected.rows_of(ACCOUNTS) == b"".join(rows)
+    assert any(block == b"1\tsmall\n" + big or block == big for _, block in collected.blocks)
