@@ -20,6 +20,7 @@ from opskit import parallel_load
 from opskit.actions import backup, restore
 from opskit.errors import RestoreFailed
 from tests.pg import content_hashes, dsn_for, local_config, run_sql, schema_dump
+from tests.pgcluster import ScramCluster
 
 AWKWARD_SQL = (Path(__file__).parent / "data" / "awkward.sql").read_text(encoding="utf-8")
 # The same database without its large object: what most opskit backups look like.
@@ -218,3 +219,22 @@ def test_a_database_of_sequences_and_views_only_restores_with_jobs(
 
     assert restored.ok and restored.route == "loader"
     assert sequence_values(restored.database) == sequence_values(pg_database)
+
+
+def test_a_server_that_demands_a_password_gets_it_on_every_loading_connection(
+    scram_cluster: ScramCluster, tmp_path: Path, make_context: Any
+) -> None:
+    with scram_cluster.connect() as conn:
+        conn.execute('CREATE DATABASE "locked"')
+    with scram_cluster.connect("locked") as conn:
+        conn.execute("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 20000) g")
+    secret = tmp_path / "db.password"
+    secret.write_text(scram_cluster.password + "\n")
+    config = local_config("unused", tmp_path / "backups")
+    config["targets"]["app"] = {"dsn": scram_cluster.dsn("locked"), "password": f"file:{secret}"}
+    ctx = make_context(config)
+    backup.run(ctx, target="app")
+
+    restored = restore.run(ctx, target="app", jobs=2)
+
+    assert restored.ok and restored.route == "loader" and restored.tables_checked == 1
