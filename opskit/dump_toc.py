@@ -15,7 +15,10 @@ unsupported so the caller can fall back to pg_restore alone.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+from psycopg._encodings import pg2pyenc
 
 MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1
@@ -115,20 +118,21 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
         cur.int()
     for _ in range(3):  # database name, server version, pg_dump version
         cur.str()
-    entries = []
+    raw_entries = []
     section = "pre-data"
+    encoding = "utf-8"
     for _ in range(cur.int()):
         dump_id = cur.int()
         has_data = cur.int() != 0
         cur.str()  # catalog table oid
         cur.str()  # oid
-        tag = cur.str() or ""
+        tag = cur.raw() or b""
         desc = cur.str() or ""
         raw_section = cur.int()
-        cur.str()  # definition
+        definition = cur.raw() or b""
         cur.str()  # drop statement
         copy_stmt = cur.raw()
-        namespace = cur.str()
+        namespace = cur.raw()
         cur.str()  # tablespace
         if version[:2] >= (1, 14):
             cur.str()  # table access method
@@ -143,8 +147,26 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
         # Entries of no section (ACLs, comments) belong to the section before them, as in pg_restore.
         if SECTION_NAMES.get(raw_section, "none") != "none":
             section = SECTION_NAMES[raw_section]
-        entries.append(TocEntry(dump_id, desc, tag, namespace, section, has_data, copy_stmt))
+        if desc == "ENCODING":  # the first entry: names are in the database's encoding
+            encoding = python_encoding(definition)
+        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt))
+    entries = [
+        TocEntry(dump_id, desc, tag.decode(encoding, "replace"), None if ns is None else ns.decode(encoding, "replace"),
+                 section, has_data, copy_stmt)
+        for dump_id, desc, tag, ns, section, has_data, copy_stmt in raw_entries
+    ]
     return ArchiveToc(version, entries, cur.pos)
+
+
+def python_encoding(definition: bytes) -> str:
+    """Return the Python codec for an ENCODING entry (``SET client_encoding = 'LATIN1';``); UTF-8 if unknown."""
+    match = re.search(rb"'([^']+)'", definition)
+    if match is None:
+        return "utf-8"
+    try:
+        return pg2pyenc(match.group(1))
+    except Exception:  # an encoding Python lacks: names are only shown and compared, so approximate
+        return "utf-8"
 
 
 class TocCapture:

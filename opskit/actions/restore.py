@@ -25,7 +25,7 @@ from typing import Any
 
 from opskit import facts, postgres
 from opskit.actions import restore_parallel
-from opskit.catalog import Artifact, Manifest, find_backup
+from opskit.catalog import Artifact, Manifest, TableFacts, find_backup
 from opskit.config import TargetConfig
 from opskit.context import AppContext
 from opskit.errors import ConfigError, RestoreFailed, VerificationFailed
@@ -55,6 +55,8 @@ class RestoreResult:
     pg_restore_errors: list[str] = field(default_factory=list)
     bytes_restored: int = 0
     route: str = "stream"  # "stream" (--jobs 1), "loader" or "spool" (see restore_parallel)
+    # Rows each table received, as PostgreSQL reported its COPYs ("schema.table" -> rows); loader route only.
+    rows_loaded: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -289,8 +291,19 @@ def _finish_pg_restore(child: Any, result: RestoreResult, manifest: Manifest) ->
 
 
 def _check_rows(server: TargetConfig, database: str, manifest: Manifest, result: RestoreResult) -> None:
-    with postgres.connect(server, dbname=database, application_name="opskit restore check") as conn:
-        actual = facts.collect(conn).tables
+    """Compare every table's row count with the manifest, filling ``mismatches`` and ``tables_checked``.
+
+    After the loader route the counts are the ones PostgreSQL reported for the COPYs into the new
+    database, so the tables are not scanned again (on a large database that scan would add
+    minutes to the restore); otherwise, or when a table of the manifest is not among the loaded
+    ones, every table is counted.
+    """
+    loaded = result.rows_loaded
+    if loaded is not None and all(t.qualified in loaded for t in manifest.tables):
+        actual = [TableFacts(t.schema, t.name, loaded[t.qualified]) for t in manifest.tables]
+    else:  # not loaded by opskit, or a table's name did not match: count them
+        with postgres.connect(server, dbname=database, application_name="opskit restore check") as conn:
+            actual = facts.collect(conn).tables
     result.tables_checked = len(actual)
     result.mismatches = facts.compare_rows(manifest.tables, actual)
 

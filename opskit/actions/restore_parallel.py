@@ -97,6 +97,8 @@ class ParallelRestore:
         self._splitter_error: BaseException | None = None
         self._sql: list[bytes] = []
         self._table_names: dict[bytes, str] = {}
+        self._qualified: dict[bytes, str] = {}  # COPY statement -> "schema.table"
+        self.rows_loaded: dict[str, int] = {}
         self._started = time.monotonic()
 
     # -- the sink -------------------------------------------------------------------------------
@@ -156,7 +158,9 @@ class ParallelRestore:
         argv = [self.argv[0], "--section=data", "--file=-"]
         self._data_cm = spawn(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._data_child = self._data_cm.__enter__()
-        self._table_names = {e.copy_stmt.strip(): e.tag for e in toc.data_entries() if e.copy_stmt}
+        copies = [e for e in toc.data_entries() if e.copy_stmt]
+        self._table_names = {e.copy_stmt.strip(): e.tag for e in copies if e.copy_stmt}
+        self._qualified = {e.copy_stmt.strip(): f"{e.namespace}.{e.tag}" for e in copies if e.copy_stmt}
         splitter = ScriptSplitter(list(self._table_names), self._load_block, self._sql.append)
         self._splitter_thread = threading.Thread(
             target=self._split, args=(splitter,), name="opskit-split", daemon=True
@@ -192,6 +196,7 @@ class ParallelRestore:
         self._data_child.stdin.close()
         self._splitter_thread.join()
         self._raise_splitter_error()
+        self.rows_loaded = dict.fromkeys(self._qualified.values(), 0)  # tables without rows have no block
         self._data_child.check(
             RestoreFailed,
             f"pg_restore could not read the data of backup {self.manifest.id}",
@@ -203,6 +208,8 @@ class ParallelRestore:
             except LoadFailed as exc:
                 raise self._load_failure(exc) from exc
             self.error_lines += stats.errors
+            for statement, rows in stats.rows.items():
+                self.rows_loaded[self._qualified[statement]] += rows
             log.info("data loaded", connections=self.jobs, tables=len(stats.rows), blocks=stats.blocks,
                      rows=sum(stats.rows.values()))
         self._run_sql()
@@ -383,3 +390,5 @@ def restore(
         result.phases.update(job.phases)
         result.pg_restore_errors = job.error_lines
         result.route = job.route or "spool"
+        if job.route == "loader" and not failed:
+            result.rows_loaded = job.rows_loaded
