@@ -7,7 +7,7 @@ On a cached ``pgbench -i -s SCALE`` database, one backup is taken into a moto S3
 - ``opskit restore --jobs 2``  one streamed read (both sha256 checked): schema from the TOC,
                                every table's COPY data split over 2 connections, indexes with
                                ``pg_restore --section=post-data -j 2``, then every table's row
-                               count compared with the manifest
+                               count (as the COPYs reported it) compared with the manifest
 - ``opskit restore --jobs 1``  the same read streamed into one serial ``pg_restore``, then the
                                row counts
 - ``recipe``                   boto3 ``download_file`` of the ``-Fc`` dump, ``CREATE DATABASE``,
@@ -169,10 +169,16 @@ def main() -> None:
             tables = split_for_floor(workdir / "main" / "x.dump", workdir / "main")
             for run in range(args.runs):
                 print(f"  run {run + 1}/{args.runs}", flush=True)
+                # A restore writes more WAL than max_wal_size: start every case from a checkpoint.
+                c.checkpoint()
                 samples[RECIPE].append(recipe(main_db, workdir, endpoint))
+                c.checkpoint()
                 samples[JOBS_2].append(opskit_restore(config, main_db, jobs=2))
+                c.checkpoint()
                 samples[FLOOR].append(floor(main_db, workdir / "main" / "x.dump", tables))
+                c.checkpoint()
                 samples[JOBS_1].append(opskit_restore(config, main_db, jobs=1))
+                c.checkpoint()
                 small.append(opskit_restore(small_config, rss_db, jobs=2))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
