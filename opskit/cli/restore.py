@@ -48,7 +48,7 @@ def restore(app: AppContext, backup_id: str, target: str | None, to: str | None,
     if as_json:
         echo_json({
             "backup": result.manifest.id, "storage": result.storage, "server": result.server,
-            "database": result.database, "created": result.created, "jobs": result.jobs,
+            "database": result.database, "created": result.created, "jobs": result.jobs, "route": result.route,
             "phases": result.phases, "bytes": result.bytes_restored, "tables_checked": result.tables_checked,
             "mismatches": [m.__dict__ for m in result.mismatches],
         })
