@@ -205,6 +205,9 @@ class CopyLoader:
         self._failed = threading.Event()
         self._skipped: set[bytes] = set()
         self._connections: list[psycopg.Connection[Any]] = []
+        # Nobody loads before every connection is open: a refused connection fails the load at
+        # once, and the first blocks are shared out instead of all going to the quickest worker.
+        self._ready = threading.Barrier(jobs)
         self.stats = LoadStats()
         self._threads = [
             threading.Thread(target=self._work, name=f"opskit-copy-{i}", daemon=True) for i in range(jobs)
@@ -268,6 +271,7 @@ class CopyLoader:
             if self._failure is None:
                 self._failure = exc
         self._failed.set()
+        self._ready.abort()
 
     def _work(self) -> None:
         try:
@@ -279,7 +283,10 @@ class CopyLoader:
         try:
             for setting in self._settings:
                 conn.execute(setting)
+            self._ready.wait()
             self._load(conn)
+        except threading.BrokenBarrierError:
+            pass  # another worker failed first; its error is the one reported
         except BaseException as exc:
             self._fail(exc)
         finally:

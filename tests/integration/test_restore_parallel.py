@@ -49,6 +49,14 @@ def distinct_loads(dbname: str, table: str) -> int:
     return int(row[0])
 
 
+def backed_up(pg_database: str, tmp_path: Path, make_context: Any, statements: str) -> Any:
+    """Run ``statements`` in the database, back it up to local disk, and return the context."""
+    run_sql(pg_database, statements)
+    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
+    backup.run(ctx, target="app")
+    return ctx
+
+
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Cut COPY data into 64 KiB blocks, so even test-sized tables are split between connections."""
@@ -58,9 +66,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_parallel_restore_loads_every_table_over_several_connections_and_reproduces_the_database(
     pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None
 ) -> None:
-    run_sql(pg_database, WITHOUT_LARGE_OBJECTS + TRICKY_ROWS)
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
+    ctx = backed_up(pg_database, tmp_path, make_context, WITHOUT_LARGE_OBJECTS + TRICKY_ROWS)
 
     restored = restore.run(ctx, target="app", jobs=3)
 
@@ -76,24 +82,21 @@ def test_a_parallel_restore_loads_every_table_over_several_connections_and_repro
 def test_one_large_table_is_loaded_by_more_than_one_connection(
     pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None
 ) -> None:
-    run_sql(pg_database, "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 60000) g;")
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
+    ctx = backed_up(pg_database, tmp_path, make_context,
+                    "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 200000) g;")
 
     restored = restore.run(ctx, target="app", jobs=2)
 
     assert restored.ok and restored.route == "loader"
     assert distinct_loads(restored.database, "big") >= 2
     # The row-count check used what PostgreSQL reported for the COPYs instead of scanning again.
-    assert restored.rows_loaded == {"public.big": 60000}
+    assert restored.rows_loaded == {"public.big": 200000}
 
 
 def test_an_archive_with_large_objects_is_restored_from_a_spool_file_that_is_removed_after(
     pg_database: str, tmp_path: Path, make_context: Any
 ) -> None:
-    run_sql(pg_database, AWKWARD_SQL)
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
+    ctx = backed_up(pg_database, tmp_path, make_context, AWKWARD_SQL)
 
     restored = restore.run(ctx, target="app", jobs=2)
 
@@ -104,9 +107,7 @@ def test_an_archive_with_large_objects_is_restored_from_a_spool_file_that_is_rem
 
 
 def test_a_clean_restore_with_jobs_goes_through_the_spool(pg_database: str, tmp_path: Path, make_context: Any) -> None:
-    run_sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);")
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
+    ctx = backed_up(pg_database, tmp_path, make_context, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);")
     run_sql(pg_database, "INSERT INTO t VALUES (1000);")
 
     restored = restore.run(ctx, target="app", to="app", clean=True, jobs=2)
@@ -214,9 +215,7 @@ def test_a_latin1_database_round_trips_through_the_loader(pg_database: str, tmp_
 def test_a_database_of_sequences_and_views_only_restores_with_jobs(
     pg_database: str, tmp_path: Path, make_context: Any
 ) -> None:
-    run_sql(pg_database, "CREATE SEQUENCE s START 5; SELECT nextval('s'), nextval('s'); CREATE VIEW v AS SELECT 1 AS one;")
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
+    ctx = backed_up(pg_database, tmp_path, make_context, "CREATE SEQUENCE s START 5; SELECT nextval('s'), nextval('s'); CREATE VIEW v AS SELECT 1 AS one;")
 
     restored = restore.run(ctx, target="app", jobs=2)
 
