@@ -178,6 +178,13 @@ class LoadFailed(Exception):
 _STOP = None
 
 
+class _Failed:
+    """What a worker gets instead of a block once the load has failed."""
+
+
+_FAILED = _Failed()
+
+
 class CopyLoader:
     """N threads, each with its own connection, loading COPY blocks from one bounded queue.
 
@@ -244,27 +251,26 @@ class CopyLoader:
                 conn.cancel_safe(timeout=5)
             except Exception as exc:  # the connection may be gone already; the caller drops the database
                 log.debug("cancel failed", error=str(exc))
-        for _ in self._threads:
-            self._put_stop()
         for thread in self._threads:
             thread.join(timeout=10)
 
     def _put_stop(self) -> None:
-        while True:
+        # After a failure the workers stop by themselves (see _next); a full queue must not block us.
+        while not self._failed.is_set():
             try:
                 self._queue.put(_STOP, timeout=0.2)
                 return
             except queue.Full:
-                self._drain()
+                continue
 
-    def _drain(self) -> None:
-        # After a failure nobody loads: empty the queue so producers and stoppers are not stuck.
-        if self._failed.is_set():
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    return
+    def _next(self) -> tuple[bytes, bytes] | _Failed | None:
+        """Return the next block, None to stop, or _FAILED as soon as any worker or the caller failed."""
+        while not self._failed.is_set():
+            try:
+                return self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return _FAILED
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -298,12 +304,11 @@ class CopyLoader:
         copy_cm: Any = None
         copy: Any = None
         while True:
-            item = self._queue.get()
-            if self._failed.is_set():
+            item = self._next()
+            if isinstance(item, _Failed):
                 if copy_cm is not None:
                     with contextlib.suppress(Exception):  # CopyFail: nothing of this COPY is committed
                         copy_cm.__exit__(LoadFailed, LoadFailed("stopped"), None)
-                self._drain()
                 return
             statement = item[0] if item is not None else None
             if copy_cm is not None and statement != current:
@@ -340,7 +345,7 @@ class CopyLoader:
 
     def _copy_failed(self, statement: bytes, exc: psycopg.Error) -> None:
         # Worded as pg_restore words it, so a drill's allowed_restore_errors match either.
-        table = self._table_names.get(statement) or _show(statement).removesuffix(" FROM stdin;")
+        table = self._table_names.get(statement) or _show(statement).removeprefix("COPY ").removesuffix(" FROM stdin;")
         message = f'COPY failed for table "{table}": ERROR:  {str(exc).strip().splitlines()[0]}'
         if self._exit_on_error:
             raise LoadFailed(message) from exc

@@ -305,8 +305,10 @@ class ParallelRestore:
         self._data_child.wait()
         if self._splitter_thread is not None:
             self._splitter_thread.join(timeout=30)
+        # The stream broke before its hashes could be checked. A corrupt object confuses pg_restore
+        # and the COPYs into odd errors (a cut-off script, bad input): blame the object first.
+        check_stored_bytes()
         self._raise_splitter_error()
-        check_stored_bytes()  # a corrupt object confuses pg_restore into odd errors: blame the object first
         self._data_child.check(
             RestoreFailed,
             f"pg_restore could not read the data of backup {self.manifest.id}",
