@@ -52,7 +52,7 @@ class AppContext:
 
     @property
     def state_dir(self) -> Path:
-        """Return the directory for local state (restore spool files); created on first use."""
+        """Return the directory for local state (a parallel restore's TOC copy or spool file); created on first use."""
         path = self.config.tools.state_dir
         path.mkdir(parents=True, exist_ok=True)
         return path

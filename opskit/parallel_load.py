@@ -60,7 +60,6 @@ class ScriptSplitter:
         self._buf = bytearray()
         self._scan_from = 0
         self._copying: bytes | None = None  # the COPY statement whose rows are arriving
-        self.rows_bytes = 0
 
     def feed(self, data: bytes) -> None:
         """Take the next piece of the script. Raises ScriptError."""
@@ -140,7 +139,6 @@ class ScriptSplitter:
 
     def _emit_rows(self, rows: bytes) -> None:
         assert self._copying is not None
-        self.rows_bytes += len(rows)
         self._on_block(self._copying, rows)
 
     def _emit_sql(self, text: bytes) -> None:

@@ -189,7 +189,7 @@ class DrillReport:
             raise ObjectiveBreached(
                 f"drill {self.drill_id} of target '{self.target}' passed its checks, but "
                 + "; ".join(self.breaches),
-                hint="back up more often, or restore faster (more pg_restore jobs, a closer storage)",
+                hint="back up more often, or restore faster (drill.jobs above 1 on a host with spare cores, a closer storage)",
             )
 
     def raise_for_outcome(self) -> None:

@@ -96,8 +96,7 @@ class ParallelRestore:
         self._splitter_thread: threading.Thread | None = None
         self._splitter_error: BaseException | None = None
         self._sql: list[bytes] = []
-        self._table_names: dict[bytes, str] = {}
-        self._qualified: dict[bytes, str] = {}  # COPY statement -> "schema.table"
+        self._tables: dict[bytes, dump_toc.TocEntry] = {}  # COPY statement -> its TABLE DATA entry
         self.rows_loaded: dict[str, int] = {}
         self._started = time.monotonic()
 
@@ -140,9 +139,6 @@ class ParallelRestore:
                 ) from exc
             self._restore_schema()
             self._start_data(toc)
-        self._write_head(head)
-
-    def _write_head(self, head: bytes) -> None:
         assert self._downstream is not None
         self._downstream.write(head)
 
@@ -158,10 +154,8 @@ class ParallelRestore:
         argv = [self.argv[0], "--section=data", "--file=-"]
         self._data_cm = spawn(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._data_child = self._data_cm.__enter__()
-        copies = [e for e in toc.data_entries() if e.copy_stmt]
-        self._table_names = {e.copy_stmt.strip(): e.tag for e in copies if e.copy_stmt}
-        self._qualified = {e.copy_stmt.strip(): f"{e.namespace}.{e.tag}" for e in copies if e.copy_stmt}
-        splitter = ScriptSplitter(list(self._table_names), self._load_block, self._sql.append)
+        self._tables = {e.copy_stmt.strip(): e for e in toc.data_entries() if e.copy_stmt}
+        splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append)
         self._splitter_thread = threading.Thread(
             target=self._split, args=(splitter,), name="opskit-split", daemon=True
         )
@@ -183,9 +177,9 @@ class ParallelRestore:
     def _load_block(self, statement: bytes, rows: bytes) -> None:
         if self._loader is None:
             settings = session_settings(b"".join(self._sql))
-            self._loader = CopyLoader(
-                self._connect, self.jobs, settings, exit_on_error=self.exit_on_error, table_names=self._table_names
-            )
+            names = {statement: entry.tag for statement, entry in self._tables.items()}
+            self._loader = CopyLoader(self._connect, self.jobs, settings, exit_on_error=self.exit_on_error,
+                                      table_names=names)
         self._loader.put(statement, rows)
 
     def _connect(self) -> Any:
@@ -195,13 +189,9 @@ class ParallelRestore:
         assert self._data_child is not None and self._splitter_thread is not None
         self._data_child.stdin.close()
         self._splitter_thread.join()
-        self._raise_splitter_error()
-        self.rows_loaded = dict.fromkeys(self._qualified.values(), 0)  # tables without rows have no block
-        self._data_child.check(
-            RestoreFailed,
-            f"pg_restore could not read the data of backup {self.manifest.id}",
-            hint="the message above is pg_restore's; a database this run created was dropped",
-        )
+        self._raise_data_failure()
+        # Tables without rows sent no block, and count as 0.
+        self.rows_loaded = {f"{e.namespace}.{e.tag}": 0 for e in self._tables.values()}
         if self._loader is not None:
             try:
                 stats = self._loader.close()
@@ -209,21 +199,33 @@ class ParallelRestore:
                 raise self._load_failure(exc) from exc
             self.error_lines += stats.errors
             for statement, rows in stats.rows.items():
-                self.rows_loaded[self._qualified[statement]] += rows
+                entry = self._tables[statement]
+                self.rows_loaded[f"{entry.namespace}.{entry.tag}"] += rows
             log.info("data loaded", connections=self.jobs, tables=len(stats.rows), blocks=stats.blocks,
                      rows=sum(stats.rows.values()))
         self._run_sql()
         self.phases["data"] = time.monotonic() - self._started - self.phases.get("schema", 0.0)
 
-    def _raise_splitter_error(self) -> None:
+    def _raise_data_failure(self) -> None:
+        """Raise what stopped the data section, the first cause first: a COPY, pg_restore, or its output."""
+        assert self._data_child is not None
         exc = self._splitter_error
-        if exc is None:
-            return
         if isinstance(exc, LoadFailed):
             raise self._load_failure(exc) from exc
+        # pg_restore's own error (a positive exit code) explains a cut-off script better than the cut.
+        if self._data_child.wait() > 0 or exc is None:
+            self._data_child.check(
+                RestoreFailed,
+                f"pg_restore could not read the data of backup {self.manifest.id}",
+                hint="the message above is pg_restore's; a database this run created was dropped",
+            )
         if isinstance(exc, ScriptError):
-            raise RestoreFailed(f"restoring backup {self.manifest.id}: {exc}") from exc
-        raise exc
+            raise RestoreFailed(
+                f"restoring backup {self.manifest.id}: pg_restore's output was not what opskit expects: {exc}",
+                hint="restore with --jobs 1 (pg_restore alone); a database this run created was dropped",
+            ) from exc
+        if exc is not None:
+            raise exc
 
     def _load_failure(self, exc: LoadFailed) -> RestoreFailed:
         return RestoreFailed(
@@ -308,12 +310,7 @@ class ParallelRestore:
         # The stream broke before its hashes could be checked. A corrupt object confuses pg_restore
         # and the COPYs into odd errors (a cut-off script, bad input): blame the object first.
         check_stored_bytes()
-        self._raise_splitter_error()
-        self._data_child.check(
-            RestoreFailed,
-            f"pg_restore could not read the data of backup {self.manifest.id}",
-            hint="the message above is pg_restore's; a database this run created was dropped",
-        )
+        self._raise_data_failure()
         raise RestoreFailed(f"pg_restore stopped reading the data of backup {self.manifest.id}")
 
     def finish(self) -> None:
