@@ -111,6 +111,16 @@ def object_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
         return {col.name: int(value) for col, value in zip(cur.description, row, strict=True)}
 
 
+def history_schema(conn: psycopg.Connection[Any], table: str = "flyway_schema_history") -> str | None:
+    """Return the schema holding the Flyway history ``table`` (``public`` first), or None when there is none."""
+    row = conn.execute(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY n.nspname = 'public' DESC LIMIT 1",
+        (table,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema_history") -> str | None:
     """Return the schema version Flyway's ``info`` would report, or None when there is no history table.
 
@@ -119,14 +129,8 @@ def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema
     """
     from opskit.migrate.engine import schema_version
 
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY n.nspname = 'public' DESC LIMIT 1",
-            (table,),
-        )
-        found = cur.fetchone()
-    if found is None:
+    schema = history_schema(conn, table)
+    if schema is None:
         return None
     # A history table that is not Flyway's shape must not fail a backup: read it inside a
     # savepoint (when in a transaction) and report no version if it cannot be read.
@@ -134,7 +138,7 @@ def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema
     try:
         if in_transaction:
             conn.execute("SAVEPOINT opskit_schema_version")
-        version = schema_version(conn, schema=found[0], table=table)
+        version = schema_version(conn, schema=schema, table=table)
         if in_transaction:
             conn.execute("RELEASE SAVEPOINT opskit_schema_version")
         return version
@@ -142,7 +146,7 @@ def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema
         if in_transaction:
             conn.execute("ROLLBACK TO SAVEPOINT opskit_schema_version")
         log.warning("the schema history table cannot be read; no migration version recorded",
-                    table=f"{found[0]}.{table}", error=str(exc).strip())
+                    table=f"{schema}.{table}", error=str(exc).strip())
         return None
 
 
@@ -366,18 +370,12 @@ def sequence_lags(conn: psycopg.Connection[Any]) -> tuple[int, list[SequenceLag]
 
 def failed_migrations(conn: psycopg.Connection[Any], table: str = "flyway_schema_history") -> list[str]:
     """Return the versions (or descriptions) of failed rows in the Flyway history ([] when there is none)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY n.nspname = 'public' DESC LIMIT 1",
-            (table,),
-        )
-        found = cur.fetchone()
-        if found is None:
-            return []
-        cur.execute(
-            sql.SQL(
-                "SELECT coalesce(version, description) FROM {}.{} WHERE NOT success ORDER BY installed_rank"
-            ).format(sql.Identifier(found[0]), sql.Identifier(table))
-        )
-        return [str(row[0]) for row in cur.fetchall()]
+    schema = history_schema(conn, table)
+    if schema is None:
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT coalesce(version, description) FROM {}.{} WHERE NOT success ORDER BY installed_rank"
+        ).format(sql.Identifier(schema), sql.Identifier(table))
+    ).fetchall()
+    return [str(row[0]) for row in rows]

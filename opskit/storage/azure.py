@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from azure.core import exceptions as az_exceptions
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
 from opskit.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
-from opskit.storage.base import ObjectInfo
+from opskit.storage.base import ObjectInfo, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
     MiB,
@@ -288,13 +287,8 @@ class AzureStorage:
         Raises UnreachableError naming the storage and the cause: missing container,
         rejected key or SAS, a read-only SAS or role, no route to the account.
         """
-        probe = f".opskit-probe-{secrets.token_hex(6)}"
         try:
-            with self.writer(probe) as out:
-                out.write(b"probe")
-            with self.reader(probe) as inp:
-                inp.read()
-            self.delete(probe)
+            probe_round_trip(self)
         except UnreachableError:
             raise
         except StorageError as exc:

@@ -8,6 +8,7 @@ the only marker of a complete backup.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -90,3 +91,17 @@ class IncompleteUploads(Protocol):
 def join_key(*parts: str) -> str:
     """Join key parts with single slashes, ignoring empty parts."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def probe_round_trip(storage: Storage) -> None:
+    """Write a small probe object under a random key, read it back and delete it.
+
+    The ``check_writable`` of every backend that goes through its own writer and reader.
+    Raises StorageError (or UnreachableError) from whichever step failed; the caller words it.
+    """
+    probe = f".opskit-probe-{secrets.token_hex(6)}"
+    with storage.writer(probe) as out:
+        out.write(b"probe")
+    with storage.reader(probe) as inp:
+        inp.read()
+    storage.delete(probe)

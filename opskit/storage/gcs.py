@@ -23,7 +23,6 @@ import contextlib
 import http.client
 import json
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ from google.cloud.storage.exceptions import InvalidResponse
 from google.oauth2 import service_account
 
 from opskit.errors import ObjectNotFound, OpskitError, StorageError, UnreachableError
-from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage
+from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
     MiB,
@@ -322,13 +321,8 @@ class GCSStorage:
         Raises UnreachableError naming the storage and the cause: missing bucket, bad or
         missing credentials, permission denied, no route to the endpoint.
         """
-        probe = f".opskit-probe-{secrets.token_hex(6)}"
         try:
-            with self.writer(probe) as out:
-                out.write(b"probe")
-            with self.reader(probe) as inp:
-                inp.read()
-            self.delete(probe)
+            probe_round_trip(self)
         except UnreachableError:
             raise
         except StorageError as exc:

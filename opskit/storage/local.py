@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from opskit.errors import ConfigError, ObjectNotFound, StorageError, UnreachableError
-from opskit.storage.base import ObjectInfo
+from opskit.storage.base import ObjectInfo, probe_round_trip
 
 if TYPE_CHECKING:
     from opskit.config import StorageConfig
@@ -180,13 +180,8 @@ class LocalStorage:
                 f"storage '{self.name}' ({self.url}) cannot be created: {exc.strerror or exc}",
                 hint="create the directory or fix its permissions",
             ) from exc
-        probe = f".opskit-probe-{secrets.token_hex(4)}"
         try:
-            with self.writer(probe) as out:
-                out.write(b"probe")
-            with self.reader(probe) as inp:
-                inp.read()
-            self.delete(probe)
+            probe_round_trip(self)
         except StorageError as exc:
             raise UnreachableError(
                 f"storage '{self.name}' ({self.url}) is not writable: {exc.message}",
