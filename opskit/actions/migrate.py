@@ -280,7 +280,7 @@ def info(ctx: AppContext, target: str | None = None) -> InfoOutcome:
     with open_engine(target_config, settings) as engine:
         state = engine.info()
         schemas = settings.schemas or (engine.schema,)
-        empty = all(engine._schema_empty(s) for s in schemas)
+        empty = all(engine.schema_empty(s) for s in schemas)
         return InfoOutcome(target_config.name, state, ", ".join(settings.schemas), engine.database, empty,
                            engine.conn.info.parameter_status("TimeZone"))
 

@@ -664,7 +664,7 @@ class Engine:
             report.created_table = True
             schemas = self.settings.schemas or (self.schema,)
             if self.settings.baseline_on_migrate and any(
-                    self._schema_exists(s) and not self._schema_empty(s) for s in schemas):
+                    self._schema_exists(s) and not self.schema_empty(s) for s in schemas):
                 # migrate would baseline first; what is at or below the baseline would not run.
                 report.baselined = True
                 floor = Version.parse(self.settings.baseline_version)
@@ -681,7 +681,7 @@ class Engine:
         report = MigrateReport(None, None)
         report.created_schemas = self._create_schemas()
         if not self.history.exists(self.conn):
-            non_empty = [s for s in (self.settings.schemas or (self.schema,)) if not self._schema_empty(s)]
+            non_empty = [s for s in (self.settings.schemas or (self.schema,)) if not self.schema_empty(s)]
             if non_empty and self.settings.baseline_on_migrate:
                 self._baseline_locked(self.settings.baseline_version, self.settings.baseline_description)
                 report.baselined = True
@@ -762,7 +762,7 @@ class Engine:
                                                       self.installed_by, 0, True))
         return tuple(missing)
 
-    def _schema_empty(self, schema: str) -> bool:
+    def schema_empty(self, schema: str) -> bool:
         """Return True when ``schema`` holds no relation, type or function outside extensions (PG doEmpty)."""
         row = self.conn.execute(
             """
