@@ -37,8 +37,8 @@ from typing import BinaryIO
 import _common as c
 import psycopg
 
-from opskit import dump_toc
-from opskit.parallel_load import ScriptSplitter
+from opskit.pg import toc as dump_toc
+from opskit.pg.copy_loader import ScriptSplitter
 
 TARGETS = {"vs_recipe": 0.75, "rss_flat": 0.15}
 JOBS_2 = "opskit restore --jobs 2"

@@ -1,6 +1,6 @@
 """Benchmark retention planning and listing over many backups.
 
-- ``plan``: ``opskit.retention.plan()`` over N synthetic backups (one an hour, newest
+- ``plan``: ``opskit.plan.retention.plan()`` over N synthetic backups (one an hour, newest
   first) with a typical policy (keep_last 24, keep_daily 14, keep_weekly 8,
   keep_monthly 12, keep_yearly 5, keep_within 2d), pure CPU.
 - ``list``: ``opskit.catalog.list_backups()`` of N backups in a moto S3 server on
@@ -21,15 +21,17 @@ from datetime import UTC, datetime, timedelta
 
 import _common as c
 
-from opskit import catalog, retention
+from opskit import catalog
 from opskit.catalog import Artifact, Manifest
-from opskit.config import StorageConfig
-from opskit.secrets import SecretRef
-from opskit.storage import open_storage
+from opskit.config.retention import RetentionPolicy
+from opskit.plan import retention
+from opskit.secrets.references import SecretRef
+from opskit.storage.base import StorageConfig
+from opskit.storage.registry import open_storage
 from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY
 
 TARGET = "bench"
-POLICY = retention.RetentionPolicy(
+POLICY = RetentionPolicy(
     keep_last=24, keep_daily=14, keep_weekly=8, keep_monthly=12, keep_yearly=5, keep_within=timedelta(days=2)
 )
 

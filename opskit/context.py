@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from opskit.config import Config, StorageConfig, TargetConfig
-from opskit.storage import Storage, open_storage
+from opskit.config.model import Config, TargetConfig
+from opskit.storage.base import Storage, StorageConfig
+from opskit.storage.registry import open_storage
 
 
 def utc_now() -> datetime:

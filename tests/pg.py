@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from opskit.config import build_config
+from opskit.config.load import build_config
 from opskit.context import AppContext
 
 ADMIN_DSN = os.environ.get("OPSKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -89,7 +89,7 @@ def local_config(dbname: str, backups: Path, **target: Any) -> dict[str, Any]:
 
 def storage_table(storage: Any) -> dict[str, Any]:
     """Return the config table for a StorageConfig made by the server fixtures (secrets as references)."""
-    from opskit.secrets import SecretRef
+    from opskit.secrets.references import SecretRef
 
     table: dict[str, Any] = {"url": storage.url}
     for key, value in storage.options.items():

@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from opskit.config import StorageConfig
-from opskit.secrets import SecretRef
+from opskit.secrets.references import SecretRef
+from opskit.storage.base import StorageConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

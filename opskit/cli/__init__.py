@@ -19,10 +19,11 @@ from typing import Any, TypeVar, cast
 import click
 
 from opskit import __version__
-from opskit.config import load_config
+from opskit.config.load import load_config
 from opskit.context import AppContext
-from opskit.errors import OpskitError
-from opskit.log import configure_logging, redact_text
+from opskit.core.errors import OpskitError
+from opskit.core.log import configure_logging
+from opskit.core.redaction import redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 

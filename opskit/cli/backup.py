@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from opskit.actions import backup as backup_action
+from opskit.backup import backup as backup_action
 from opskit.catalog import Manifest, format_time, list_backups
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json, echo_table
 from opskit.context import AppContext
-from opskit.errors import CopyFailed
-from opskit.units import format_duration, format_size
+from opskit.core.errors import CopyFailed
+from opskit.core.units import format_duration, format_size
 
 
 @click.group("backup")

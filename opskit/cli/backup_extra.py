@@ -21,7 +21,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
     @pass_app
     def pin(app: AppContext, backup_id: str, target: str | None, storage: str | None, note: str | None) -> None:
         """Keep BACKUP_ID (an id, a unique prefix, or 'latest') whatever retention says."""
-        from opskit.actions.pin import pin as pin_backup
+        from opskit.backup.pin import pin as pin_backup
 
         result = pin_backup(app, backup_id, target=target, storage=storage, note=note)
         where = ", ".join(result.storages)
@@ -35,7 +35,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
     @pass_app
     def unpin(app: AppContext, backup_id: str, target: str | None, storage: str | None) -> None:
         """Let retention decide about BACKUP_ID again."""
-        from opskit.actions.pin import unpin as unpin_backup
+        from opskit.backup.pin import unpin as unpin_backup
 
         result = unpin_backup(app, backup_id, target=target, storage=storage)
         if result.changed:
@@ -65,7 +65,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
         checks the plain sha256 and lists the archive with pg_restore. Records the result
         next to the manifest. Exits 5 naming the artifact and check that failed.
         """
-        from opskit.actions import verify as action
+        from opskit.backup import verify as action
 
         if bool(backup_id) == all_backups:
             raise click.UsageError("give a backup id (or 'latest') or --all")
@@ -78,7 +78,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
 
 
 def _render_verify(report: object, as_json: bool) -> None:
-    from opskit.actions.verify import VerifyReport
+    from opskit.backup.verify import VerifyReport
 
     assert isinstance(report, VerifyReport)
     if as_json:

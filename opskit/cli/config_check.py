@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from opskit.actions import config_check
 from opskit.cli import LazyContext
 from opskit.cli.render import echo_json, echo_table
-from opskit.errors import ConfigError
+from opskit.core.errors import ConfigError
+from opskit.ops import config_check
 
 
 @click.command("check")

@@ -6,11 +6,11 @@ import sys
 
 import click
 
-from opskit.actions import copy as copy_action
+from opskit.backup import copy as copy_action
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
-from opskit.errors import CopyFailed
+from opskit.core.errors import CopyFailed
 
 
 @click.command("copy")

@@ -6,13 +6,13 @@ from datetime import datetime
 
 import click
 
-from opskit.actions import drill as drill_action
 from opskit.catalog import parse_time
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
-from opskit.errors import ConfigError
-from opskit.objectives import short
+from opskit.core.errors import ConfigError
+from opskit.drill import drill as drill_action
+from opskit.plan.objectives import short
 
 
 def _parse_before(text: str | None) -> datetime | None:

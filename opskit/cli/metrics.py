@@ -27,7 +27,7 @@ def register(group: click.Group) -> None:
 
         For setups that run opskit from cron or a Kubernetes CronJob instead of the daemon.
         """
-        from opskit.metrics import Metrics
+        from opskit.ops.metrics import Metrics
 
         for name in targets:
             app.target(name)  # unknown target: ConfigError naming the configured ones

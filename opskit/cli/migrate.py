@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from opskit.actions import migrate as action
 from opskit.context import AppContext
-from opskit.errors import ConfigError, MigrationFailed, VerificationFailed
-from opskit.migrate.engine import Applied
+from opskit.core.errors import ConfigError, MigrationFailed, VerificationFailed
+from opskit.flyway.engine import Applied
+from opskit.migrate import migrate as action
 
 _TARGET_KEY = "opskit.migrate.target"
 

@@ -9,7 +9,7 @@ from datetime import UTC, timedelta
 import click
 
 from opskit.context import AppContext
-from opskit.units import parse_duration
+from opskit.core.units import parse_duration
 
 
 def register(group: click.Group) -> None:
@@ -43,7 +43,7 @@ def register(group: click.Group) -> None:
         Pinned backups, the min_keep newest and the newest verified backup are always kept.
         Exits 4 naming every target/storage that failed; the others are still pruned.
         """
-        from opskit.actions import prune as action
+        from opskit.ops import prune as action
 
         if target and all_targets:
             raise click.UsageError("give --target or --all, not both")
@@ -66,7 +66,7 @@ def _parse_grace(text: str) -> timedelta:
 
 
 def _render(report: object, as_json: bool) -> None:
-    from opskit.actions.prune import PruneReport
+    from opskit.ops.prune import PruneReport
 
     assert isinstance(report, PruneReport)
     if as_json:

@@ -6,12 +6,12 @@ import sys
 
 import click
 
-from opskit.actions import restore as restore_action
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
-from opskit.errors import VerificationFailed
-from opskit.units import format_size
+from opskit.core.errors import VerificationFailed
+from opskit.core.units import format_size
+from opskit.restore import restore as restore_action
 
 
 def _confirm_on_tty(target: str, database: str) -> bool:

@@ -6,10 +6,10 @@ import sys
 
 import click
 
-from opskit.actions import runbook as runbook_action
 from opskit.cli import pass_app
 from opskit.context import AppContext
-from opskit.errors import ConfigError
+from opskit.core.errors import ConfigError
+from opskit.runbooks import runbook as runbook_action
 
 _DIR = click.option(
     "--dir",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from opskit.actions import status as status_action
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
-from opskit.objectives import short
-from opskit.units import format_size
+from opskit.core.units import format_size
+from opskit.ops import status as status_action
+from opskit.plan.objectives import short
 
 
 @click.command("status")

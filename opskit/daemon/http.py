@@ -20,8 +20,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from opskit.errors import ConfigError
-from opskit.log import get_logger
+from opskit.core.errors import ConfigError
+from opskit.core.log import get_logger
 
 log = get_logger(__name__)
 

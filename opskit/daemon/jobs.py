@@ -8,7 +8,7 @@ A job file::
     # interval = "1h"              # a duration: 2s, 15m, 1h, 1d
     timezone = "UTC"               # IANA zone the cron fields are read in
     misfire_grace_time = "1h"      # a run this late still happens; later ones are skipped
-    [args]                         # keyword arguments of opskit.actions.<action>.run()
+    [args]                         # keyword arguments of the action's run() (opskit/actions.py)
     labels = ["scheduled"]
 
 The job's name is the file's stem. Crontab strings follow crontab(5) for weekday numbers
@@ -21,7 +21,6 @@ Monday of each quarter.
 
 from __future__ import annotations
 
-import importlib
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,9 +33,11 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from opskit.config import Config, ConfigErrors, Section
-from opskit.errors import ConfigError
-from opskit.units import format_duration, parse_duration
+from opskit import actions
+from opskit.config.model import Config
+from opskit.config.schema import ConfigErrors, Section
+from opskit.core.errors import ConfigError
+from opskit.core.units import format_duration, parse_duration
 
 ACTIONS = ("backup", "copy", "prune", "verify", "drill", "status", "runbook")
 DEFAULT_MISFIRE_GRACE = timedelta(hours=1)
@@ -70,7 +71,7 @@ class Job:
 
 
 def register_action(name: str, func: Action) -> None:
-    """Make ``name`` call ``func(ctx, target=..., **args)`` instead of ``opskit.actions.<name>.run``."""
+    """Make ``name`` call ``func(ctx, target=..., **args)`` instead of its entry in :mod:`opskit.actions`."""
     _REGISTERED[name] = func
 
 
@@ -85,7 +86,7 @@ def known_actions() -> tuple[str, ...]:
 
 
 def resolve_action(name: str) -> Action:
-    """Return the callable for an action, importing ``opskit.actions.<name>`` on first use.
+    """Return the callable for an action a job may use (see :mod:`opskit.actions`).
 
     Raises ConfigError when the action is unknown or its module is not part of this build.
     """
@@ -93,19 +94,7 @@ def resolve_action(name: str) -> Action:
         return _REGISTERED[name]
     if name not in ACTIONS:
         raise ConfigError(f"unknown action '{name}'", hint=f"use one of: {', '.join(known_actions())}")
-    module_name = f"opskit.actions.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise ConfigError(
-            f"action '{name}' is not available in this opskit build", hint="upgrade opskit or drop the job"
-        ) from exc
-    run = getattr(module, "run", None)
-    if not callable(run):
-        raise ConfigError(f"module {module_name} has no run() function")
-    return run
+    return actions.resolve(name)
 
 
 # --------------------------------------------------------------------------- schedules

@@ -29,9 +29,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from opskit.errors import UnreachableError
-from opskit.log import get_logger, redact_text
-from opskit.secrets import Secret
+from opskit.core.errors import UnreachableError
+from opskit.core.log import get_logger
+from opskit.core.redaction import redact_text
+from opskit.secrets.references import Secret
 
 log = get_logger(__name__)
 

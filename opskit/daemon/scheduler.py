@@ -23,15 +23,16 @@ import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from opskit.config import Config
+from opskit.config.model import Config
+from opskit.config.notify import NotifySettings
 from opskit.context import AppContext, utc_now
+from opskit.core.errors import OpskitError
+from opskit.core.log import get_logger
 from opskit.daemon import ledger as ledger_mod
 from opskit.daemon.jobs import Job, previous_fire_time, resolve_action
 from opskit.daemon.ledger import Ledger
-from opskit.errors import OpskitError
-from opskit.log import get_logger
-from opskit.metrics import Metrics
-from opskit.notify import ABORTED, FAILURE, START, SUCCESS, Event, NotifySettings, notify
+from opskit.ops.metrics import Metrics
+from opskit.ops.notify import ABORTED, FAILURE, START, SUCCESS, Event, notify
 
 log = get_logger(__name__)
 

@@ -16,18 +16,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from opskit.config import Config
+from opskit.config.daemon import DaemonSettings, parse_listen
+from opskit.config.model import Config
+from opskit.config.notify import NotifySettings
 from opskit.context import AppContext
+from opskit.core.errors import ConfigError, OpskitError
+from opskit.core.log import get_logger
 from opskit.daemon.http import HealthServer
 from opskit.daemon.jobs import Job, load_jobs, resolve_action
 from opskit.daemon.ledger import Ledger
 from opskit.daemon.scheduler import Runner, Scheduler
-from opskit.daemon.settings import DaemonSettings, parse_listen
-from opskit.errors import ConfigError, OpskitError
-from opskit.log import get_logger
-from opskit.metrics import Metrics
-from opskit.notify import NotifySettings
-from opskit.secrets import Secret, SecretRef
+from opskit.ops.metrics import Metrics
+from opskit.secrets.references import Secret, SecretRef
 
 log = get_logger(__name__)
 

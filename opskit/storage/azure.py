@@ -29,7 +29,7 @@ from azure.core import MatchConditions
 from azure.core import exceptions as az_exceptions
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
-from opskit.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.core.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.storage.base import ObjectInfo, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
@@ -43,7 +43,7 @@ from opskit.storage.cloud import (
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
 
 if TYPE_CHECKING:
-    from opskit.config import StorageConfig
+    from opskit.storage.base import StorageConfig
 
 DEFAULT_PART_SIZE = 16 * MiB
 MAX_BLOCKS = 50_000

@@ -9,15 +9,37 @@ the only marker of a complete backup.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 # Chunk size used by every streaming stage: large enough for throughput, small enough
 # that memory never grows with the database (ARCHITECTURE.md: 1-16 MiB).
 CHUNK_SIZE = 1024 * 1024
+
+
+def scheme_of(url: str) -> str:
+    """Return the scheme of a storage URL (``s3`` for ``s3://bucket/prefix``)."""
+    scheme, sep, _ = url.partition("://")
+    return scheme if sep else ""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """A place backups are kept. ``options`` holds the backend's own settings (secrets as SecretRef)."""
+
+    name: str
+    url: str
+    offsite: bool = False
+    part_size: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """Return the URL scheme: ``file``, ``s3``, ``gs`` or ``az``."""
+        return scheme_of(self.url)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar, cast
 
-from opskit.errors import ConfigError, OpskitError, StorageError
+from opskit.core.errors import ConfigError, OpskitError, StorageError
 from opskit.storage.base import CHUNK_SIZE, ObjectInfo
 from opskit.storage.retry import RetryPolicy
 

@@ -37,7 +37,7 @@ from google.cloud import storage as gcs  # type: ignore[attr-defined]
 from google.cloud.storage.exceptions import InvalidResponse
 from google.oauth2 import service_account
 
-from opskit.errors import ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.core.errors import ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
@@ -52,7 +52,7 @@ from opskit.storage.cloud import (
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
 
 if TYPE_CHECKING:
-    from opskit.config import StorageConfig
+    from opskit.storage.base import StorageConfig
 
 DEFAULT_PART_SIZE = 16 * MiB
 CHUNK_MULTIPLE = 256 * 1024  # resumable-upload chunks must be multiples of 256 KiB

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from opskit.errors import ConfigError, ObjectNotFound, StorageError, UnreachableError
+from opskit.core.errors import ConfigError, ObjectNotFound, StorageError, UnreachableError
 from opskit.storage.base import ObjectInfo, probe_round_trip
 
 if TYPE_CHECKING:
-    from opskit.config import StorageConfig
+    from opskit.storage.base import StorageConfig
 
 TEMP_PREFIX = ".opskit-tmp-"
 

@@ -28,13 +28,13 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config as BotoConfig
 
-from opskit.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.core.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage
 from opskit.storage.cloud import KeySpace, MiB, PartSchedule, PartWriter, resuming_stream, split_url
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
 
 if TYPE_CHECKING:
-    from opskit.config import StorageConfig
+    from opskit.storage.base import StorageConfig
 
 DEFAULT_PART_SIZE = 16 * MiB
 # S3 rejects non-final parts under 5 MiB (EntityTooSmall). Smaller parts are honoured only

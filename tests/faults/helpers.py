@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from opskit.config import StorageConfig
+from opskit.storage.base import StorageConfig
 from tests.servers import REPO_ROOT
 
 PG_HOST = "127.0.0.1"

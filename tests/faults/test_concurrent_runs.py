@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opskit.config import StorageConfig
+from opskit.storage.base import StorageConfig
 from tests.faults.helpers import one_line_error, real_pg_dump_pid, slow_tools_dir, wait_for, write_setup
 
 

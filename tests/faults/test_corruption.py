@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.config import StorageConfig
+from opskit.storage.base import StorageConfig
 from tests.faults.helpers import PG_HOST, Setup, databases_like, local_root, one_line_error, write_setup
 
 STAGING = f"""

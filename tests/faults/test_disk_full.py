@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from opskit.config import StorageConfig
+from opskit.storage.base import StorageConfig
 from tests.faults.helpers import add_random_bytes, databases_like, one_line_error, write_setup
 
 

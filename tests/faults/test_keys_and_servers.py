@@ -16,7 +16,7 @@ import psycopg
 import pyrage
 import pytest
 
-from opskit.config import StorageConfig
+from opskit.storage.base import StorageConfig
 from tests.faults.helpers import (
     PG_ADMIN_DSN,
     databases_like,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.config import StorageConfig
+from opskit.storage.base import StorageConfig
 from tests.faultproxy import FaultProxy
 from tests.faults.helpers import add_random_bytes, one_line_error, s3_objects, s3_uploads, write_setup
 from tests.servers import s3_client, through_proxy, upstream_of

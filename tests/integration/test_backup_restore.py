@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from opskit.actions import backup, restore
+from opskit.backup import backup
 from opskit.catalog import list_backups
+from opskit.restore import restore
 from tests.pg import content_hashes, dsn_for, local_config, run_sql, schema_dump
 
 AWKWARD_SQL = (Path(__file__).parent / "data" / "awkward.sql").read_text(encoding="utf-8")

@@ -11,12 +11,12 @@ import pyrage
 import pytest
 from click.testing import CliRunner
 
-from opskit import secrets as opskit_secrets
-from opskit.actions import config_check
-from opskit.actions.config_check import FAIL, OK, WARN, CheckReport
 from opskit.cli import main
-from opskit.config import build_config
+from opskit.config.load import build_config
 from opskit.context import AppContext
+from opskit.ops import config_check
+from opskit.ops.config_check import FAIL, OK, WARN, CheckReport
+from opskit.secrets import references as opskit_secrets
 from tests.pgcluster import ScramCluster
 from tests.servers import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, free_port
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pyrage
 
-from opskit.actions import backup, copy, restore
+from opskit.backup import backup, copy
 from opskit.catalog import list_backups
-from opskit.config import StorageConfig
+from opskit.restore import restore
+from opskit.storage.base import StorageConfig
 from tests.pg import dsn_for, run_sql, storage_table
 
 

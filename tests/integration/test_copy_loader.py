@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from opskit.parallel_load import CopyLoader, LoadFailed
+from opskit.pg.copy_loader import CopyLoader, LoadFailed
 from tests.faults.helpers import wait_for
 from tests.pg import dsn_for, run_sql
 

@@ -14,13 +14,16 @@ import pytest
 from click.testing import CliRunner
 
 from opskit import catalog
-from opskit.actions import backup, drill
-from opskit.actions.drill_settings import DrillSettings
+from opskit.backup import backup
 from opskit.catalog import Manifest
 from opskit.cli import main
-from opskit.config import Config, StorageConfig, TargetConfig, load_config
+from opskit.config.drill import DrillSettings
+from opskit.config.load import load_config
+from opskit.config.model import Config, TargetConfig
 from opskit.context import AppContext
-from opskit.errors import ConfigError, ObjectiveBreached, VerificationFailed
+from opskit.core.errors import ConfigError, ObjectiveBreached, VerificationFailed
+from opskit.drill import drill
+from opskit.storage.base import StorageConfig
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 CHECKS_DIR = Path(__file__).resolve().parents[2] / "runbooks" / "checks"
@@ -260,7 +263,7 @@ def test_a_drill_can_pick_the_newest_backup_before_a_time(source_db: str, tmp_pa
 
 
 def test_the_drill_table_of_the_config_is_validated_with_paths() -> None:
-    from opskit.config import parse_config
+    from opskit.config.load import parse_config
 
     config = parse_config(
         '[drill]\nkeep_on_failure = true\nallowed_restore_errors = ["must be owner of extension"]\n'
@@ -286,8 +289,8 @@ def test_an_encrypted_backup_drills_with_the_identity_and_fails_with_a_wrong_one
 ) -> None:
     import pyrage
 
-    from opskit.config import EncryptionConfig
-    from opskit.secrets import SecretRef
+    from opskit.config.model import EncryptionConfig
+    from opskit.secrets.references import SecretRef
 
     right, wrong = pyrage.x25519.Identity.generate(), pyrage.x25519.Identity.generate()
     for name, identity in (("right", right), ("wrong", wrong)):
@@ -314,7 +317,7 @@ def test_an_encrypted_backup_drills_with_the_identity_and_fails_with_a_wrong_one
 
 
 def test_fingerprints_ignore_physical_order_and_session_settings(source_db: str) -> None:
-    from opskit import facts
+    from opskit.pg import facts
 
     with psycopg.connect(f"{SERVER}/{source_db}", autocommit=True) as conn:
         for name in ("one", "two"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit import dump_toc
+from opskit.pg import toc as dump_toc
 from tests.pg import dsn_for, run_sql
 
 

@@ -17,9 +17,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from opskit.actions import backup, drill, restore
-from opskit.config import build_config
+from opskit.backup import backup
+from opskit.config.load import build_config
 from opskit.context import AppContext
+from opskit.drill import drill
+from opskit.restore import restore
 from tests.pg import ADMIN_DSN, admin_connection, drop_databases
 
 # Quotes of both kinds, spaces, a semicolon, a dot, an SQL keyword, and letters outside ASCII (2 bytes each).

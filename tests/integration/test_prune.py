@@ -17,15 +17,16 @@ import pytest
 from click.testing import CliRunner
 
 from opskit import catalog
-from opskit.actions import backup, prune
-from opskit.actions.pin import pin
-from opskit.actions.verify import Verification, record_verification
+from opskit.backup import backup
+from opskit.backup.pin import pin
+from opskit.backup.verify import Verification, record_verification
 from opskit.catalog import Artifact, Manifest
-from opskit.config import Config, EncryptionConfig, StorageConfig, TargetConfig
+from opskit.config.model import Config, EncryptionConfig, TargetConfig
+from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext
+from opskit.ops import prune
 from opskit.pipeline import compress_and_store, recipient_fingerprint
-from opskit.retention import RetentionPolicy
-from opskit.storage import Storage
+from opskit.storage.base import Storage, StorageConfig
 from tests.servers import missing_container, s3_client
 
 TARGET = "app"

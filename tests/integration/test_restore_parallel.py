@@ -16,9 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from opskit import parallel_load
-from opskit.actions import backup, restore
-from opskit.errors import RestoreFailed
+from opskit.backup import backup
+from opskit.core.errors import RestoreFailed
+from opskit.pg import copy_loader
+from opskit.restore import restore
 from tests.pg import content_hashes, dsn_for, local_config, run_sql, schema_dump
 from tests.pgcluster import ScramCluster
 
@@ -60,7 +61,7 @@ def backed_up(pg_database: str, tmp_path: Path, make_context: Any, statements: s
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Cut COPY data into 64 KiB blocks, so even test-sized tables are split between connections."""
-    monkeypatch.setattr(parallel_load, "BLOCK_SIZE", 64 * 1024)
+    monkeypatch.setattr(copy_loader, "BLOCK_SIZE", 64 * 1024)
 
 
 def test_a_parallel_restore_loads_every_table_over_several_connections_and_reproduces_the_database(

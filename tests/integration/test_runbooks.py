@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from opskit import catalog
-from opskit.actions import backup, runbook
+from opskit.backup import backup
 from opskit.cli import main
-from opskit.config import load_config
+from opskit.config.load import load_config
 from opskit.context import AppContext
-from opskit.errors import ConfigError
+from opskit.core.errors import ConfigError
+from opskit.runbooks import runbook
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"

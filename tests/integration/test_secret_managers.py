@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from opskit import secret_managers, secrets
-from opskit.errors import UnreachableError
-from opskit.secrets import SecretRef
+from opskit.core.errors import UnreachableError
+from opskit.secrets import managers, references
+from opskit.secrets.references import SecretRef
 
 VALUE = "aws-Secret-value-never-printed"
 # Secret names are unique per run: the moto server is shared by the whole session.
@@ -31,12 +31,12 @@ def aws(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    secrets.clear_cache()
-    secret_managers.forget_clients()
+    references.clear_cache()
+    managers.forget_clients()
     client = boto3.client("secretsmanager", endpoint_url=s3_server, region_name="us-east-1")
     yield client
-    secrets.clear_cache()
-    secret_managers.forget_clients()
+    references.clear_cache()
+    managers.forget_clients()
 
 
 def test_aws_reference_reads_a_plain_secret(aws: object) -> None:

@@ -12,15 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from opskit import catalog
-from opskit.actions import status
-from opskit.actions.verify import Verification, record_verification
+from opskit.backup.verify import Verification, record_verification
 from opskit.catalog import Artifact, Manifest
 from opskit.cli import main
-from opskit.config import Config, StorageConfig, TargetConfig
+from opskit.config.model import Config, TargetConfig
 from opskit.context import AppContext
-from opskit.errors import ObjectiveBreached
+from opskit.core.errors import ObjectiveBreached
+from opskit.ops import status
 from opskit.pipeline import compress_and_store
-from opskit.storage import Storage
+from opskit.storage.base import Storage, StorageConfig
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

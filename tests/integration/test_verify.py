@@ -11,14 +11,15 @@ import pyrage
 import pytest
 from click.testing import CliRunner
 
-from opskit import catalog, postgres
-from opskit.actions import backup, verify
-from opskit.actions.verify import latest_verification, newest_verified_id
+from opskit import catalog
+from opskit.backup import backup, verify
+from opskit.backup.verify import latest_verification, newest_verified_id
 from opskit.cli.backup_extra import register_backup_commands
-from opskit.config import EncryptionConfig, StorageConfig
-from opskit.execute import run as run_command
-from opskit.secrets import SecretRef
-from opskit.storage import Storage
+from opskit.config.model import EncryptionConfig
+from opskit.core.execute import run as run_command
+from opskit.pg import tools
+from opskit.secrets.references import SecretRef
+from opskit.storage.base import Storage, StorageConfig
 from tests.integration.test_prune import ADMIN_DSN, TARGET, make_context, store_backup, throwaway_database
 
 
@@ -32,7 +33,7 @@ def source_dsn() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def dump(source_dsn: str) -> bytes:
     """Return a real ``pg_dump -Fc -Z0`` archive of the throwaway database."""
-    pg_dump = postgres.find_tool("pg_dump", 15)
+    pg_dump = tools.find_tool("pg_dump", 15)
     result = run_command([pg_dump.path, "-Fc", "-Z0", f"--dbname={source_dsn}"])
     assert result.returncode == 0, result.stderr
     return result.stdout

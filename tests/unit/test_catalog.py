@@ -17,9 +17,9 @@ from opskit.catalog import (
     new_backup_id,
     write_manifest,
 )
-from opskit.config import StorageConfig
-from opskit.errors import ConfigError, ManifestError
-from opskit.storage import Storage, open_storage
+from opskit.core.errors import ConfigError, ManifestError
+from opskit.storage.base import Storage, StorageConfig
+from opskit.storage.registry import open_storage
 
 T0 = datetime(2026, 11, 26, 17, 42, tzinfo=UTC)
 

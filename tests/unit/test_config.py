@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.config import default_config, load_config, parse_config
-from opskit.errors import ConfigError
+from opskit.config.load import default_config, load_config, parse_config
+from opskit.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

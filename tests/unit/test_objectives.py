@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from opskit import objectives
-from opskit.objectives import BackupPoint, RtoAssessment, assess_rpo, current_rpo, short, worst_rpo
+from opskit.plan import objectives
+from opskit.plan.objectives import BackupPoint, RtoAssessment, assess_rpo, current_rpo, short, worst_rpo
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from opskit.parallel_load import ScriptError, ScriptSplitter, session_settings
+from opskit.pg.copy_loader import ScriptError, ScriptSplitter, session_settings
 
 ACCOUNTS = b"COPY public.accounts (id, note) FROM stdin;"
 EMPTY = b"COPY public.empty (id) FROM stdin;"

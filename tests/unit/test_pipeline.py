@@ -11,12 +11,13 @@ import pyrage
 import pytest
 
 from opskit.catalog import Artifact
-from opskit.config import StorageConfig
-from opskit.errors import RestoreFailed, VerificationFailed
-from opskit.pipeline import Cancelled, compress_and_store, read_artifact, recipient_fingerprint
-from opskit.secrets import Secret
-from opskit.storage import open_storage
+from opskit.catalog.artifacts import read_artifact
+from opskit.core.errors import Cancelled, RestoreFailed, VerificationFailed
+from opskit.pipeline import compress_and_store, recipient_fingerprint
+from opskit.secrets.references import Secret
+from opskit.storage.base import StorageConfig
 from opskit.storage.local import LocalStorage
+from opskit.storage.registry import open_storage
 
 PAYLOAD = os.urandom(300_000) + b"compressible " * 200_000
 

@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 import structlog
 
-from opskit import secrets
-from opskit.log import REDACTED, configure_logging, get_logger, redact_processor, redact_text
-from opskit.secrets import Secret, SecretRef
+from opskit.core.log import configure_logging, get_logger, redact_processor
+from opskit.core.redaction import REDACTED, redact_text
+from opskit.secrets import references
+from opskit.secrets.references import Secret, SecretRef
 
 PW = "Tr0ub4dor&3-horse"
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
-    secrets.clear_cache()
+    references.clear_cache()
     yield
-    secrets.clear_cache()
+    references.clear_cache()
     structlog.reset_defaults()
 
 

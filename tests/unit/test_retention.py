@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from opskit.config import build_config
-from opskit.errors import ConfigError
-from opskit.retention import RetentionPolicy, plan
+from opskit.config.load import build_config
+from opskit.config.retention import RetentionPolicy
+from opskit.core.errors import ConfigError
+from opskit.plan.retention import plan
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ retention = "standard"
 
 
 def test_a_policy_is_parsed_from_its_retention_table() -> None:
-    from opskit.config import parse_config
+    from opskit.config.load import parse_config
 
     config = parse_config(
         config_with('keep_last = 3\nkeep_daily = 7\nkeep_within = "30d"\nmin_keep = 2\ntimezone = "Europe/Berlin"')
@@ -243,7 +244,7 @@ def test_a_policy_is_parsed_from_its_retention_table() -> None:
     ],
 )
 def test_bad_policies_are_config_errors(policy_toml: str, message: str) -> None:
-    from opskit.config import parse_config
+    from opskit.config.load import parse_config
 
     with pytest.raises(ConfigError) as caught:
         parse_config(config_with(policy_toml))

@@ -11,24 +11,26 @@ from typing import Any
 
 import pytest
 
-from opskit import secret_managers, secrets
-from opskit.config import parse_config, secret_env_name
-from opskit.errors import ConfigError, MissingExtraError, UnreachableError
-from opskit.secrets import Secret, SecretRef
+from opskit.config.load import parse_config
+from opskit.config.schema import secret_env_name
+from opskit.core.errors import ConfigError, MissingExtraError, UnreachableError
+from opskit.pg import connection
+from opskit.secrets import managers, references
+from opskit.secrets.references import Secret, SecretRef
 
 VALUE = "s3cr3t-Value-that-must-not-leak"
 
 
 @pytest.fixture(autouse=True)
 def fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    secrets.clear_cache()
-    secret_managers.forget_clients()
+    references.clear_cache()
+    managers.forget_clients()
     for name in list(os.environ):
         if name.startswith("OPSKIT_"):
             monkeypatch.delenv(name)
     yield
-    secrets.clear_cache()
-    secret_managers.forget_clients()
+    references.clear_cache()
+    managers.forget_clients()
 
 
 def config_with_password(password: str | None = None) -> str:
@@ -75,7 +77,7 @@ def test_a_secret_is_resolved_once_per_process(tmp_path: Path) -> None:
     assert ref.resolve().reveal() == "first"
     path.write_text("second")
     assert ref.resolve().reveal() == "first"
-    secrets.clear_cache()
+    references.clear_cache()
     assert ref.resolve().reveal() == "second"
 
 
@@ -164,20 +166,20 @@ def test_a_malformed_reference_is_a_config_error_at_load_time(reference: str) ->
 
 
 def test_aws_reference_takes_the_region_from_an_arn() -> None:
-    ref = secret_managers.parse("aws-sm://arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf#password")
+    ref = managers.parse("aws-sm://arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf#password")
     assert ref.location == "eu-west-1"
     assert ref.name == "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"
     assert ref.json_key == "password"
 
 
 def test_gcp_reference_defaults_to_the_latest_version() -> None:
-    ref = secret_managers.parse("gcp-sm://projects/p1/secrets/db")
+    ref = managers.parse("gcp-sm://projects/p1/secrets/db")
     assert ref.name == "projects/p1/secrets/db/versions/latest"
 
 
 def test_azure_reference_builds_the_public_vault_url_from_a_bare_name() -> None:
-    assert secret_managers.parse("azure-kv://myvault/db-pw").location == "https://myvault.vault.azure.net/"
-    sovereign = secret_managers.parse("azure-kv://myvault.vault.azure.cn/db-pw/abc123")
+    assert managers.parse("azure-kv://myvault/db-pw").location == "https://myvault.vault.azure.net/"
+    sovereign = managers.parse("azure-kv://myvault.vault.azure.cn/db-pw/abc123")
     assert sovereign.location == "https://myvault.vault.azure.cn/"
     assert sovereign.version == "abc123"
 
@@ -213,14 +215,14 @@ class FakeAzureClient:
 @pytest.fixture
 def fake_gcp(monkeypatch: pytest.MonkeyPatch) -> FakeGcpClient:
     client = FakeGcpClient({"projects/p1/secrets/db/versions/latest": VALUE.encode()})
-    monkeypatch.setitem(secret_managers.CLIENT_FACTORIES, "gcp-sm", lambda ref: client)
+    monkeypatch.setitem(managers.CLIENT_FACTORIES, "gcp-sm", lambda ref: client)
     return client
 
 
 @pytest.fixture
 def fake_azure(monkeypatch: pytest.MonkeyPatch) -> FakeAzureClient:
     client = FakeAzureClient({"db-pw": VALUE, "json": '{"user": "app", "password": "' + VALUE + '"}'})
-    monkeypatch.setitem(secret_managers.CLIENT_FACTORIES, "azure-kv", lambda ref: client)
+    monkeypatch.setitem(managers.CLIENT_FACTORIES, "azure-kv", lambda ref: client)
     return client
 
 
@@ -277,29 +279,29 @@ def test_a_missing_sdk_is_a_missing_extra_error_with_the_install_line(
 
 
 def test_client_conninfo_drops_the_password_and_keeps_tls_settings() -> None:
-    from opskit import postgres
-    from opskit.config import TargetConfig
+    pass
+    from opskit.config.model import TargetConfig
 
     target = TargetConfig(
         name="app",
         dsn=f"host=db user=app password={VALUE} dbname=app sslmode=verify-full "
         "sslrootcert=/etc/ca.pem sslcert=/etc/client.pem sslkey=/etc/client.key",
     )
-    info = postgres.conninfo(target)
+    info = connection.conninfo(target)
     assert VALUE not in info and "password" not in info
     for setting in ("sslmode=verify-full", "sslrootcert=/etc/ca.pem", "sslcert=/etc/client.pem",
                     "sslkey=/etc/client.key"):
         assert setting in info
-    assert VALUE not in postgres.dbname_arg(target)
+    assert VALUE not in connection.dbname_arg(target)
 
 
 def test_password_file_is_0600_escaped_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from opskit import postgres
-    from opskit.config import TargetConfig
+    pass
+    from opskit.config.model import TargetConfig
 
     monkeypatch.setenv("OPSKIT_T_DB_PW", "pa:ss\\word")
     target = TargetConfig(name="app", dsn="host=db dbname=app", password=SecretRef("env:OPSKIT_T_DB_PW"))
-    with postgres.password_env(target) as env:
+    with connection.password_env(target) as env:
         path = Path(env["PGPASSFILE"])
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.read_text() == "*:*:*:*:pa\\:ss\\\\word\n"
@@ -307,7 +309,7 @@ def test_password_file_is_0600_escaped_and_removed(monkeypatch: pytest.MonkeyPat
 
 
 def test_children_never_inherit_secret_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from opskit.execute import child_env
+    from opskit.core.execute import child_env
 
     monkeypatch.setenv("OPSKIT_TARGETS_APP_PASSWORD", VALUE)
     monkeypatch.setenv("PGPASSWORD", VALUE)

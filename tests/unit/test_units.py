@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from opskit.units import format_duration, format_size, parse_duration, parse_size
+from opskit.core.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from opskit.core.errors import UnreachableError
 from opskit.daemon.ledger import ABORTED, FAILED, SUCCESS, Ledger
-from opskit.errors import UnreachableError
 
 SLOT = datetime(2026, 11, 26, 18, 0, tzinfo=UTC)
 

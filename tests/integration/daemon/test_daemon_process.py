@@ -29,9 +29,9 @@ import psycopg
 import pytest
 
 from opskit.catalog import list_backups
-from opskit.config import StorageConfig
 from opskit.daemon.ledger import ABORTED, SUCCESS, Ledger
-from opskit.storage import open_storage
+from opskit.storage.base import StorageConfig
+from opskit.storage.registry import open_storage
 from tests.servers import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from opskit.config import Config, parse_config
+from opskit.config.load import parse_config
+from opskit.config.model import Config
+from opskit.config.notify import NotifySettings
 from opskit.context import AppContext
+from opskit.core.errors import BackupFailed
 from opskit.daemon.jobs import parse_job, register_action, unregister_action
 from opskit.daemon.ledger import ABORTED, FAILED, SUCCESS, Ledger
 from opskit.daemon.scheduler import Runner, Scheduler
-from opskit.errors import BackupFailed
-from opskit.metrics import Metrics
-from opskit.notify import NotifySettings
+from opskit.ops.metrics import Metrics
 
 
 class FakeAction:

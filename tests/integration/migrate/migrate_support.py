@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from opskit.migrate.engine import Engine
-from opskit.migrate.settings import MigrationSettings
+from opskit.config.migrations import MigrationSettings
+from opskit.flyway.engine import Engine
 from tests.pg import dsn_for
 
 

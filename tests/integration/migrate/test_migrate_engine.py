@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit.errors import ConfigError, MigrationFailed, VerificationFailed
-from opskit.migrate.history import HistoryTable
-from opskit.migrate.settings import MigrationSettings
+from opskit.config.migrations import MigrationSettings
+from opskit.core.errors import ConfigError, MigrationFailed, VerificationFailed
+from opskit.flyway.history import HistoryTable
 from tests.integration.migrate.migrate_support import engine_for, query
 from tests.pg import run_sql
 
@@ -255,7 +255,7 @@ def test_the_lock_is_flyways_key_and_a_held_lock_makes_migrate_fail_with_lock_he
         migrate_db: str, scripts_dir: Callable[..., Path]) -> None:
     import psycopg
 
-    from opskit.errors import LockHeld
+    from opskit.core.errors import LockHeld
     from tests.pg import dsn_for
 
     settings = MigrationSettings(locations=(str(scripts_dir({"V1__a.sql": "SELECT 1;"})),), lock_retry_count=1)
@@ -283,7 +283,7 @@ def test_schema_version_reads_the_current_version_from_history_rows_alone(
         migrate_db: str, scripts_dir: Callable[..., Path]) -> None:
     import psycopg
 
-    from opskit.migrate.engine import schema_version
+    from opskit.flyway.engine import schema_version
     from tests.pg import dsn_for
 
     root = scripts_dir({"V1__a.sql": "SELECT 1;", "V1_10__b.sql": "SELECT 2;", "V1_9__c.sql": "SELECT 3;"})

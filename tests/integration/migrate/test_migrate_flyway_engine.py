@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit.config import TargetConfig
-from opskit.migrate import flyway_cli
-from opskit.migrate.settings import MigrationSettings
+from opskit.config.migrations import MigrationSettings
+from opskit.config.model import TargetConfig
+from opskit.flyway import cli_backend
 from tests.integration.migrate.migrate_support import opskit, query, write_config
 
 needs_flyway = pytest.mark.skipif(shutil.which("flyway") is None, reason="no flyway binary on this machine")
@@ -21,7 +21,7 @@ def test_the_flyway_command_line_gets_opskits_settings_and_no_password_in_argv()
     target = TargetConfig(name="app", dsn="host=db.example port=6432 dbname=shop user=deploy password=s3cret "
                                          "sslmode=require")
     settings = MigrationSettings(locations=("/m",), schemas=("app",), placeholders={"env": "prod"}, out_of_order=True)
-    args, env = flyway_cli._arguments(target, settings)
+    args, env = cli_backend._arguments(target, settings)
     assert "-url=jdbc:postgresql://db.example:6432/shop?sslmode=require" in args
     assert "-user=deploy" in args and "-locations=filesystem:/m" in args
     assert "-schemas=app" in args and "-outOfOrder=true" in args and "-placeholders.env=prod" in args

@@ -15,10 +15,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from opskit.config import StorageConfig
-from opskit.errors import ObjectNotFound, StorageError, UnreachableError
-from opskit.storage import Storage, open_storage
-from opskit.storage.base import ServerSideCopy
+from opskit.core.errors import ObjectNotFound, StorageError, UnreachableError
+from opskit.storage.base import ServerSideCopy, Storage, StorageConfig
+from opskit.storage.registry import open_storage
 from tests.faultproxy import FaultProxy
 from tests.servers import (
     SMALL_PART_SIZE,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from opskit.config import StorageConfig
-from opskit.storage import open_storage
+from opskit.storage.base import StorageConfig
+from opskit.storage.registry import open_storage
 from opskit.storage.s3 import S3Storage
 from tests.servers import SMALL_PART_SIZE, s3_client
 

@@ -13,9 +13,9 @@ from typing import Any
 import click
 import pytest
 
-from opskit.config import parse_config
+from opskit.config.load import parse_config
 from opskit.daemon.jobs import parse_job
-from opskit.metrics import Metrics
+from opskit.ops.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"

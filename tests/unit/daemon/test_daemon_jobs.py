@@ -10,7 +10,9 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from opskit.config import Config, parse_config
+from opskit.config.load import parse_config
+from opskit.config.model import Config
+from opskit.core.errors import ConfigError
 from opskit.daemon.jobs import (
     crontab_weekdays,
     load_job,
@@ -21,7 +23,6 @@ from opskit.daemon.jobs import (
     resolve_action,
     unregister_action,
 )
-from opskit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -181,7 +182,7 @@ def test_actions_resolve_lazily_and_registered_fakes_take_precedence() -> None:
         assert resolve_action("backup") is fake
     finally:
         unregister_action("backup")
-    from opskit.actions import backup
+    from opskit.backup import backup
 
     assert resolve_action("backup") is backup.run
 

@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from opskit.catalog import Artifact, Manifest, new_backup_id, write_json, write_manifest
-from opskit.config import Config, parse_config
+from opskit.config.load import parse_config
+from opskit.config.model import Config
 from opskit.context import AppContext
-from opskit.errors import StorageError
-from opskit.metrics import Metrics, drill_facts
+from opskit.core.errors import StorageError
+from opskit.ops.metrics import Metrics, drill_facts
 
 SPEC_NAMES = {
     "opskit_backup_last_success_timestamp_seconds",

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from opskit.config import parse_config
-from opskit.notify import ABORTED, FAILURE, START, SUCCESS, Event, NotifySettings, notify, ping_url
-from opskit.secrets import SecretRef
+from opskit.config.load import parse_config
+from opskit.config.notify import NotifySettings
+from opskit.ops.notify import ABORTED, FAILURE, START, SUCCESS, Event, notify, ping_url
+from opskit.secrets.references import SecretRef
 from tests.servers import free_port
 
 BASE = '[storages.local]\nurl = "file:///tmp/opskit-unit-never-written"\n[targets.app]\ndsn = "dbname=app"\n'

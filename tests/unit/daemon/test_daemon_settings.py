@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit.config import parse_config
-from opskit.daemon.settings import DaemonSettings, parse_listen
-from opskit.errors import ConfigError
+from opskit.config.daemon import DaemonSettings, parse_listen
+from opskit.config.load import parse_config
+from opskit.core.errors import ConfigError
 
 BASE = '[storages.local]\nurl = "file:///tmp/opskit-unit-never-written"\n[targets.app]\ndsn = "dbname=app"\n'
 

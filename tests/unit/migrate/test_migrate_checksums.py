@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opskit.errors import VerificationFailed
-from opskit.migrate.scripts import (
+from opskit.core.errors import VerificationFailed
+from opskit.flyway.scripts import (
     PlaceholderError,
     PlaceholderSyntax,
     Script,
@@ -109,7 +109,7 @@ def test_repeatable_checksum_is_taken_after_placeholder_replacement_with_the_raw
 
 
 def test_versioned_checksum_ignores_placeholders() -> None:
-    from opskit.migrate.scripts import Version
+    from opskit.flyway.scripts import Version
 
     text = "SELECT '${a}';"
     script = Script("versioned", Version("1"), "x", "V1__x.sql", Path("/x/V1__x.sql"), text, checksum_text(text))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.errors import ConfigError
-from opskit.migrate.scripts import (
+from opskit.core.errors import ConfigError
+from opskit.flyway.scripts import (
     Naming,
     ParsedName,
     Version,

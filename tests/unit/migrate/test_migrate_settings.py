@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from opskit.config import ConfigErrors, Section, parse_config
-from opskit.errors import ConfigError
-from opskit.migrate.settings import MigrationSettings, _build, jdbc_to_conninfo
+from opskit.config.load import parse_config
+from opskit.config.migrations import MigrationSettings, _build, jdbc_to_conninfo
+from opskit.config.schema import ConfigErrors, Section
+from opskit.core.errors import ConfigError
 
 
 def build(raw: dict[str, Any], env: dict[str, str] | None = None, cwd: Path | None = None,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opskit.migrate.engine import Resolved, Target, build_state, validation_errors
-from opskit.migrate.history import AppliedRow, java_string_hash, lock_key
-from opskit.migrate.scripts import Script, Version, checksum_text
+from opskit.flyway.engine import Resolved, Target, build_state, validation_errors
+from opskit.flyway.history import AppliedRow, java_string_hash, lock_key
+from opskit.flyway.scripts import Script, Version, checksum_text
 
 
 def script(name: str, text: str = "SELECT 1;") -> Resolved:

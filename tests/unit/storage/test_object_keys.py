@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from opskit.config import StorageConfig
-from opskit.errors import ConfigError, StorageError
-from opskit.storage import open_storage
+from opskit.core.errors import ConfigError, StorageError
 from opskit.storage.azure import AzureStorage
+from opskit.storage.base import StorageConfig
 from opskit.storage.cloud import KeySpace, split_url
 from opskit.storage.gcs import GCSStorage
+from opskit.storage.registry import open_storage
 from opskit.storage.s3 import S3Storage
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from opskit.config import StorageConfig
 from opskit.storage.azure import MAX_BLOCK_SIZE, MAX_BLOCKS, AzureStorage, block_id
+from opskit.storage.base import StorageConfig
 from opskit.storage.cloud import GiB, MiB, PartSchedule, TiB
 from opskit.storage.gcs import GCSStorage, chunk_size_for
 from opskit.storage.s3 import DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Storage

@@ -9,7 +9,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from opskit.errors import StorageError
+from opskit.core.errors import StorageError
 from opskit.storage.cloud import ChunkReader, PartSchedule, PartWriter, open_reader
 from opskit.storage.retry import RetryPolicy
 

@@ -1,0 +1,409 @@
+"""``opskit backup now``: a consistent pg_dump, streamed into storage, committed by its manifest.
+
+Order of work, and why:
+
+1. Preflight, before anything is written: connect, read the server's facts, choose a
+   pg_dump/pg_dumpall at least as new as the server, take the target's backup lock
+   (exit 7 if another run holds it), check the primary storage is writable (exit 3).
+2. Export a snapshot from a ``REPEATABLE READ READ ONLY`` transaction. pg_dump dumps that
+   snapshot, and the row counts and schema version recorded in the manifest are read
+   inside the same snapshot (in a thread, while pg_dump streams), so they describe exactly
+   what the dump holds.
+3. Stream ``pg_dump -Fc -Z0`` through sha256 -> zstd -> [age] -> sha256 into the storage;
+   pg_dump's exit status is checked *before* the object is committed, so a failed dump
+   leaves nothing visible. Then ``pg_dumpall --globals-only`` the same way.
+4. Write ``manifest.json`` last: until it exists, the backup does not.
+5. Copy to each secondary storage; a failed copy is reported but does not undo the backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import zstandard
+from psycopg import sql
+
+from opskit import __version__
+from opskit.catalog import Artifact, Manifest, artifact_key, backup_prefix, new_backup_id, write_manifest
+from opskit.config.model import TargetConfig
+from opskit.context import AppContext
+from opskit.core.errors import BackupFailed, Cancelled, ConfigError, CopyFailed, LockHeld, OpskitError
+from opskit.core.execute import spawn
+from opskit.core.log import get_logger
+from opskit.core.progress import ByteProgress
+from opskit.flyway import version as flyway_version
+from opskit.pg import connection, facts, tools
+from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
+from opskit.storage.base import Storage
+
+log = get_logger(__name__)
+
+
+@dataclass
+class BackupResult:
+    """A committed backup, where it is, and how each secondary copy went (None = copied)."""
+
+    manifest: Manifest
+    storage: str
+    copies: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def failed_copies(self) -> dict[str, str]:
+        """Return storage name -> error for the copies that failed."""
+        return {name: error for name, error in self.copies.items() if error is not None}
+
+    def raise_for_outcome(self) -> None:
+        """Raise CopyFailed (exit 4) when the backup is committed but a secondary copy failed."""
+        if self.failed_copies:
+            names = ", ".join(f"'{name}'" for name in sorted(self.failed_copies))
+            raise CopyFailed(
+                f"backup {self.manifest.id} ok, copy to {names} failed: {'; '.join(self.failed_copies.values())}",
+                hint="the next 'opskit copy' retries it",
+            )
+
+
+def lock_key(target: str) -> int:
+    """Return the advisory lock key that serialises backups of one target (a signed 64-bit int)."""
+    digest = hashlib.sha256(f"opskit-backup:{target}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def backup_targets(ctx: AppContext) -> list[str]:
+    """Return the targets ``--all`` backs up: every target that is not another target's staging."""
+    staging = {t.staging for t in ctx.config.targets.values() if t.staging}
+    return [name for name in ctx.config.targets if name not in staging]
+
+
+def run(
+    ctx: AppContext,
+    target: str | None = None,
+    labels: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> BackupResult:
+    """Take one backup of ``target`` and return it once its manifest is committed.
+
+    Raises UnreachableError (3) in preflight, LockHeld (7) when another backup of the target
+    runs, BackupFailed (4) when pg_dump or the upload fails (nothing is left visible).
+    """
+    target_config = ctx.target(target)
+    started = time.monotonic()
+    with _Preflight(ctx, target_config) as pre:
+        storage = ctx.storage(target_config.primary_storage)
+        storage.check_writable()
+        snapshot_id, snapshot_time = pre.export_snapshot()
+        backup_id = new_backup_id(snapshot_time)
+        log.info("backup started", target=target_config.name, backup_id=backup_id, storage=storage.name)
+        try:
+            manifest = _dump_and_commit(ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id,
+                                        labels, extra or {})
+        except BaseException:
+            _remove_partial_backup(storage, target_config.name, backup_id)
+            raise
+    result = BackupResult(manifest=manifest, storage=storage.name)
+    for secondary in target_config.storages[1:]:
+        result.copies[secondary] = _copy_to_secondary(ctx, manifest, storage, secondary)
+    log.info(
+        "backup committed",
+        target=target_config.name,
+        backup_id=manifest.id,
+        size=manifest.size,
+        seconds=round(time.monotonic() - started, 2),
+        failed_copies=sorted(result.failed_copies),
+    )
+    return result
+
+
+def _remove_partial_backup(storage: Storage, target: str, backup_id: str) -> None:
+    """Delete the artifacts a failed run already committed (best effort: prune sweeps what is left).
+
+    No manifest exists for the run, so nothing here is listed as a backup; removing the
+    objects keeps the storage free of orphans right away.
+    """
+    try:
+        for info in list(storage.list(backup_prefix(target, backup_id) + "/")):
+            storage.delete(info.key)
+    except Exception as exc:
+        log.warning("could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id,
+                    error=str(exc))
+
+
+def _copy_to_secondary(ctx: AppContext, manifest: Manifest, source: Storage, name: str) -> str | None:
+    from opskit.backup.copy import copy_backup
+
+    try:
+        copy_backup(ctx, manifest, source, ctx.storage(name))
+    except OpskitError as exc:
+        log.warning("copy failed", storage=name, backup_id=manifest.id, error=exc.one_line())
+        return exc.one_line()
+    return None
+
+
+class _Preflight:
+    """Connection, server facts, tools and the backup lock for one run; released on exit."""
+
+    def __init__(self, ctx: AppContext, target: TargetConfig) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.conn = connection.connect(target, autocommit=True, application_name="opskit backup")
+        try:
+            self.server = connection.server_facts(self.conn)
+            bin_dir = target.pg_bin_dir or ctx.config.tools.pg_bin_dir
+            self.pg_dump = tools.find_tool("pg_dump", self.server.major, bin_dir)
+            self.pg_dumpall = tools.find_tool("pg_dumpall", self.server.major, bin_dir)
+            self._lock()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _lock(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.target.name),))
+            row = cur.fetchone()
+        if not row or not row[0]:
+            raise LockHeld(
+                f"another backup of target '{self.target.name}' is running (its lock is held)",
+                hint="wait for it to finish; this run changed nothing",
+            )
+
+    def export_snapshot(self) -> tuple[str, datetime]:
+        """Open the snapshot transaction and return (snapshot id, snapshot time)."""
+        with self.conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # The snapshot is taken by the first statement; its timestamp is the recovery point.
+            cur.execute("SELECT pg_export_snapshot(), statement_timestamp()")
+            row = cur.fetchone()
+        assert row is not None
+        return str(row[0]), row[1]
+
+    def __enter__(self) -> _Preflight:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # End the snapshot transaction and release the lock explicitly: closing alone releases it
+        # only when the server backend exits, after the client has moved on, so a backup started
+        # right after this one could still find the lock held.
+        try:
+            self.conn.execute("ROLLBACK")
+            self.conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:
+            pass  # the session is gone, and its lock with it
+        finally:
+            self.conn.close()
+
+
+class _FactsThread(threading.Thread):
+    """Collects row counts, fingerprints and the schema version inside pg_dump's snapshot while it streams.
+
+    It works on its own connection that imports the exported snapshot: an error here (a
+    table the role may not read) aborts only this connection's transaction, never the
+    exporting one that pg_dump still needs.
+    """
+
+    def __init__(self, target: TargetConfig, snapshot_id: str) -> None:
+        super().__init__(name="opskit-facts", daemon=True)
+        self.target = target
+        self.snapshot_id = snapshot_id
+        self.result: facts.SnapshotFacts | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            with connection.connect(self.target, autocommit=True, application_name="opskit backup facts") as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
+                self.result = facts.collect(
+                    conn,
+                    fingerprint_tables=self.target.fingerprint_tables,
+                    fingerprint_max_bytes=self.target.fingerprint_max_bytes,
+                )
+                self.result.migration_version = flyway_version.migration_version(conn)
+                conn.execute("ROLLBACK")
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        self.seconds = time.monotonic() - started
+
+    def facts(self) -> facts.SnapshotFacts:
+        """Wait for the collection and return it; raise BackupFailed if it failed."""
+        self.join()
+        if self.error is not None or self.result is None:
+            raise BackupFailed(
+                f"reading row counts inside pg_dump's snapshot failed: {self.error}",
+                hint="nothing was committed; the role needs SELECT on every table it backs up",
+            ) from self.error
+        return self.result
+
+
+def _dump_and_commit(
+    ctx: AppContext,
+    target: TargetConfig,
+    storage: Storage,
+    pre: _Preflight,
+    snapshot_id: str,
+    snapshot_time: datetime,
+    backup_id: str,
+    labels: Sequence[str],
+    extra: Mapping[str, Any],
+) -> Manifest:
+    started_at = ctx.clock()
+    recipients = ctx.config.encryption.recipients
+    encryption = (
+        {"format": "age", "recipients": [recipient_fingerprint(r) for r in recipients]} if recipients else None
+    )
+    facts_thread = _FactsThread(target, snapshot_id)
+    facts_thread.start()
+    phases: dict[str, float] = {}
+    with connection.password_env(target) as env:
+        dump_argv = [
+            pre.pg_dump.path,
+            connection.dbname_arg(target),
+            "--format=custom",
+            "--compress=0",
+            f"--snapshot={snapshot_id}",
+            "--no-password",
+        ]
+        phase_start = time.monotonic()
+        dump = _store_tool_output(ctx, target, storage, dump_argv, env, artifact_key(target.name, backup_id, "db",
+                                  bool(recipients)), f"backup {target.name}", "pg_dump")
+        phases["dump"] = time.monotonic() - phase_start
+        snapshot_facts = facts_thread.facts()
+        globals_argv = [
+            pre.pg_dumpall.path,
+            connection.dbname_arg(target),
+            f"--database={pre.server.database}",
+            "--globals-only",
+            "--no-password",
+        ]
+        if not pre.server.is_superuser:
+            # Only superusers may read pg_authid, where password hashes live.
+            globals_argv.append("--no-role-passwords")
+        phase_start = time.monotonic()
+        globals_result = _store_tool_output(ctx, target, storage, globals_argv, env,
+                                            artifact_key(target.name, backup_id, "globals", bool(recipients)),
+                                            f"globals {target.name}", "pg_dumpall")
+        phases["globals"] = time.monotonic() - phase_start
+    phases["facts"] = facts_thread.seconds
+    level = ctx.config.compression.level
+    artifacts = (
+        _artifact("db", artifact_key(target.name, backup_id, "db", bool(recipients)), dump, encryption),
+        _artifact("globals", artifact_key(target.name, backup_id, "globals", bool(recipients)), globals_result,
+                  encryption),
+    )
+    server = pre.server.to_dict() | {"host": connection.describe(target)}
+    manifest = Manifest(
+        id=backup_id,
+        target=target.name,
+        opskit_version=__version__,
+        snapshot_time=snapshot_time,
+        started_at=started_at,
+        finished_at=ctx.clock(),
+        server=server,
+        tools={
+            "pg_dump": {"path": pre.pg_dump.path, "version": pre.pg_dump.version, "major": pre.pg_dump.major,
+                        "argv": [a for a in dump_argv if not a.startswith("--dbname=")]},
+            "pg_dumpall": {"path": pre.pg_dumpall.path, "version": pre.pg_dumpall.version,
+                           "major": pre.pg_dumpall.major},
+            "zstd": {"level": level, "library": f"python-zstandard {zstandard.__version__}"},
+        },
+        artifacts=artifacts,
+        tables=tuple(snapshot_facts.tables),
+        labels=tuple(labels),
+        migration_version=snapshot_facts.migration_version,
+        objects=snapshot_facts.objects,
+        extra=dict(extra) | {"phases": {k: round(v, 3) for k, v in phases.items()}, "storage": storage.name},
+    )
+    if ctx.cancel.is_set():
+        raise BackupFailed("the run was cancelled (shutdown requested) before its manifest was written")
+    write_manifest(storage, manifest)
+    return manifest
+
+
+def _artifact(name: str, key: str, stored: StoreResult, encryption: dict[str, Any] | None) -> Artifact:
+    return Artifact(
+        name=name,
+        key=key,
+        size=stored.stored.size,
+        sha256=stored.stored.sha256,
+        plain_size=stored.plain.size,
+        plain_sha256=stored.plain.sha256,
+        compression="zstd",
+        encryption=encryption,
+    )
+
+
+def _store_tool_output(
+    ctx: AppContext,
+    target: TargetConfig,
+    storage: Storage,
+    argv: list[str],
+    env: dict[str, str],
+    key: str,
+    label: str,
+    program: str,
+) -> StoreResult:
+    """Run a dump program and stream its stdout into ``key``; commit only if it exits 0.
+
+    A cancel (daemon shutdown) kills the program at once, even while it waits on a lock,
+    so the upload ends and is aborted instead of committed.
+    """
+    compression = ctx.config.compression
+    with spawn(argv, env=env, stdout=subprocess.PIPE) as child, ByteProgress(label, ctx.interactive) as progress:
+        done = threading.Event()
+
+        def kill_on_cancel() -> None:
+            while not done.wait(0.2):
+                if ctx.cancel.is_set():
+                    child.kill()
+                    return
+
+        watcher = threading.Thread(target=kill_on_cancel, name="opskit-cancel-watch", daemon=True)
+        watcher.start()
+
+        def check_exit() -> None:
+            if ctx.cancel.is_set():
+                raise Cancelled("the run was cancelled (shutdown requested); nothing was committed")
+            child.check(
+                BackupFailed,
+                f"{program} of target '{target.name}' failed",
+                hint="nothing was committed; fix the cause above and run the backup again",
+            )
+
+        try:
+            return compress_and_store(
+                child.stdout,
+                storage,
+                key,
+                level=compression.level,
+                threads=compression.threads,
+                recipients=ctx.config.encryption.recipients,
+                cancel=ctx.cancel,
+                progress=progress,
+                before_commit=check_exit,
+            )
+        finally:
+            done.set()
+
+
+def run_all(ctx: AppContext, labels: Sequence[str] = ()) -> tuple[list[BackupResult], dict[str, OpskitError]]:
+    """Back up every target ``--all`` covers; carry on past failures and return (results, errors by target)."""
+    results: list[BackupResult] = []
+    errors: dict[str, OpskitError] = {}
+    names = backup_targets(ctx)
+    if not names:
+        raise ConfigError("no targets to back up")
+    for name in names:
+        try:
+            results.append(run(ctx, target=name, labels=labels))
+        except OpskitError as exc:
+            log.error("backup failed", target=name, error=exc.one_line())
+            errors[name] = exc
+    return results, errors

@@ -1,0 +1,120 @@
+"""``opskit copy``: replicate backups from a target's primary storage to its secondaries (3-2-1).
+
+A copy is committed the same way as a backup: artifacts first, each checked against the
+manifest's stored sha256 before it is committed, the manifest last. Copying is idempotent:
+a backup whose manifest already exists on the destination is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opskit.catalog import Manifest, list_backups, manifest_key, pin_key, write_manifest
+from opskit.catalog.artifacts import hash_stored
+from opskit.context import AppContext
+from opskit.core.errors import CopyFailed, OpskitError, VerificationFailed
+from opskit.core.log import get_logger
+from opskit.pipeline import HashingReader, pump
+from opskit.storage.base import ServerSideCopy, Storage
+
+log = get_logger(__name__)
+
+
+def copy_backup(ctx: AppContext, manifest: Manifest, source: Storage, dest: Storage) -> None:
+    """Copy one backup's artifacts, then its manifest, from ``source`` to ``dest``.
+
+    Uses a server-side copy when both storages support it. Raises CopyFailed (4) when an
+    artifact's bytes do not match the manifest or a storage fails; nothing is committed
+    on ``dest`` as a backup unless every artifact arrived intact.
+    """
+    try:
+        for artifact in manifest.artifacts:
+            if isinstance(dest, ServerSideCopy) and dest.copy_from(source, artifact.key):
+                stats = hash_stored(dest, artifact, cancel=ctx.cancel)
+                if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
+                    dest.delete(artifact.key)
+                    raise VerificationFailed(f"server-side copy of '{artifact.key}' does not match the manifest")
+                continue
+            with source.reader(artifact.key) as raw, dest.writer(artifact.key) as out:
+                reader = HashingReader(raw, cancel=ctx.cancel)
+                pump(reader, out)
+                stats = reader.stats()
+                if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
+                    # Raising inside the writer aborts it: the bad copy is never committed.
+                    raise VerificationFailed(
+                        f"'{artifact.key}' in storage '{source.name}' does not match its manifest "
+                        f"(sha256 {stats.sha256[:12]}..., expected {artifact.sha256[:12]}...)",
+                        hint="run 'opskit backup verify' on the source storage",
+                    )
+        write_manifest(dest, manifest)
+        _copy_pin(source, dest, manifest)
+    except OpskitError as exc:
+        raise CopyFailed(
+            f"copy of backup {manifest.id} to storage '{dest.name}' failed: {exc.message}",
+            hint="it is retried by the next 'opskit copy'",
+        ) from exc
+    log.info("backup copied", backup_id=manifest.id, source=source.name, dest=dest.name)
+
+
+def _copy_pin(source: Storage, dest: Storage, manifest: Manifest) -> None:
+    """Carry a pin over, so retention on the secondary keeps what the primary keeps pinned."""
+    key = pin_key(manifest.target, manifest.id)
+    if source.exists(key):
+        with source.reader(key) as inp, dest.writer(key) as out:
+            out.write(inp.read())
+
+
+@dataclass
+class CopyReport:
+    """What one ``opskit copy`` run did, per (target, storage)."""
+
+    copied: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, backup id)
+    skipped: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, error)
+
+    def raise_for_outcome(self) -> None:
+        """Raise CopyFailed (exit 4) naming every copy that failed."""
+        if self.failed:
+            raise CopyFailed(
+                "copy failed: " + "; ".join(f"target '{t}' to '{s}': {e}" for t, s, e in self.failed),
+                hint="fix the storage and run 'opskit copy' again",
+            )
+
+
+def run(
+    ctx: AppContext, target: str | None = None, storage: str | None = None, all_targets: bool = False
+) -> CopyReport:
+    """Copy every backup the primary has and a secondary lacks; carry on past failures.
+
+    Returns the report; the caller turns ``failed`` into exit 4.
+    """
+    names = list(ctx.config.targets) if all_targets or (target is None and len(ctx.config.targets) > 1) else [
+        ctx.target(target).name
+    ]
+    report = CopyReport()
+    for name in names:
+        config = ctx.target(name)
+        secondaries = [s for s in config.storages[1:] if storage is None or s == storage]
+        if not secondaries:
+            continue
+        try:
+            primary = ctx.storage(config.primary_storage)
+            backups = list_backups(primary, name)
+        except OpskitError as exc:
+            report.failed.append((name, config.primary_storage, exc.one_line()))
+            continue
+        for dest_name in secondaries:
+            try:
+                dest = ctx.storage(dest_name)
+                for manifest in reversed(backups):  # oldest first: a partial run still helps
+                    if dest.exists(manifest_key(name, manifest.id)):
+                        report.skipped += 1
+                        continue
+                    if ctx.dry_run:
+                        report.copied.append((name, dest_name, manifest.id))
+                        continue
+                    copy_backup(ctx, manifest, primary, dest)
+                    report.copied.append((name, dest_name, manifest.id))
+            except OpskitError as exc:
+                report.failed.append((name, dest_name, exc.one_line()))
+    return report

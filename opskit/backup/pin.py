@@ -1,0 +1,127 @@
+"""Pin and unpin a backup: a ``pin.json`` marker next to its manifest keeps it from retention.
+
+The manifest is never rewritten: it is the commit marker of the backup and its checksums
+are what verification trusts. A pin is a separate small object, so pinning works on
+write-once buckets' neighbours and is undone by deleting one object.
+
+Without ``--storage`` a pin applies to every storage of the target that holds the
+backup (a pinned backup should survive on the offsite copy too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opskit import catalog
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError
+from opskit.core.log import get_logger
+from opskit.storage.base import Storage
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """What ``pin``/``unpin`` did: the backup, the storages holding it, and where the state changed."""
+
+    target: str
+    backup_id: str
+    storages: tuple[str, ...]
+    changed: tuple[str, ...]
+    pinned: bool
+
+
+def pin(
+    ctx: AppContext,
+    selector: str,
+    target: str | None = None,
+    storage: str | None = None,
+    note: str | None = None,
+) -> PinResult:
+    """Pin the backup ``selector`` names (id, id prefix or ``latest``) in its storages.
+
+    Returns the PinResult. Raises ConfigError for an unknown target/storage or a backup
+    no storage holds; StorageError when the marker cannot be written.
+    """
+    target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
+    changed = []
+    for name, store in storages:
+        key = catalog.pin_key(target_name, backup_id)
+        if store.exists(key):
+            continue
+        catalog.write_json(
+            store,
+            key,
+            {
+                "target": target_name,
+                "backup_id": backup_id,
+                "pinned_at": catalog.format_time(ctx.clock()),
+                "note": note,
+            },
+        )
+        changed.append(name)
+    log.info("backup pinned", target=target_name, backup_id=backup_id, storages=[n for n, _ in storages])
+    return PinResult(target_name, backup_id, tuple(n for n, _ in storages), tuple(changed), pinned=True)
+
+
+def unpin(ctx: AppContext, selector: str, target: str | None = None, storage: str | None = None) -> PinResult:
+    """Remove the pin of the backup ``selector`` names; unpinning an unpinned backup is not an error.
+
+    Returns the PinResult (``changed`` empty when it was not pinned anywhere). Raises
+    ConfigError when no storage holds the backup.
+    """
+    target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
+    changed = []
+    for name, store in storages:
+        key = catalog.pin_key(target_name, backup_id)
+        if store.exists(key):
+            store.delete(key)
+            changed.append(name)
+    log.info("backup unpinned", target=target_name, backup_id=backup_id, storages=changed)
+    return PinResult(target_name, backup_id, tuple(n for n, _ in storages), tuple(changed), pinned=False)
+
+
+def pinned_ids(keys: list[str] | set[str], target: str) -> frozenset[str]:
+    """Return the ids of the backups of ``target`` that have a pin marker among the listed ``keys``."""
+    ids = set()
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == target and parts[2] == catalog.PIN_NAME:
+            ids.add(parts[1])
+    return frozenset(ids)
+
+
+def _resolve(
+    ctx: AppContext, selector: str, target: str | None, storage: str | None
+) -> tuple[str, str, list[tuple[str, Storage]]]:
+    """Return (target, backup id, [(storage name, storage) holding the backup])."""
+    target_config = ctx.target(target)
+    if storage is not None:
+        if storage not in target_config.storages:
+            raise ConfigError(
+                f"target '{target_config.name}' does not use storage '{storage}'",
+                hint=f"its storages: {', '.join(target_config.storages)}",
+            )
+        names: tuple[str, ...] = (storage,)
+    else:
+        names = target_config.storages
+    # Resolve "latest" or a prefix once, in the first storage that has it, so every storage pins
+    # the same backup.
+    manifest = None
+    first_error: ConfigError | None = None
+    for name in names:
+        try:
+            manifest = catalog.find_backup(ctx.storage(name), target_config.name, selector)
+            break
+        except ConfigError as exc:
+            first_error = first_error or exc
+    if manifest is None:
+        assert first_error is not None
+        raise first_error
+    holding = [
+        (name, ctx.storage(name))
+        for name in names
+        if ctx.storage(name).exists(catalog.manifest_key(target_config.name, manifest.id))
+    ]
+    return target_config.name, manifest.id, holding

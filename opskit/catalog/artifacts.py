@@ -1,0 +1,127 @@
+"""An artifact's stored bytes read back through the decoding stack and checked against its record."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, BinaryIO, cast
+
+import pyrage
+import zstandard
+
+from opskit.catalog import Artifact
+from opskit.core.errors import RestoreFailed, VerificationFailed
+from opskit.pipeline import (
+    Discard,
+    HashingReader,
+    HashingWriter,
+    Progress,
+    StoreResult,
+    StreamStats,
+    _NonClosing,
+    identity_fingerprints,
+    pump,
+)
+from opskit.storage.base import CHUNK_SIZE, Storage
+
+
+def check_can_decrypt(artifact: Artifact, identities: Sequence[Any], backup_id: str = "") -> None:
+    """Raise RestoreFailed (exit 4) when ``artifact`` is encrypted and none of ``identities`` fits.
+
+    Done before any data moves, so a wrong key leaves no partial restore behind.
+    """
+    if not artifact.encryption:
+        return
+    wanted = sorted(artifact.encryption.get("recipients", []))
+    if not identities:
+        raise RestoreFailed(
+            f"backup {backup_id} is encrypted to recipients {wanted}; no identity is configured",
+            hint="set [encryption] identity to a reference to the age private key",
+        )
+    if wanted and not set(wanted) & identity_fingerprints(identities):
+        raise RestoreFailed(
+            f"backup {backup_id} is encrypted to recipients {wanted}; the configured identity matches none",
+            hint="configure the age identity whose public key was a recipient when the backup was taken",
+        )
+
+
+def read_artifact(
+    storage: Storage,
+    artifact: Artifact,
+    sink: Any,
+    *,
+    identities: Sequence[Any] = (),
+    backup_id: str = "",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> StoreResult:
+    """Stream an artifact out of storage, decrypt and decompress it into ``sink``, checking both hashes.
+
+    Raises RestoreFailed when the artifact is encrypted and no identity fits (exit 4),
+    VerificationFailed when a size or sha256 differs from the manifest (exit 5), and
+    StorageError/ObjectNotFound for storage problems.
+    """
+    check_can_decrypt(artifact, identities, backup_id)
+    plain = HashingWriter(_NonClosing(sink), progress=progress)
+    decompressor = zstandard.ZstdDecompressor().stream_writer(cast(BinaryIO, plain), write_size=CHUNK_SIZE, closefd=False)
+    with storage.reader(artifact.key) as raw:
+        stored = HashingReader(raw, cancel=cancel)
+        try:
+            if artifact.encryption:
+                try:
+                    pyrage.decrypt_io(stored, decompressor, list(identities))
+                except pyrage.DecryptError as exc:
+                    raise _decrypt_failure(artifact, backup_id, stored, exc) from exc
+            else:
+                pump(stored, decompressor)
+            decompressor.flush()
+        except zstandard.ZstdError as exc:
+            raise VerificationFailed(
+                f"artifact '{artifact.key}' of backup {backup_id} does not decompress: {exc}",
+                hint="the object is corrupt; restore another backup or a copy from another storage",
+            ) from exc
+        # Drain whatever the decoder did not need, so the stored hash covers the whole object.
+        pump(stored, Discard())
+    result = StoreResult(plain=plain.stats(), stored=stored.stats())
+    check_stats(artifact, result, backup_id)
+    return result
+
+
+def _decrypt_failure(artifact: Artifact, backup_id: str, stored: HashingReader, exc: Exception) -> Exception:
+    # A wrong key and a corrupted object both surface as DecryptError; the stored hash tells them apart.
+    pump(stored, Discard())
+    if stored.stats().sha256 != artifact.sha256:
+        return VerificationFailed(
+            f"artifact '{artifact.key}' of backup {backup_id}: stored sha256 mismatch (object is corrupt): {exc}",
+            hint="restore another backup or a copy from another storage",
+        )
+    return RestoreFailed(
+        f"backup {backup_id} is encrypted to recipients {list((artifact.encryption or {}).get('recipients', []))}; "
+        f"decryption with the configured identity failed: {exc}",
+        hint="configure the age identity whose public key was a recipient when the backup was taken",
+    )
+
+
+def check_stats(artifact: Artifact, result: StoreResult, backup_id: str = "") -> None:
+    """Raise VerificationFailed naming the artifact and the check when a size or hash differs."""
+    checks = (
+        ("stored size", artifact.size, result.stored.size),
+        ("stored sha256", artifact.sha256, result.stored.sha256),
+        ("plain size", artifact.plain_size, result.plain.size),
+        ("plain sha256", artifact.plain_sha256, result.plain.sha256),
+    )
+    for name, expected, actual in checks:
+        if expected != actual:
+            raise VerificationFailed(
+                f"artifact '{artifact.key}' of backup {backup_id}: {name} mismatch (expected {expected}, got {actual})",
+                hint="the object is corrupt or incomplete; restore another backup or a copy from another storage",
+            )
+
+
+def hash_stored(storage: Storage, artifact: Artifact, cancel: threading.Event | None = None) -> StreamStats:
+    """Stream an artifact and return its stored size and sha256 (needs no key)."""
+    with storage.reader(artifact.key) as raw:
+        reader = HashingReader(raw, cancel=cancel)
+        pump(reader, Discard())
+    return reader.stats()
+

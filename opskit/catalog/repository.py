@@ -1,0 +1,152 @@
+"""Backups in a storage: the manifest model, the object layout, and finding backups.
+
+Layout, relative to the storage prefix::
+
+    <target>/<backup_id>/db.dump.zst[.age]        pg_dump -Fc, zstd, optionally age
+    <target>/<backup_id>/globals.sql.zst[.age]    pg_dumpall --globals-only
+    <target>/<backup_id>/manifest.json            written LAST: its presence makes the backup exist
+    <target>/<backup_id>/pin.json                 present while the backup is pinned
+    <target>/<backup_id>/verify-<time>.json       one per verification run
+    <target>/drills/<drill_id>.json / .md         drill reports
+
+A backup exists when its manifest exists. Retention and "latest" use the times recorded
+in manifests, never object names or storage timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from opskit.catalog.layout import MANIFEST_NAME, is_backup_id, manifest_key, pin_key
+from opskit.catalog.manifest import Manifest
+from opskit.core.errors import ConfigError, ManifestError, ObjectNotFound
+from opskit.storage.base import Storage
+
+LIST_CONCURRENCY = 16  # manifests read at once by list_backups
+
+
+# --------------------------------------------------------------------------- reading a storage
+
+
+def write_manifest(storage: Storage, manifest: Manifest) -> None:
+    """Write the manifest, which commits the backup. Call it only after every artifact is stored."""
+    with storage.writer(manifest_key(manifest.target, manifest.id)) as out:
+        out.write(manifest.to_json())
+
+
+def read_json(storage: Storage, key: str) -> Any:
+    """Read and parse a small JSON object. Raises ObjectNotFound, ManifestError for bad JSON."""
+    with storage.reader(key) as inp:
+        payload = inp.read()
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"object '{key}' in storage '{storage.name}' is not valid JSON: {exc}") from exc
+
+
+def write_json(storage: Storage, key: str, data: Any) -> None:
+    """Write a small JSON object under ``key``."""
+    with storage.writer(key) as out:
+        out.write(json.dumps(data, indent=2, default=str).encode("utf-8") + b"\n")
+
+
+def read_manifest(storage: Storage, target: str, backup_id: str) -> Manifest:
+    """Return the manifest of one backup. Raises ObjectNotFound when it does not exist."""
+    with storage.reader(manifest_key(target, backup_id)) as inp:
+        payload = inp.read()
+    manifest = Manifest.from_json(payload)
+    if manifest.id != backup_id or manifest.target != target:
+        raise ManifestError(
+            f"manifest at '{manifest_key(target, backup_id)}' describes {manifest.target}/{manifest.id}"
+        )
+    return manifest
+
+
+def list_manifest_keys(storage: Storage, target: str | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (target, backup_id) for every manifest in the storage (or under one target)."""
+    prefix = f"{target}/" if target else ""
+    for info in storage.list(prefix):
+        parts = info.key.split("/")
+        if len(parts) == 3 and parts[2] == MANIFEST_NAME and is_backup_id(parts[1]):
+            yield parts[0], parts[1]
+
+
+@dataclass(frozen=True)
+class BadManifest:
+    """A manifest that exists but cannot be read: listed so it is not silently ignored."""
+
+    target: str
+    backup_id: str
+    error: str
+
+
+def list_backups(
+    storage: Storage, target: str | None = None, bad: list[BadManifest] | None = None
+) -> list[Manifest]:
+    """Return every complete backup in the storage, newest snapshot first.
+
+    Unreadable manifests are skipped; pass ``bad`` to collect them.
+    """
+    keys = list(list_manifest_keys(storage, target))
+
+    def read(key: tuple[str, str]) -> Manifest | BadManifest | None:
+        try:
+            return read_manifest(storage, *key)
+        except ObjectNotFound:
+            return None  # deleted between list and read
+        except ManifestError as exc:
+            return BadManifest(key[0], key[1], exc.message)
+
+    # Manifests are small and an object store answers each read in milliseconds: read them
+    # concurrently, or listing thousands of backups takes minutes.
+    if len(keys) > 4:
+        with ThreadPoolExecutor(max_workers=LIST_CONCURRENCY, thread_name_prefix="opskit-list") as pool:
+            found = list(pool.map(read, keys))
+    else:
+        found = [read(key) for key in keys]
+    manifests = [item for item in found if isinstance(item, Manifest)]
+    if bad is not None:
+        bad.extend(item for item in found if isinstance(item, BadManifest))
+    manifests.sort(key=lambda m: (m.snapshot_time, m.id), reverse=True)
+    return manifests
+
+
+def find_backup(storage: Storage, target: str, selector: str) -> Manifest:
+    """Return the backup ``selector`` names: an id, a unique id prefix, or ``latest``.
+
+    Raises ConfigError when nothing (or more than one backup) matches.
+    """
+    if selector == "latest":
+        backups = list_backups(storage, target)
+        if not backups:
+            raise ConfigError(
+                f"target '{target}' has no backups in storage '{storage.name}'",
+                hint="take one with 'opskit backup now'",
+            )
+        return backups[0]
+    if is_backup_id(selector):
+        try:
+            return read_manifest(storage, target, selector)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"backup {selector} of target '{target}' is not in storage '{storage.name}'",
+                hint="see 'opskit backup list'",
+            ) from None
+    matches = [backup_id for _, backup_id in list_manifest_keys(storage, target) if backup_id.startswith(selector)]
+    if len(matches) == 1:
+        return read_manifest(storage, target, matches[0])
+    if not matches:
+        raise ConfigError(
+            f"no backup of target '{target}' matches '{selector}' in storage '{storage.name}'",
+            hint="see 'opskit backup list'",
+        )
+    raise ConfigError(f"'{selector}' matches {len(matches)} backups", hint="give more of the id")
+
+
+def is_pinned(storage: Storage, manifest: Manifest) -> bool:
+    """Return True when the backup has a pin marker."""
+    return storage.exists(pin_key(manifest.target, manifest.id))

@@ -1,0 +1,134 @@
+"""The configuration's typed, frozen model (targets, storages, objectives, tools)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from opskit.config.daemon import DaemonSettings
+from opskit.config.drill import DrillSettings
+from opskit.config.migrations import MigrationSettings
+from opskit.config.notify import NotifySettings
+from opskit.config.retention import RetentionPolicy
+from opskit.core.errors import ConfigError
+from opskit.secrets.references import SecretRef
+from opskit.storage.base import StorageConfig
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """Recovery objectives and the allowances added to a drill's measured RTO."""
+
+    rpo: timedelta = timedelta(hours=1)
+    rto: timedelta = timedelta(hours=4)
+    detection: timedelta = timedelta(0)
+    decision: timedelta = timedelta(0)
+    cutover: timedelta = timedelta(0)
+
+    @property
+    def allowances(self) -> timedelta:
+        """Return detection + decision + cutover: what a real recovery adds to a drill's time."""
+        return self.detection + self.decision + self.cutover
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """A database opskit protects (or restores into)."""
+
+    name: str
+    dsn: str
+    password: SecretRef | None = None
+    storages: tuple[str, ...] = ()
+    staging: str | None = None
+    protected: bool = False
+    retention: str | None = None
+    fingerprint_tables: tuple[str, ...] = ()
+    fingerprint_max_bytes: int = 1024**3
+    pg_bin_dir: str | None = None
+    control_dsn: str | None = None
+
+    @property
+    def primary_storage(self) -> str:
+        """Return the name of the storage backups are written to first."""
+        return self.storages[0]
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """zstd settings: ``level`` 1-19, ``threads`` 0 = one per core."""
+
+    level: int = 3
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """age encryption: public ``recipients`` for backups, an ``identity`` reference for reading them."""
+
+    recipients: tuple[str, ...] = ()
+    identity: SecretRef | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Return True when backups are encrypted."""
+        return bool(self.recipients)
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """Where PostgreSQL client tools are looked for, and where opskit keeps local state."""
+
+    pg_bin_dir: str | None = None
+    state_dir: Path = Path(".opskit-state")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    targets: Mapping[str, TargetConfig]
+    storages: Mapping[str, StorageConfig]
+    objectives: Objectives = Objectives()
+    compression: CompressionConfig = CompressionConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
+    tools: ToolsConfig = ToolsConfig()
+    retention: Mapping[str, RetentionPolicy] = field(default_factory=dict)
+    # Optional sections, each parsed by the module that owns it; None when the table is absent.
+    migrations: MigrationSettings | None = None
+    drill: DrillSettings | None = None
+    notify: NotifySettings | None = None
+    daemon: DaemonSettings | None = None
+    source: Path | None = None
+
+    def target(self, name: str | None) -> TargetConfig:
+        """Return the named target, or the only one when ``name`` is None.
+
+        Raises ConfigError naming the known targets.
+        """
+        if name is None:
+            if len(self.targets) == 1:
+                return next(iter(self.targets.values()))
+            raise ConfigError(
+                "several targets are configured and none was chosen",
+                hint=f"pass --target with one of: {', '.join(sorted(self.targets))}",
+            )
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise ConfigError(
+                f"no target named '{name}'", hint=f"configured targets: {', '.join(sorted(self.targets))}"
+            ) from None
+
+    def storage(self, name: str) -> StorageConfig:
+        """Return the named storage config; raise ConfigError naming the known ones."""
+        try:
+            return self.storages[name]
+        except KeyError:
+            raise ConfigError(
+                f"no storage named '{name}'", hint=f"configured storages: {', '.join(sorted(self.storages))}"
+            ) from None
+

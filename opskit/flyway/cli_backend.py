@@ -1,0 +1,182 @@
+"""``engine = "flyway"``: run a real ``flyway`` binary with the same settings and read its JSON.
+
+The settings opskit resolved (opskit.toml, Flyway files, ``FLYWAY_*``) are passed as
+``-key=value`` arguments, so Flyway sees exactly what opskit would have used; the target's
+password goes through ``FLYWAY_PASSWORD`` in the child's environment, never argv. Every
+command runs with ``-outputType=json`` and the document is parsed by field name (spec 6.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from opskit.config.migrations import MigrationSettings
+from opskit.config.model import TargetConfig
+from opskit.core.errors import ConfigError, MigrationFailed, OpskitError, UnreachableError, VerificationFailed
+from opskit.core.execute import run as run_command
+from opskit.flyway.engine import Applied, BaselineReport, InfoState, MigrateReport, RepairReport
+from opskit.pg import connection
+
+TIMEOUT_SECONDS = 6 * 3600  # a long data migration is legitimate; the lock protects the database meanwhile
+
+
+def find_binary(settings: MigrationSettings) -> str:
+    """Return the path of the flyway binary. Raises ConfigError when it is not installed."""
+    found = shutil.which(settings.flyway_binary)
+    if found is None:
+        raise ConfigError(f"engine = \"flyway\" but no '{settings.flyway_binary}' binary was found",
+                          hint="install Flyway, set migrations.flyway_binary, or use engine = \"opskit\"")
+    return found
+
+
+def jdbc_url(target: TargetConfig) -> str:
+    """Return the JDBC URL for the target's libpq parameters (libpq environment fills the gaps)."""
+    parts = connection.dsn_parts(target)
+    env = os.environ
+    host = str(parts.get("host") or env.get("PGHOST") or "localhost")
+    port = str(parts.get("port") or env.get("PGPORT") or "5432")
+    if host.startswith("/"):
+        raise ConfigError(f"target '{target.name}' connects through a Unix socket, which Flyway's JDBC driver cannot",
+                          hint="give the target a host name or address")
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in zip(host.split(","), port.split(","),
+                                                                              strict=False))
+    params = {}
+    for libpq, jdbc in (("sslmode", "sslmode"), ("sslrootcert", "sslrootcert"), ("sslcert", "sslcert"),
+                        ("sslkey", "sslkey"), ("connect_timeout", "connectTimeout")):
+        if parts.get(libpq):
+            params[jdbc] = str(parts[libpq])
+    query = f"?{urlencode(params)}" if params else ""
+    return f"jdbc:postgresql://{hosts}/{quote(connection.database_of(target))}{query}"
+
+
+def _arguments(target: TargetConfig, settings: MigrationSettings) -> tuple[list[str], dict[str, str]]:
+    parts = connection.dsn_parts(target)
+    user = parts.get("user") or os.environ.get("PGUSER") or settings.user
+    args = [f"-url={jdbc_url(target)}", "-outputType=json", "-skipCheckForUpdate"]
+    if user:
+        args.append(f"-user={user}")
+    args.append("-locations=" + ",".join(f"filesystem:{os.path.abspath(p)}" for p in settings.locations))
+    s = settings
+    simple: dict[str, Any] = {
+        "table": s.table, "schemas": ",".join(s.schemas), "defaultSchema": s.default_schema,
+        "tablespace": s.tablespace, "baselineOnMigrate": s.baseline_on_migrate,
+        "baselineVersion": s.baseline_version, "baselineDescription": s.baseline_description,
+        "validateOnMigrate": s.validate_on_migrate, "outOfOrder": s.out_of_order, "target": s.target,
+        "ignoreMigrationPatterns": ",".join(s.ignore_migration_patterns), "installedBy": s.installed_by,
+        "createSchemas": s.create_schemas, "mixed": s.mixed, "group": s.group,
+        "executeInTransaction": s.execute_in_transaction, "encoding": s.encoding,
+        "sqlMigrationPrefix": s.naming.versioned_prefix, "sqlMigrationSeparator": s.naming.separator,
+        "sqlMigrationSuffixes": ",".join(s.naming.suffixes),
+        "repeatableSqlMigrationPrefix": s.naming.repeatable_prefix,
+        "validateMigrationNaming": s.validate_migration_naming, "lockRetryCount": s.lock_retry_count,
+        "placeholderReplacement": s.placeholder_syntax.enabled, "placeholderPrefix": s.placeholder_syntax.prefix,
+        "placeholderSuffix": s.placeholder_syntax.suffix, "placeholderSeparator": s.placeholder_syntax.separator,
+        "postgresql.transactional.lock": s.transactional_lock,
+    }
+    for key, value in simple.items():
+        if value is None or value == "":
+            continue
+        args.append(f"-{key}={str(value).lower() if isinstance(value, bool) else value}")
+    for name, value in s.placeholders.items():
+        args.append(f"-placeholders.{name}={value}")
+    env: dict[str, str] = {}
+    secret = connection.password(target) or settings.password
+    if secret:
+        env["FLYWAY_PASSWORD"] = secret
+    return args, env
+
+
+def run_flyway(command: str, target: TargetConfig, settings: MigrationSettings,
+               extra: list[str] | None = None) -> dict[str, Any]:
+    """Run ``flyway <command>`` and return its JSON document.
+
+    Raises UnreachableError when the binary cannot start or prints no JSON, and
+    VerificationFailed / MigrationFailed / OpskitError for Flyway's own errors.
+    """
+    args, env = _arguments(target, settings)
+    argv = [find_binary(settings), *args, *(extra or []), command]
+    result = run_command(argv, env=env, timeout=TIMEOUT_SECONDS)
+    text = result.stdout.decode("utf-8", "replace")
+    start = text.find("{")
+    try:
+        document: dict[str, Any] = json.loads(text[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        document = {}
+    error = document.get("error") or document.get("exception")
+    if result.returncode != 0 or error:
+        message = (error or {}).get("message") if isinstance(error, dict) else error
+        message = message or result.stderr.decode("utf-8", "replace").strip()[-500:] or "no output"
+        kind: type[OpskitError] = {"validate": VerificationFailed, "migrate": MigrationFailed}.get(command, OpskitError)
+        if "validat" in str(message).lower():
+            kind = VerificationFailed
+        raise kind(f"flyway {command} failed: {message}", hint="see Flyway's message above")
+    if not document:
+        raise UnreachableError(f"flyway {command} printed no JSON document", hint="check the flyway installation")
+    return document
+
+
+def migrate(target: TargetConfig, settings: MigrationSettings, dry_run: bool = False) -> MigrateReport:
+    """Run ``flyway migrate`` (``info`` for a dry run) and return what it applied."""
+    if dry_run:
+        document = run_flyway("info", target, settings)
+        report = MigrateReport(document.get("schemaVersion"), None, dry_run=True)
+        for m in document.get("migrations", []):
+            if m.get("state") == "Pending":
+                report.applied.append(_applied(m))
+        return report
+    document = run_flyway("migrate", target, settings)
+    report = MigrateReport(document.get("initialSchemaVersion"), document.get("targetSchemaVersion"))
+    report.applied = [_applied(m) for m in document.get("migrations", [])]
+    report.warnings = list(document.get("warnings") or [])
+    return report
+
+
+def _applied(m: dict[str, Any]) -> Applied:
+    version = m.get("version") or None
+    filepath = m.get("filepath") or ""
+    return Applied(m.get("category") or ("Versioned" if version else "Repeatable"), version, m.get("rawVersion"),
+                   m.get("description", ""), os.path.basename(filepath), filepath, int(m.get("executionTime") or 0))
+
+
+def info(target: TargetConfig, settings: MigrationSettings) -> Any:
+    """Run ``flyway info`` and return an InfoOutcome carrying Flyway's own document."""
+    from opskit.migrate.migrate import InfoOutcome
+
+    document = run_flyway("info", target, settings)
+    outcome = InfoOutcome(target.name, InfoState([]), document.get("schemaName", ""), document.get("database", ""),
+                          bool(document.get("allSchemasEmpty")), None)
+    outcome.raw = document
+    return outcome
+
+
+def validate(target: TargetConfig, settings: MigrationSettings) -> InfoState:
+    """Run ``flyway validate``. Raises VerificationFailed with Flyway's messages."""
+    document = run_flyway("validate", target, settings)
+    if document.get("validationSuccessful") is False:
+        messages = [str((m.get("errorDetails") or {}).get("errorMessage", "")) for m in
+                    document.get("invalidMigrations", [])]
+        error = VerificationFailed("Validate failed: Migrations have failed validation\n" + "\n".join(messages))
+        error.errors = messages  # type: ignore[attr-defined]
+        raise error
+    return InfoState([])
+
+
+def baseline(target: TargetConfig, settings: MigrationSettings, version: str | None,
+             description: str | None) -> BaselineReport:
+    """Run ``flyway baseline``."""
+    extra = [f"-baselineVersion={version}"] if version else []
+    if description:
+        extra.append(f"-baselineDescription={description}")
+    document = run_flyway("baseline", target, settings, extra)
+    return BaselineReport(str(document.get("baselineVersion") or version or settings.baseline_version),
+                          description or settings.baseline_description, bool(document.get("successfullyBaselined")))
+
+
+def repair(target: TargetConfig, settings: MigrationSettings) -> RepairReport:
+    """Run ``flyway repair``."""
+    document = run_flyway("repair", target, settings)
+    return RepairReport(actions=[str(a) for a in document.get("repairActions", [])])

@@ -1,0 +1,378 @@
+"""``opskit migrate``: apply Flyway migrations behind a backup, optionally rehearsed on staging.
+
+The order of a guarded run (``--rehearse --backup-first``):
+
+1. take a ``pre-migrate`` backup (its manifest records the schema version before); if it
+   fails nothing is migrated;
+2. restore that backup (or, without ``--backup-first``, the newest one, taking one if there is
+   none) into a fresh database on the target's staging server, apply the pending migrations
+   there, time each one, drop the database; a failure stops before production;
+3. apply the migrations to the target; if one fails, say exactly which ``opskit restore``
+   command undoes the run, and with ``--restore-on-failure`` run it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from opskit.config.migrations import MigrationSettings, settings_of
+from opskit.config.model import TargetConfig
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
+from opskit.core.log import get_logger
+from opskit.flyway.engine import (
+    Applied,
+    BaselineReport,
+    Engine,
+    InfoState,
+    MigrateReport,
+    RepairReport,
+    sort_infos_for_display,
+)
+from opskit.pg import connection, databases
+from opskit.secrets.references import SecretRef
+
+log = get_logger(__name__)
+COMPAT_FLYWAY_VERSION = "13.0.0"  # the Flyway release whose behaviour the engine follows
+
+
+@dataclass
+class Rehearsal:
+    """A rehearsal on staging: which backup, where, and each migration's duration there."""
+
+    backup_id: str
+    server: str
+    database: str
+    applied: list[Applied] = field(default_factory=list)
+    restore_seconds: float | None = None
+
+
+@dataclass
+class MigrateOutcome:
+    """What ``opskit migrate`` did, for the CLI to render."""
+
+    target: str
+    report: MigrateReport
+    backup_id: str | None = None
+    restore_command: str | None = None
+    rehearsal: Rehearsal | None = None
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def settings_for(ctx: AppContext) -> MigrationSettings:
+    """Return the migration settings: ``[migrations]`` if configured, else Flyway files and ``FLYWAY_*``."""
+    return settings_of(ctx.config.migrations)
+
+
+def resolve_target(ctx: AppContext, name: str | None, settings: MigrationSettings) -> TargetConfig:
+    """Return the target to migrate; a target with no DSN takes the Flyway URL when one is configured."""
+    target = ctx.target(name)
+    if not target.dsn and settings.conninfo:
+        password = SecretRef(settings.password) if settings.password else target.password
+        target = replace(target, dsn=settings.conninfo, password=password)
+    return target
+
+
+@contextmanager
+def open_engine(target: TargetConfig, settings: MigrationSettings, dbname: str | None = None,
+                on_lock_wait: Callable[[int], None] | None = None) -> Iterator[Engine]:
+    """Yield an Engine on an autocommit connection to ``target`` (or another database on its server)."""
+    conn = connection.connect(target, dbname=dbname, autocommit=True, application_name="opskit-migrate")
+    try:
+        yield Engine(conn, settings, on_lock_wait=on_lock_wait)
+    finally:
+        conn.close()
+
+
+def restore_command(backup_id: str, target: str) -> str:
+    """Return the command that puts ``target`` back to backup ``backup_id``."""
+    return f"opskit restore {backup_id} --target {target} --to {target} --replace --yes"
+
+
+def _flyway(settings: MigrationSettings) -> Any:
+    from opskit.flyway import cli_backend
+
+    return cli_backend
+
+
+# --------------------------------------------------------------------------- migrate
+
+
+def run(
+    ctx: AppContext,
+    target: str | None = None,
+    *,
+    version_target: str | None = None,
+    backup_first: bool = False,
+    rehearse: bool = False,
+    dry_run: bool = False,
+    restore_on_failure: bool = False,
+    yes: bool = False,
+    on_applied: Callable[[Applied], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> MigrateOutcome:
+    """Apply the pending migrations to ``target`` and return what ran.
+
+    Raises BackupFailed (4) when the pre-migrate backup fails (nothing migrated),
+    MigrationFailed (4) when a migration fails on staging (production untouched) or on the
+    target (with the restore command in its hint), VerificationFailed (5) when validation
+    fails, LockHeld (7) when another migration holds the lock.
+    """
+    say = on_event or (lambda _msg: None)
+    settings = settings_for(ctx)
+    if version_target:
+        settings = settings.with_overrides(target=version_target)
+    target_config = resolve_target(ctx, target, settings)
+    name = target_config.name
+
+    def waiting(attempt: int) -> None:
+        if attempt == 1:
+            say("waiting for the migration lock: another migration (opskit or Flyway) is running")
+
+    if settings.engine == "flyway":
+        if backup_first or rehearse or restore_on_failure:
+            raise ConfigError("--backup-first, --rehearse and --restore-on-failure need engine = \"opskit\"",
+                              hint="run 'opskit backup now' first, or set migrations.engine = \"opskit\"")
+        report = _flyway(settings).migrate(target_config, settings, dry_run=dry_run)
+        return MigrateOutcome(name, report)
+
+    with open_engine(target_config, settings, on_lock_wait=waiting) as engine:
+        plan = engine.migrate(dry_run=True)
+    if dry_run or not plan.applied:
+        if not plan.applied:
+            say("nothing to migrate: the schema is up to date")
+        return MigrateOutcome(name, plan)
+
+    outcome = MigrateOutcome(name, plan)
+    manifest = None
+    if backup_first:
+        from opskit.backup import backup
+
+        say(f"taking a pre-migrate backup of target '{name}'")
+        result = backup.run(ctx, target=name, labels=("pre-migrate",),
+                            extra={"schema_version_before": plan.initial_version})
+        manifest = result.manifest
+        outcome.backup_id = manifest.id
+        outcome.restore_command = restore_command(manifest.id, name)
+        say(f"backup {manifest.id} committed; to undo this migration: {outcome.restore_command}")
+    if rehearse:
+        outcome.rehearsal = rehearse_on_staging(ctx, target_config, settings, manifest, say=say)
+
+    with open_engine(target_config, settings, on_lock_wait=waiting) as engine:
+        try:
+            outcome.report = engine.migrate(on_applied=on_applied)
+        except MigrationFailed as exc:
+            _after_failure(ctx, exc, outcome, restore_on_failure, yes, say)
+            raise
+    return outcome
+
+
+def _after_failure(ctx: AppContext, exc: MigrationFailed, outcome: MigrateOutcome, restore_on_failure: bool,
+                   yes: bool, say: Callable[[str], None]) -> None:
+    exc.restore_command = outcome.restore_command  # type: ignore[attr-defined]
+    if outcome.restore_command is None:
+        return
+    if not restore_on_failure:
+        exc.hint = f"to put the database back as it was before this run: {outcome.restore_command}"
+        return
+    from opskit.restore import restore
+
+    say(f"restoring backup {outcome.backup_id} into target '{outcome.target}' (--restore-on-failure)")
+    try:
+        result = restore.run(ctx, selector=outcome.backup_id or "latest", target=outcome.target, to=outcome.target,
+                             replace=True, confirmed=yes)
+    except OpskitError as restore_error:
+        exc.hint = (f"the automatic restore failed too ({restore_error.one_line()}); run it by hand: "
+                    f"{outcome.restore_command}")
+        return
+    if not result.ok:
+        names = ", ".join(sorted(m.table for m in result.mismatches)) if result.mismatches else "?"
+        exc.hint = (f"backup {outcome.backup_id} was restored into '{outcome.target}', but {len(result.mismatches)} "
+                    f"table(s) differ from it ({names}): drop what the failed run created and check")
+        exc.restored = True  # type: ignore[attr-defined]
+        return
+    exc.hint = f"backup {outcome.backup_id} was restored into '{outcome.target}'; fix the migration and run again"
+    exc.restored = True  # type: ignore[attr-defined]
+
+
+def rehearse_on_staging(ctx: AppContext, target: TargetConfig, settings: MigrationSettings, manifest: Any,
+                        say: Callable[[str], None] = lambda _m: None) -> Rehearsal:
+    """Restore a backup of ``target`` into a fresh database on its staging server and migrate it there.
+
+    Uses ``manifest`` when given, else the newest backup (taking one if there is none). The
+    rehearsal database is always dropped. Raises ConfigError when the target has no staging,
+    MigrationFailed when a migration fails on staging (production is not touched).
+    """
+    from opskit.backup import backup
+    from opskit.catalog import list_backups
+    from opskit.restore import restore
+
+    if not target.staging:
+        raise ConfigError(f"target '{target.name}' has no staging target to rehearse on",
+                          hint=f"set targets.{target.name}.staging, or drop --rehearse")
+    staging = ctx.target(target.staging)
+    storage_name = target.primary_storage
+    if manifest is None:
+        backups = list_backups(ctx.storage(storage_name), target.name)
+        if backups:
+            manifest = backups[0]
+        else:
+            say(f"target '{target.name}' has no backup yet: taking one for the rehearsal")
+            manifest = backup.run(ctx, target=target.name, labels=("pre-migrate",)).manifest
+    # Named after the production database so it is recognisable (and cleaned up with it in tests).
+    suffix = f"_rehearse_{secrets.token_hex(4)}"
+    dbname = connection.database_of(target)[: 63 - len(suffix)] + suffix
+    rehearsal = Rehearsal(manifest.id, staging.name, dbname)
+    say(f"rehearsing on staging '{staging.name}': restoring backup {manifest.id} into database '{dbname}'")
+    started = datetime.now(UTC)
+    try:
+        result = restore.restore_to_new_database(ctx, manifest, storage_name, server=staging, dbname=dbname)
+        rehearsal.database = result.database
+        rehearsal.restore_seconds = (datetime.now(UTC) - started).total_seconds()
+        with open_engine(staging, settings, dbname=result.database) as engine:
+            try:
+                engine.migrate(on_applied=rehearsal.applied.append)
+            except MigrationFailed as exc:
+                raise MigrationFailed(
+                    f"rehearsal on staging '{staging.name}' failed, production was not touched: {exc.message}",
+                    hint="fix the migration and rehearse again",
+                ) from exc
+    finally:
+        try:
+            databases.drop_database(staging, rehearsal.database)
+        except OpskitError as exc:
+            log.warning("could not drop the rehearsal database", database=rehearsal.database, error=exc.message)
+        except Exception as exc:  # the rehearsal's own outcome matters more than the cleanup
+            log.warning("could not drop the rehearsal database", database=rehearsal.database, error=str(exc))
+    for applied in rehearsal.applied:
+        say(f"rehearsed {applied.script} on staging in {applied.execution_ms} ms")
+    return rehearsal
+
+
+# --------------------------------------------------------------------------- info / validate / baseline / repair
+
+
+@dataclass
+class InfoOutcome:
+    """``migrate info``: the state plus what the JSON document needs."""
+
+    target: str
+    state: InfoState
+    schema_name: str
+    database: str
+    all_schemas_empty: bool
+    session_timezone: str | None
+    raw: dict[str, Any] | None = None  # engine = "flyway": Flyway's own document
+
+
+def info(ctx: AppContext, target: str | None = None) -> InfoOutcome:
+    """Return every migration with its state (spec 4.3). Raises UnreachableError, ConfigError."""
+    settings = settings_for(ctx)
+    target_config = resolve_target(ctx, target, settings)
+    if settings.engine == "flyway":
+        return _flyway(settings).info(target_config, settings)
+    with open_engine(target_config, settings) as engine:
+        state = engine.info()
+        schemas = settings.schemas or (engine.schema,)
+        empty = all(engine.schema_empty(s) for s in schemas)
+        return InfoOutcome(target_config.name, state, ", ".join(settings.schemas), engine.database, empty,
+                           engine.conn.info.parameter_status("TimeZone"))
+
+
+def validate(ctx: AppContext, target: str | None = None) -> InfoState:
+    """Validate the scripts against the history. Raises VerificationFailed (5) with Flyway's messages."""
+    settings = settings_for(ctx)
+    target_config = resolve_target(ctx, target, settings)
+    if settings.engine == "flyway":
+        return _flyway(settings).validate(target_config, settings)
+    with open_engine(target_config, settings) as engine:
+        return engine.validate()
+
+
+def baseline(ctx: AppContext, target: str | None = None, version: str | None = None,
+             description: str | None = None) -> BaselineReport:
+    """Baseline the target at ``version``. Raises VerificationFailed when it already has migrations."""
+    settings = settings_for(ctx)
+    target_config = resolve_target(ctx, target, settings)
+    if settings.engine == "flyway":
+        return _flyway(settings).baseline(target_config, settings, version, description)
+    with open_engine(target_config, settings) as engine:
+        return engine.baseline(version, description)
+
+
+def repair(ctx: AppContext, target: str | None = None) -> RepairReport:
+    """Repair the history: remove failed rows, mark missing ones deleted, realign checksums."""
+    settings = settings_for(ctx)
+    target_config = resolve_target(ctx, target, settings)
+    if settings.engine == "flyway":
+        return _flyway(settings).repair(target_config, settings)
+    with open_engine(target_config, settings) as engine:
+        return engine.repair()
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def instant(moment: datetime | None, timezone: str | None) -> str:
+    """Return Java's ``Instant.toString()`` of a TIMESTAMP read in the session time zone, or ``""``."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        try:
+            from zoneinfo import ZoneInfo
+
+            moment = moment.replace(tzinfo=ZoneInfo(timezone or "UTC"))
+        except Exception:
+            moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    micros = moment.microsecond
+    if micros:
+        text += f".{micros // 1000:03d}" if micros % 1000 == 0 else f".{micros:06d}"
+    return text + "Z"
+
+
+def info_json(outcome: InfoOutcome, now: datetime | None = None) -> dict[str, Any]:
+    """Return the document ``flyway info -outputType=json`` prints, field for field (spec 6.1)."""
+    from opskit import __version__
+
+    if outcome.raw is not None:
+        return outcome.raw
+    migrations = []
+    for item in sort_infos_for_display(outcome.state.infos):
+        applied = item.applied
+        migrations.append({
+            "category": item.category,
+            "version": item.version_text,
+            "rawVersion": item.raw_version,
+            "description": item.description,
+            "type": item.type,
+            "installedOnUTC": instant(applied.installed_on, outcome.session_timezone) if applied else "",
+            "state": item.state,
+            "undoable": "" if item.is_repeatable or item.is_synthetic else "No",
+            "filepath": str(item.resolved.script.path) if item.resolved else "",
+            "undoFilepath": "",
+            "installedBy": applied.installed_by if applied else "",
+            "shouldExecuteExpression": None,
+            "executionTime": applied.execution_time if applied else 0,
+        })
+    return {
+        "schemaVersion": outcome.state.schema_version,
+        "schemaName": outcome.schema_name,
+        "migrations": migrations,
+        "allSchemasEmpty": outcome.all_schemas_empty,
+        "flywayVersion": COMPAT_FLYWAY_VERSION,
+        "opskitVersion": __version__,
+        "database": outcome.database,
+        "operation": "info",
+        "timestamp": (now or datetime.now()).isoformat(timespec="milliseconds"),
+        "exception": None,
+        "licenseFailed": False,
+    }

@@ -1,0 +1,359 @@
+"""Prometheus metrics, shared by ``opskit daemon`` (/metrics) and ``opskit metrics --textfile``.
+
+Names follow the operations spec, section 5: timestamps rather than ages (Prometheus
+computes ``time() - x``), no backup ids in labels. Every value except the run counter is
+computed from what is stored (manifests, drill reports), so a freshly started daemon or a
+one-shot ``opskit metrics`` run tells the truth; the daemon recomputes a target's values
+after each of its runs.
+
+Where a stored fact comes from:
+
+- backup gauges: the newest complete backup (manifest) in the target's primary storage;
+  ``phase="total"`` is finished - started, other phases come from ``manifest.extra["phases"]``
+  (``{name: seconds}``) when the backup recorded them;
+- ``opskit_backup_copy_last_success_timestamp_seconds``: per secondary storage, when the
+  newest manifest there was written (the storage's mtime: a copy commits by writing it);
+- ``opskit_backups_retained``: complete backups per storage;
+- drill gauges: the newest report under ``<target>/drills/*.json`` in any of the target's
+  storages (see :func:`drill_facts` for the fields read);
+- ``opskit_storage_up``: 1 when the storage could be listed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+    write_to_textfile,
+)
+
+from opskit import __version__
+from opskit.catalog import (
+    MANIFEST_NAME,
+    Manifest,
+    drills_prefix,
+    list_manifest_keys,
+    manifest_key,
+    parse_time,
+    read_json,
+    read_manifest,
+)
+from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
+from opskit.core.log import get_logger
+
+if TYPE_CHECKING:
+    from opskit.context import AppContext
+
+log = get_logger(__name__)
+
+# The spec names exactly what is exported; a counter's *_created series (the process start
+# time, in the text format) is noise next to timestamps that come from the catalog.
+disable_created_metrics()
+
+RUN_RESULTS = ("success", "failure", "aborted")
+_PASS_VERDICTS = {"pass", "passed", "ok", "success", "succeeded"}
+
+
+@dataclass(frozen=True)
+class DrillFacts:
+    """What the metrics need from one drill report."""
+
+    finished: datetime
+    passed: bool
+    estimated_rto_seconds: float | None
+    data_loss_seconds: float | None
+
+
+def _number(data: Mapping[str, Any], *paths: str) -> float | None:
+    for path in paths:
+        value: Any = data
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def drill_facts(report: Any) -> DrillFacts | None:
+    """Return the facts of a drill report, or None when it is not one.
+
+    Reads ``verdict`` (``pass``/``passed``/``ok`` or a boolean ``passed``), the finish time
+    (``finished_at``, else ``started_at``), the estimated RTO (``rto.estimated_seconds`` or
+    ``estimated_rto_seconds``) and the data-loss window (``data_loss_seconds`` or
+    ``rpo.data_loss_seconds``).
+    """
+    if not isinstance(report, Mapping):
+        return None
+    when_text = report.get("finished_at") or report.get("ended_at") or report.get("started_at")
+    if not isinstance(when_text, str):
+        return None
+    try:
+        finished = parse_time(when_text)
+    except ValueError:
+        return None
+    verdict = report.get("verdict", report.get("passed"))
+    passed = verdict is True or (isinstance(verdict, str) and verdict.lower() in _PASS_VERDICTS)
+    return DrillFacts(
+        finished=finished,
+        passed=passed,
+        estimated_rto_seconds=_number(
+            report,
+            "rto.estimated_seconds",
+            "estimated_rto_seconds",
+            "rto.estimated",
+            "objectives.rto.estimated_seconds",
+        ),
+        data_loss_seconds=_number(
+            report, "data_loss_seconds", "rpo.data_loss_seconds", "objectives.rpo.data_loss_seconds"
+        ),
+    )
+
+
+class Metrics:
+    """The opskit metric family, in a registry of its own (no process/platform collectors)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._lock = threading.Lock()
+        # Manifests never change once written, so each is read once per process, not per refresh:
+        # a year of hourly backups would otherwise be 8,760 GETs after every run.
+        self._manifests: dict[tuple[str, str, str], Manifest] = {}
+        r = self.registry
+        self.backup_last_success = Gauge(
+            "opskit_backup_last_success_timestamp_seconds",
+            "When the newest complete backup finished (Unix time).",
+            ["target"],
+            registry=r,
+        )
+        self.backup_last_recovery_point = Gauge(
+            "opskit_backup_last_recovery_point_timestamp_seconds",
+            "Snapshot time of the newest complete backup: the point a restore returns to (Unix time).",
+            ["target"],
+            registry=r,
+        )
+        self.backup_last_duration = Gauge(
+            "opskit_backup_last_duration_seconds",
+            "Wall time of the newest complete backup, in total and per recorded phase.",
+            ["target", "phase"],
+            registry=r,
+        )
+        self.backup_last_size = Gauge(
+            "opskit_backup_last_size_bytes",
+            "Stored size of the newest complete backup.",
+            ["target"],
+            registry=r,
+        )
+        self.backup_runs = Counter(
+            "opskit_backup_runs_total",
+            "Backup runs by this process, by result (success, failure, aborted).",
+            ["target", "result"],
+            registry=r,
+        )
+        self.copy_last_success = Gauge(
+            "opskit_backup_copy_last_success_timestamp_seconds",
+            "When the newest backup copy was committed to a secondary storage (Unix time).",
+            ["target", "storage"],
+            registry=r,
+        )
+        self.backups_retained = Gauge(
+            "opskit_backups_retained",
+            "Complete backups kept in a storage.",
+            ["target", "storage"],
+            registry=r,
+        )
+        self.drill_last_success = Gauge(
+            "opskit_drill_last_success_timestamp_seconds",
+            "When the newest passing restore drill finished (Unix time).",
+            ["target"],
+            registry=r,
+        )
+        self.drill_last_result = Gauge(
+            "opskit_drill_last_result",
+            "Verdict of the newest restore drill: 1 passed, 0 failed.",
+            ["target"],
+            registry=r,
+        )
+        self.drill_estimated_rto = Gauge(
+            "opskit_drill_estimated_rto_seconds",
+            "Estimated RTO of the newest drill: measured restore time plus configured allowances.",
+            ["target"],
+            registry=r,
+        )
+        self.drill_data_loss = Gauge(
+            "opskit_drill_data_loss_seconds",
+            "Data-loss window measured by the newest drill (drill start - recovery point).",
+            ["target"],
+            registry=r,
+        )
+        self.rpo_target = Gauge("opskit_rpo_target_seconds", "Configured RPO objective.", ["target"], registry=r)
+        self.rto_target = Gauge("opskit_rto_target_seconds", "Configured RTO objective.", ["target"], registry=r)
+        self.storage_up = Gauge(
+            "opskit_storage_up",
+            "1 when the storage could be listed at the last refresh.",
+            ["storage"],
+            registry=r,
+        )
+        self.build_info = Gauge("opskit_build_info", "opskit version running.", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+
+    # ------------------------------------------------------------------ updates
+
+    def record_run(self, target: str, result: str) -> None:
+        """Count one backup run of ``target`` ending in ``result`` (success, failure or aborted)."""
+        self.backup_runs.labels(target=target, result=result).inc()
+
+    def refresh(self, ctx: AppContext, targets: Iterable[str] | None = None) -> None:
+        """Recompute every catalog-derived value of ``targets`` (default: all) from storage.
+
+        Never raises for storage problems: an unreachable storage sets ``opskit_storage_up`` 0
+        and leaves that storage's values as they were.
+        """
+        names = list(ctx.config.targets) if targets is None else list(targets)
+        with self._lock:
+            for name in names:
+                self._refresh_target(ctx, name)
+
+    def _refresh_target(self, ctx: AppContext, name: str) -> None:
+        target = ctx.config.target(name)
+        self.rpo_target.labels(target=name).set(ctx.config.objectives.rpo.total_seconds())
+        self.rto_target.labels(target=name).set(ctx.config.objectives.rto.total_seconds())
+        for result in RUN_RESULTS:
+            self.backup_runs.labels(target=name, result=result)  # export zeros so rate() works at once
+        drills: list[DrillFacts] = []
+        for index, storage_name in enumerate(target.storages):
+            try:
+                storage = ctx.storage(storage_name)
+                backups = self._backups(storage, name)
+                if index > 0:
+                    copied = _manifest_mtime(storage, backups[0]) if backups else None
+                drills.extend(_drill_reports(storage, name))
+            except OpskitError as exc:
+                log.warning("metrics: storage unreadable", storage=storage_name, target=name, error=exc.message)
+                self.storage_up.labels(storage=storage_name).set(0)
+                continue
+            self.storage_up.labels(storage=storage_name).set(1)
+            self.backups_retained.labels(target=name, storage=storage_name).set(len(backups))
+            if index == 0:
+                self._set_backup(name, backups[0] if backups else None)
+            elif copied is not None:
+                self.copy_last_success.labels(target=name, storage=storage_name).set(copied.timestamp())
+        self._set_drills(name, drills)
+
+    def _backups(self, storage: Any, target: str) -> list[Manifest]:
+        """Return the complete backups of ``target`` in ``storage``, newest first, reading new manifests only."""
+        found: list[Manifest] = []
+        for _, backup_id in list_manifest_keys(storage, target):
+            cache_key = (storage.name, target, backup_id)
+            manifest = self._manifests.get(cache_key)
+            if manifest is None:
+                try:
+                    manifest = read_manifest(storage, target, backup_id)
+                except ObjectNotFound:
+                    continue  # deleted between list and read
+                except ManifestError as exc:
+                    log.warning(
+                        "metrics: unreadable manifest skipped", target=target, backup_id=backup_id, error=exc.message
+                    )
+                    continue
+                self._manifests[cache_key] = manifest
+            found.append(manifest)
+        found.sort(key=lambda m: (m.snapshot_time, m.id), reverse=True)
+        return found
+
+    def _set_backup(self, target: str, newest: Manifest | None) -> None:
+        if newest is None:
+            for gauge in (self.backup_last_success, self.backup_last_recovery_point, self.backup_last_size):
+                _remove(gauge, target)
+            return
+        self.backup_last_success.labels(target=target).set(newest.finished_at.timestamp())
+        self.backup_last_recovery_point.labels(target=target).set(newest.snapshot_time.timestamp())
+        self.backup_last_size.labels(target=target).set(newest.size)
+        total = (newest.finished_at - newest.started_at).total_seconds()
+        self.backup_last_duration.labels(target=target, phase="total").set(total)
+        phases = newest.extra.get("phases") if isinstance(newest.extra, Mapping) else None
+        if isinstance(phases, Mapping):
+            for phase, seconds in phases.items():
+                if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                    self.backup_last_duration.labels(target=target, phase=str(phase)).set(seconds)
+
+    def _set_drills(self, target: str, drills: list[DrillFacts]) -> None:
+        if not drills:
+            return
+        drills.sort(key=lambda d: d.finished)
+        newest = drills[-1]
+        self.drill_last_result.labels(target=target).set(1 if newest.passed else 0)
+        passed = [d for d in drills if d.passed]
+        if passed:
+            self.drill_last_success.labels(target=target).set(passed[-1].finished.timestamp())
+        if newest.estimated_rto_seconds is not None:
+            self.drill_estimated_rto.labels(target=target).set(newest.estimated_rto_seconds)
+        if newest.data_loss_seconds is not None:
+            self.drill_data_loss.labels(target=target).set(newest.data_loss_seconds)
+
+    # ------------------------------------------------------------------ output
+
+    def exposition(self) -> bytes:
+        """Return the metrics in the Prometheus text format."""
+        with self._lock:
+            return generate_latest(self.registry)
+
+    def write_textfile(self, path: Path) -> None:
+        """Write the metrics for node_exporter's textfile collector, atomically (temp file + rename).
+
+        Raises OpskitError when the file cannot be written.
+        """
+        try:
+            with self._lock:
+                write_to_textfile(str(path), self.registry)
+        except OSError as exc:
+            raise OpskitError(
+                f"cannot write metrics to {path}: {exc.strerror or exc}",
+                hint="point --textfile at node_exporter's --collector.textfile.directory, writable by opskit",
+            ) from exc
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
+
+
+def _manifest_mtime(storage: Any, manifest: Manifest) -> datetime | None:
+    key = manifest_key(manifest.target, manifest.id)
+    for info in storage.list(key):
+        if info.key == key:
+            return info.modified
+    return None
+
+
+def _drill_reports(storage: Any, target: str) -> list[DrillFacts]:
+    prefix = drills_prefix(target) + "/"
+    facts: list[DrillFacts] = []
+    for info in storage.list(prefix):
+        if not info.key.endswith(".json") or info.key.endswith("/" + MANIFEST_NAME):
+            continue
+        try:
+            report = read_json(storage, info.key)
+        except (ManifestError, OpskitError):
+            continue
+        parsed = drill_facts(report)
+        if parsed is not None:
+            facts.append(parsed)
+    return facts
+
+
+def collect(ctx: AppContext) -> Metrics:
+    """Return a Metrics registry filled from the stored catalog of every configured target."""
+    metrics = Metrics()
+    metrics.refresh(ctx)
+    return metrics

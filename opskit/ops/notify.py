@@ -1,0 +1,170 @@
+"""Notifications: webhooks and healthchecks.io-style heartbeat pings.
+
+::
+
+    [notify]
+    webhooks = ["env:OPSKIT_WEBHOOK_URL"]   # URLs or secret references; JSON payload by default
+    slack = false                          # true: post Slack-compatible {"text": "..."} instead
+    on_success = false                     # webhooks fire on failure; true adds successes
+    pings = ["file:/run/secrets/hc_url"]   # <url>/start before a run, <url> on success, <url>/fail on failure
+    timeout = "10s"                        # per HTTP request
+    attempts = 3                           # tries per URL (tenacity, exponential backoff)
+
+A notification is a side channel: whatever happens while sending it is logged as a
+warning and never changes the result of the job it describes. Only the standard library
+is used for HTTP, so the daemon needs no extra dependency to alert.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from opskit.config.notify import NotifySettings
+from opskit.core.errors import OpskitError
+from opskit.core.log import get_logger
+from opskit.core.redaction import redact_text
+from opskit.secrets.references import SecretRef
+
+if TYPE_CHECKING:
+    pass
+
+START, SUCCESS, FAILURE, ABORTED = "start", "success", "failure", "aborted"
+
+log = get_logger(__name__)
+EVENT_KINDS = (START, SUCCESS, FAILURE, ABORTED)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing worth telling people about: a job run starting, succeeding, failing or aborted."""
+
+    kind: str
+    job: str
+    action: str
+    target: str | None = None
+    slot: str | None = None
+    duration_seconds: float | None = None
+    error: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Return one human line: ``opskit backup 'hourly-backup' (target app) failed: why``."""
+        verb = {START: "started", SUCCESS: "succeeded", FAILURE: "FAILED", ABORTED: "was aborted"}[self.kind]
+        where = f" (target {self.target})" if self.target else ""
+        took = f" after {self.duration_seconds:.1f}s" if self.duration_seconds is not None else ""
+        why = f": {self.error}" if self.error else ""
+        return f"opskit {self.action} job '{self.job}'{where} {verb}{took}{why}"
+
+    def payload(self) -> dict[str, Any]:
+        """Return the JSON document a webhook receives."""
+        return {
+            "source": "opskit",
+            "event": self.kind,
+            "job": self.job,
+            "action": self.action,
+            "target": self.target,
+            "slot": self.slot,
+            "duration_seconds": self.duration_seconds,
+            "error": self.error,
+            "details": dict(self.details),
+            "summary": self.summary(),
+        }
+
+
+class _SendFailed(Exception):
+    """One HTTP attempt failed in a way worth retrying."""
+
+
+def _post(url: str, body: bytes, content_type: str, timeout: float) -> None:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        # A 4xx other than 408/429 will not get better by retrying; report it at once.
+        if 400 <= exc.code < 500 and exc.code not in (408, 429):
+            raise OpskitError(f"HTTP {exc.code} {exc.reason}") from exc
+        raise _SendFailed(f"HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _SendFailed(str(reason)) from exc
+
+
+def send(url: str, body: bytes, content_type: str, settings: NotifySettings) -> bool:
+    """POST ``body`` to ``url`` with bounded retries; return True on success.
+
+    Never raises: every failure becomes a structlog warning naming the URL without secrets.
+    """
+    shown = _shown_url(url)
+    retrying = Retrying(
+        stop=stop_after_attempt(settings.attempts),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        retry=retry_if_exception_type(_SendFailed),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                _post(url, body, content_type, settings.timeout.total_seconds())
+    except (_SendFailed, OpskitError) as exc:
+        log.warning("notification not delivered", url=shown, error=str(exc), attempts=settings.attempts)
+        return False
+    return True
+
+
+def _shown_url(url: str) -> str:
+    # Healthchecks ping URLs carry their secret in the path (a UUID); show scheme and host only.
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return redact_text(f"{scheme}{sep}{host}/...")
+
+
+def _resolve(ref: SecretRef) -> str | None:
+    try:
+        return ref.resolve().reveal()
+    except OpskitError as exc:
+        log.warning("notification URL cannot be resolved", reference=ref.describe(), error=exc.message)
+        return None
+
+
+def ping_url(base: str, kind: str) -> str:
+    """Return the healthchecks.io-style URL for an event: ``/start``, the base URL itself, or ``/fail``."""
+    base = base.rstrip("/")
+    if kind == START:
+        return f"{base}/start"
+    if kind == SUCCESS:
+        return base
+    return f"{base}/fail"
+
+
+def notify(event: Event, settings: NotifySettings | None) -> None:
+    """Send ``event`` to every configured ping URL and (for failures, or all with ``on_success``) webhook.
+
+    Never raises and never changes the job's result; failures are logged as warnings.
+    """
+    if settings is None:
+        return
+    try:
+        text = event.summary().encode("utf-8")
+        for ref in settings.pings:
+            url = _resolve(ref)
+            if url is not None:
+                send(ping_url(url, event.kind), text, "text/plain; charset=utf-8", settings)
+        wanted = event.kind in (FAILURE, ABORTED) or (event.kind == SUCCESS and settings.on_success)
+        if not wanted:
+            return
+        document: dict[str, Any] = {"text": event.summary()} if settings.slack else event.payload()
+        body = json.dumps(document, default=str).encode("utf-8")
+        for ref in settings.webhooks:
+            url = _resolve(ref)
+            if url is not None:
+                send(url, body, "application/json", settings)
+    except Exception as exc:  # a bug here must not fail the job it reports on
+        log.warning("notification failed unexpectedly", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,250 @@
+"""``opskit prune``: apply each target's retention policy to each of its storages.
+
+For every (target, storage): list the complete backups, read pins and the newest passing
+verification, ``retention.plan()`` them, delete what the plan says (manifest first, so a
+half-deleted backup is never listed as complete, then the rest of its objects), and sweep
+leftovers of failed runs older than the grace period: objects under ``<target>/<id>/``
+with no manifest, and incomplete uploads of storages implementing ``IncompleteUploads``
+(S3 multipart). Objects outside backup directories (``drills/``, anything unknown) are
+never swept.
+
+One failing (target, storage) does not stop the others; ``PruneFailed`` at the end names
+them all and carries the report so the CLI can still print every plan.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from opskit import catalog
+from opskit.backup.pin import pinned_ids
+from opskit.backup.verify import newest_verified_id
+from opskit.config.model import TargetConfig
+from opskit.config.retention import RetentionPolicy
+from opskit.context import AppContext
+from opskit.core.errors import BackupFailed, ConfigError, OpskitError
+from opskit.core.log import get_logger
+from opskit.core.units import parse_duration
+from opskit.plan import retention
+from opskit.storage.base import IncompleteUploads, ObjectInfo, Storage
+
+log = get_logger(__name__)
+DEFAULT_GRACE = timedelta(hours=24)
+
+
+@dataclass
+class StorageResult:
+    """The outcome of pruning one target in one storage."""
+
+    target: str
+    storage: str
+    plan: retention.Plan | None = None
+    deleted: list[str] = field(default_factory=list)  # backup ids whose manifest was removed
+    swept: list[str] = field(default_factory=list)  # leftover object keys removed (or to remove, dry run)
+    aborted_uploads: list[str] = field(default_factory=list)
+    bad_manifests: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {
+            "target": self.target,
+            "storage": self.storage,
+            "plan": self.plan.to_dict() if self.plan else None,
+            "deleted": self.deleted,
+            "swept": self.swept,
+            "aborted_uploads": self.aborted_uploads,
+            "bad_manifests": self.bad_manifests,
+            "error": self.error,
+        }
+
+
+@dataclass
+class PruneReport:
+    """Everything one prune run decided and did."""
+
+    now: datetime
+    dry_run: bool
+    grace: timedelta
+    results: list[StorageResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # target -> why it was not pruned
+
+    @property
+    def failures(self) -> list[StorageResult]:
+        """Return the results that ended in an error."""
+        return [r for r in self.results if r.error]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready report."""
+        return {
+            "now": catalog.format_time(self.now),
+            "dry_run": self.dry_run,
+            "grace_seconds": int(self.grace.total_seconds()),
+            "results": [r.to_dict() for r in self.results],
+            "skipped": self.skipped,
+        }
+
+
+class PruneFailed(BackupFailed):
+    """Pruning failed for at least one (target, storage); ``report`` holds everything done (exit 4)."""
+
+    def __init__(self, message: str, report: PruneReport, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+
+
+def run(
+    ctx: AppContext,
+    target: str | None = None,
+    all_targets: bool = False,
+    storage: str | None = None,
+    dry_run: bool = False,
+    grace: timedelta | str = DEFAULT_GRACE,
+) -> PruneReport:
+    """Prune one target (or every target with ``all_targets``), in every storage or only ``storage``.
+
+    ``grace`` is how old a leftover must be before it is swept (a timedelta, or text such as ``24h``).
+    Returns the PruneReport. Raises ConfigError for unknown names, PruneFailed (exit 4)
+    naming every (target, storage) that failed, after trying all of them.
+    """
+    if isinstance(grace, str):  # daemon jobs pass "24h" from TOML
+        try:
+            grace = parse_duration(grace)
+        except ValueError as exc:
+            raise ConfigError(f"prune grace period: {exc}") from exc
+    dry_run = dry_run or ctx.dry_run
+    now = ctx.clock()
+    report = PruneReport(now=now, dry_run=dry_run, grace=grace)
+    if storage is not None:
+        ctx.config.storage(storage)  # unknown name: ConfigError now, not a silent no-op
+    targets = list(ctx.config.targets.values()) if all_targets else [ctx.target(target)]
+    for target_config in targets:
+        if target_config.retention is None:
+            report.skipped[target_config.name] = "no retention policy: never pruned"
+            continue
+        if storage is not None and storage not in target_config.storages:
+            if not all_targets:
+                raise ConfigError(
+                    f"target '{target_config.name}' does not use storage '{storage}'",
+                    hint=f"its storages: {', '.join(target_config.storages)}",
+                )
+            report.skipped[target_config.name] = f"does not use storage '{storage}'"
+            continue
+        policy: RetentionPolicy = ctx.config.retention[target_config.retention]
+        for storage_name in (storage,) if storage else target_config.storages:
+            report.results.append(_prune_one(ctx, target_config, storage_name, policy, now, grace, dry_run))
+
+    deleted = sum(len(r.deleted) for r in report.results)
+    swept = sum(len(r.swept) + len(r.aborted_uploads) for r in report.results)
+    log.info(
+        "prune finished",
+        dry_run=dry_run,
+        deleted=deleted,
+        swept=swept,
+        failed=len(report.failures),
+        skipped=sorted(report.skipped),
+    )
+    if report.failures:
+        names = "; ".join(f"{r.target} in {r.storage}: {r.error}" for r in report.failures)
+        raise PruneFailed(
+            f"prune failed for {len(report.failures)} target/storage pair(s): {names}",
+            report,
+            hint="fix the cause and run prune again; the other targets and storages were pruned",
+        )
+    return report
+
+
+def _prune_one(
+    ctx: AppContext,
+    target: TargetConfig,
+    storage_name: str,
+    policy: RetentionPolicy,
+    now: datetime,
+    grace: timedelta,
+    dry_run: bool,
+) -> StorageResult:
+    """Plan, delete and sweep one target in one storage; record an error instead of raising."""
+    result = StorageResult(target=target.name, storage=storage_name)
+    with structlog.contextvars.bound_contextvars(target=target.name, storage=storage_name):
+        try:
+            store = ctx.storage(storage_name)
+            _plan_and_delete(store, target.name, policy, now, dry_run, result)
+            _sweep(store, target.name, now - grace, dry_run, result)
+        except OpskitError as exc:
+            result.error = exc.one_line()
+            log.error("prune failed", error=result.error)
+    return result
+
+
+def _plan_and_delete(
+    store: Storage,
+    target: str,
+    policy: RetentionPolicy,
+    now: datetime,
+    dry_run: bool,
+    result: StorageResult,
+) -> None:
+    bad: list[catalog.BadManifest] = []
+    backups = catalog.list_backups(store, target, bad=bad)
+    result.bad_manifests = [f"{b.backup_id}: {b.error}" for b in bad]
+    for item in bad:
+        log.warning("unreadable manifest left alone", backup_id=item.backup_id, error=item.error)
+    keys = {info.key for info in store.list(f"{target}/")}
+    verified = newest_verified_id(store, target, backups)
+    result.plan = retention.plan(
+        backups,
+        policy,
+        now,
+        pinned=pinned_ids(keys, target),
+        verified=frozenset({verified}) if verified else frozenset(),
+    )
+    doomed = [d.id for d in result.plan.deleted]
+    if backups and len(doomed) == len(backups):
+        # The plan's min_keep and "newest verified" rules should make this impossible; refuse anyway.
+        raise BackupFailed(
+            f"the plan would delete all {len(backups)} backups of '{target}' in storage '{store.name}'; "
+            "refusing to delete the last good backup",
+            hint="check the retention policy (min_keep >= 1) and the clock",
+        )
+    by_id = {m.id: m for m in backups}
+    for backup_id in doomed:
+        if not dry_run:
+            _delete_backup(store, by_id[backup_id])
+        result.deleted.append(backup_id)
+
+
+def _delete_backup(store: Storage, manifest: catalog.Manifest) -> None:
+    """Delete the manifest first (the backup stops existing), then every other object under its prefix."""
+    store.delete(catalog.manifest_key(manifest.target, manifest.id))
+    for info in list(store.list(manifest.prefix + "/")):
+        store.delete(info.key)
+    log.info("backup deleted", backup_id=manifest.id)
+
+
+def _sweep(store: Storage, target: str, older_than: datetime, dry_run: bool, result: StorageResult) -> None:
+    """Remove objects of backup directories with no manifest last modified before ``older_than``."""
+    groups: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for info in store.list(f"{target}/"):
+        parts = info.key.split("/")
+        if len(parts) >= 3 and parts[0] == target and catalog.is_backup_id(parts[1]):
+            groups[parts[1]].append(info)
+    for backup_id, objects in sorted(groups.items()):
+        if any(o.key == catalog.manifest_key(target, backup_id) for o in objects):
+            continue  # a complete (or unreadable, but committed) backup: not a leftover
+        if any(o.modified >= older_than for o in objects):
+            continue  # a run may still be writing it: wait out the grace period
+        # Re-check: a slow backup may have committed since the listing.
+        if store.exists(catalog.manifest_key(target, backup_id)):
+            continue
+        for info in objects:
+            if not dry_run:
+                store.delete(info.key)
+            result.swept.append(info.key)
+        log.info("leftover swept", backup_id=backup_id, objects=len(objects), dry_run=dry_run)
+    if isinstance(store, IncompleteUploads):
+        result.aborted_uploads = store.abort_incomplete_uploads(f"{target}/", older_than, dry_run)

@@ -1,0 +1,322 @@
+"""``opskit status``: per target, is it protected as the objectives say? Everything is read from storage.
+
+For each target (every target that is not another's staging target, or the one asked for):
+
+- the newest complete backup (time, age, size) and which of the target's storages hold it;
+- current RPO and worst RPO over 7 days against the target (operations spec, section 2),
+  and, said plainly, when the schedule itself cannot meet the target;
+- 3-2-1 for the newest backup: >= 3 copies counting the live database, >= 2 distinct storage
+  kinds (``file``, ``s3``, ``gs``, ``az``), >= 1 storage marked ``offsite = true``;
+- the last verification record and the last drill (verdict, measured and estimated RTO).
+
+Breached (exit 6): the current RPO is above the target, the backup interval alone exceeds it,
+or the last drill's estimated RTO is above the RTO target. A worst-over-7-days above the target
+with a current RPO within it is a warning: it happened, and it is shown, but it is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from opskit import catalog
+from opskit.catalog import Manifest
+from opskit.config.model import TargetConfig
+from opskit.context import AppContext
+from opskit.core.errors import ManifestError, ObjectiveBreached, ObjectNotFound, OpskitError
+from opskit.core.log import get_logger
+from opskit.drill.drill import latest_drill
+from opskit.plan import objectives
+from opskit.storage.base import Storage
+
+log = get_logger(__name__)
+
+RPO_WINDOW = timedelta(days=7)
+_MAX_RECORDS_READ = 20  # verification records read while looking for the newest of kind "verify"
+
+
+@dataclass
+class StorageState:
+    """What one storage holds for a target."""
+
+    name: str
+    kind: str
+    offsite: bool
+    backups: int = 0
+    newest_id: str | None = None
+    newest_time: datetime | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "offsite": self.offsite,
+            "backups": self.backups,
+            "newest_id": self.newest_id,
+            "newest_time": catalog.format_time(self.newest_time) if self.newest_time else None,
+            "error": self.error,
+        }
+
+
+@dataclass
+class TargetStatus:
+    """The protection state of one target."""
+
+    target: str
+    now: datetime
+    rpo: objectives.RpoAssessment
+    rto_target: timedelta
+    newest: Manifest | None = None
+    holders: list[str] = field(default_factory=list)
+    storages: list[StorageState] = field(default_factory=list)
+    copies: int = 1
+    kinds: list[str] = field(default_factory=list)
+    offsite: list[str] = field(default_factory=list)
+    last_verify: dict[str, Any] | None = None
+    last_drill: dict[str, Any] | None = None
+    rto: objectives.RtoAssessment | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def three_two_one(self) -> bool:
+        """Return True when the newest backup satisfies 3-2-1."""
+        return self.copies >= 3 and len(self.kinds) >= 2 and len(self.offsite) >= 1
+
+    @property
+    def breaches(self) -> list[str]:
+        """Return one plain sentence per breached objective."""
+        found = []
+        if self.rpo.breached or self.rpo.schedule_too_sparse:
+            found.append(f"RPO: {self.rpo.explain()}")
+        if self.rto is not None and self.rto.status == objectives.BREACHED:
+            found.append(
+                f"RTO: the last drill's estimated RTO is {objectives.short(self.rto.estimated)}, "
+                f"target {objectives.short(self.rto.target)}"
+            )
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready status of the target."""
+        newest = self.newest
+        return {
+            "target": self.target,
+            "now": catalog.format_time(self.now),
+            "newest_backup": None
+            if newest is None
+            else {
+                "id": newest.id,
+                "snapshot_time": catalog.format_time(newest.snapshot_time),
+                "finished_at": catalog.format_time(newest.finished_at),
+                "age_seconds": (self.now - newest.snapshot_time).total_seconds(),
+                "size": newest.size,
+                "storages": self.holders,
+            },
+            "storages": [s.to_dict() for s in self.storages],
+            "rpo": {
+                "target_seconds": self.rpo.target.total_seconds(),
+                "current_seconds": _seconds(self.rpo.current),
+                "worst_seconds": _seconds(self.rpo.worst),
+                "window_seconds": self.rpo.window.total_seconds(),
+                "typical_interval_seconds": _seconds(self.rpo.typical_interval),
+                "status": self.rpo.status,
+                "schedule_meets_target": not self.rpo.schedule_too_sparse,
+                "summary": self.rpo.explain(),
+            },
+            "three_two_one": {
+                "holds": self.three_two_one,
+                "copies": self.copies,
+                "storage_kinds": self.kinds,
+                "offsite": self.offsite,
+            },
+            "last_verify": self.last_verify,
+            "last_drill": self.last_drill,
+            "rto": None
+            if self.rto is None
+            else {
+                "measured_seconds": self.rto.measured.total_seconds(),
+                "estimated_seconds": self.rto.estimated.total_seconds(),
+                "target_seconds": self.rto.target.total_seconds(),
+                "status": self.rto.status,
+            },
+            "breaches": self.breaches,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class StatusReport:
+    """The status of every target asked for."""
+
+    targets: list[TargetStatus]
+
+    @property
+    def breaches(self) -> list[str]:
+        """Return every breach, prefixed with its target."""
+        return [f"{t.target}: {b}" for t in self.targets for b in t.breaches]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready report."""
+        return {"targets": [t.to_dict() for t in self.targets], "breached": bool(self.breaches)}
+
+    def raise_for_breach(self) -> None:
+        """Raise ObjectiveBreached (exit 6) when any target breaches an objective."""
+        if self.breaches:
+            raise ObjectiveBreached(
+                "objective breached: " + "; ".join(self.breaches),
+                hint="take a backup now, and schedule backups at least as often as the RPO target",
+            )
+
+    def raise_for_outcome(self) -> None:
+        """The name every action result shares (the daemon calls it): see :meth:`raise_for_breach`."""
+        self.raise_for_breach()
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    return delta.total_seconds() if delta is not None else None
+
+
+def status_targets(ctx: AppContext, target: str | None) -> list[TargetConfig]:
+    """Return the targets to report: the one named, else every target that is not a staging target."""
+    if target is not None:
+        return [ctx.target(target)]
+    staging = {t.staging for t in ctx.config.targets.values() if t.staging}
+    return [t for name, t in ctx.config.targets.items() if name not in staging]
+
+
+def run(ctx: AppContext, target: str | None = None) -> StatusReport:
+    """Return the status of ``target`` (or every protected target). Nothing is changed.
+
+    A storage that cannot be listed is reported in its entry, not raised, so one broken
+    storage does not hide the others. Raises ConfigError for an unknown target.
+    """
+    now = ctx.clock()
+    report = StatusReport([target_status(ctx, t, now) for t in status_targets(ctx, target)])
+    log.info("status", targets=len(report.targets), breaches=len(report.breaches))
+    return report
+
+
+def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> TargetStatus:
+    """Return the status of one target at ``now``."""
+    by_id: dict[str, Manifest] = {}
+    held: dict[str, list[str]] = {}
+    states: list[StorageState] = []
+    opened: dict[str, Storage] = {}
+    for name in target.storages:
+        config = ctx.storage_config(name)
+        state = StorageState(name=name, kind=config.kind, offsite=config.offsite)
+        states.append(state)
+        try:
+            store = ctx.storage(name)
+            backups = catalog.list_backups(store, target.name)
+        except OpskitError as exc:
+            state.error = exc.one_line()
+            continue
+        opened[name] = store
+        state.backups = len(backups)
+        if backups:
+            state.newest_id, state.newest_time = backups[0].id, backups[0].snapshot_time
+        for manifest in backups:
+            by_id.setdefault(manifest.id, manifest)
+            held.setdefault(manifest.id, []).append(name)
+    points = [objectives.BackupPoint(m.snapshot_time, m.finished_at) for m in by_id.values()]
+    status = TargetStatus(
+        target=target.name,
+        now=now,
+        rpo=objectives.assess_rpo(points, now, ctx.config.objectives.rpo, RPO_WINDOW),
+        rto_target=ctx.config.objectives.rto,
+        storages=states,
+    )
+    if by_id:
+        newest = max(by_id.values(), key=lambda m: (m.snapshot_time, m.id))
+        status.newest = newest
+        status.holders = held[newest.id]
+        configs = [ctx.storage_config(name) for name in status.holders]
+        status.copies = 1 + len(configs)
+        status.kinds = sorted({c.kind for c in configs})
+        status.offsite = [c.name for c in configs if c.offsite]
+    if not status.three_two_one:
+        status.warnings.append(
+            f"3-2-1 does not hold for the newest backup: {status.copies} copies "
+            "(>= 3 counting the live database), "
+            f"{len(status.kinds)} storage kinds (>= 2), {len(status.offsite)} offsite (>= 1)"
+        )
+    if not status.rpo.breached and status.rpo.worst_breached and not status.rpo.schedule_too_sparse:
+        status.warnings.append(
+            f"the worst RPO over {objectives.short(RPO_WINDOW)} was "
+            f"{objectives.short(status.rpo.worst or 0)}, "
+            f"above the target {objectives.short(status.rpo.target)}"
+        )
+    for store in opened.values():
+        if status.last_verify is None:
+            status.last_verify = last_verification(store, target.name)
+    status.last_drill = _newest_drill(opened.values(), target.name, status)
+    if status.last_drill is not None:
+        rto = status.last_drill.get("rto") or {}
+        measured = rto.get("measured_seconds")
+        if isinstance(measured, int | float):
+            status.rto = objectives.RtoAssessment(
+                measured=timedelta(seconds=measured),
+                allowances=ctx.config.objectives.allowances,
+                target=ctx.config.objectives.rto,
+            )
+        if status.last_drill.get("verdict") != "pass":
+            status.warnings.append(f"the last drill ({status.last_drill.get('drill_id')}) failed")
+    else:
+        status.warnings.append("no restore drill has been run: the RTO is unmeasured")
+    return status
+
+
+def _newest_drill(stores: Any, target: str, status: TargetStatus) -> dict[str, Any] | None:
+    newest: dict[str, Any] | None = None
+    for store in stores:
+        try:
+            found = latest_drill(store, target)
+        except OpskitError as exc:
+            status.warnings.append(f"cannot read drill reports in '{store.name}': {exc.one_line()}")
+            continue
+        if found is not None and (
+            newest is None or str(found.get("started_at")) > str(newest.get("started_at"))
+        ):
+            newest = found
+    if newest is None:
+        return None
+    return {
+        "drill_id": newest.get("drill_id"),
+        "started_at": newest.get("started_at"),
+        "finished_at": newest.get("finished_at"),
+        "backup_id": (newest.get("backup") or {}).get("id"),
+        "verdict": newest.get("verdict"),
+        "objectives_met": newest.get("objectives_met"),
+        "rto": newest.get("rto"),
+        "data_loss_seconds": newest.get("data_loss_seconds"),
+    }
+
+
+def last_verification(store: Storage, target: str) -> dict[str, Any] | None:
+    """Return the newest ``verify`` record of any backup of ``target`` in ``store`` (None when none).
+
+    Records are ``<target>/<id>/verify-<UTC time>.json``; the time in the name orders them.
+    Drills record their verdict the same way (kind ``drill``); those are skipped here.
+    """
+    keys = []
+    for info in store.list(f"{target}/"):
+        parts = info.key.split("/")
+        if len(parts) == 3 and parts[2].startswith(catalog.VERIFY_PREFIX) and parts[2].endswith(".json"):
+            keys.append((parts[2], info.key))
+    for _, key in sorted(keys, reverse=True)[:_MAX_RECORDS_READ]:
+        try:
+            data = catalog.read_json(store, key)
+        except (ManifestError, ObjectNotFound):
+            continue
+        if isinstance(data, dict) and data.get("kind", "verify") == "verify":
+            return {
+                "time": data.get("time"),
+                "backup_id": data.get("backup_id"),
+                "storage": store.name,
+                "level": data.get("level"),
+                "verdict": data.get("verdict"),
+            }
+    return None

@@ -1,0 +1,83 @@
+"""Reading a custom-format archive's table of contents with ``pg_restore --list`` from a stream.
+
+Used by ``verify`` and drills: the decompressed dump is written into a :class:`TocReader`
+while the caller hashes the whole stream, so the table of contents is checked without a
+temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+from typing import Any
+
+from opskit.core.execute import Child, spawn
+
+
+class TocReader:
+    """A writable sink that feeds ``pg_restore --list`` and collects the table of contents it prints.
+
+    pg_restore exits once it has read the table of contents at the start of a custom-format
+    archive, so a broken pipe after that is expected: later writes are dropped, and the
+    caller goes on hashing the rest of the stream.
+    """
+
+    def __init__(self, pg_restore: str) -> None:
+        self.argv = [pg_restore, "--list"]
+        self._spawn = spawn(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._output: list[bytes] = []
+        self._closed_early = False
+        self.returncode: int | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> TocReader:
+        self._child: Child = self._spawn.__enter__()
+        self._reader = threading.Thread(target=self._collect, name="opskit-toc", daemon=True)
+        self._reader.start()
+        return self
+
+    def _collect(self) -> None:
+        # Read stdout concurrently: a large table of contents would fill the pipe and block our writes.
+        for chunk in iter(lambda: self._child.stdout.read(65536), b""):
+            self._output.append(chunk)
+
+    def write(self, data: Any) -> int:
+        """Feed bytes to pg_restore; after it has stopped reading, drop them."""
+        if not self._closed_early:
+            try:
+                self._child.stdin.write(data)
+            except (BrokenPipeError, ValueError):
+                self._closed_early = True
+        return len(data)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is not None:
+            self._spawn.__exit__(*exc_info)  # kills and reaps pg_restore; the error propagates
+            return
+        try:
+            if not self._closed_early:
+                with contextlib.suppress(BrokenPipeError):
+                    self._child.stdin.close()
+            self.returncode = self._child.wait()
+            self._reader.join(timeout=30)
+            self.stderr = self._child.stderr_tail()
+        finally:
+            self._spawn.__exit__(None, None, None)
+
+    @property
+    def entries(self) -> int:
+        """Return how many table-of-contents entries pg_restore listed."""
+        text = b"".join(self._output).decode("utf-8", "replace")
+        return sum(1 for line in text.splitlines() if line.strip() and not line.startswith(";"))
+
+    @property
+    def readable(self) -> bool:
+        """Return True when pg_restore exited 0 and listed at least one entry."""
+        return self.returncode == 0 and self.entries > 0
+
+    def describe(self) -> str:
+        """Return what was found, for a check's 'actual' column."""
+        if self.readable:
+            return f"{self.entries} entries"
+        return f"exit {self.returncode}" + (f": {self.stderr}" if self.stderr else "") + f", {self.entries} entries"

@@ -1,0 +1,342 @@
+"""``opskit restore``: a backup back into a database, checked against its manifest.
+
+The default destination is a NEW database ``<db>_restore_<id>`` on the target's own server,
+so a restore never overwrites anything unless asked to. A non-empty destination needs
+``--clean`` (drop the objects the dump contains) or ``--replace`` (drop and recreate the whole
+database, so objects created after the backup go too); a ``protected`` target needs confirmation (the typed database name on a
+terminal, ``--yes`` otherwise).
+
+``--jobs 1`` streams storage -> [age] -> zstd -> ``pg_restore`` stdin with no temp file.
+``--jobs N`` streams too, and loads the data over N connections, one big table included
+(``restore_parallel``); only ``--clean`` and archives with large objects spool the dump to a
+file for ``pg_restore --jobs N``, and the spool is removed whatever happens. Either way, a
+database this run created is dropped again if the restore fails, so no partial restore is
+left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opskit.catalog import Artifact, Manifest, TableFacts, find_backup
+from opskit.catalog.artifacts import check_can_decrypt, hash_stored, read_artifact
+from opskit.config.model import TargetConfig
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError, RestoreFailed, VerificationFailed
+from opskit.core.execute import spawn
+from opskit.core.log import get_logger
+from opskit.core.progress import ByteProgress
+from opskit.pg import connection, databases, facts, tools
+from opskit.pipeline import parse_identities
+from opskit.restore import parallel
+
+log = get_logger(__name__)
+
+Confirm = Callable[[str, str], bool]  # (target name, database) -> confirmed?
+
+
+@dataclass
+class RestoreResult:
+    """A finished restore: where it went, how long each phase took, and the row-count check."""
+
+    manifest: Manifest
+    storage: str
+    server: str  # the destination target's name ("--to" for an ad-hoc DSN)
+    database: str
+    created: bool
+    jobs: int
+    phases: dict[str, float] = field(default_factory=dict)
+    mismatches: list[facts.RowMismatch] = field(default_factory=list)
+    tables_checked: int = 0
+    pg_restore_errors: list[str] = field(default_factory=list)
+    bytes_restored: int = 0
+    route: str = "stream"  # "stream" (--jobs 1), "loader" or "spool" (see restore_parallel)
+    # Rows each table received, as PostgreSQL reported its COPYs ("schema.table" -> rows); loader route only.
+    rows_loaded: dict[str, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Return True when every table's row count matches the manifest."""
+        return not self.mismatches
+
+
+def default_database_name(manifest: Manifest) -> str:
+    """Return ``<db>_restore_<id>`` lower-cased, within PostgreSQL's 63-byte identifier limit."""
+    suffix = "_restore_" + re.sub(r"[^a-z0-9]", "_", manifest.id.lower())
+    base = manifest.database or manifest.target
+    # The limit is in bytes: cut the UTF-8 form, dropping a character split in two.
+    base = base.encode("utf-8")[: 63 - len(suffix)].decode("utf-8", "ignore")
+    return base + suffix
+
+
+def resolve_destination(ctx: AppContext, source: TargetConfig, to: str | None, manifest: Manifest) -> tuple[TargetConfig, str, bool]:
+    """Return (server target, database, is_new_default) for ``--to``: None, a target name, or a DSN."""
+    if to is None:
+        return source, default_database_name(manifest), True
+    if to in ctx.config.targets:
+        dest = ctx.config.targets[to]
+        return dest, connection.database_of(dest), False
+    if "=" in to or "://" in to:
+        dest = TargetConfig(name="--to", dsn=to)
+        return dest, connection.database_of(dest), False
+    raise ConfigError(
+        f"--to '{to}' is neither a configured target nor a connection string",
+        hint=f"configured targets: {', '.join(sorted(ctx.config.targets))}",
+    )
+
+
+def run(
+    ctx: AppContext,
+    selector: str = "latest",
+    target: str | None = None,
+    to: str | None = None,
+    storage: str | None = None,
+    jobs: int = 1,
+    clean: bool = False,
+    confirmed: bool = False,
+    confirm: Confirm | None = None,
+    no_owner: bool = False,
+    replace: bool = False,
+) -> RestoreResult:
+    """Restore the backup ``selector`` names (id, id prefix or ``latest``) of ``target``.
+
+    Raises ConfigError (2) for a refused destination or a missing confirmation,
+    UnreachableError (3), RestoreFailed (4) when pg_restore or decryption fails,
+    VerificationFailed (5) when a hash differs. Row-count mismatches are returned in the
+    result (the CLI exits 5 on them).
+    """
+    source = ctx.target(target)
+    storage_name = storage or source.primary_storage
+    manifest = find_backup(ctx.storage(storage_name), source.name, selector)
+    server, database, is_default = resolve_destination(ctx, source, to, manifest)
+    if is_default and not (clean or replace) and databases.database_exists(server, database):
+        raise ConfigError(
+            f"database '{database}' already exists on target '{server.name}' (restored earlier?)",
+            hint="drop it, or pass --clean to restore over it",
+        )
+    if server.protected and not confirmed and (confirm is None or not confirm(server.name, database)):
+        raise ConfigError(
+            f"target '{server.name}' is protected; restoring into database '{database}' needs confirmation",
+            hint="type the database name when asked, or pass --yes",
+        )
+    return restore_backup(
+        ctx, manifest, storage_name, server, database, jobs=jobs, clean=clean, no_owner=no_owner, replace=replace
+    )
+
+
+def restore_to_new_database(
+    ctx: AppContext,
+    manifest: Manifest,
+    storage_name: str,
+    server: TargetConfig,
+    dbname: str | None = None,
+    jobs: int = 1,
+    exit_on_error: bool = True,
+    no_owner: bool = False,
+) -> RestoreResult:
+    """Restore ``manifest`` into a fresh database on ``server`` (drills and rehearsals).
+
+    ``dbname`` defaults to ``<db>_restore_<id>``; it must not exist yet.
+    """
+    name = dbname or default_database_name(manifest)
+    if databases.database_exists(server, name):
+        raise ConfigError(f"database '{name}' already exists on target '{server.name}'", hint="drop it or pick another name")
+    return restore_backup(
+        ctx, manifest, storage_name, server, name, jobs=jobs, exit_on_error=exit_on_error, no_owner=no_owner
+    )
+
+
+def restore_backup(
+    ctx: AppContext,
+    manifest: Manifest,
+    storage_name: str,
+    server: TargetConfig,
+    database: str,
+    jobs: int = 1,
+    clean: bool = False,
+    exit_on_error: bool = True,
+    no_owner: bool = False,
+    replace: bool = False,
+) -> RestoreResult:
+    """Restore ``manifest`` into ``database`` on ``server``, creating it when missing.
+
+    ``replace`` drops and recreates an existing database (same owner) before restoring.
+
+    With ``exit_on_error`` False, pg_restore carries on past errors and they are returned
+    in ``pg_restore_errors`` (a drill judges them against its allow-list).
+    """
+    storage = ctx.storage(storage_name)
+    artifact = manifest.artifact("db")
+    identities: list[Any] = []
+    if manifest.encrypted:
+        identity = ctx.config.encryption.identity
+        if identity is not None:
+            identities = parse_identities(identity.resolve())
+    check_can_decrypt(artifact, identities, manifest.id)
+    dump_major = int(manifest.tools.get("pg_dump", {}).get("major") or manifest.server.get("major") or 0)
+    bin_dir = server.pg_bin_dir or ctx.config.tools.pg_bin_dir
+    pg_restore = tools.find_tool("pg_restore", dump_major, bin_dir)
+
+    created = False
+    if replace and databases.database_exists(server, database):
+        owner = databases.database_owner(server, database)
+        log.warning("dropping the destination database to replace it", database=database, server=server.name)
+        databases.drop_database(server, database)
+        databases.create_database(server, database, owner=owner)
+    elif databases.database_exists(server, database):
+        if not clean and not databases.database_is_empty(server, database):
+            raise ConfigError(
+                f"database '{database}' on target '{server.name}' is not empty",
+                hint="pass --clean to drop its objects first, --replace to recreate it, or omit --to for a new database",
+            )
+    else:
+        databases.create_database(server, database)
+        created = True
+    result = RestoreResult(manifest, storage.name, server.name, database, created, jobs)
+    log.info("restore started", backup_id=manifest.id, database=database, server=server.name, jobs=jobs)
+    try:
+        argv = [pg_restore.path, connection.dbname_arg(server, database), "--no-password"]
+        if exit_on_error:
+            argv.append("--exit-on-error")
+        if clean:
+            argv += ["--clean", "--if-exists"]
+        if no_owner:
+            argv += ["--no-owner", "--no-privileges"]
+        with connection.password_env(server) as env:
+            if jobs > 1:
+                parallel.restore(
+                    ctx, manifest, storage, identities, argv, env, jobs, result, server=server, clean=clean,
+                    exit_on_error=exit_on_error,
+                    check_stored_bytes=lambda: _check_stored_bytes(ctx, storage, manifest.artifact("db"), manifest),
+                )
+            else:
+                _restore_streaming(ctx, manifest, storage, identities, argv, env, result)
+        started = time.monotonic()
+        _check_rows(server, database, manifest, result)
+        result.phases["verify"] = time.monotonic() - started
+    except BaseException as exc:
+        if created:
+            _drop_after_failure(server, database, exc)
+        raise
+    log.info(
+        "restore finished",
+        backup_id=manifest.id,
+        database=database,
+        tables=result.tables_checked,
+        mismatches=len(result.mismatches),
+        seconds=round(sum(result.phases.values()), 2),
+    )
+    return result
+
+
+def _restore_streaming(
+    ctx: AppContext,
+    manifest: Manifest,
+    storage: Any,
+    identities: list[Any],
+    argv: list[str],
+    env: dict[str, str],
+    result: RestoreResult,
+) -> None:
+    started = time.monotonic()
+    artifact = manifest.artifact("db")
+    with spawn(argv, env=env, stdin=subprocess.PIPE) as child, ByteProgress(
+        f"restore {manifest.id}", ctx.interactive
+    ) as progress:
+        try:
+            stats = read_artifact(
+                storage, artifact, child.stdin, identities=identities, backup_id=manifest.id, progress=progress,
+                cancel=ctx.cancel,
+            )
+            result.bytes_restored = stats.plain.size
+            child.stdin.close()
+        except BrokenPipeError:
+            # pg_restore stopped reading. A corrupt object confuses it into odd errors ("out of
+            # memory"), so check the stored bytes first and blame the object when they differ.
+            child.wait()
+            _check_stored_bytes(ctx, storage, artifact, manifest)
+        except VerificationFailed:
+            child.kill()
+            raise
+        _finish_pg_restore(child, result, manifest)
+    result.phases["restore"] = time.monotonic() - started
+
+
+def _check_stored_bytes(ctx: AppContext, storage: Any, artifact: Artifact, manifest: Manifest) -> None:
+    """Raise VerificationFailed when the stored object's size or sha256 differs from the manifest."""
+    stats = hash_stored(storage, artifact, cancel=ctx.cancel)
+    if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
+        raise VerificationFailed(
+            f"artifact '{artifact.key}' of backup {manifest.id}: stored sha256 mismatch (expected {artifact.sha256}, "
+            f"got {stats.sha256}); pg_restore could not read it",
+            hint="the object is corrupt; restore another backup or a copy from another storage",
+        )
+
+
+def _finish_pg_restore(child: Any, result: RestoreResult, manifest: Manifest) -> None:
+    code = child.wait()
+    result.pg_restore_errors = list(child.error_lines)
+    if code == 0:
+        return
+    if "--exit-on-error" in child.argv or not child.error_lines:
+        child.check(
+            RestoreFailed,
+            f"pg_restore of backup {manifest.id} into '{result.database}' failed",
+            hint="the message above is pg_restore's; a database this run created was dropped",
+        )
+
+
+def _check_rows(server: TargetConfig, database: str, manifest: Manifest, result: RestoreResult) -> None:
+    """Compare every table's row count with the manifest, filling ``mismatches`` and ``tables_checked``.
+
+    After the loader route the counts are the ones PostgreSQL reported for the COPYs into the new
+    database, so the tables are not scanned again (on a large database that scan would add
+    minutes to the restore); otherwise, or when a table of the manifest is not among the loaded
+    ones, every table is counted.
+    """
+    loaded = result.rows_loaded
+    if loaded is not None and all(t.qualified in loaded for t in manifest.tables):
+        actual = [TableFacts(t.schema, t.name, loaded[t.qualified]) for t in manifest.tables]
+    else:  # not loaded by opskit, or a table's name did not match: count them
+        with connection.connect(server, dbname=database, application_name="opskit restore check") as conn:
+            actual = facts.collect(conn).tables
+    result.tables_checked = len(actual)
+    result.mismatches = facts.compare_rows(manifest.tables, actual)
+
+
+def _drop_after_failure(server: TargetConfig, database: str, cause: BaseException) -> None:
+    try:
+        databases.drop_database(server, database)
+        log.info("dropped the partially restored database", database=database)
+    except Exception as exc:  # the original failure matters more
+        log.warning("could not drop the partially restored database", database=database, error=str(exc),
+                    cause=str(cause))
+
+
+def restore_globals(ctx: AppContext, manifest: Manifest, storage_name: str, server: TargetConfig) -> list[str]:
+    """Replay the backup's ``globals.sql`` (roles, tablespaces) with psql; return psql's error lines.
+
+    Roles that already exist produce harmless errors, so psql carries on past them.
+    """
+    storage = ctx.storage(storage_name)
+    artifact = manifest.artifact("globals")
+    identities: list[Any] = []
+    if manifest.encrypted and ctx.config.encryption.identity is not None:
+        identities = parse_identities(ctx.config.encryption.identity.resolve())
+    check_can_decrypt(artifact, identities, manifest.id)
+    psql = tools.find_tool("psql", 0, server.pg_bin_dir or ctx.config.tools.pg_bin_dir)
+    argv = [psql.path, connection.dbname_arg(server), "--no-password", "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=0"]
+    with connection.password_env(server) as env, spawn(argv, env=env, stdin=subprocess.PIPE,
+                                                      stdout=subprocess.DEVNULL) as child:
+        try:
+            read_artifact(storage, artifact, child.stdin, identities=identities, backup_id=manifest.id)
+            child.stdin.close()
+        except BrokenPipeError:
+            pass
+        child.check(RestoreFailed, f"replaying the globals of backup {manifest.id} failed")
+        return list(child.error_lines)
