@@ -30,8 +30,11 @@ test: venv tools postgres
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check opskit tests bench
+	$(BIN)/ruff check opskit tests bench scripts
+	$(BIN)/ruff format --check opskit tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check-import-cycles.py
 
 clean:
 	rm -rf $(VENV) .tools demo .pytest_cache .mypy_cache .ruff_cache

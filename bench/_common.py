@@ -112,8 +112,12 @@ def run_measured(
     """
     started = time.perf_counter()
     process = subprocess.Popen(
-        list(argv), stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=env, cwd=cwd, text=True,
+        list(argv),
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        text=True,
     )
     peak = 0
     done = threading.Event()
@@ -180,8 +184,12 @@ def database_arguments(doc: str | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale of the main database (70 = ~1 GB)")
     parser.add_argument("--rss-scale", type=int, default=20, help="a second scale, to show peak RSS stays flat")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--text-mib", type=int, default=0,
-                        help="add MiB of hex text to both databases (less compressible than pgbench's rows)")
+    parser.add_argument(
+        "--text-mib",
+        type=int,
+        default=0,
+        help="add MiB of hex text to both databases (less compressible than pgbench's rows)",
+    )
     parser.add_argument("--quick", action="store_true", help="scale 2 and 1, one run: checks the script works")
     args = parser.parse_args()
     if args.quick:
@@ -213,8 +221,9 @@ def ensure_pgbench_database(scale: int, text_mib: int = 0) -> str:
     print(f"creating {name} with pgbench -i -s {scale} (cached for later runs)...", flush=True)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), "-h", PG_HOST, "-U", PG_USER, name],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", str(scale), "-h", PG_HOST, "-U", PG_USER, name], check=True, capture_output=True
+    )
     with psycopg.connect(f"host={PG_HOST} user={PG_USER} dbname={name}", autocommit=True) as conn:
         if text_mib:
             # 32 hex characters per md5: 32,768 rows of 1 KiB (32 of them) per MiB.
@@ -250,8 +259,10 @@ def checkpoint() -> None:
 def drop_databases_like(prefix: str) -> None:
     """Drop every database whose name starts with ``prefix``."""
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                            (prefix + "%",)).fetchall()]
+        names = [
+            r[0]
+            for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)).fetchall()
+        ]
     for name in names:
         drop_database(name)
 
@@ -277,8 +288,12 @@ def moto_server(bucket: str = "opskit-bench") -> Iterator[S3Endpoint]:
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="opskit-bench-moto-"))
     server = start_server(
-        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
-        "/moto-api/data.json", log_dir, env={"MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port,
+        "/moto-api/data.json",
+        log_dir,
+        env={"MOTO_ALLOW_NONEXISTENT_REGION": "true"},
     )
     try:
         endpoint = S3Endpoint(server.url, bucket)
@@ -302,8 +317,12 @@ def opskit_env() -> dict[str, str]:
     """Return the environment for the opskit CLI: the repo importable, JSON logs, fake S3 credentials."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "OPSKIT_"))}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    env |= {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-            "AWS_DEFAULT_REGION": S3_REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+    env |= {
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": S3_REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     return env
 
 
@@ -320,14 +339,14 @@ def write_config(
     text = textwrap.dedent(
         f"""\
         [tools]
-        state_dir = "{directory / 'state'}"
+        state_dir = "{directory / "state"}"
 
         [targets.bench]
         dsn = "host={PG_HOST} user={PG_USER} dbname={database}"
         storages = ["{storage}"]
 
         [storages.local]
-        url = "file://{directory / 'backups'}"
+        url = "file://{directory / "backups"}"
         """
     )
     if endpoint is not None:

@@ -51,8 +51,11 @@ def recipe(database: str, workdir: Path, endpoint: c.S3Endpoint) -> c.Sample:
     size = dump.stat().st_size
     dump.unlink()
     c.empty_bucket(endpoint)
-    return c.Sample(dumped.seconds + uploaded.seconds, 0,
-                    {"stored": float(size), "dump": dumped.seconds, "upload": uploaded.seconds})
+    return c.Sample(
+        dumped.seconds + uploaded.seconds,
+        0,
+        {"stored": float(size), "dump": dumped.seconds, "upload": uploaded.seconds},
+    )
 
 
 def floor(database: str) -> c.Sample:
@@ -61,21 +64,27 @@ def floor(database: str) -> c.Sample:
     return c.run_measured(argv, capture=False)
 
 
-def run_cases(database: str, runs: int, workdir: Path, endpoint: c.S3Endpoint, with_baselines: bool) -> dict[str, c.Sample]:
+def run_cases(
+    database: str, runs: int, workdir: Path, endpoint: c.S3Endpoint, with_baselines: bool
+) -> dict[str, c.Sample]:
     """Run every case ``runs`` times, interleaved (so a noisy neighbour hits all cases alike); return medians."""
     identity, recipient = c.new_identity(workdir / "keys")
     configs = {
         "opskit -> local": (c.write_config(workdir / "local", database, "local"), None),
         "opskit -> S3": (c.write_config(workdir / "s3", database, "s3", endpoint), endpoint),
-        "opskit -> S3 + age": (c.write_config(workdir / "age", database, "s3", endpoint, [recipient], identity),
-                               endpoint),
+        "opskit -> S3 + age": (
+            c.write_config(workdir / "age", database, "s3", endpoint, [recipient], identity),
+            endpoint,
+        ),
     }
     samples: dict[str, list[c.Sample]] = {}
     for run in range(runs):
         print(f"  run {run + 1}/{runs} on {database}", flush=True)
         if with_baselines:
             samples.setdefault("floor (b): pg_dump -Fc -Z0 > /dev/null", []).append(floor(database))
-            samples.setdefault("recipe (a): pg_dump -Fc -f + upload_file", []).append(recipe(database, workdir, endpoint))
+            samples.setdefault("recipe (a): pg_dump -Fc -f + upload_file", []).append(
+                recipe(database, workdir, endpoint)
+            )
         for name, (config, ep) in configs.items():
             if not with_baselines and name != "opskit -> S3":
                 continue
@@ -90,8 +99,11 @@ def main() -> None:
     c.print_machine(facts)
     main_db = c.ensure_pgbench_database(args.scale, args.text_mib)
     rss_db = c.ensure_pgbench_database(args.rss_scale, args.text_mib)
-    print(f"database: {main_db} ({c.fmt_bytes(c.database_size(main_db))}), "
-          f"rss comparison: {rss_db} ({c.fmt_bytes(c.database_size(rss_db))}); {args.runs} run(s) each", flush=True)
+    print(
+        f"database: {main_db} ({c.fmt_bytes(c.database_size(main_db))}), "
+        f"rss comparison: {rss_db} ({c.fmt_bytes(c.database_size(rss_db))}); {args.runs} run(s) each",
+        flush=True,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="opskit-bench-backup-"))
     try:
         with c.moto_server() as endpoint:
@@ -111,10 +123,16 @@ def report(results: dict[str, c.Sample], small: dict[str, c.Sample], args: argpa
     rows = []
     for name, s in results.items():
         stored = s.extra.get("stored")
-        rows.append([
-            name, f"{s.seconds:.2f}", f"{s.seconds / recipe_s.seconds:.2f}", f"{s.seconds / floor_s.seconds:.2f}",
-            c.fmt_bytes(stored) if stored else "-", c.fmt_bytes(s.peak_rss) if s.peak_rss else "-",
-        ])
+        rows.append(
+            [
+                name,
+                f"{s.seconds:.2f}",
+                f"{s.seconds / recipe_s.seconds:.2f}",
+                f"{s.seconds / floor_s.seconds:.2f}",
+                c.fmt_bytes(stored) if stored else "-",
+                c.fmt_bytes(s.peak_rss) if s.peak_rss else "-",
+            ]
+        )
     c.print_table(["case", "wall s", "x recipe (a)", "x floor (b)", "stored", "peak RSS"], rows)
     print(f"  recipe (a) split: pg_dump {recipe_s.extra['dump']:.2f} s + upload {recipe_s.extra['upload']:.2f} s")
 
@@ -125,16 +143,23 @@ def report(results: dict[str, c.Sample], small: dict[str, c.Sample], args: argpa
     checks = [
         ("wall, opskit -> S3 / recipe (a)", s3.seconds / recipe_s.seconds, TARGETS["vs_recipe"]),
         ("wall, opskit -> S3 / floor (b)", s3.seconds / floor_s.seconds, TARGETS["vs_floor"]),
-        ("wall, opskit -> local / floor (b)", results["opskit -> local"].seconds / floor_s.seconds, TARGETS["vs_floor"]),
+        (
+            "wall, opskit -> local / floor (b)",
+            results["opskit -> local"].seconds / floor_s.seconds,
+            TARGETS["vs_floor"],
+        ),
         ("stored size / recipe (a) dump", s3.extra["stored"] / recipe_s.extra["stored"], TARGETS["size"]),
         ("wall, encrypted / unencrypted (S3)", age.seconds / s3.seconds, TARGETS["age"]),
         (f"peak RSS spread, -s {args.rss_scale} vs -s {args.scale}", rss_spread, TARGETS["rss_flat"]),
     ]
     print("\ntargets:")
     table = [[name, f"{value:.2f}", f"<= {limit}", c.verdict(value, limit)] for name, value, limit in checks]
-    for name, s in (("peak RSS, opskit -> S3", s3), ("peak RSS, opskit -> S3 + age", age),
-                    ("peak RSS, opskit -> local", results["opskit -> local"]),
-                    (f"peak RSS, opskit -> S3 at -s {args.rss_scale}", small_s3)):
+    for name, s in (
+        ("peak RSS, opskit -> S3", s3),
+        ("peak RSS, opskit -> S3 + age", age),
+        ("peak RSS, opskit -> local", results["opskit -> local"]),
+        (f"peak RSS, opskit -> S3 at -s {args.rss_scale}", small_s3),
+    ):
         table.append([name, c.fmt_bytes(s.peak_rss), "<= 200 MiB", c.verdict(s.peak_rss, TARGETS["rss"])])
     c.print_table(["target", "measured", "limit", "verdict"], table)
 

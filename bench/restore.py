@@ -106,7 +106,9 @@ def floor(database: str, dump: Path, tables: list[tuple[bytes, list[Path]]]) -> 
             copies = []
             for path in pair:
                 with path.open("rb") as rows:
-                    copies.append(subprocess.Popen(["psql", *connect, "-q", "-c", statement.decode().strip()], stdin=rows))
+                    copies.append(
+                        subprocess.Popen(["psql", *connect, "-q", "-c", statement.decode().strip()], stdin=rows)
+                    )
             for copy in copies:
                 if copy.wait() != 0:
                     raise SystemExit(f"floor: psql COPY failed for {statement!r}")
@@ -119,8 +121,9 @@ def floor(database: str, dump: Path, tables: list[tuple[bytes, list[Path]]]) -> 
 
 def opskit_restore(config: Path, database: str, jobs: int = 2) -> c.Sample:
     """Run ``opskit restore latest --jobs N`` into a new database; drop it afterwards."""
-    sample = c.run_measured(c.opskit_argv(config, "restore", "latest", "--jobs", str(jobs), "--json"),
-                            env=c.opskit_env(), cwd=config.parent)
+    sample = c.run_measured(
+        c.opskit_argv(config, "restore", "latest", "--jobs", str(jobs), "--json"), env=c.opskit_env(), cwd=config.parent
+    )
     result = json.loads(sample.stdout)
     restored = result.get("database") or f"{database}_restore_"
     c.drop_databases_like(restored if result.get("database") else f"{database}_restore_")
@@ -142,12 +145,14 @@ def recipe(database: str, workdir: Path, endpoint: c.S3Endpoint) -> c.Sample:
             conn.execute(f'CREATE DATABASE "{target}"')
 
     created = c.timed(create)
-    restored = c.run_measured(["pg_restore", "-h", c.PG_HOST, "-U", c.PG_USER, "-d", target, str(dump)],
-                              capture=False)
+    restored = c.run_measured(["pg_restore", "-h", c.PG_HOST, "-U", c.PG_USER, "-d", target, str(dump)], capture=False)
     dump.unlink()
     c.drop_database(target)
-    return c.Sample(download.seconds + created.seconds + restored.seconds, 0,
-                    {"download": download.seconds, "pg_restore": restored.seconds})
+    return c.Sample(
+        download.seconds + created.seconds + restored.seconds,
+        0,
+        {"download": download.seconds, "pg_restore": restored.seconds},
+    )
 
 
 def main() -> None:
@@ -156,8 +161,11 @@ def main() -> None:
     c.print_machine(c.machine())
     main_db = c.ensure_pgbench_database(args.scale, args.text_mib)
     rss_db = c.ensure_pgbench_database(args.rss_scale, args.text_mib)
-    print(f"database: {main_db} ({c.fmt_bytes(c.database_size(main_db))}), "
-          f"rss comparison: {rss_db} ({c.fmt_bytes(c.database_size(rss_db))}); {args.runs} run(s) each", flush=True)
+    print(
+        f"database: {main_db} ({c.fmt_bytes(c.database_size(main_db))}), "
+        f"rss comparison: {rss_db} ({c.fmt_bytes(c.database_size(rss_db))}); {args.runs} run(s) each",
+        flush=True,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="opskit-bench-restore-"))
     cases = (JOBS_2, JOBS_1, RECIPE, FLOOR)
     samples: dict[str, list[c.Sample]] = {case: [] for case in cases}
@@ -193,21 +201,46 @@ def report(results: dict[str, c.Sample], small: c.Sample, args: argparse.Namespa
     opskit = results[JOBS_2]
     recipe_s = results[RECIPE]
     print(f"\nrestore from S3, pgbench -s {args.scale}, median of {args.runs}:")
-    rows = [[name, f"{s.seconds:.2f}", f"{s.seconds / recipe_s.seconds:.2f}",
-             ", ".join(f"{k} {v:.2f}" for k, v in s.extra.items()),
-             c.fmt_bytes(s.peak_rss) if s.peak_rss else "-"] for name, s in results.items()]
-    rows.append([f"{JOBS_2} at -s {args.rss_scale}", f"{small.seconds:.2f}", "-",
-                 ", ".join(f"{k} {v:.2f}" for k, v in small.extra.items()), c.fmt_bytes(small.peak_rss)])
+    rows = [
+        [
+            name,
+            f"{s.seconds:.2f}",
+            f"{s.seconds / recipe_s.seconds:.2f}",
+            ", ".join(f"{k} {v:.2f}" for k, v in s.extra.items()),
+            c.fmt_bytes(s.peak_rss) if s.peak_rss else "-",
+        ]
+        for name, s in results.items()
+    ]
+    rows.append(
+        [
+            f"{JOBS_2} at -s {args.rss_scale}",
+            f"{small.seconds:.2f}",
+            "-",
+            ", ".join(f"{k} {v:.2f}" for k, v in small.extra.items()),
+            c.fmt_bytes(small.peak_rss),
+        ]
+    )
     c.print_table(["case", "wall s", "x recipe", "phases (s)", "peak RSS"], rows)
     spread = abs(opskit.peak_rss - small.peak_rss) / max(small.peak_rss, 1)
     print("\ntargets:")
-    c.print_table(["target", "measured", "limit", "verdict"], [
-        ["wall, opskit --jobs 2 / recipe", f"{opskit.seconds / recipe_s.seconds:.2f}", "<= 0.75",
-         c.verdict(opskit.seconds / recipe_s.seconds, TARGETS["vs_recipe"])],
-        ["(reference) wall, floor / recipe", f"{results[FLOOR].seconds / recipe_s.seconds:.2f}", "-", "-"],
-        [f"peak RSS spread, -s {args.rss_scale} vs -s {args.scale}", f"{spread:.2f}", "<= 0.15",
-         c.verdict(spread, TARGETS["rss_flat"])],
-    ])
+    c.print_table(
+        ["target", "measured", "limit", "verdict"],
+        [
+            [
+                "wall, opskit --jobs 2 / recipe",
+                f"{opskit.seconds / recipe_s.seconds:.2f}",
+                "<= 0.75",
+                c.verdict(opskit.seconds / recipe_s.seconds, TARGETS["vs_recipe"]),
+            ],
+            ["(reference) wall, floor / recipe", f"{results[FLOOR].seconds / recipe_s.seconds:.2f}", "-", "-"],
+            [
+                f"peak RSS spread, -s {args.rss_scale} vs -s {args.scale}",
+                f"{spread:.2f}",
+                "<= 0.15",
+                c.verdict(spread, TARGETS["rss_flat"]),
+            ],
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -42,16 +42,35 @@ def synthetic_manifests(count: int, now: datetime) -> list[Manifest]:
     for hour in range(count):
         snapshot = now - timedelta(hours=hour + 1)
         backup_id = catalog.new_backup_id(snapshot)
-        artifact = Artifact(name="db", key=catalog.artifact_key(TARGET, backup_id, "db", False), size=123_456_789,
-                            sha256="0" * 64, plain_size=987_654_321, plain_sha256="1" * 64)
-        globals_ = Artifact(name="globals", key=catalog.artifact_key(TARGET, backup_id, "globals", False),
-                            size=357, sha256="2" * 64, plain_size=640, plain_sha256="3" * 64)
-        manifests.append(Manifest(
-            id=backup_id, target=TARGET, opskit_version="bench", snapshot_time=snapshot,
-            started_at=snapshot, finished_at=snapshot + timedelta(minutes=3),
-            server={"version": "15.20", "major": 15, "database": "app"}, tools={"pg_dump": {"major": 15}},
-            artifacts=(artifact, globals_),
-        ))
+        artifact = Artifact(
+            name="db",
+            key=catalog.artifact_key(TARGET, backup_id, "db", False),
+            size=123_456_789,
+            sha256="0" * 64,
+            plain_size=987_654_321,
+            plain_sha256="1" * 64,
+        )
+        globals_ = Artifact(
+            name="globals",
+            key=catalog.artifact_key(TARGET, backup_id, "globals", False),
+            size=357,
+            sha256="2" * 64,
+            plain_size=640,
+            plain_sha256="3" * 64,
+        )
+        manifests.append(
+            Manifest(
+                id=backup_id,
+                target=TARGET,
+                opskit_version="bench",
+                snapshot_time=snapshot,
+                started_at=snapshot,
+                finished_at=snapshot + timedelta(minutes=3),
+                server={"version": "15.20", "major": 15, "database": "app"},
+                tools={"pg_dump": {"major": 15}},
+                artifacts=(artifact, globals_),
+            )
+        )
     return manifests
 
 
@@ -75,10 +94,18 @@ def main() -> None:
 
     lists = []
     with c.moto_server() as endpoint:
-        storage = open_storage(StorageConfig(name="s3", url=f"s3://{endpoint.bucket}/opskit", options={
-            "endpoint_url": endpoint.url, "region": S3_REGION,
-            "access_key_id": SecretRef(S3_ACCESS_KEY), "secret_access_key": SecretRef(S3_SECRET_KEY),
-        }))
+        storage = open_storage(
+            StorageConfig(
+                name="s3",
+                url=f"s3://{endpoint.bucket}/opskit",
+                options={
+                    "endpoint_url": endpoint.url,
+                    "region": S3_REGION,
+                    "access_key_id": SecretRef(S3_ACCESS_KEY),
+                    "secret_access_key": SecretRef(S3_SECRET_KEY),
+                },
+            )
+        )
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda m: catalog.write_manifest(storage, m), manifests))
@@ -91,10 +118,17 @@ def main() -> None:
 
     plan_s, list_s = c.median(plans), c.median(lists)
     print(f"\nretention over {args.backups:,} backups (policy keeps {kept}), median of {args.runs}:")
-    c.print_table(["case", "wall s", "per backup"], [
-        ["retention.plan()", f"{plan_s.seconds:.3f}", f"{plan_s.seconds / args.backups * 1e6:.1f} us"],
-        ["catalog.list_backups() on moto S3", f"{list_s.seconds:.2f}", f"{list_s.seconds / args.backups * 1e3:.2f} ms"],
-    ])
+    c.print_table(
+        ["case", "wall s", "per backup"],
+        [
+            ["retention.plan()", f"{plan_s.seconds:.3f}", f"{plan_s.seconds / args.backups * 1e6:.1f} us"],
+            [
+                "catalog.list_backups() on moto S3",
+                f"{list_s.seconds:.2f}",
+                f"{list_s.seconds / args.backups * 1e3:.2f} ms",
+            ],
+        ],
+    )
     print(f"  (creating the {args.backups:,} manifests with 16 threads took {created:.1f} s, untimed)")
 
 

@@ -50,4 +50,5 @@ def resolve(name: str) -> Action:
     run = getattr(module, "run", None)
     if not callable(run):
         raise ConfigError(f"module {module_name} has no run() function")
-    return run  # type: ignore[no-any-return]
+    action: Action = run
+    return action

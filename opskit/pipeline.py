@@ -44,9 +44,7 @@ class StreamStats:
 class HashingReader(io.RawIOBase):
     """A readable that hashes and counts what passes through; optionally cancellable and reporting progress."""
 
-    def __init__(
-        self, source: Any, cancel: threading.Event | None = None, progress: Progress | None = None
-    ) -> None:
+    def __init__(self, source: Any, cancel: threading.Event | None = None, progress: Progress | None = None) -> None:
         super().__init__()
         self._source = source
         self._hash = hashlib.sha256()

@@ -157,9 +157,7 @@ class FaultProxy:
                     body = self._read_chunked()
                 fault = proxy._take_fault(self.command, self.path)
                 if fault is not None:
-                    proxy._record(
-                        self.command, self.path, fault.mode if fault.mode == "reset" else str(fault.status)
-                    )
+                    proxy._record(self.command, self.path, fault.mode if fault.mode == "reset" else str(fault.status))
                     if fault.mode == "reset":
                         # Drop the connection with no answer, as a crashed load balancer would.
                         self.connection.shutdown(socket.SHUT_RDWR)

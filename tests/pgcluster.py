@@ -91,15 +91,41 @@ def scram_cluster() -> Iterator[ScramCluster]:
     port = _free_port()
     started = False
     try:
-        _run([f"{bin_dir}/initdb", "-D", str(data_dir), "-U", user, f"--pwfile={pwfile}",
-              "--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
+        _run(
+            [
+                f"{bin_dir}/initdb",
+                "-D",
+                str(data_dir),
+                "-U",
+                user,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ]
+        )
         pwfile.unlink()
         options = (
             f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c password_encryption=scram-sha-256"
         )
-        _run([f"{bin_dir}/pg_ctl", "-D", str(data_dir), "-o", options, "-l", str(root / "server.log"),
-              "-w", "-t", "60", "start"])
+        _run(
+            [
+                f"{bin_dir}/pg_ctl",
+                "-D",
+                str(data_dir),
+                "-o",
+                options,
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         started = True
         cluster = ScramCluster("127.0.0.1", port, user, password, bin_dir, data_dir)
         _wait_until_ready(cluster)

@@ -102,8 +102,9 @@ def run(
         backup_id = new_backup_id(snapshot_time)
         log.info("backup started", target=target_config.name, backup_id=backup_id, storage=storage.name)
         try:
-            manifest = _dump_and_commit(ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id,
-                                        labels, extra or {})
+            manifest = _dump_and_commit(
+                ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id, labels, extra or {}
+            )
         except BaseException:
             _remove_partial_backup(storage, target_config.name, backup_id)
             raise
@@ -131,8 +132,9 @@ def _remove_partial_backup(storage: Storage, target: str, backup_id: str) -> Non
         for info in list(storage.list(backup_prefix(target, backup_id) + "/")):
             storage.delete(info.key)
     except Exception as exc:
-        log.warning("could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id,
-                    error=str(exc))
+        log.warning(
+            "could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id, error=str(exc)
+        )
 
 
 def _copy_to_secondary(ctx: AppContext, manifest: Manifest, source: Storage, name: str) -> str | None:
@@ -256,9 +258,7 @@ def _dump_and_commit(
 ) -> Manifest:
     started_at = ctx.clock()
     recipients = ctx.config.encryption.recipients
-    encryption = (
-        {"format": "age", "recipients": [recipient_fingerprint(r) for r in recipients]} if recipients else None
-    )
+    encryption = {"format": "age", "recipients": [recipient_fingerprint(r) for r in recipients]} if recipients else None
     facts_thread = _FactsThread(target, snapshot_id)
     facts_thread.start()
     phases: dict[str, float] = {}
@@ -272,8 +272,16 @@ def _dump_and_commit(
             "--no-password",
         ]
         phase_start = time.monotonic()
-        dump = _store_tool_output(ctx, target, storage, dump_argv, env, artifact_key(target.name, backup_id, "db",
-                                  bool(recipients)), f"backup {target.name}", "pg_dump")
+        dump = _store_tool_output(
+            ctx,
+            target,
+            storage,
+            dump_argv,
+            env,
+            artifact_key(target.name, backup_id, "db", bool(recipients)),
+            f"backup {target.name}",
+            "pg_dump",
+        )
         phases["dump"] = time.monotonic() - phase_start
         snapshot_facts = facts_thread.facts()
         globals_argv = [
@@ -287,16 +295,24 @@ def _dump_and_commit(
             # Only superusers may read pg_authid, where password hashes live.
             globals_argv.append("--no-role-passwords")
         phase_start = time.monotonic()
-        globals_result = _store_tool_output(ctx, target, storage, globals_argv, env,
-                                            artifact_key(target.name, backup_id, "globals", bool(recipients)),
-                                            f"globals {target.name}", "pg_dumpall")
+        globals_result = _store_tool_output(
+            ctx,
+            target,
+            storage,
+            globals_argv,
+            env,
+            artifact_key(target.name, backup_id, "globals", bool(recipients)),
+            f"globals {target.name}",
+            "pg_dumpall",
+        )
         phases["globals"] = time.monotonic() - phase_start
     phases["facts"] = facts_thread.seconds
     level = ctx.config.compression.level
     artifacts = (
         _artifact("db", artifact_key(target.name, backup_id, "db", bool(recipients)), dump, encryption),
-        _artifact("globals", artifact_key(target.name, backup_id, "globals", bool(recipients)), globals_result,
-                  encryption),
+        _artifact(
+            "globals", artifact_key(target.name, backup_id, "globals", bool(recipients)), globals_result, encryption
+        ),
     )
     server = pre.server.to_dict() | {"host": connection.describe(target)}
     manifest = Manifest(
@@ -308,10 +324,17 @@ def _dump_and_commit(
         finished_at=ctx.clock(),
         server=server,
         tools={
-            "pg_dump": {"path": pre.pg_dump.path, "version": pre.pg_dump.version, "major": pre.pg_dump.major,
-                        "argv": [a for a in dump_argv if not a.startswith("--dbname=")]},
-            "pg_dumpall": {"path": pre.pg_dumpall.path, "version": pre.pg_dumpall.version,
-                           "major": pre.pg_dumpall.major},
+            "pg_dump": {
+                "path": pre.pg_dump.path,
+                "version": pre.pg_dump.version,
+                "major": pre.pg_dump.major,
+                "argv": [a for a in dump_argv if not a.startswith("--dbname=")],
+            },
+            "pg_dumpall": {
+                "path": pre.pg_dumpall.path,
+                "version": pre.pg_dumpall.version,
+                "major": pre.pg_dumpall.major,
+            },
             "zstd": {"level": level, "library": f"python-zstandard {zstandard.__version__}"},
         },
         artifacts=artifacts,

@@ -88,9 +88,11 @@ def run(
 
     Returns the report; the caller turns ``failed`` into exit 4.
     """
-    names = list(ctx.config.targets) if all_targets or (target is None and len(ctx.config.targets) > 1) else [
-        ctx.target(target).name
-    ]
+    names = (
+        list(ctx.config.targets)
+        if all_targets or (target is None and len(ctx.config.targets) > 1)
+        else [ctx.target(target).name]
+    )
     report = CopyReport()
     for name in names:
         config = ctx.target(name)

@@ -362,8 +362,9 @@ def _check_full(
         Check(artifact.name, "plain sha256", artifact.plain_sha256, result.plain.sha256, True),
     ]
     if toc is not None:
-        checks.append(Check(artifact.name, "pg_restore --list", "a readable table of contents", toc.describe(),
-                            toc.readable))
+        checks.append(
+            Check(artifact.name, "pg_restore --list", "a readable table of contents", toc.describe(), toc.readable)
+        )
     return checks
 
 
@@ -375,5 +376,3 @@ def _dump_major(manifest: Manifest) -> int:
     """Return the lowest pg_restore major that can read the dump: the newer of server and pg_dump."""
     majors = [manifest.server.get("major"), (manifest.tools.get("pg_dump") or {}).get("major")]
     return max((int(m) for m in majors if isinstance(m, int)), default=0)
-
-

@@ -63,7 +63,9 @@ def read_artifact(
     """
     check_can_decrypt(artifact, identities, backup_id)
     plain = HashingWriter(_NonClosing(sink), progress=progress)
-    decompressor = zstandard.ZstdDecompressor().stream_writer(cast(BinaryIO, plain), write_size=CHUNK_SIZE, closefd=False)
+    decompressor = zstandard.ZstdDecompressor().stream_writer(
+        cast(BinaryIO, plain), write_size=CHUNK_SIZE, closefd=False
+    )
     with storage.reader(artifact.key) as raw:
         stored = HashingReader(raw, cancel=cancel)
         try:
@@ -124,4 +126,3 @@ def hash_stored(storage: Storage, artifact: Artifact, cancel: threading.Event | 
         reader = HashingReader(raw, cancel=cancel)
         pump(reader, Discard())
     return reader.stats()
-

@@ -68,4 +68,3 @@ def pin_key(target: str, backup_id: str) -> str:
 def drills_prefix(target: str) -> str:
     """Return the prefix drill reports of a target are stored under."""
     return join_key(target, DRILLS_DIR)
-

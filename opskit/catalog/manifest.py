@@ -145,11 +145,20 @@ class Manifest:
 
 # Field -> accepted types, checked after parsing so later code can trust them (bool is no int here).
 _ARTIFACT_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,), "key": (str,), "size": (int,), "sha256": (str,), "plain_size": (int,),
-    "plain_sha256": (str,), "compression": (str,), "encryption": (dict, type(None)),
+    "name": (str,),
+    "key": (str,),
+    "size": (int,),
+    "sha256": (str,),
+    "plain_size": (int,),
+    "plain_sha256": (str,),
+    "compression": (str,),
+    "encryption": (dict, type(None)),
 }
 _TABLE_TYPES: dict[str, tuple[type, ...]] = {
-    "schema": (str,), "name": (str,), "rows": (int,), "fingerprint": (str, type(None)),
+    "schema": (str,),
+    "name": (str,),
+    "rows": (int,),
+    "fingerprint": (str, type(None)),
 }
 
 
@@ -188,4 +197,3 @@ def _dict(data: Mapping[str, Any], key: str, required: bool = True) -> dict[str,
     if not isinstance(value, dict):
         raise ManifestError(f"manifest field '{key}' is missing or not an object")
     return value
-

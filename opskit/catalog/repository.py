@@ -84,9 +84,7 @@ class BadManifest:
     error: str
 
 
-def list_backups(
-    storage: Storage, target: str | None = None, bad: list[BadManifest] | None = None
-) -> list[Manifest]:
+def list_backups(storage: Storage, target: str | None = None, bad: list[BadManifest] | None = None) -> list[Manifest]:
     """Return every complete backup in the storage, newest snapshot first.
 
     Unreadable manifests are skipped; pass ``bad`` to collect them.

@@ -58,7 +58,9 @@ class LazyContext:
         """Return the AppContext, loading and validating the config on first use."""
         if self._app is None:
             config = load_config(self.config_path)
-            self._app = AppContext(config=config, interactive=sys.stdin.isatty() and sys.stderr.isatty(), debug=self.debug)
+            self._app = AppContext(
+                config=config, interactive=sys.stdin.isatty() and sys.stderr.isatty(), debug=self.debug
+            )
         return self._app
 
 
@@ -115,8 +117,13 @@ class OpskitGroup(click.Group):
 @click.group(cls=OpskitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="FILE", help="Config file (default: $OPSKIT_CONFIG, ./opskit.toml).")
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
-@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
-              help="Log format on stderr: console on a terminal, JSON otherwise.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="Log format on stderr: console on a terminal, JSON otherwise.",
+)
 @click.version_option(__version__, prog_name="opskit")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: str) -> None:

@@ -87,10 +87,17 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
     now = app.clock()
     table: list[list[Any]] = []
     for storage_name, m in rows:
-        table.append([
-            m.id, m.target, format_time(m.snapshot_time), format_duration(now - m.snapshot_time),
-            format_size(m.size), storage_name, ",".join(m.labels),
-        ])
+        table.append(
+            [
+                m.id,
+                m.target,
+                format_time(m.snapshot_time),
+                format_duration(now - m.snapshot_time),
+                format_size(m.size),
+                storage_name,
+                ",".join(m.labels),
+            ]
+        )
     echo_table(["ID", "TARGET", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"], table)
 
 

@@ -24,9 +24,13 @@ def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool
     app.dry_run = dry_run
     report = copy_action.run(app, target=target, storage=storage, all_targets=target is None)
     if as_json:
-        echo_json({"copied": [dict(zip(("target", "storage", "backup"), row, strict=True)) for row in report.copied],
-                   "skipped": report.skipped,
-                   "failed": [dict(zip(("target", "storage", "error"), row, strict=True)) for row in report.failed]})
+        echo_json(
+            {
+                "copied": [dict(zip(("target", "storage", "backup"), row, strict=True)) for row in report.copied],
+                "skipped": report.skipped,
+                "failed": [dict(zip(("target", "storage", "error"), row, strict=True)) for row in report.failed],
+            }
+        )
     else:
         verb = "would copy" if dry_run else "copied"
         for target_name, storage_name, backup_id in report.copied:

@@ -35,22 +35,16 @@ def drill() -> None:
 @click.option("--target", "-t", help="Target whose backup to drill (default: the only one).")
 @click.option("--backup", "backup_id", metavar="ID", help="Backup id or id prefix (default: the latest).")
 @click.option("--random", "random_pick", is_flag=True, help="Pick a random complete backup.")
-@click.option(
-    "--before", metavar="TIME", help="Pick the newest backup whose snapshot is before TIME (UTC ISO 8601)."
-)
+@click.option("--before", metavar="TIME", help="Pick the newest backup whose snapshot is before TIME (UTC ISO 8601).")
 @click.option("--staging", metavar="TARGET", help="Target to restore into (default: the target's staging).")
-@click.option(
-    "--database", metavar="NAME", help="Staging database name (default: opskit_drill_<target>_<id>)."
-)
+@click.option("--database", metavar="NAME", help="Staging database name (default: opskit_drill_<target>_<id>).")
 @click.option("--keep", is_flag=True, help="Keep the staging database afterwards.")
 @click.option(
     "--report-dir",
     type=click.Path(file_okay=False),
     help="Also write the reports (JSON, Markdown, HTML) here.",
 )
-@click.option(
-    "--trigger", default="manual", show_default=True, help="Recorded in the report (manual, schedule, ...)."
-)
+@click.option("--trigger", default="manual", show_default=True, help="Recorded in the report (manual, schedule, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 def restore(
@@ -96,9 +90,7 @@ def _summary(report: drill_action.DrillReport) -> None:
     manifest = report.manifest
     click.echo(f"drill {report.drill_id} of target '{report.target}': {report.verdict.upper()}")
     if manifest is not None:
-        click.echo(
-            f"  backup {manifest.id} ({report.storage}), snapshot {manifest.snapshot_time:%Y-%m-%d %H:%M:%SZ}"
-        )
+        click.echo(f"  backup {manifest.id} ({report.storage}), snapshot {manifest.snapshot_time:%Y-%m-%d %H:%M:%SZ}")
     for check in report.checks:
         mark = "ok  " if check.ok else "FAIL"
         detail = "" if check.ok else f": expected {check.expected}, got {check.actual}"

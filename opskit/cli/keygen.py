@@ -10,8 +10,11 @@ import pyrage
 
 
 @click.command("keygen")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the identity to this file (mode 0600) and print only the recipient.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the identity to this file (mode 0600) and print only the recipient.",
+)
 def keygen(out: Path | None) -> None:
     """Print a new age identity (private) and its recipient (public key for [encryption] recipients)."""
     identity = pyrage.x25519.Identity.generate()

@@ -33,22 +33,37 @@ def _print_applied(applied: Applied) -> None:
     click.echo(f"applied {applied.script}  [{what}: {applied.description}]  {applied.execution_ms} ms{mode}")
 
 
-target_option = click.option("--target", "-t", "target_name", metavar="NAME",
-                             help="Target database (default: the only one).")
+target_option = click.option(
+    "--target", "-t", "target_name", metavar="NAME", help="Target database (default: the only one)."
+)
 
 
 @click.group("migrate", invoke_without_command=True)
 @target_option
-@click.option("--to-version", "version_target", metavar="V",
-              help="Flyway target: a version (2.1, '2.1?' if it may be missing), current, next or latest.")
+@click.option(
+    "--to-version",
+    "version_target",
+    metavar="V",
+    help="Flyway target: a version (2.1, '2.1?' if it may be missing), current, next or latest.",
+)
 @click.option("--backup-first", is_flag=True, help="Take a 'pre-migrate' backup before applying anything.")
 @click.option("--rehearse", is_flag=True, help="Apply on a restored copy on the target's staging server first.")
 @click.option("--dry-run", is_flag=True, help="List what would run; change nothing.")
-@click.option("--restore-on-failure", is_flag=True, help="With --backup-first: restore the backup if a migration fails.")
+@click.option(
+    "--restore-on-failure", is_flag=True, help="With --backup-first: restore the backup if a migration fails."
+)
 @click.option("--yes", "-y", is_flag=True, help="Confirm the restore into a protected target without a prompt.")
 @click.pass_context
-def migrate_group(cctx: click.Context, target_name: str | None, version_target: str | None, backup_first: bool,
-                  rehearse: bool, dry_run: bool, restore_on_failure: bool, yes: bool) -> None:
+def migrate_group(
+    cctx: click.Context,
+    target_name: str | None,
+    version_target: str | None,
+    backup_first: bool,
+    rehearse: bool,
+    dry_run: bool,
+    restore_on_failure: bool,
+    yes: bool,
+) -> None:
     """Apply pending Flyway migrations (V*.sql, R__*.sql), one transaction each.
 
     Reads [migrations] of opskit.toml, an existing flyway.conf/flyway.toml and FLYWAY_*
@@ -58,24 +73,36 @@ def migrate_group(cctx: click.Context, target_name: str | None, version_target: 
     cctx.meta[_TARGET_KEY] = target_name
     if cctx.invoked_subcommand is not None:
         if any((version_target, backup_first, rehearse, dry_run, restore_on_failure, yes)):
-            raise click.UsageError(f"these options apply to 'opskit migrate' itself, not to "
-                                   f"'migrate {cctx.invoked_subcommand}'")
+            raise click.UsageError(
+                f"these options apply to 'opskit migrate' itself, not to 'migrate {cctx.invoked_subcommand}'"
+            )
         return
     if restore_on_failure and not backup_first:
         raise click.UsageError("--restore-on-failure needs --backup-first (there is nothing to restore otherwise)")
     app = _app(cctx)
     try:
-        outcome = action.run(app, target_name, version_target=version_target, backup_first=backup_first,
-                             rehearse=rehearse, dry_run=dry_run, restore_on_failure=restore_on_failure, yes=yes,
-                             on_applied=_print_applied, on_event=_say)
+        outcome = action.run(
+            app,
+            target_name,
+            version_target=version_target,
+            backup_first=backup_first,
+            rehearse=rehearse,
+            dry_run=dry_run,
+            restore_on_failure=restore_on_failure,
+            yes=yes,
+            on_applied=_print_applied,
+            on_event=_say,
+        )
     except MigrationFailed as exc:
         _print_failure(exc)
         raise
     report = outcome.report
     if report.dry_run:
         if report.applied:
-            click.echo(f"would apply {report.count} migration(s) to target '{outcome.target}' "
-                       f"(schema version now: {report.initial_version or '<< Empty Schema >>'}):")
+            click.echo(
+                f"would apply {report.count} migration(s) to target '{outcome.target}' "
+                f"(schema version now: {report.initial_version or '<< Empty Schema >>'}):"
+            )
             for applied in report.applied:
                 what = f"version {applied.version}" if applied.version else "repeatable"
                 mode = "" if applied.transactional else " (no transaction)"
@@ -83,9 +110,11 @@ def migrate_group(cctx: click.Context, target_name: str | None, version_target: 
         return
     if report.applied:
         total = sum(a.execution_ms for a in report.applied)
-        click.echo(f"Successfully applied {report.count} migration(s) to target '{outcome.target}', now at version "
-                   f"{report.target_version or report.initial_version or '<< Empty Schema >>'} "
-                   f"(execution time {total} ms)")
+        click.echo(
+            f"Successfully applied {report.count} migration(s) to target '{outcome.target}', now at version "
+            f"{report.target_version or report.initial_version or '<< Empty Schema >>'} "
+            f"(execution time {total} ms)"
+        )
     else:
         click.echo(f"Target '{outcome.target}' is up to date. No migration necessary.")
 
@@ -114,8 +143,10 @@ def info_command(cctx: click.Context, target_name: str | None, as_json: bool) ->
     from opskit.cli.render import echo_table
 
     click.echo(f"Schema version: {document['schemaVersion'] or '<< Empty Schema >>'}")
-    rows = [[m["category"], m["version"], m["description"], m["type"], m["installedOnUTC"], m["state"]]
-            for m in document["migrations"]]
+    rows = [
+        [m["category"], m["version"], m["description"], m["type"], m["installedOnUTC"], m["state"]]
+        for m in document["migrations"]
+    ]
     if rows:
         echo_table(["Category", "Version", "Description", "Type", "Installed On", "State"], rows)
     else:
@@ -141,8 +172,9 @@ def validate_command(cctx: click.Context, target_name: str | None) -> None:
 @click.option("--version", "version", metavar="V", help="Baseline version (default: baselineVersion, 1).")
 @click.option("--description", metavar="TEXT", help="Baseline description (default: << Flyway Baseline >>).")
 @click.pass_context
-def baseline_command(cctx: click.Context, target_name: str | None, version: str | None,
-                     description: str | None) -> None:
+def baseline_command(
+    cctx: click.Context, target_name: str | None, version: str | None, description: str | None
+) -> None:
     """Mark an existing database as being at VERSION, so older migrations never run on it."""
     report = action.baseline(_app(cctx), _target(cctx, target_name), version, description)
     if report.created:
@@ -159,8 +191,11 @@ def repair_command(cctx: click.Context, target_name: str | None) -> None:
     report = action.repair(_app(cctx), _target(cctx, target_name))
     if not report.actions:
         click.echo("Repair of the schema history was not needed: nothing changed.")
-    for text, items in (("removed failed row", report.removed), ("marked deleted", report.deleted),
-                        ("realigned", report.aligned)):
+    for text, items in (
+        ("removed failed row", report.removed),
+        ("marked deleted", report.deleted),
+        ("realigned", report.aligned),
+    ):
         for item in items:
             click.echo(f"{text}: {item.label}")
     if report.actions:

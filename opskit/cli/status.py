@@ -42,11 +42,7 @@ def _render(item: status_action.TargetStatus) -> None:
         )
     click.echo(f"  RPO: {item.rpo.explain()} [{item.rpo.status}]")
     for state in item.storages:
-        where = (
-            f"{state.backups} backups, newest {state.newest_id}"
-            if not state.error
-            else f"ERROR {state.error}"
-        )
+        where = f"{state.backups} backups, newest {state.newest_id}" if not state.error else f"ERROR {state.error}"
         click.echo(f"  storage {state.name} ({state.kind}{', offsite' if state.offsite else ''}): {where}")
     verdict = "holds" if item.three_two_one else "does NOT hold"
     click.echo(

@@ -40,9 +40,7 @@ def parse_settings(section: Section) -> DrillSettings:
         try:
             re.compile(pattern)
         except re.error as exc:
-            section.errors.add(
-                f"{section.key_path('allowed_restore_errors')}[{index}]", f"is not a regex: {exc}"
-            )
+            section.errors.add(f"{section.key_path('allowed_restore_errors')}[{index}]", f"is not a regex: {exc}")
     result = DrillSettings(
         keep_on_failure=section.bool("keep_on_failure", False),
         allowed_restore_errors=allowed,

@@ -71,7 +71,6 @@ _KIND = {flyway: kind for flyway, _, kind in _KEYS}
 _SNAKE = {flyway: snake for flyway, snake, _ in _KEYS}
 
 
-
 @dataclass(frozen=True)
 class Naming:
     """The file-name conventions (Flyway defaults)."""
@@ -235,13 +234,19 @@ def _build(section: Section, environ: Mapping[str, str], cwd: Path, home: Path) 
 def _merge(values: dict[str, Any], placeholders: dict[str, str], new: Mapping[str, Any]) -> None:
     for key, value in new.items():
         if key.startswith("placeholders."):
-            placeholders[key[len("placeholders."):].lower()] = "" if value is None else str(value)
+            placeholders[key[len("placeholders.") :].lower()] = "" if value is None else str(value)
         else:
             values[key] = value
 
 
-def _settings_from(values: Mapping[str, Any], placeholders: Mapping[str, str], section: Section, engine: str,
-                   flyway_binary: str, sources: tuple[str, ...]) -> MigrationSettings:
+def _settings_from(
+    values: Mapping[str, Any],
+    placeholders: Mapping[str, str],
+    section: Section,
+    engine: str,
+    flyway_binary: str,
+    sources: tuple[str, ...],
+) -> MigrationSettings:
     d = MigrationSettings()
     problems: list[str] = []
 
@@ -339,11 +344,10 @@ def _convert(value: Any, kind: str) -> Any:
 
 def _location_path(location: str, problems: list[str]) -> str:
     if location.startswith("filesystem:"):
-        return location[len("filesystem:"):]
+        return location[len("filesystem:") :]
     if ":" in location.split("/")[0] and not re.match(r"^[A-Za-z]:[\\/]", location):
         problems.append(
-            f"locations: '{location}' is not a filesystem location; opskit has no JVM classpath "
-            "(use filesystem:<dir>)"
+            f"locations: '{location}' is not a filesystem location; opskit has no JVM classpath (use filesystem:<dir>)"
         )
         return ""
     return location
@@ -352,7 +356,12 @@ def _location_path(location: str, problems: list[str]) -> str:
 def _valid_pattern(pattern: str) -> bool:
     kind, _, state = pattern.partition(":")
     return kind.lower() in ("*", "repeatable", "versioned") and state.lower() in (
-        "*", "missing", "pending", "ignored", "future")
+        "*",
+        "missing",
+        "pending",
+        "ignored",
+        "future",
+    )
 
 
 # --------------------------------------------------------------------------- Flyway files and env
@@ -389,7 +398,7 @@ def _read_conf(path: Path) -> dict[str, Any]:
             continue
         key, value = match.group(1), match.group(2)
         if key.startswith("flyway."):
-            key = key[len("flyway."):]
+            key = key[len("flyway.") :]
             if key in _KIND or key.startswith("placeholders."):
                 result[key] = value
     return result
@@ -438,7 +447,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             result[flyway_key] = environ[name]
     for name, value in environ.items():
         if name.startswith("FLYWAY_PLACEHOLDERS_") and len(name) > len("FLYWAY_PLACEHOLDERS_"):
-            result["placeholders." + name[len("FLYWAY_PLACEHOLDERS_"):].lower()] = value
+            result["placeholders." + name[len("FLYWAY_PLACEHOLDERS_") :].lower()] = value
     return result
 
 
@@ -455,8 +464,14 @@ _JDBC_PARAMS = {
     "targetservertype": "target_session_attrs",
     "user": "user",
 }
-_TARGET_SERVER_TYPES = {"any": "any", "primary": "read-write", "master": "read-write", "secondary": "read-only",
-                        "standby": "read-only", "preferSecondary": "prefer-standby"}
+_TARGET_SERVER_TYPES = {
+    "any": "any",
+    "primary": "read-write",
+    "master": "read-write",
+    "secondary": "read-only",
+    "standby": "read-only",
+    "preferSecondary": "prefer-standby",
+}
 
 
 def jdbc_to_conninfo(url: str, user: str | None = None) -> str:
@@ -469,7 +484,7 @@ def jdbc_to_conninfo(url: str, user: str | None = None) -> str:
     """
     if not url.startswith("jdbc:postgresql:"):
         raise ValueError(f"not a jdbc:postgresql: URL: {url.split('?')[0]}")
-    rest = url[len("jdbc:postgresql:"):]
+    rest = url[len("jdbc:postgresql:") :]
     rest, _, query = rest.partition("?")
     parts: dict[str, Any] = {}
     if rest.startswith("//"):

@@ -131,4 +131,3 @@ class Config:
             raise ConfigError(
                 f"no storage named '{name}'", hint=f"configured storages: {', '.join(sorted(self.storages))}"
             ) from None
-

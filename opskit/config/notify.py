@@ -48,4 +48,3 @@ def parse_settings(section: Section) -> NotifySettings:
     )
     section.finish()
     return settings
-

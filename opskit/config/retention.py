@@ -1,4 +1,5 @@
 """The ``[retention.NAME]`` policies: their model and parser."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -105,4 +106,3 @@ def _valid_zone(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError):
         return False
     return True
-

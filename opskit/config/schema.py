@@ -36,9 +36,7 @@ class ConfigErrors:
             return
         where = f" in {source}" if source else ""
         count = len(self.problems)
-        message = f"{count} problem{'s' if count > 1 else ''} in the configuration{where}: " + "; ".join(
-            self.problems
-        )
+        message = f"{count} problem{'s' if count > 1 else ''} in the configuration{where}: " + "; ".join(self.problems)
         error = ConfigError(message, hint="fix them and run 'opskit config check'")
         error.problems = list(self.problems)  # type: ignore[attr-defined]
         raise error
@@ -79,7 +77,9 @@ class Section:
             return default
         value = self.raw[key]
         # bool is an int in Python; a TOML `true` is never a valid number here.
-        if isinstance(value, kinds) and not (isinstance(value, builtins.bool) and builtins.bool not in _as_tuple(kinds)):
+        if isinstance(value, kinds) and not (
+            isinstance(value, builtins.bool) and builtins.bool not in _as_tuple(kinds)
+        ):
             return value
         self.errors.add(self.key_path(key), f"must be {what}, not {_describe(value)}")
         return default if default is not _MISSING else None
@@ -92,7 +92,13 @@ class Section:
         """Return a boolean value."""
         return bool(self.get(key, builtins.bool, default, "true or false"))
 
-    def int(self, key: builtins.str, default: Any = _MISSING, minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> Any:
+    def int(
+        self,
+        key: builtins.str,
+        default: Any = _MISSING,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> Any:
         """Return an integer within [minimum, maximum]."""
         value = self.get(key, builtins.int, default, "an integer")
         if isinstance(value, builtins.int) and key in self.raw:
@@ -199,4 +205,3 @@ def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
 def _describe(value: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a table"}
     return names.get(type(value), type(value).__name__)
-

@@ -37,9 +37,7 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None) -> Non
     use_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
     level = logging.DEBUG if debug else logging.INFO
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[

@@ -72,7 +72,9 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, Redactable):
         return value.redacted()
     if isinstance(value, str):
-        if _SECRET_KEY_RE.search(key) and not value.startswith(("env:", "file:", "aws-sm://", "gcp-sm://", "azure-kv://")):
+        if _SECRET_KEY_RE.search(key) and not value.startswith(
+            ("env:", "file:", "aws-sm://", "gcp-sm://", "azure-kv://")
+        ):
             return REDACTED
         return redact_text(value)
     if isinstance(value, dict):
@@ -80,4 +82,3 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_value(key, v) for v in value]
     return value
-

@@ -186,13 +186,11 @@ class DrillReport:
             names = ", ".join(c.name for c in failed) or "no check ran"
             raise VerificationFailed(
                 f"drill {self.drill_id} of target '{self.target}' failed: {names}",
-                hint="read the drill report"
-                + (f" ({self.reports['markdown']})" if "markdown" in self.reports else ""),
+                hint="read the drill report" + (f" ({self.reports['markdown']})" if "markdown" in self.reports else ""),
             )
         if self.breaches:
             raise ObjectiveBreached(
-                f"drill {self.drill_id} of target '{self.target}' passed its checks, but "
-                + "; ".join(self.breaches),
+                f"drill {self.drill_id} of target '{self.target}' passed its checks, but " + "; ".join(self.breaches),
                 hint="back up more often, or restore faster (drill.jobs above 1 on a host with spare cores, a closer storage)",
             )
 
@@ -439,16 +437,13 @@ def _pick(
         try:
             manifest = catalog.find_backup(store, target, backup)
         except ManifestError as exc:
-            result.checks.append(
-                DrillCheck("pre", "manifest readable", False, "a valid manifest", exc.message)
-            )
+            result.checks.append(DrillCheck("pre", "manifest readable", False, "a valid manifest", exc.message))
             return None, backups
     elif before is not None:
         earlier = [m for m in backups if m.snapshot_time < before]
         if not earlier:
             raise ConfigError(
-                f"target '{target}' has no backup taken before {catalog.format_time(before)} "
-                f"in storage '{store.name}'",
+                f"target '{target}' has no backup taken before {catalog.format_time(before)} in storage '{store.name}'",
                 hint="pick a later time, or look at 'opskit backup list'",
             )
         manifest = earlier[0]
@@ -493,9 +488,7 @@ def _pre_checks(
         timing.bytes = stats.size
     checks.append(DrillCheck("pre", "object exists", True, artifact.key, f"{stats.size} bytes"))
     checks.append(_size_check(manifest, stats.size, recent))
-    checks.append(
-        DrillCheck("pre", "stored sha256", stats.sha256 == artifact.sha256, artifact.sha256, stats.sha256)
-    )
+    checks.append(DrillCheck("pre", "stored sha256", stats.sha256 == artifact.sha256, artifact.sha256, stats.sha256))
     if not all(c.ok for c in checks):
         return False
 
@@ -522,9 +515,7 @@ def _pre_checks(
         try:
             artifacts.check_can_decrypt(artifact, identities, manifest.id)
         except OpskitError as exc:
-            checks.append(
-                DrillCheck("pre", "decrypts with the configured identity", False, "decrypts", exc.message)
-            )
+            checks.append(DrillCheck("pre", "decrypts with the configured identity", False, "decrypts", exc.message))
             return False
         if artifact.encryption:
             checks.append(
@@ -544,16 +535,12 @@ def _pre_checks(
                 )
         except OpskitError as exc:
             checks.append(
-                DrillCheck(
-                    "pre", "decrypt, decompress and plain sha256", False, artifact.plain_sha256, exc.message
-                )
+                DrillCheck("pre", "decrypt, decompress and plain sha256", False, artifact.plain_sha256, exc.message)
             )
             return False
         timing.bytes = read.plain.size
     checks.append(
-        DrillCheck(
-            "pre", "decrypt, decompress and plain sha256", True, artifact.plain_sha256, read.plain.sha256
-        )
+        DrillCheck("pre", "decrypt, decompress and plain sha256", True, artifact.plain_sha256, read.plain.sha256)
     )
     checks.append(
         DrillCheck("pre", "pg_restore --list reads it", toc.readable, "a readable table of contents", toc.describe())
@@ -574,9 +561,7 @@ def _size_check(manifest: Manifest, size: int, recent: Sequence[Manifest]) -> Dr
             "pre", "size within recent range", False, f"{expected_size} bytes (manifest)", f"{size} bytes"
         )
     if not others:
-        return DrillCheck(
-            "pre", "size within recent range", True, "no earlier backup to compare with", f"{size} bytes"
-        )
+        return DrillCheck("pre", "size within recent range", True, "no earlier backup to compare with", f"{size} bytes")
     low, high = min(others) / SIZE_FACTOR, max(others) * SIZE_FACTOR
     return DrillCheck(
         "pre",
@@ -629,9 +614,7 @@ def _restore(
         timing.bytes = restored.bytes_restored
     patterns = [re.compile(p) for p in settings.allowed_restore_errors]
     for line in restored.pg_restore_errors:
-        (result.allowed_errors if any(p.search(line) for p in patterns) else result.unexpected_errors).append(
-            line
-        )
+        (result.allowed_errors if any(p.search(line) for p in patterns) else result.unexpected_errors).append(line)
     result.checks.append(
         DrillCheck(
             "restore",
@@ -685,9 +668,7 @@ def _post_checks(
         if manifest.objects:
             have = {k: actual.objects.get(k) for k in manifest.objects}
             checks.append(
-                DrillCheck(
-                    "post", "object counts", have == dict(manifest.objects), dict(manifest.objects), have
-                )
+                DrillCheck("post", "object counts", have == dict(manifest.objects), dict(manifest.objects), have)
             )
         invalid = facts.invalid_indexes(conn)
         checks.append(DrillCheck("post", "no invalid indexes", not invalid, [], invalid))
@@ -700,10 +681,7 @@ def _post_checks(
                 "sequences at or past their columns",
                 not lags,
                 f"{count} sequences >= max of their column",
-                [
-                    f"{lag.sequence}: last value {lag.last_value} < {lag.column} max {lag.column_max}"
-                    for lag in lags
-                ]
+                [f"{lag.sequence}: last value {lag.last_value} < {lag.column} max {lag.column_max}" for lag in lags]
                 or f"{count} sequences ok",
             )
         )
@@ -747,9 +725,7 @@ def _smoke(conn: psycopg.Connection[Any], path: Path) -> DrillCheck:
     return DrillCheck("post", name, ok, "one row, first column true", actual)
 
 
-def _cleanup(
-    staging: TargetConfig, database: str, keep: bool, settings: DrillSettings, result: DrillReport
-) -> None:
+def _cleanup(staging: TargetConfig, database: str, keep: bool, settings: DrillSettings, result: DrillReport) -> None:
     """Drop the staging database unless kept; record what happened."""
     failed = not result.passed
     if keep or (failed and settings.keep_on_failure):
@@ -768,9 +744,7 @@ def _cleanup(
 # --------------------------------------------------------------------------- reports
 
 
-def _write_reports(
-    ctx: AppContext, store: Storage, result: DrillReport, report_dir: str | Path | None
-) -> None:
+def _write_reports(ctx: AppContext, store: Storage, result: DrillReport, report_dir: str | Path | None) -> None:
     """Store JSON, Markdown and HTML next to the backups, and in ``report_dir`` when given.
 
     A storage failure here is a warning: the drill's verdict stands and is still printed.
@@ -810,9 +784,7 @@ def _record_verdict(store: Storage, result: DrillReport) -> None:
         from opskit.backup import verify
     except ImportError:  # pragma: no cover - verify ships in the same package
         return
-    checks = tuple(
-        verify.Check("db", c.name, _plain(c.expected), _plain(c.actual), c.ok) for c in result.checks
-    )
+    checks = tuple(verify.Check("db", c.name, _plain(c.expected), _plain(c.actual), c.ok) for c in result.checks)
     record = verify.Verification(
         target=result.target,
         backup_id=result.manifest.id,

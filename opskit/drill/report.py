@@ -53,8 +53,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Restore drill {report.get('drill_id')}: {str(report.get('verdict', '')).upper()}",
         "",
-        f"- Target: `{report.get('target')}`; trigger: {report.get('trigger')}; "
-        f"opskit {report.get('opskit_version')}",
+        f"- Target: `{report.get('target')}`; trigger: {report.get('trigger')}; opskit {report.get('opskit_version')}",
         f"- Backup: `{backup.get('id')}` from storage `{backup.get('storage')}`, "
         f"snapshot {backup.get('snapshot_time')},"
         f" {backup.get('size')} bytes, sha256 `{backup.get('sha256')}`",

@@ -28,8 +28,10 @@ def find_binary(settings: MigrationSettings) -> str:
     """Return the path of the flyway binary. Raises ConfigError when it is not installed."""
     found = shutil.which(settings.flyway_binary)
     if found is None:
-        raise ConfigError(f"engine = \"flyway\" but no '{settings.flyway_binary}' binary was found",
-                          hint="install Flyway, set migrations.flyway_binary, or use engine = \"opskit\"")
+        raise ConfigError(
+            f"engine = \"flyway\" but no '{settings.flyway_binary}' binary was found",
+            hint='install Flyway, set migrations.flyway_binary, or use engine = "opskit"',
+        )
     return found
 
 
@@ -40,13 +42,21 @@ def jdbc_url(target: TargetConfig) -> str:
     host = str(parts.get("host") or env.get("PGHOST") or "localhost")
     port = str(parts.get("port") or env.get("PGPORT") or "5432")
     if host.startswith("/"):
-        raise ConfigError(f"target '{target.name}' connects through a Unix socket, which Flyway's JDBC driver cannot",
-                          hint="give the target a host name or address")
-    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in zip(host.split(","), port.split(","),
-                                                                              strict=False))
+        raise ConfigError(
+            f"target '{target.name}' connects through a Unix socket, which Flyway's JDBC driver cannot",
+            hint="give the target a host name or address",
+        )
+    hosts = ",".join(
+        f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in zip(host.split(","), port.split(","), strict=False)
+    )
     params = {}
-    for libpq, jdbc in (("sslmode", "sslmode"), ("sslrootcert", "sslrootcert"), ("sslcert", "sslcert"),
-                        ("sslkey", "sslkey"), ("connect_timeout", "connectTimeout")):
+    for libpq, jdbc in (
+        ("sslmode", "sslmode"),
+        ("sslrootcert", "sslrootcert"),
+        ("sslcert", "sslcert"),
+        ("sslkey", "sslkey"),
+        ("connect_timeout", "connectTimeout"),
+    ):
         if parts.get(libpq):
             params[jdbc] = str(parts[libpq])
     query = f"?{urlencode(params)}" if params else ""
@@ -62,19 +72,33 @@ def _arguments(target: TargetConfig, settings: MigrationSettings) -> tuple[list[
     args.append("-locations=" + ",".join(f"filesystem:{os.path.abspath(p)}" for p in settings.locations))
     s = settings
     simple: dict[str, Any] = {
-        "table": s.table, "schemas": ",".join(s.schemas), "defaultSchema": s.default_schema,
-        "tablespace": s.tablespace, "baselineOnMigrate": s.baseline_on_migrate,
-        "baselineVersion": s.baseline_version, "baselineDescription": s.baseline_description,
-        "validateOnMigrate": s.validate_on_migrate, "outOfOrder": s.out_of_order, "target": s.target,
-        "ignoreMigrationPatterns": ",".join(s.ignore_migration_patterns), "installedBy": s.installed_by,
-        "createSchemas": s.create_schemas, "mixed": s.mixed, "group": s.group,
-        "executeInTransaction": s.execute_in_transaction, "encoding": s.encoding,
-        "sqlMigrationPrefix": s.naming.versioned_prefix, "sqlMigrationSeparator": s.naming.separator,
+        "table": s.table,
+        "schemas": ",".join(s.schemas),
+        "defaultSchema": s.default_schema,
+        "tablespace": s.tablespace,
+        "baselineOnMigrate": s.baseline_on_migrate,
+        "baselineVersion": s.baseline_version,
+        "baselineDescription": s.baseline_description,
+        "validateOnMigrate": s.validate_on_migrate,
+        "outOfOrder": s.out_of_order,
+        "target": s.target,
+        "ignoreMigrationPatterns": ",".join(s.ignore_migration_patterns),
+        "installedBy": s.installed_by,
+        "createSchemas": s.create_schemas,
+        "mixed": s.mixed,
+        "group": s.group,
+        "executeInTransaction": s.execute_in_transaction,
+        "encoding": s.encoding,
+        "sqlMigrationPrefix": s.naming.versioned_prefix,
+        "sqlMigrationSeparator": s.naming.separator,
         "sqlMigrationSuffixes": ",".join(s.naming.suffixes),
         "repeatableSqlMigrationPrefix": s.naming.repeatable_prefix,
-        "validateMigrationNaming": s.validate_migration_naming, "lockRetryCount": s.lock_retry_count,
-        "placeholderReplacement": s.placeholder_syntax.enabled, "placeholderPrefix": s.placeholder_syntax.prefix,
-        "placeholderSuffix": s.placeholder_syntax.suffix, "placeholderSeparator": s.placeholder_syntax.separator,
+        "validateMigrationNaming": s.validate_migration_naming,
+        "lockRetryCount": s.lock_retry_count,
+        "placeholderReplacement": s.placeholder_syntax.enabled,
+        "placeholderPrefix": s.placeholder_syntax.prefix,
+        "placeholderSuffix": s.placeholder_syntax.suffix,
+        "placeholderSeparator": s.placeholder_syntax.separator,
         "postgresql.transactional.lock": s.transactional_lock,
     }
     for key, value in simple.items():
@@ -90,8 +114,9 @@ def _arguments(target: TargetConfig, settings: MigrationSettings) -> tuple[list[
     return args, env
 
 
-def run_flyway(command: str, target: TargetConfig, settings: MigrationSettings,
-               extra: list[str] | None = None) -> dict[str, Any]:
+def run_flyway(
+    command: str, target: TargetConfig, settings: MigrationSettings, extra: list[str] | None = None
+) -> dict[str, Any]:
     """Run ``flyway <command>`` and return its JSON document.
 
     Raises UnreachableError when the binary cannot start or prints no JSON, and
@@ -138,8 +163,15 @@ def migrate(target: TargetConfig, settings: MigrationSettings, dry_run: bool = F
 def _applied(m: dict[str, Any]) -> Applied:
     version = m.get("version") or None
     filepath = m.get("filepath") or ""
-    return Applied(m.get("category") or ("Versioned" if version else "Repeatable"), version, m.get("rawVersion"),
-                   m.get("description", ""), os.path.basename(filepath), filepath, int(m.get("executionTime") or 0))
+    return Applied(
+        m.get("category") or ("Versioned" if version else "Repeatable"),
+        version,
+        m.get("rawVersion"),
+        m.get("description", ""),
+        os.path.basename(filepath),
+        filepath,
+        int(m.get("executionTime") or 0),
+    )
 
 
 def info(target: TargetConfig, settings: MigrationSettings) -> Any:
@@ -147,8 +179,14 @@ def info(target: TargetConfig, settings: MigrationSettings) -> Any:
     from opskit.migrate.migrate import InfoOutcome
 
     document = run_flyway("info", target, settings)
-    outcome = InfoOutcome(target.name, InfoState([]), document.get("schemaName", ""), document.get("database", ""),
-                          bool(document.get("allSchemasEmpty")), None)
+    outcome = InfoOutcome(
+        target.name,
+        InfoState([]),
+        document.get("schemaName", ""),
+        document.get("database", ""),
+        bool(document.get("allSchemasEmpty")),
+        None,
+    )
     outcome.raw = document
     return outcome
 
@@ -157,23 +195,28 @@ def validate(target: TargetConfig, settings: MigrationSettings) -> InfoState:
     """Run ``flyway validate``. Raises VerificationFailed with Flyway's messages."""
     document = run_flyway("validate", target, settings)
     if document.get("validationSuccessful") is False:
-        messages = [str((m.get("errorDetails") or {}).get("errorMessage", "")) for m in
-                    document.get("invalidMigrations", [])]
+        messages = [
+            str((m.get("errorDetails") or {}).get("errorMessage", "")) for m in document.get("invalidMigrations", [])
+        ]
         error = VerificationFailed("Validate failed: Migrations have failed validation\n" + "\n".join(messages))
         error.errors = messages  # type: ignore[attr-defined]
         raise error
     return InfoState([])
 
 
-def baseline(target: TargetConfig, settings: MigrationSettings, version: str | None,
-             description: str | None) -> BaselineReport:
+def baseline(
+    target: TargetConfig, settings: MigrationSettings, version: str | None, description: str | None
+) -> BaselineReport:
     """Run ``flyway baseline``."""
     extra = [f"-baselineVersion={version}"] if version else []
     if description:
         extra.append(f"-baselineDescription={description}")
     document = run_flyway("baseline", target, settings, extra)
-    return BaselineReport(str(document.get("baselineVersion") or version or settings.baseline_version),
-                          description or settings.baseline_description, bool(document.get("successfullyBaselined")))
+    return BaselineReport(
+        str(document.get("baselineVersion") or version or settings.baseline_version),
+        description or settings.baseline_description,
+        bool(document.get("successfullyBaselined")),
+    )
 
 
 def repair(target: TargetConfig, settings: MigrationSettings) -> RepairReport:

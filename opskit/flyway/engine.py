@@ -70,8 +70,21 @@ OUTDATED = "Outdated"
 SUPERSEDED = "Superseded"
 DELETED = "Deleted"
 FAILED_STATES = frozenset({FAILED, MISSING_FAILED, FUTURE_FAILED})
-APPLIED_STATES = frozenset({BASELINE, SUCCESS, OUT_OF_ORDER, FAILED, MISSING, MISSING_FAILED, FUTURE, FUTURE_FAILED,
-                            OUTDATED, SUPERSEDED, DELETED})
+APPLIED_STATES = frozenset(
+    {
+        BASELINE,
+        SUCCESS,
+        OUT_OF_ORDER,
+        FAILED,
+        MISSING,
+        MISSING_FAILED,
+        FUTURE,
+        FUTURE_FAILED,
+        OUTDATED,
+        SUPERSEDED,
+        DELETED,
+    }
+)
 
 
 # --------------------------------------------------------------------------- resolved migrations
@@ -241,12 +254,16 @@ class InfoState:
 
     def failed(self, future_ignored: bool = True) -> list[Info]:
         """Return the failed rows (a Failed (Future) row counts only when future is not ignored)."""
-        return [i for i in self.infos if i.state in (FAILED, MISSING_FAILED)
-                or (i.state == FUTURE_FAILED and not future_ignored)]
+        return [
+            i
+            for i in self.infos
+            if i.state in (FAILED, MISSING_FAILED) or (i.state == FUTURE_FAILED and not future_ignored)
+        ]
 
 
-def build_state(resolved: Sequence[Resolved], applied: Sequence[AppliedRow], target: Target,
-                out_of_order: bool) -> InfoState:
+def build_state(
+    resolved: Sequence[Resolved], applied: Sequence[AppliedRow], target: Target, out_of_order: bool
+) -> InfoState:
     """Pair resolved scripts with history rows and compute every state (spec 4.3).
 
     Versioned rows pair by version; repeatable rows by description, where only the highest
@@ -318,22 +335,29 @@ def build_state(resolved: Sequence[Resolved], applied: Sequence[AppliedRow], tar
         else:
             info.resolved = resolved_repeatable.get(row.description)
             if not info.deleted:
-                latest_runs[row.description] = max(latest_runs.get(row.description, row.installed_rank),
-                                                   row.installed_rank)
+                latest_runs[row.description] = max(
+                    latest_runs.get(row.description, row.installed_rank), row.installed_rank
+                )
     pending_repeatable = dict(resolved_repeatable)
     for info in infos:
         row = info.applied
         assert row is not None
-        if (row.version is None and not row.is_synthetic and info.resolved is not None and not info.deleted
-                and row.installed_rank == latest_runs.get(row.description)
-                and info.resolved.checksum_matches(row.checksum)):
+        if (
+            row.version is None
+            and not row.is_synthetic
+            and info.resolved is not None
+            and not info.deleted
+            and row.installed_rank == latest_runs.get(row.description)
+            and info.resolved.checksum_matches(row.checksum)
+        ):
             pending_repeatable.pop(row.description, None)
 
     state = InfoState(infos, baseline, last_applied, last_resolved, target_version)
     for info in infos:
         info.state = _applied_state(info, state, latest_runs)
-    waiting = sorted(list(pending_versioned.values()) + list(pending_repeatable.values()),
-                     key=lambda r: order_key(r.script))
+    waiting = sorted(
+        list(pending_versioned.values()) + list(pending_repeatable.values()), key=lambda r: order_key(r.script)
+    )
     for item in waiting:
         info = Info(item, None)
         info.state = _unapplied_state(item, state, target, out_of_order)
@@ -421,32 +445,48 @@ def validation_errors(state: InfoState, patterns: Sequence[str]) -> list[str]:
         future_ignored = _state_ignored(patterns, "future", repeatable)
         if info.state in FAILED_STATES and not (info.state == FUTURE_FAILED and future_ignored):
             if repeatable:
-                errors.append(f"Detected failed repeatable migration: {info.description}.\nPlease remove any "
-                              "half-completed changes then run repair to fix the schema history.")
+                errors.append(
+                    f"Detected failed repeatable migration: {info.description}.\nPlease remove any "
+                    "half-completed changes then run repair to fix the schema history."
+                )
             else:
-                errors.append(f"Detected failed migration to version {info.version_text} ({info.description}).\n"
-                              "Please remove any half-completed changes then run repair to fix the schema history.")
+                errors.append(
+                    f"Detected failed migration to version {info.version_text} ({info.description}).\n"
+                    "Please remove any half-completed changes then run repair to fix the schema history."
+                )
             continue
-        if (info.applied is not None and info.resolved is None and not info.is_synthetic
-                and info.state not in (SUPERSEDED, FUTURE_FAILED)):
+        if (
+            info.applied is not None
+            and info.resolved is None
+            and not info.is_synthetic
+            and info.state not in (SUPERSEDED, FUTURE_FAILED)
+        ):
             if info.state == FUTURE and future_ignored:
                 continue
-            errors.append(f"Detected applied migration not resolved locally: {info.label}.\nIf you removed this "
-                          "migration intentionally, run repair to mark the migration as deleted.")
+            errors.append(
+                f"Detected applied migration not resolved locally: {info.label}.\nIf you removed this "
+                "migration intentionally, run repair to mark the migration as deleted."
+            )
             continue
         pending_ignored = _state_ignored(patterns, "pending", repeatable)
         if info.state == IGNORED:
-            errors.append(f"Detected resolved migration not applied to database: {info.label}.\nTo ignore this "
-                          "migration, set -ignoreMigrationPatterns='*:ignored'. To allow executing this migration, "
-                          "set -outOfOrder=true.")
+            errors.append(
+                f"Detected resolved migration not applied to database: {info.label}.\nTo ignore this "
+                "migration, set -ignoreMigrationPatterns='*:ignored'. To allow executing this migration, "
+                "set -outOfOrder=true."
+            )
             continue
         if info.state == PENDING and not pending_ignored:
-            errors.append(f"Detected resolved migration not applied to database: {info.label}.\nTo fix this error, "
-                          "either run migrate, or set -ignoreMigrationPatterns='*:pending'.")
+            errors.append(
+                f"Detected resolved migration not applied to database: {info.label}.\nTo fix this error, "
+                "either run migrate, or set -ignoreMigrationPatterns='*:pending'."
+            )
             continue
         if info.state == OUTDATED and not pending_ignored:
-            errors.append(f"Detected outdated resolved repeatable migration that should be re-applied to database: "
-                          f"{info.description}.\nRun migrate to execute this migration.")
+            errors.append(
+                f"Detected outdated resolved repeatable migration that should be re-applied to database: "
+                f"{info.description}.\nRun migrate to execute this migration."
+            )
             continue
         if info.applied is None or info.resolved is None or info.is_synthetic:
             continue
@@ -465,14 +505,20 @@ def _mismatch(info: Info) -> str | None:
     what = f"version {row.version}" if row.version else f"description {row.description}"
     tail = "\nEither revert the changes to the migration, or run repair to update the schema history."
     if row.type != "SQL":
-        return (f"Migration type mismatch for migration {what}\n-> Applied to database : {row.type}\n"
-                f"-> Resolved locally    : SQL{tail}")
+        return (
+            f"Migration type mismatch for migration {what}\n-> Applied to database : {row.type}\n"
+            f"-> Resolved locally    : SQL{tail}"
+        )
     if row.version is not None and row.checksum is not None and not resolved.checksum_matches(row.checksum):
-        return (f"Migration checksum mismatch for migration {what}\n-> Applied to database : {row.checksum}\n"
-                f"-> Resolved locally    : {resolved.checksum}{tail}")
+        return (
+            f"Migration checksum mismatch for migration {what}\n-> Applied to database : {row.checksum}\n"
+            f"-> Resolved locally    : {resolved.checksum}{tail}"
+        )
     if abbreviate_description(resolved.description) != row.description:
-        return (f"Migration description mismatch for migration {what}\n-> Applied to database : {row.description}\n"
-                f"-> Resolved locally    : {resolved.description}{tail}")
+        return (
+            f"Migration description mismatch for migration {what}\n-> Applied to database : {row.description}\n"
+            f"-> Resolved locally    : {resolved.description}{tail}"
+        )
     return None
 
 
@@ -537,9 +583,14 @@ class BaselineReport:
 class Engine:
     """Flyway's commands on one database connection (autocommit; the engine opens transactions itself)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], settings: MigrationSettings, *,
-                 clock: Callable[[], datetime] | None = None,
-                 on_lock_wait: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        settings: MigrationSettings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        on_lock_wait: Callable[[int], None] | None = None,
+    ) -> None:
         if not conn.autocommit:
             conn.autocommit = True
         self.conn = conn
@@ -548,15 +599,19 @@ class Engine:
         self.on_lock_wait = on_lock_wait
         self._user: str | None = None
         self._scripts: tuple[Script, ...] | None = None
-        row = conn.execute("SELECT current_user, current_setting('search_path'), current_database(),"
-                           " current_schema(), current_setting('server_version_num')::int").fetchone()
+        row = conn.execute(
+            "SELECT current_user, current_setting('search_path'), current_database(),"
+            " current_schema(), current_setting('server_version_num')::int"
+        ).fetchone()
         assert row is not None
         self.original_role, self.original_search_path, self.database = row[0], row[1], row[2]
         self.server_version_num = int(row[4])
         schema = settings.default_schema or (settings.schemas[0] if settings.schemas else row[3])
         if not schema:
-            raise ConfigError("no default schema: the search_path names no existing schema",
-                              hint="set migrations.default_schema or migrations.schemas")
+            raise ConfigError(
+                "no default schema: the search_path names no existing schema",
+                hint="set migrations.default_schema or migrations.schemas",
+            )
         self.schema: str = schema
         self.history = HistoryTable(schema, settings.table, settings.tablespace)
         self.timestamp = self.clock().strftime("%Y-%m-%d %H:%M:%S")
@@ -604,12 +659,17 @@ class Engine:
     def state(self, target: Target | None = None, out_of_order: bool | None = None) -> InfoState:
         """Return the info state (history rows paired with scripts)."""
         target = target or Target.parse(self.settings.target)
-        return build_state(self.resolved(), self.history.read(self.conn), target,
-                           self.settings.out_of_order if out_of_order is None else out_of_order)
+        return build_state(
+            self.resolved(),
+            self.history.read(self.conn),
+            target,
+            self.settings.out_of_order if out_of_order is None else out_of_order,
+        )
 
     def _schema_exists(self, schema: str) -> bool:
-        row = self.conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)",
-                                (schema,)).fetchone()
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)", (schema,)
+        ).fetchone()
         return bool(row and row[0])
 
     # ------------------------------------------------------------------ info / validate
@@ -626,8 +686,7 @@ class Engine:
         patterns = list(self.settings.ignore_migration_patterns) + list(extra_patterns)
         state = self.state()
         errors: list[str] = []
-        if (not self._schema_exists(self.schema) and state.infos
-                and not _state_ignored(patterns, "pending", False)):
+        if not self._schema_exists(self.schema) and state.infos and not _state_ignored(patterns, "pending", False):
             errors.append(f"Schema {quote_java(self.schema)} doesn't exist yet")
         else:
             errors = validation_errors(state, patterns)
@@ -646,8 +705,9 @@ class Engine:
         target = Target.parse(self.settings.target)
         if dry_run:
             return self._plan(target)
-        acquire_lock(self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True,
-                     on_wait=self.on_lock_wait)
+        acquire_lock(
+            self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
+        )
         try:
             return self._migrate_locked(target, on_applied)
         finally:
@@ -664,12 +724,14 @@ class Engine:
             report.created_table = True
             schemas = self.settings.schemas or (self.schema,)
             if self.settings.baseline_on_migrate and any(
-                    self._schema_exists(s) and not self.schema_empty(s) for s in schemas):
+                self._schema_exists(s) and not self.schema_empty(s) for s in schemas
+            ):
                 # migrate would baseline first; what is at or below the baseline would not run.
                 report.baselined = True
                 floor = Version.parse(self.settings.baseline_version)
-                pending = [i for i in pending if i.resolved is None or i.resolved.version is None
-                           or i.resolved.version > floor]
+                pending = [
+                    i for i in pending if i.resolved is None or i.resolved.version is None or i.resolved.version > floor
+                ]
         for info in pending:
             report.applied.append(self._describe(info, 0, self._transactional(info.resolved.script)))  # type: ignore[union-attr]
         report.target_version = _last_version(report.applied) or None
@@ -713,11 +775,18 @@ class Engine:
         report.target_version = _last_version(report.applied) or None
         return report
 
-    def _apply_pending(self, state: InfoState, target: Target, values: dict[str, str], report: MigrateReport,
-                       on_applied: Callable[[Applied], None] | None) -> None:
+    def _apply_pending(
+        self,
+        state: InfoState,
+        target: Target,
+        values: dict[str, str],
+        report: MigrateReport,
+        on_applied: Callable[[Applied], None] | None,
+    ) -> None:
         while True:
-            failed = state.failed(future_ignored=_state_ignored(self.settings.ignore_migration_patterns, "future",
-                                                                False))
+            failed = state.failed(
+                future_ignored=_state_ignored(self.settings.ignore_migration_patterns, "future", False)
+            )
             if failed:
                 info = failed[0]
                 raise MigrationFailed(
@@ -757,9 +826,19 @@ class Engine:
                 self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
             if not self.history.exists(self.conn):
                 self.history.create(self.conn)
-                self.history.insert(self.conn, NewRow(None, SCHEMA_DESCRIPTION, "SCHEMA",
-                                                      ",".join(quote_java(s) for s in missing), None,
-                                                      self.installed_by, 0, True))
+                self.history.insert(
+                    self.conn,
+                    NewRow(
+                        None,
+                        SCHEMA_DESCRIPTION,
+                        "SCHEMA",
+                        ",".join(quote_java(s) for s in missing),
+                        None,
+                        self.installed_by,
+                        0,
+                        True,
+                    ),
+                )
         return tuple(missing)
 
     def schema_empty(self, schema: str) -> bool:
@@ -815,9 +894,16 @@ class Engine:
 
     def _describe(self, info: Info, elapsed_ms: int, transactional: bool) -> Applied:
         script = info.resolved.script  # type: ignore[union-attr]
-        return Applied("Versioned" if script.version else "Repeatable", script.version.text if script.version else None,
-                       script.version.raw if script.version else None, script.description, script.script,
-                       str(script.path), elapsed_ms, transactional)
+        return Applied(
+            "Versioned" if script.version else "Repeatable",
+            script.version.text if script.version else None,
+            script.version.raw if script.version else None,
+            script.description,
+            script.script,
+            str(script.path),
+            elapsed_ms,
+            transactional,
+        )
 
     def _apply(self, info: Info, values: dict[str, str]) -> Applied:
         resolved = info.resolved
@@ -854,8 +940,11 @@ class Engine:
                 raise _failure(script, exc, rolled_back=True) from exc
         else:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                raise ConfigError(f"migration {script.script} cannot run inside a transaction, and group = true "
-                                  "puts every migration in one", hint="set migrations.group = false")
+                raise ConfigError(
+                    f"migration {script.script} cannot run inside a transaction, and group = true "
+                    "puts every migration in one",
+                    hint="set migrations.group = false",
+                )
             for statement in split_statements(text):
                 try:
                     self.conn.execute(statement)
@@ -871,8 +960,19 @@ class Engine:
     def _record_failure(self, row: NewRow) -> None:
         try:
             with self.conn.transaction():
-                self.history.insert(self.conn, NewRow(row.version, row.description, row.type, row.script,
-                                                      row.checksum, row.installed_by, row.execution_time, False))
+                self.history.insert(
+                    self.conn,
+                    NewRow(
+                        row.version,
+                        row.description,
+                        row.type,
+                        row.script,
+                        row.checksum,
+                        row.installed_by,
+                        row.execution_time,
+                        False,
+                    ),
+                )
         except psycopg.Error as exc:
             log.error("could not record the failed migration", error=str(exc))
 
@@ -883,11 +983,13 @@ class Engine:
 
         Raises VerificationFailed when the table already holds a different baseline or migrations.
         """
-        acquire_lock(self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True,
-                     on_wait=self.on_lock_wait)
+        acquire_lock(
+            self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
+        )
         try:
-            return self._baseline_locked(version or self.settings.baseline_version,
-                                         description or self.settings.baseline_description)
+            return self._baseline_locked(
+                version or self.settings.baseline_version, description or self.settings.baseline_description
+            )
         finally:
             release_lock(self.conn, self.history.lock_key)
 
@@ -902,15 +1004,32 @@ class Engine:
                 created_schema = False
                 if not self._schema_exists(self.schema):
                     if not self.settings.create_schemas:
-                        raise ConfigError(f"Schema {quote_java(self.schema)} doesn't exist yet",
-                                          hint="create it, or set migrations.create_schemas = true")
+                        raise ConfigError(
+                            f"Schema {quote_java(self.schema)} doesn't exist yet",
+                            hint="create it, or set migrations.create_schemas = true",
+                        )
                     self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
                     created_schema = True
-                self.history.create(self.conn, baseline=NewRow(version.text, description, "BASELINE", description,
-                                                               None, self.installed_by, 0, True))
+                self.history.create(
+                    self.conn,
+                    baseline=NewRow(
+                        version.text, description, "BASELINE", description, None, self.installed_by, 0, True
+                    ),
+                )
                 if created_schema:
-                    self.history.insert(self.conn, NewRow(None, SCHEMA_DESCRIPTION, "SCHEMA",
-                                                          quote_java(self.schema), None, self.installed_by, 0, True))
+                    self.history.insert(
+                        self.conn,
+                        NewRow(
+                            None,
+                            SCHEMA_DESCRIPTION,
+                            "SCHEMA",
+                            quote_java(self.schema),
+                            None,
+                            self.installed_by,
+                            0,
+                            True,
+                        ),
+                    )
             return BaselineReport(version.text, description, created=True)
         rows = self.history.read(self.conn)
         marker = next((r for r in rows[:2] if r.is_baseline), None)
@@ -923,11 +1042,14 @@ class Engine:
                 "baseline? Learn more: https://rd.gt/3CdwkXD",
             )
         if any(r.type == "SCHEMA" for r in rows) and version == Version.parse("0"):
-            raise VerificationFailed(f"Unable to baseline schema history table {table} with version 0 as this "
-                                     "version was used for schema creation")
+            raise VerificationFailed(
+                f"Unable to baseline schema history table {table} with version 0 as this "
+                "version was used for schema creation"
+            )
         if any(not r.is_synthetic for r in rows):
-            raise VerificationFailed(f"Unable to baseline schema history table {table} as it already contains "
-                                     "migrations")
+            raise VerificationFailed(
+                f"Unable to baseline schema history table {table} as it already contains migrations"
+            )
         if not rows:
             raise VerificationFailed(
                 f"Unable to baseline schema history table {table} as it already exists, and is empty.\nDelete the "
@@ -939,8 +1061,9 @@ class Engine:
 
     def repair(self) -> RepairReport:
         """Remove failed rows, mark missing migrations deleted, realign checksums (spec 4.5), under the lock."""
-        acquire_lock(self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True,
-                     on_wait=self.on_lock_wait)
+        acquire_lock(
+            self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
+        )
         try:
             with self.conn.transaction():
                 return self._repair_locked()
@@ -961,11 +1084,19 @@ class Engine:
         patterns = self.settings.ignore_migration_patterns
         for info in state.infos:
             row = info.applied
-            if (row is None or info.is_synthetic or info.state not in (MISSING, MISSING_FAILED, FUTURE, FUTURE_FAILED)
-                    or _pattern_matches(patterns, info)):
+            if (
+                row is None
+                or info.is_synthetic
+                or info.state not in (MISSING, MISSING_FAILED, FUTURE, FUTURE_FAILED)
+                or _pattern_matches(patterns, info)
+            ):
                 continue
-            self.history.insert(self.conn, NewRow(row.version, row.description, "DELETE", row.script, row.checksum,
-                                                  self.installed_by, 0, row.success))
+            self.history.insert(
+                self.conn,
+                NewRow(
+                    row.version, row.description, "DELETE", row.script, row.checksum, self.installed_by, 0, row.success
+                ),
+            )
             report.deleted.append(info)
         if report.deleted:
             report.actions.append("Marked missing migrations as deleted")
@@ -979,8 +1110,9 @@ class Engine:
                     continue
             elif not (row.checksum == resolved.equivalent_checksum and row.checksum != resolved.checksum):
                 continue
-            self.history.realign(self.conn, row.installed_rank, description, row.type if row.is_synthetic else "SQL",
-                                 resolved.checksum)
+            self.history.realign(
+                self.conn, row.installed_rank, description, row.type if row.is_synthetic else "SQL", resolved.checksum
+            )
             report.aligned.append(info)
         if report.aligned:
             report.actions.append("Aligned applied migration checksums")
@@ -1001,11 +1133,15 @@ def _failure(script: Script, exc: psycopg.Error, rolled_back: bool) -> Migration
     reason = (diag.message_primary or str(exc)).strip()
     detail = f" (SQL State: {diag.sqlstate})" if diag.sqlstate else ""
     where = f" at position {diag.statement_position}" if diag.statement_position else ""
-    outcome = ("its changes were rolled back and no history row was written" if rolled_back
-               else "it ran outside a transaction, so its completed statements stay and a failed row was recorded")
+    outcome = (
+        "its changes were rolled back and no history row was written"
+        if rolled_back
+        else "it ran outside a transaction, so its completed statements stay and a failed row was recorded"
+    )
     error = MigrationFailed(
         f"Migration {script.script} failed: {reason}{detail}{where}; {outcome}",
-        hint="fix the migration and run migrate again" if rolled_back
+        hint="fix the migration and run migrate again"
+        if rolled_back
         else "undo its completed statements, run 'opskit migrate repair', fix it and migrate again",
     )
     error.migration = script.script  # type: ignore[attr-defined]
@@ -1030,8 +1166,9 @@ def sort_infos_for_display(infos: Sequence[Info]) -> list[Info]:
     return applied + rest
 
 
-def schema_version(conn: psycopg.Connection[Any], schema: str = "public",
-                   table: str = "flyway_schema_history") -> str | None:
+def schema_version(
+    conn: psycopg.Connection[Any], schema: str = "public", table: str = "flyway_schema_history"
+) -> str | None:
     """Return the schema version Flyway's ``info`` would report, from the history rows alone.
 
     The highest applied versioned row that no DELETE marker cancelled (baselines count), or

@@ -27,10 +27,25 @@ FLYWAY_LOCK_BASE = 0x466C79776179  # the ASCII bytes of "Flyway" (77431708279161
 BASELINE_TYPES = frozenset({"BASELINE", "SQL_BASELINE", "JDBC_BASELINE"})
 SYNTHETIC_TYPES = frozenset({"SCHEMA", "DELETE", "BASELINE"})
 # Every type Flyway (OSS or not) writes; any engine sharing the table must accept them all.
-KNOWN_TYPES = frozenset({
-    "SQL", "BASELINE", "SCHEMA", "DELETE", "JDBC", "SCRIPT", "SQL_BASELINE", "JDBC_BASELINE", "SCRIPT_BASELINE",
-    "UNDO_SQL", "UNDO_JDBC", "UNDO_SCRIPT", "CUSTOM", "UNDO_CUSTOM", "JDBC_STATE_SCRIPT",
-})
+KNOWN_TYPES = frozenset(
+    {
+        "SQL",
+        "BASELINE",
+        "SCHEMA",
+        "DELETE",
+        "JDBC",
+        "SCRIPT",
+        "SQL_BASELINE",
+        "JDBC_BASELINE",
+        "SCRIPT_BASELINE",
+        "UNDO_SQL",
+        "UNDO_JDBC",
+        "UNDO_SCRIPT",
+        "CUSTOM",
+        "UNDO_CUSTOM",
+        "JDBC_STATE_SCRIPT",
+    }
+)
 SCHEMA_DESCRIPTION = "<< Flyway Schema Creation >>"
 
 
@@ -39,7 +54,7 @@ def java_string_hash(text: str) -> int:
     units = text.encode("utf-16-be", "surrogatepass")
     value = 0
     for index in range(0, len(units), 2):
-        value = (31 * value + int.from_bytes(units[index:index + 2], "big")) & 0xFFFFFFFF
+        value = (31 * value + int.from_bytes(units[index : index + 2], "big")) & 0xFFFFFFFF
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
@@ -131,29 +146,40 @@ class HistoryTable:
     def create(self, conn: psycopg.Connection[Any], baseline: NewRow | None = None) -> None:
         """Create the table with Flyway's exact DDL (spec 2.1); ``baseline`` is inserted between CREATE and PK."""
         space = sql.SQL(" TABLESPACE {}").format(sql.Identifier(self.tablespace)) if self.tablespace else sql.SQL("")
-        index_space = (sql.SQL(" USING INDEX TABLESPACE {}").format(sql.Identifier(self.tablespace))
-                       if self.tablespace else sql.SQL(""))
-        conn.execute(sql.SQL(
-            "CREATE TABLE {} (\n"
-            '    "installed_rank" INT NOT NULL,\n'
-            '    "version" VARCHAR(50),\n'
-            '    "description" VARCHAR(200) NOT NULL,\n'
-            '    "type" VARCHAR(20) NOT NULL,\n'
-            '    "script" VARCHAR(1000) NOT NULL,\n'
-            '    "checksum" INTEGER,\n'
-            '    "installed_by" VARCHAR(100) NOT NULL,\n'
-            '    "installed_on" TIMESTAMP NOT NULL DEFAULT now(),\n'
-            '    "execution_time" INTEGER NOT NULL,\n'
-            '    "success" BOOLEAN NOT NULL\n'
-            "){}"
-        ).format(self.ident, space))
+        index_space = (
+            sql.SQL(" USING INDEX TABLESPACE {}").format(sql.Identifier(self.tablespace))
+            if self.tablespace
+            else sql.SQL("")
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (\n"
+                '    "installed_rank" INT NOT NULL,\n'
+                '    "version" VARCHAR(50),\n'
+                '    "description" VARCHAR(200) NOT NULL,\n'
+                '    "type" VARCHAR(20) NOT NULL,\n'
+                '    "script" VARCHAR(1000) NOT NULL,\n'
+                '    "checksum" INTEGER,\n'
+                '    "installed_by" VARCHAR(100) NOT NULL,\n'
+                '    "installed_on" TIMESTAMP NOT NULL DEFAULT now(),\n'
+                '    "execution_time" INTEGER NOT NULL,\n'
+                '    "success" BOOLEAN NOT NULL\n'
+                "){}"
+            ).format(self.ident, space)
+        )
         if baseline is not None:
             self._insert_at(conn, 1, baseline)
         # Constraint and index names come from the unquoted table name, as in Flyway.
-        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
-            self.ident, sql.Identifier(f"{self.table}_pk"), sql.Identifier("installed_rank"), index_space))
-        conn.execute(sql.SQL("CREATE INDEX {} ON {} ({}){}").format(
-            sql.Identifier(f"{self.table}_s_idx"), self.ident, sql.Identifier("success"), space))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({}){}").format(
+                self.ident, sql.Identifier(f"{self.table}_pk"), sql.Identifier("installed_rank"), index_space
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({}){}").format(
+                sql.Identifier(f"{self.table}_s_idx"), self.ident, sql.Identifier("success"), space
+            )
+        )
 
     # ------------------------------------------------------------------ rows
 
@@ -192,25 +218,39 @@ class HistoryTable:
                 'INSERT INTO {} ("installed_rank", "version", "description", "type", "script", "checksum", '
                 '"installed_by", "execution_time", "success") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)'
             ).format(self.ident),
-            (rank, row.version, row.description, row.type, row.script, row.checksum, row.installed_by,
-             row.execution_time, row.success),
+            (
+                rank,
+                row.version,
+                row.description,
+                row.type,
+                row.script,
+                row.checksum,
+                row.installed_by,
+                row.execution_time,
+                row.success,
+            ),
         )
 
     def delete_failed(self, conn: psycopg.Connection[Any], row: AppliedRow) -> None:
         """Remove a failed row: by version, or for a repeatable by description (Flyway's repair)."""
         if row.version is not None:
-            conn.execute(sql.SQL('DELETE FROM {} WHERE "success" = FALSE AND "version" = %s').format(self.ident),
-                         (row.version,))
+            conn.execute(
+                sql.SQL('DELETE FROM {} WHERE "success" = FALSE AND "version" = %s').format(self.ident), (row.version,)
+            )
         else:
-            conn.execute(sql.SQL('DELETE FROM {} WHERE "success" = FALSE AND "description" = %s').format(self.ident),
-                         (row.description,))
+            conn.execute(
+                sql.SQL('DELETE FROM {} WHERE "success" = FALSE AND "description" = %s').format(self.ident),
+                (row.description,),
+            )
 
-    def realign(self, conn: psycopg.Connection[Any], rank: int, description: str, kind: str,
-                checksum: int | None) -> None:
+    def realign(
+        self, conn: psycopg.Connection[Any], rank: int, description: str, kind: str, checksum: int | None
+    ) -> None:
         """Set description, type and checksum of the row at ``rank`` (repair's alignment)."""
         conn.execute(
-            sql.SQL('UPDATE {} SET "description"=%s , "type"=%s , "checksum"=%s WHERE "installed_rank"=%s')
-            .format(self.ident),
+            sql.SQL('UPDATE {} SET "description"=%s , "type"=%s , "checksum"=%s WHERE "installed_rank"=%s').format(
+                self.ident
+            ),
             (description, kind, checksum, rank),
         )
 
@@ -218,8 +258,15 @@ class HistoryTable:
 # --------------------------------------------------------------------------- locking
 
 
-def acquire_lock(conn: psycopg.Connection[Any], key: int, retries: int = 50, *, session: bool = True,
-                 sleep: Callable[[float], None] = time.sleep, on_wait: Callable[[int], None] | None = None) -> None:
+def acquire_lock(
+    conn: psycopg.Connection[Any],
+    key: int,
+    retries: int = 50,
+    *,
+    session: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[int], None] | None = None,
+) -> None:
     """Take Flyway's advisory lock ``key``, trying once a second up to ``retries`` times (-1: forever).
 
     ``session`` takes ``pg_try_advisory_lock`` (held until released or the connection

@@ -40,15 +40,45 @@ BOM = "\ufeff"
 # Flyway's SQL callback event ids (FC/api/callback/Event.java). A script named after one is a
 # callback, not a migration; opskit does not run callbacks and says so.
 CALLBACK_EVENTS = (
-    "beforeMigrate", "beforeRepeatables", "beforeEachMigrate", "beforeEachMigrateStatement",
-    "afterEachMigrateStatement", "afterEachMigrateStatementError", "afterEachMigrate",
-    "afterEachMigrateError", "afterMigrate", "afterMigrateApplied", "afterVersioned", "afterMigrateError",
-    "beforeUndo", "beforeEachUndo", "beforeEachUndoStatement", "afterEachUndoStatement",
-    "afterEachUndoStatementError", "afterEachUndo", "afterEachUndoError", "afterUndo", "afterUndoError",
-    "beforeClean", "afterClean", "afterCleanError", "beforeInfo", "afterInfo", "afterInfoError",
-    "beforeValidate", "afterValidate", "afterValidateError", "beforeBaseline", "afterBaseline",
-    "afterBaselineError", "beforeRepair", "afterRepair", "afterRepairError", "createSchema",
-    "beforeConnect", "afterConnect",
+    "beforeMigrate",
+    "beforeRepeatables",
+    "beforeEachMigrate",
+    "beforeEachMigrateStatement",
+    "afterEachMigrateStatement",
+    "afterEachMigrateStatementError",
+    "afterEachMigrate",
+    "afterEachMigrateError",
+    "afterMigrate",
+    "afterMigrateApplied",
+    "afterVersioned",
+    "afterMigrateError",
+    "beforeUndo",
+    "beforeEachUndo",
+    "beforeEachUndoStatement",
+    "afterEachUndoStatement",
+    "afterEachUndoStatementError",
+    "afterEachUndo",
+    "afterEachUndoError",
+    "afterUndo",
+    "afterUndoError",
+    "beforeClean",
+    "afterClean",
+    "afterCleanError",
+    "beforeInfo",
+    "afterInfo",
+    "afterInfoError",
+    "beforeValidate",
+    "afterValidate",
+    "afterValidateError",
+    "beforeBaseline",
+    "afterBaseline",
+    "afterBaselineError",
+    "beforeRepair",
+    "afterRepair",
+    "afterRepairError",
+    "createSchema",
+    "beforeConnect",
+    "afterConnect",
 )
 
 
@@ -175,8 +205,9 @@ class PlaceholderError(ConfigError):
     """A script uses a placeholder that has no value (exit 2)."""
 
 
-def replace_placeholders(text: str, values: Mapping[str, str], prefix: str = "${", suffix: str = "}",
-                         separator: str = ":") -> str:
+def replace_placeholders(
+    text: str, values: Mapping[str, str], prefix: str = "${", suffix: str = "}", separator: str = ":"
+) -> str:
     """Return ``text`` with ``${name}`` replaced, exactly as Flyway's PlaceholderReplacingReader does.
 
     ``values`` keys must be lowercase (names match case-insensitively). Chars read ahead while
@@ -197,14 +228,14 @@ def replace_placeholders(text: str, values: Mapping[str, str], prefix: str = "${
             j += 1
         if j < len(prefix):
             consumed = min(j + 1, n - i)  # the mismatching char was read too, and is emitted as is
-            out.append(text[i:i + consumed])
+            out.append(text[i : i + consumed])
             i += consumed
             continue
         start = i + j
         end = text.find(suffix, start)
         if end == -1:
             # At EOF Flyway cuts len(suffix) chars off whatever it read.
-            name = text[start:n - len(suffix)] if n - start >= len(suffix) else ""
+            name = text[start : n - len(suffix)] if n - start >= len(suffix) else ""
             i = n
         else:
             name = text[start:end]
@@ -348,7 +379,7 @@ def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
         return f"the name must start with '{naming.versioned_prefix}' or '{naming.repeatable_prefix}' (case-sensitive)"
     if prefix == "B" and prefix not in (naming.versioned_prefix, naming.repeatable_prefix):
         return "baseline migration"
-    rest = stem[len(prefix):]
+    rest = stem[len(prefix) :]
     version_text, found, raw_description = rest.partition(naming.separator)
     description = raw_description.replace("_", " ") if found else ""
     if prefix == naming.repeatable_prefix:
@@ -449,8 +480,9 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def discover(locations: Iterable[str | Path], naming: Naming = Naming(), encoding: str = "UTF-8",
-             validate_naming: bool = False) -> Discovery:
+def discover(
+    locations: Iterable[str | Path], naming: Naming = Naming(), encoding: str = "UTF-8", validate_naming: bool = False
+) -> Discovery:
     """Find the migrations under ``locations``, recursively, and return them in Flyway's order.
 
     Versioned scripts come first by version, then repeatables by description (UTF-16 order).
@@ -488,8 +520,11 @@ def discover(locations: Iterable[str | Path], naming: Naming = Naming(), encodin
                 log.warning("unreadable migration skipped", path=str(path), error=str(exc))
                 continue
             text = decode(data, options.encoding or encoding, relative)
-            scripts.append(Script(parsed.kind, parsed.version, parsed.description, relative, path, text,
-                                  checksum_text(text), options))
+            scripts.append(
+                Script(
+                    parsed.kind, parsed.version, parsed.description, relative, path, text, checksum_text(text), options
+                )
+            )
     if invalid:
         names = ", ".join(f"{i.path.name} ({i.reason})" for i in invalid)
         if validate_naming:
@@ -583,8 +618,9 @@ def executable_text(script: Script, values: Mapping[str, str], syntax: Placehold
     """Return the SQL to run: the script with placeholders replaced (when replacement is on)."""
     if not replaces_placeholders(script, syntax):
         return script.text
-    return replace_placeholders(script.text, script_values(script, values, syntax), syntax.prefix,
-                                syntax.suffix, syntax.separator)
+    return replace_placeholders(
+        script.text, script_values(script, values, syntax), syntax.prefix, syntax.suffix, syntax.separator
+    )
 
 
 def resolved_checksums(script: Script, values: Mapping[str, str], syntax: PlaceholderSyntax) -> tuple[int, int | None]:

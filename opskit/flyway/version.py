@@ -50,8 +50,11 @@ def migration_version(conn: psycopg.Connection[Any], table: str = "flyway_schema
     except psycopg.Error as exc:
         if in_transaction:
             conn.execute("ROLLBACK TO SAVEPOINT opskit_schema_version")
-        log.warning("the schema history table cannot be read; no migration version recorded",
-                    table=f"{schema}.{table}", error=str(exc).strip())
+        log.warning(
+            "the schema history table cannot be read; no migration version recorded",
+            table=f"{schema}.{table}",
+            error=str(exc).strip(),
+        )
         return None
 
 
@@ -61,8 +64,8 @@ def failed_migrations(conn: psycopg.Connection[Any], table: str = "flyway_schema
     if schema is None:
         return []
     rows = conn.execute(
-        sql.SQL(
-            "SELECT coalesce(version, description) FROM {}.{} WHERE NOT success ORDER BY installed_rank"
-        ).format(sql.Identifier(schema), sql.Identifier(table))
+        sql.SQL("SELECT coalesce(version, description) FROM {}.{} WHERE NOT success ORDER BY installed_rank").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
     ).fetchall()
     return [str(row[0]) for row in rows]

@@ -81,8 +81,12 @@ def resolve_target(ctx: AppContext, name: str | None, settings: MigrationSetting
 
 
 @contextmanager
-def open_engine(target: TargetConfig, settings: MigrationSettings, dbname: str | None = None,
-                on_lock_wait: Callable[[int], None] | None = None) -> Iterator[Engine]:
+def open_engine(
+    target: TargetConfig,
+    settings: MigrationSettings,
+    dbname: str | None = None,
+    on_lock_wait: Callable[[int], None] | None = None,
+) -> Iterator[Engine]:
     """Yield an Engine on an autocommit connection to ``target`` (or another database on its server)."""
     conn = connection.connect(target, dbname=dbname, autocommit=True, application_name="opskit-migrate")
     try:
@@ -138,8 +142,10 @@ def run(
 
     if settings.engine == "flyway":
         if backup_first or rehearse or restore_on_failure:
-            raise ConfigError("--backup-first, --rehearse and --restore-on-failure need engine = \"opskit\"",
-                              hint="run 'opskit backup now' first, or set migrations.engine = \"opskit\"")
+            raise ConfigError(
+                '--backup-first, --rehearse and --restore-on-failure need engine = "opskit"',
+                hint="run 'opskit backup now' first, or set migrations.engine = \"opskit\"",
+            )
         report = _flyway(settings).migrate(target_config, settings, dry_run=dry_run)
         return MigrateOutcome(name, report)
 
@@ -156,8 +162,9 @@ def run(
         from opskit.backup import backup
 
         say(f"taking a pre-migrate backup of target '{name}'")
-        result = backup.run(ctx, target=name, labels=("pre-migrate",),
-                            extra={"schema_version_before": plan.initial_version})
+        result = backup.run(
+            ctx, target=name, labels=("pre-migrate",), extra={"schema_version_before": plan.initial_version}
+        )
         manifest = result.manifest
         outcome.backup_id = manifest.id
         outcome.restore_command = restore_command(manifest.id, name)
@@ -174,8 +181,14 @@ def run(
     return outcome
 
 
-def _after_failure(ctx: AppContext, exc: MigrationFailed, outcome: MigrateOutcome, restore_on_failure: bool,
-                   yes: bool, say: Callable[[str], None]) -> None:
+def _after_failure(
+    ctx: AppContext,
+    exc: MigrationFailed,
+    outcome: MigrateOutcome,
+    restore_on_failure: bool,
+    yes: bool,
+    say: Callable[[str], None],
+) -> None:
     exc.restore_command = outcome.restore_command  # type: ignore[attr-defined]
     if outcome.restore_command is None:
         return
@@ -186,24 +199,38 @@ def _after_failure(ctx: AppContext, exc: MigrationFailed, outcome: MigrateOutcom
 
     say(f"restoring backup {outcome.backup_id} into target '{outcome.target}' (--restore-on-failure)")
     try:
-        result = restore.run(ctx, selector=outcome.backup_id or "latest", target=outcome.target, to=outcome.target,
-                             replace=True, confirmed=yes)
+        result = restore.run(
+            ctx,
+            selector=outcome.backup_id or "latest",
+            target=outcome.target,
+            to=outcome.target,
+            replace=True,
+            confirmed=yes,
+        )
     except OpskitError as restore_error:
-        exc.hint = (f"the automatic restore failed too ({restore_error.one_line()}); run it by hand: "
-                    f"{outcome.restore_command}")
+        exc.hint = (
+            f"the automatic restore failed too ({restore_error.one_line()}); run it by hand: {outcome.restore_command}"
+        )
         return
     if not result.ok:
         names = ", ".join(sorted(m.table for m in result.mismatches)) if result.mismatches else "?"
-        exc.hint = (f"backup {outcome.backup_id} was restored into '{outcome.target}', but {len(result.mismatches)} "
-                    f"table(s) differ from it ({names}): drop what the failed run created and check")
+        exc.hint = (
+            f"backup {outcome.backup_id} was restored into '{outcome.target}', but {len(result.mismatches)} "
+            f"table(s) differ from it ({names}): drop what the failed run created and check"
+        )
         exc.restored = True  # type: ignore[attr-defined]
         return
     exc.hint = f"backup {outcome.backup_id} was restored into '{outcome.target}'; fix the migration and run again"
     exc.restored = True  # type: ignore[attr-defined]
 
 
-def rehearse_on_staging(ctx: AppContext, target: TargetConfig, settings: MigrationSettings, manifest: Any,
-                        say: Callable[[str], None] = lambda _m: None) -> Rehearsal:
+def rehearse_on_staging(
+    ctx: AppContext,
+    target: TargetConfig,
+    settings: MigrationSettings,
+    manifest: Any,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Rehearsal:
     """Restore a backup of ``target`` into a fresh database on its staging server and migrate it there.
 
     Uses ``manifest`` when given, else the newest backup (taking one if there is none). The
@@ -215,8 +242,10 @@ def rehearse_on_staging(ctx: AppContext, target: TargetConfig, settings: Migrati
     from opskit.restore import restore
 
     if not target.staging:
-        raise ConfigError(f"target '{target.name}' has no staging target to rehearse on",
-                          hint=f"set targets.{target.name}.staging, or drop --rehearse")
+        raise ConfigError(
+            f"target '{target.name}' has no staging target to rehearse on",
+            hint=f"set targets.{target.name}.staging, or drop --rehearse",
+        )
     staging = ctx.target(target.staging)
     storage_name = target.primary_storage
     if manifest is None:
@@ -282,8 +311,14 @@ def info(ctx: AppContext, target: str | None = None) -> InfoOutcome:
         state = engine.info()
         schemas = settings.schemas or (engine.schema,)
         empty = all(engine.schema_empty(s) for s in schemas)
-        return InfoOutcome(target_config.name, state, ", ".join(settings.schemas), engine.database, empty,
-                           engine.conn.info.parameter_status("TimeZone"))
+        return InfoOutcome(
+            target_config.name,
+            state,
+            ", ".join(settings.schemas),
+            engine.database,
+            empty,
+            engine.conn.info.parameter_status("TimeZone"),
+        )
 
 
 def validate(ctx: AppContext, target: str | None = None) -> InfoState:
@@ -296,8 +331,9 @@ def validate(ctx: AppContext, target: str | None = None) -> InfoState:
         return engine.validate()
 
 
-def baseline(ctx: AppContext, target: str | None = None, version: str | None = None,
-             description: str | None = None) -> BaselineReport:
+def baseline(
+    ctx: AppContext, target: str | None = None, version: str | None = None, description: str | None = None
+) -> BaselineReport:
     """Baseline the target at ``version``. Raises VerificationFailed when it already has migrations."""
     settings = settings_for(ctx)
     target_config = resolve_target(ctx, target, settings)
@@ -348,21 +384,23 @@ def info_json(outcome: InfoOutcome, now: datetime | None = None) -> dict[str, An
     migrations = []
     for item in sort_infos_for_display(outcome.state.infos):
         applied = item.applied
-        migrations.append({
-            "category": item.category,
-            "version": item.version_text,
-            "rawVersion": item.raw_version,
-            "description": item.description,
-            "type": item.type,
-            "installedOnUTC": instant(applied.installed_on, outcome.session_timezone) if applied else "",
-            "state": item.state,
-            "undoable": "" if item.is_repeatable or item.is_synthetic else "No",
-            "filepath": str(item.resolved.script.path) if item.resolved else "",
-            "undoFilepath": "",
-            "installedBy": applied.installed_by if applied else "",
-            "shouldExecuteExpression": None,
-            "executionTime": applied.execution_time if applied else 0,
-        })
+        migrations.append(
+            {
+                "category": item.category,
+                "version": item.version_text,
+                "rawVersion": item.raw_version,
+                "description": item.description,
+                "type": item.type,
+                "installedOnUTC": instant(applied.installed_on, outcome.session_timezone) if applied else "",
+                "state": item.state,
+                "undoable": "" if item.is_repeatable or item.is_synthetic else "No",
+                "filepath": str(item.resolved.script.path) if item.resolved else "",
+                "undoFilepath": "",
+                "installedBy": applied.installed_by if applied else "",
+                "shouldExecuteExpression": None,
+                "executionTime": applied.execution_time if applied else 0,
+            }
+        )
     return {
         "schemaVersion": outcome.state.schema_version,
         "schemaName": outcome.schema_name,

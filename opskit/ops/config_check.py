@@ -239,7 +239,9 @@ def _check_control_database(config: Config) -> str:
     pass
 
     assert config.daemon is not None and config.daemon.control_dsn
-    control = TargetConfig(name="daemon control", dsn=config.daemon.control_dsn, password=config.daemon.control_password)
+    control = TargetConfig(
+        name="daemon control", dsn=config.daemon.control_dsn, password=config.daemon.control_password
+    )
     with connection.connect(control) as conn:
         server = connection.server_facts(conn)
     return f"PostgreSQL {server.version} at {connection.describe(control)} as {server.user}"

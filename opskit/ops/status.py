@@ -277,9 +277,7 @@ def _newest_drill(stores: Any, target: str, status: TargetStatus) -> dict[str, A
         except OpskitError as exc:
             status.warnings.append(f"cannot read drill reports in '{store.name}': {exc.one_line()}")
             continue
-        if found is not None and (
-            newest is None or str(found.get("started_at")) > str(newest.get("started_at"))
-        ):
+        if found is not None and (newest is None or str(found.get("started_at")) > str(newest.get("started_at"))):
             newest = found
     if newest is None:
         return None

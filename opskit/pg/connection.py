@@ -197,4 +197,10 @@ def dbname_arg(target: TargetConfig, dbname: str | None = None) -> str:
 def database_of(target: TargetConfig) -> str:
     """Return the database name the target's DSN (or libpq environment) points at."""
     parts = dsn_parts(target)
-    return str(parts.get("dbname") or os.environ.get("PGDATABASE") or parts.get("user") or os.environ.get("PGUSER") or "postgres")
+    return str(
+        parts.get("dbname")
+        or os.environ.get("PGDATABASE")
+        or parts.get("user")
+        or os.environ.get("PGUSER")
+        or "postgres"
+    )

@@ -214,9 +214,7 @@ class CopyLoader:
         # once, and the first blocks are shared out instead of all going to the quickest worker.
         self._ready = threading.Barrier(jobs)
         self.stats = LoadStats()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"opskit-copy-{i}", daemon=True) for i in range(jobs)
-        ]
+        self._threads = [threading.Thread(target=self._work, name=f"opskit-copy-{i}", daemon=True) for i in range(jobs)]
         for thread in self._threads:
             thread.start()
 

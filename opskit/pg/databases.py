@@ -61,9 +61,7 @@ def create_database(server: TargetConfig, database: str, owner: str | None = Non
 def database_owner(server: TargetConfig, database: str) -> str | None:
     """Return the role that owns ``database``, or None when it does not exist."""
     with _maintenance_connection(server, database) as conn:
-        row = conn.execute(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
-        ).fetchone()
+        row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)).fetchone()
     return str(row[0]) if row else None
 
 
@@ -77,4 +75,3 @@ def _object_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     from opskit.pg.facts import object_counts
 
     return object_counts(conn)
-

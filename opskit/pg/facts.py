@@ -75,7 +75,6 @@ ORDER BY array_position(i.indkey::int2[], a.attnum)
 """
 
 
-
 @dataclass(frozen=True)
 class TableFacts:
     """Facts about one table, taken inside pg_dump's own snapshot."""
@@ -110,9 +109,7 @@ def list_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     """Return ``count(*)`` of one table (identifiers quoted by psycopg.sql)."""
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        )
+        cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table)))
         row = cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -144,9 +141,7 @@ def collect(
     for schema, table in names:
         fingerprint = fingerprint_table(conn, schema, table) if (schema, table) in chosen else None
         facts.tables.append(
-            TableFacts(
-                schema=schema, name=table, rows=count_rows(conn, schema, table), fingerprint=fingerprint
-            )
+            TableFacts(schema=schema, name=table, rows=count_rows(conn, schema, table), fingerprint=fingerprint)
         )
     facts.objects = object_counts(conn)
     return facts
@@ -252,9 +247,7 @@ class FingerprintMismatch:
     actual: str | None
 
 
-def compare_fingerprints(
-    expected: Sequence[TableFacts], actual: Sequence[TableFacts]
-) -> list[FingerprintMismatch]:
+def compare_fingerprints(expected: Sequence[TableFacts], actual: Sequence[TableFacts]) -> list[FingerprintMismatch]:
     """Return every table the manifest fingerprinted whose fingerprint differs (or is missing) now."""
     have = {t.qualified: t.fingerprint for t in actual}
     return [
@@ -336,8 +329,6 @@ def sequence_lags(conn: psycopg.Connection[Any]) -> tuple[int, list[SequenceLag]
             )
             if behind:
                 lags.append(
-                    SequenceLag(
-                        f"{seq_schema}.{seq_name}", f"{schema}.{table}.{column}", last_value, column_extreme
-                    )
+                    SequenceLag(f"{seq_schema}.{seq_name}", f"{schema}.{table}.{column}", last_value, column_extreme)
                 )
     return len(owned), lags

@@ -151,8 +151,15 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             encoding = python_encoding(definition)
         raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt))
     entries = [
-        TocEntry(dump_id, desc, tag.decode(encoding, "replace"), None if ns is None else ns.decode(encoding, "replace"),
-                 section, has_data, copy_stmt)
+        TocEntry(
+            dump_id,
+            desc,
+            tag.decode(encoding, "replace"),
+            None if ns is None else ns.decode(encoding, "replace"),
+            section,
+            has_data,
+            copy_stmt,
+        )
         for dump_id, desc, tag, ns, section, has_data, copy_stmt in raw_entries
     ]
     return ArchiveToc(version, entries, cur.pos)
@@ -198,4 +205,6 @@ class TocCapture:
         try:
             return parse(self.buffer)
         except NeedMoreBytes:
-            raise UnsupportedArchive(f"the archive ends inside its table of contents ({len(self.buffer)} bytes)") from None
+            raise UnsupportedArchive(
+                f"the archive ends inside its table of contents ({len(self.buffer)} bytes)"
+            ) from None

@@ -92,4 +92,3 @@ def find_tool(name: str, min_major: int, configured_dir: str | None = None) -> T
         f"cannot safely handle a PostgreSQL {min_major} server",
         hint=f"install postgresql-client-{min_major} or set tools.pg_bin_dir to its bin directory",
     )
-

@@ -36,7 +36,8 @@ from opskit.core.errors import RestoreFailed
 from opskit.core.execute import Child, spawn
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
-from opskit.pg import connection, toc as dump_toc
+from opskit.pg import connection
+from opskit.pg import toc as dump_toc
 from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSplitter, session_settings
 
 if TYPE_CHECKING:
@@ -156,9 +157,7 @@ class ParallelRestore:
         self._data_child = self._data_cm.__enter__()
         self._tables = {e.copy_stmt.strip(): e for e in toc.data_entries() if e.copy_stmt}
         splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append)
-        self._splitter_thread = threading.Thread(
-            target=self._split, args=(splitter,), name="opskit-split", daemon=True
-        )
+        self._splitter_thread = threading.Thread(target=self._split, args=(splitter,), name="opskit-split", daemon=True)
         self._splitter_thread.start()
         self._downstream = self._data_child.stdin
 
@@ -178,8 +177,9 @@ class ParallelRestore:
         if self._loader is None:
             settings = session_settings(b"".join(self._sql))
             names = {statement: entry.tag for statement, entry in self._tables.items()}
-            self._loader = CopyLoader(self._connect, self.jobs, settings, exit_on_error=self.exit_on_error,
-                                      table_names=names)
+            self._loader = CopyLoader(
+                self._connect, self.jobs, settings, exit_on_error=self.exit_on_error, table_names=names
+            )
         self._loader.put(statement, rows)
 
     def _connect(self) -> Any:
@@ -201,8 +201,13 @@ class ParallelRestore:
             for statement, rows in stats.rows.items():
                 entry = self._tables[statement]
                 self.rows_loaded[f"{entry.namespace}.{entry.tag}"] += rows
-            log.info("data loaded", connections=self.jobs, tables=len(stats.rows), blocks=stats.blocks,
-                     rows=sum(stats.rows.values()))
+            log.info(
+                "data loaded",
+                connections=self.jobs,
+                tables=len(stats.rows),
+                blocks=stats.blocks,
+                rows=sum(stats.rows.values()),
+            )
         self._run_sql()
         self.phases["data"] = time.monotonic() - self._started - self.phases.get("schema", 0.0)
 
@@ -372,7 +377,12 @@ def restore(
         with ByteProgress(f"restore {manifest.id}", ctx.interactive) as progress:
             try:
                 stats = read_artifact(
-                    storage, artifact, job, identities=identities, backup_id=manifest.id, progress=progress,
+                    storage,
+                    artifact,
+                    job,
+                    identities=identities,
+                    backup_id=manifest.id,
+                    progress=progress,
                     cancel=ctx.cancel,
                 )
             except BrokenPipeError:

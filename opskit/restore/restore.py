@@ -74,7 +74,9 @@ def default_database_name(manifest: Manifest) -> str:
     return base + suffix
 
 
-def resolve_destination(ctx: AppContext, source: TargetConfig, to: str | None, manifest: Manifest) -> tuple[TargetConfig, str, bool]:
+def resolve_destination(
+    ctx: AppContext, source: TargetConfig, to: str | None, manifest: Manifest
+) -> tuple[TargetConfig, str, bool]:
     """Return (server target, database, is_new_default) for ``--to``: None, a target name, or a DSN."""
     if to is None:
         return source, default_database_name(manifest), True
@@ -145,7 +147,9 @@ def restore_to_new_database(
     """
     name = dbname or default_database_name(manifest)
     if databases.database_exists(server, name):
-        raise ConfigError(f"database '{name}' already exists on target '{server.name}'", hint="drop it or pick another name")
+        raise ConfigError(
+            f"database '{name}' already exists on target '{server.name}'", hint="drop it or pick another name"
+        )
     return restore_backup(
         ctx, manifest, storage_name, server, name, jobs=jobs, exit_on_error=exit_on_error, no_owner=no_owner
     )
@@ -210,7 +214,16 @@ def restore_backup(
         with connection.password_env(server) as env:
             if jobs > 1:
                 parallel.restore(
-                    ctx, manifest, storage, identities, argv, env, jobs, result, server=server, clean=clean,
+                    ctx,
+                    manifest,
+                    storage,
+                    identities,
+                    argv,
+                    env,
+                    jobs,
+                    result,
+                    server=server,
+                    clean=clean,
                     exit_on_error=exit_on_error,
                     check_stored_bytes=lambda: _check_stored_bytes(ctx, storage, manifest.artifact("db"), manifest),
                 )
@@ -245,12 +258,18 @@ def _restore_streaming(
 ) -> None:
     started = time.monotonic()
     artifact = manifest.artifact("db")
-    with spawn(argv, env=env, stdin=subprocess.PIPE) as child, ByteProgress(
-        f"restore {manifest.id}", ctx.interactive
-    ) as progress:
+    with (
+        spawn(argv, env=env, stdin=subprocess.PIPE) as child,
+        ByteProgress(f"restore {manifest.id}", ctx.interactive) as progress,
+    ):
         try:
             stats = read_artifact(
-                storage, artifact, child.stdin, identities=identities, backup_id=manifest.id, progress=progress,
+                storage,
+                artifact,
+                child.stdin,
+                identities=identities,
+                backup_id=manifest.id,
+                progress=progress,
                 cancel=ctx.cancel,
             )
             result.bytes_restored = stats.plain.size
@@ -314,8 +333,9 @@ def _drop_after_failure(server: TargetConfig, database: str, cause: BaseExceptio
         databases.drop_database(server, database)
         log.info("dropped the partially restored database", database=database)
     except Exception as exc:  # the original failure matters more
-        log.warning("could not drop the partially restored database", database=database, error=str(exc),
-                    cause=str(cause))
+        log.warning(
+            "could not drop the partially restored database", database=database, error=str(exc), cause=str(cause)
+        )
 
 
 def restore_globals(ctx: AppContext, manifest: Manifest, storage_name: str, server: TargetConfig) -> list[str]:
@@ -330,9 +350,19 @@ def restore_globals(ctx: AppContext, manifest: Manifest, storage_name: str, serv
         identities = parse_identities(ctx.config.encryption.identity.resolve())
     check_can_decrypt(artifact, identities, manifest.id)
     psql = tools.find_tool("psql", 0, server.pg_bin_dir or ctx.config.tools.pg_bin_dir)
-    argv = [psql.path, connection.dbname_arg(server), "--no-password", "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=0"]
-    with connection.password_env(server) as env, spawn(argv, env=env, stdin=subprocess.PIPE,
-                                                      stdout=subprocess.DEVNULL) as child:
+    argv = [
+        psql.path,
+        connection.dbname_arg(server),
+        "--no-password",
+        "--quiet",
+        "--no-psqlrc",
+        "-v",
+        "ON_ERROR_STOP=0",
+    ]
+    with (
+        connection.password_env(server) as env,
+        spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as child,
+    ):
         try:
             read_artifact(storage, artifact, child.stdin, identities=identities, backup_id=manifest.id)
             child.stdin.close()

@@ -218,9 +218,7 @@ def load(path: Path) -> Runbook:
             default = spec.get("default", (str, int, float, bool), None, "a string or number")
             required = spec.bool("required", False)
             text = None if default is None else str(default)
-            variables.append(
-                Variable(name, None if required and text is None else (text or ""), spec.str("help", ""))
-            )
+            variables.append(Variable(name, None if required and text is None else (text or ""), spec.str("help", "")))
             spec.finish()
         else:
             errors.add(f"vars.{name}", "must be a default value or a table {default, help, required}")
@@ -263,23 +261,17 @@ def _check_step(kind: str, section: Section, fields: Mapping[str, Any]) -> None:
     for key in fields:
         section.seen.add(key)
         if kind in _STEP_KEYS and key not in allowed:
-            section.errors.add(
-                section.key_path(key), f"is not a key of a '{kind}' step ({', '.join(sorted(allowed))})"
-            )
+            section.errors.add(section.key_path(key), f"is not a key of a '{kind}' step ({', '.join(sorted(allowed))})")
     for key in _REQUIRED.get(kind, ()):
         if key not in fields:
             section.errors.add(section.key_path(key), f"is required in a '{kind}' step")
     if kind == "opskit" and ("command" in fields) == ("action" in fields):
-        section.errors.add(
-            section.path, "an 'opskit' step needs exactly one of 'command' (CLI argv) or 'action'"
-        )
+        section.errors.add(section.path, "an 'opskit' step needs exactly one of 'command' (CLI argv) or 'action'")
     if kind == "opskit" and "action" in fields and fields["action"] not in ACTIONS:
         section.errors.add(section.key_path("action"), f"must be one of {', '.join(sorted(ACTIONS))}")
     for key in ("command", "argv"):
         value = fields.get(key)
-        if value is not None and not (
-            isinstance(value, list) and value and all(isinstance(v, str) for v in value)
-        ):
+        if value is not None and not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             section.errors.add(section.key_path(key), "must be a non-empty list of strings")
     if "timeout" in fields:
         try:
@@ -299,9 +291,7 @@ def _default_name(kind: str, fields: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- variables
 
 
-def resolve_variables(
-    ctx: AppContext, runbook: Runbook, given: Mapping[str, str], run_id: str
-) -> dict[str, str]:
+def resolve_variables(ctx: AppContext, runbook: Runbook, given: Mapping[str, str], run_id: str) -> dict[str, str]:
     """Return every variable's value: ``given`` over defaults, plus ``now``, ``run_id`` and ``config``.
 
     Raises ConfigError for an unknown ``--var`` or a required variable with no value.
@@ -329,8 +319,7 @@ def resolve_variables(
             missing.append(variable)
     if missing:
         raise ConfigError(
-            f"runbook '{runbook.name}' needs "
-            + "; ".join(f"{v.name} ({v.help or 'no default'})" for v in missing),
+            f"runbook '{runbook.name}' needs " + "; ".join(f"{v.name} ({v.help or 'no default'})" for v in missing),
             hint="pass --var " + " --var ".join(f"{v.name}=..." for v in missing),
         )
     return values
@@ -348,9 +337,7 @@ def substitute(value: Any, variables: Mapping[str, str], strict: bool = True) ->
         try:
             return template.substitute(variables)
         except (KeyError, ValueError) as exc:
-            raise ConfigError(
-                f"'{value}' uses an undefined variable: {exc}", hint="define it under [vars]"
-            ) from exc
+            raise ConfigError(f"'{value}' uses an undefined variable: {exc}", hint="define it under [vars]") from exc
     if isinstance(value, list):
         return [substitute(v, variables, strict) for v in value]
     if isinstance(value, Mapping):
@@ -408,10 +395,7 @@ def run(
         if outcome.output:
             for line in outcome.output.splitlines():
                 say(f"    {line}")
-        say(
-            f"    -> {outcome.status} ({outcome.seconds:.1f} s)"
-            + (f": {outcome.error}" if outcome.error else "")
-        )
+        say(f"    -> {outcome.status} ({outcome.seconds:.1f} s)" + (f": {outcome.error}" if outcome.error else ""))
         if outcome.status == FAILED:
             break
     result.seconds = time.monotonic() - origin
@@ -434,9 +418,7 @@ def _describe(kind: str, rendered: Mapping[str, Any], prefix: str = "would ") ->
             return f"{prefix}run: opskit " + " ".join(rendered["command"])
         return f"{prefix}call action {rendered['action']} with {dict(rendered.get('args') or {})}"
     if kind == "sql":
-        where = rendered["target"] + (
-            f" (database {rendered['database']})" if rendered.get("database") else ""
-        )
+        where = rendered["target"] + (f" (database {rendered['database']})" if rendered.get("database") else "")
         return f"{prefix}run on target {where}: {' '.join(str(rendered['query']).split())}"
     if kind == "shell":
         return f"{prefix}run: " + " ".join(rendered["argv"])
@@ -473,9 +455,7 @@ def _run_step(
     if step.kind == "sql":
         return _sql_step(ctx, step, rendered, values)
     if step.kind == "shell":
-        return _process_step(
-            step, rendered, list(rendered["argv"]), [int(rendered.get("expect_exit", 0))], None
-        )
+        return _process_step(step, rendered, list(rendered["argv"]), [int(rendered.get("expect_exit", 0))], None)
     if "action" in rendered:
         return _action_step(ctx, step, rendered)
     argv = [sys.executable, "-m", "opskit"]
@@ -569,22 +549,15 @@ def _restore_globals(
     errors = restore_globals(ctx, manifest, storage_name, maintenance)
     summary = f"replayed the globals of backup {manifest.id} onto target '{to}'"
     if errors:
-        summary += f"; {len(errors)} error line(s) (roles that already exist are expected):\n" + "\n".join(
-            errors[:20]
-        )
+        summary += f"; {len(errors)} error line(s) (roles that already exist are expected):\n" + "\n".join(errors[:20])
     return summary
 
 
-def _verify(
-    ctx: AppContext, target: str | None = None, backup: str | None = None, all_backups: bool = False
-) -> str:
+def _verify(ctx: AppContext, target: str | None = None, backup: str | None = None, all_backups: bool = False) -> str:
     from opskit.backup import verify
 
     report = verify.run(ctx, selector=backup, all_backups=bool(all_backups), target=target)
-    return (
-        "\n".join(f"{v.backup_id}: {v.verdict} ({v.level})" for v in report.verifications)
-        or "nothing verified"
-    )
+    return "\n".join(f"{v.backup_id}: {v.verdict} ({v.level})" for v in report.verifications) or "nothing verified"
 
 
 def _status(ctx: AppContext, target: str | None = None) -> str:
@@ -640,9 +613,7 @@ def render_transcript(result: RunbookResult) -> str:
     lines += [f"- `{k}` = `{v}`" for k, v in sorted(result.variables.items())]
     lines += ["", "## Steps", ""]
     for item in result.results:
-        lines.append(
-            f"### {item.step.index}. {item.step.name} ({item.step.kind}): {item.status}, {item.seconds:.1f} s"
-        )
+        lines.append(f"### {item.step.index}. {item.step.name} ({item.step.kind}): {item.status}, {item.seconds:.1f} s")
         lines.append("")
         if item.rendered and item.status != DRY_RUN and item.step.kind != "note":
             lines += [_describe(item.step.kind, item.rendered, prefix="").capitalize(), ""]

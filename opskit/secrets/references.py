@@ -57,9 +57,7 @@ def _resolve_env(rest: str) -> str:
     try:
         return os.environ[rest]
     except KeyError:
-        raise UnreachableError(
-            f"secret env:{rest} is not set", hint=f"export {rest} or change the reference"
-        ) from None
+        raise UnreachableError(f"secret env:{rest} is not set", hint=f"export {rest} or change the reference") from None
 
 
 def _resolve_file(rest: str) -> str:
@@ -144,8 +142,8 @@ class SecretRef:
         if scheme not in RESOLVERS:
             from opskit.secrets import managers
 
-            for name, resolver in managers.resolvers().items():
-                RESOLVERS.setdefault(name, resolver)
+            for name, cloud_resolver in managers.resolvers().items():
+                RESOLVERS.setdefault(name, cloud_resolver)
         resolver = RESOLVERS.get(scheme)
         if resolver is None:
             raise ConfigError(f"no resolver for secret scheme {scheme}:")

@@ -133,9 +133,7 @@ class AzureStorage:
         }
         try:
             if opts.get("connection_string") is not None:
-                return BlobServiceClient.from_connection_string(
-                    opts["connection_string"].resolve().reveal(), **kwargs
-                )
+                return BlobServiceClient.from_connection_string(opts["connection_string"].resolve().reveal(), **kwargs)
             account_url = opts.get("account_url")
             if not account_url and opts.get("account_name"):
                 account_url = f"https://{opts['account_name']}.blob.core.windows.net"
@@ -201,9 +199,7 @@ class AzureStorage:
 
         def stage(number: int, data: bytes) -> str:
             ident = block_id(number)
-            self._call(
-                f"staging block {number} of", key, lambda: blob.stage_block(ident, data, length=len(data))
-            )
+            self._call(f"staging block {number} of", key, lambda: blob.stage_block(ident, data, length=len(data)))
             return ident
 
         def put_whole(data: bytes) -> None:
@@ -258,12 +254,10 @@ class AzureStorage:
             self.keys, lambda token: self._call("listing", prefix or "/", partial(self._list_page, list_prefix, token))
         )
 
-    def _list_page(
-        self, list_prefix: str, token: str | None
-    ) -> tuple[builtins.list[tuple[str, int, Any]], str | None]:
-        pager = self.container.list_blobs(
-            name_starts_with=list_prefix or None, results_per_page=1000
-        ).by_page(continuation_token=token)
+    def _list_page(self, list_prefix: str, token: str | None) -> tuple[builtins.list[tuple[str, int, Any]], str | None]:
+        pager = self.container.list_blobs(name_starts_with=list_prefix or None, results_per_page=1000).by_page(
+            continuation_token=token
+        )
         page = next(pager, None)
         items = [(b.name, int(b.size or 0), b.last_modified) for b in page] if page is not None else []
         return items, pager.continuation_token  # type: ignore[attr-defined]
@@ -334,13 +328,9 @@ class AzureStorage:
         if code in {"AuthenticationFailed", "InvalidAuthenticationInfo"}:
             return "check account_key / sas_token / connection_string (and the SAS expiry)"
         if code == "AuthorizationFailure":
-            return (
-                "check account_key / sas_token / connection_string, the SAS permissions (rwdl) and firewall"
-            )
+            return "check account_key / sas_token / connection_string, the SAS permissions (rwdl) and firewall"
         if code == "AuthorizationPermissionMismatch" or _status(exc) == 403:
-            return (
-                "grant read, write, delete and list (role 'Storage Blob Data Contributor' or a SAS with rwdl)"
-            )
+            return "grant read, write, delete and list (role 'Storage Blob Data Contributor' or a SAS with rwdl)"
         if isinstance(exc, az_exceptions.ServiceRequestError):
             return "check account_url / the connection string's BlobEndpoint and the network"
         return None

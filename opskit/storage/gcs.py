@@ -101,9 +101,7 @@ class GCSStorage:
         self.bucket_name, prefix = split_url(config.url, "gs")
         self.keys = KeySpace(prefix)
         self.options = dict(config.options)
-        self.endpoint_url: str | None = self.options.get("endpoint_url") or os.environ.get(
-            "STORAGE_EMULATOR_HOST"
-        )
+        self.endpoint_url: str | None = self.options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
         self.retry = RetryPolicy(
             storage=self.name, max_attempts=max_attempts_option(self.options), is_transient=is_transient
         )
@@ -149,11 +147,7 @@ class GCSStorage:
         except OpskitError:
             raise
         except (ValueError, KeyError, TypeError, auth_exceptions.GoogleAuthError) as exc:
-            source = (
-                "the 'credentials' service-account key"
-                if ref is not None
-                else "Application Default Credentials"
-            )
+            source = "the 'credentials' service-account key" if ref is not None else "Application Default Credentials"
             raise UnreachableError(
                 f"storage '{self.name}' ({self.url}): cannot load {source}: {exc}",
                 hint="give a valid service-account JSON key as 'credentials', or run "
@@ -290,9 +284,7 @@ class GCSStorage:
             self.keys, lambda token: self._call("listing", prefix or "/", partial(self._list_page, list_prefix, token))
         )
 
-    def _list_page(
-        self, list_prefix: str, token: str | None
-    ) -> tuple[builtins.list[tuple[str, int, Any]], str | None]:
+    def _list_page(self, list_prefix: str, token: str | None) -> tuple[builtins.list[tuple[str, int, Any]], str | None]:
         iterator = self.client.list_blobs(
             self.bucket_name, prefix=list_prefix, page_token=token, page_size=1000, retry=None
         )
@@ -361,9 +353,7 @@ class GCSStorage:
         if status == 401:
             return "the credentials were rejected (bad credentials)"
         if status == 403:
-            return (
-                f"access denied to bucket '{self.bucket_name}' (a read-only credential, or missing IAM role)"
-            )
+            return f"access denied to bucket '{self.bucket_name}' (a read-only credential, or missing IAM role)"
         if isinstance(exc, auth_exceptions.RefreshError):
             return f"the credentials could not be refreshed (bad credentials): {exc}"
         if isinstance(exc, requests.ConnectionError):

@@ -161,7 +161,7 @@ class LocalStorage:
                     continue
                 if modified >= older_than:
                     continue
-                final_name = filename[len(TEMP_PREFIX):].rsplit(".", 1)[0]
+                final_name = filename[len(TEMP_PREFIX) :].rsplit(".", 1)[0]
                 removed.append(str(Path(key).parent / final_name))
                 if not dry_run:
                     path.unlink(missing_ok=True)

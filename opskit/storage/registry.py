@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from opskit.storage.base import StorageConfig
 
 
-
 @dataclass(frozen=True)
 class Backend:
     """A storage backend: the module that implements it, its extra, and its option names."""
@@ -67,9 +66,7 @@ BACKENDS: dict[str, Backend] = {
     "az": Backend(
         "opskit.storage.azure",
         "azure",
-        frozenset(
-            {"account_url", "account_name", "account_key", "connection_string", "sas_token", "max_attempts"}
-        ),
+        frozenset({"account_url", "account_name", "account_key", "connection_string", "sas_token", "max_attempts"}),
         secret_options=frozenset({"account_key", "connection_string", "sas_token"}),
         description="Azure Blob Storage",
     ),
@@ -97,9 +94,7 @@ def open_storage(config: StorageConfig) -> Storage:
         try:
             importlib.import_module(sdk)
         except ImportError as exc:
-            raise MissingExtraError(
-                f"storage '{config.name}' needs: pip install 'opskit[{backend.extra}]'"
-            ) from exc
+            raise MissingExtraError(f"storage '{config.name}' needs: pip install 'opskit[{backend.extra}]'") from exc
     module = importlib.import_module(backend.module)
     storage: Storage = module.open_storage(config)
     return storage

@@ -65,8 +65,7 @@ class RetryPolicy:
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.max_attempts)),
             # initial, 2x, 4x ... up to max_wait, plus jitter so parallel part uploads do not retry in step.
-            wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
-            + wait_random(0, self.initial_wait),
+            wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait) + wait_random(0, self.initial_wait),
             retry=retry_if_exception(self.is_transient),
             before_sleep=self._log_retry(action, key),
             reraise=True,
@@ -81,9 +80,7 @@ class RetryPolicy:
 
         return before_sleep
 
-    def log_retry(
-        self, action: str, key: str | None, attempt: int, exc: BaseException | None, wait: float
-    ) -> None:
+    def log_retry(self, action: str, key: str | None, attempt: int, exc: BaseException | None, wait: float) -> None:
         """Log one retry as a warning: which request, which attempt, why, and the wait before the next."""
         log.warning(
             "storage request failed, retrying",

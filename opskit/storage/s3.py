@@ -314,9 +314,7 @@ class S3Storage:
         )
         return True
 
-    def abort_incomplete_uploads(
-        self, prefix: str, older_than: datetime, dry_run: bool
-    ) -> builtins.list[str]:
+    def abort_incomplete_uploads(self, prefix: str, older_than: datetime, dry_run: bool) -> builtins.list[str]:
         """Abort multipart uploads under ``prefix`` initiated before ``older_than``; return their keys.
 
         With ``dry_run`` nothing is aborted. Raises StorageError.
@@ -360,9 +358,7 @@ class _MultipartUpload:
         with self._lock:
             if self.upload_id is None:
                 s = self.storage
-                start = partial(
-                    s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args()
-                )
+                start = partial(s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args())
                 response = s._call("starting upload of", self.key, start)
                 self.upload_id = str(response["UploadId"])
             return self.upload_id
@@ -406,9 +402,7 @@ class _MultipartUpload:
         if self.upload_id is None:
             return
         s = self.storage
-        abort = partial(
-            s.client.abort_multipart_upload, Bucket=s.bucket, Key=self.name, UploadId=self.upload_id
-        )
+        abort = partial(s.client.abort_multipart_upload, Bucket=s.bucket, Key=self.name, UploadId=self.upload_id)
         # The original error matters more; an upload left behind is swept by `opskit prune`
         # (abort_incomplete_uploads) and is invisible meanwhile.
         with contextlib.suppress(StorageError):

@@ -123,7 +123,9 @@ class Setup:
     storage: StorageConfig
     state_dir: Path
 
-    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m opskit --config <this> ARGS`` and return the finished process."""
         return subprocess.run(
             self.argv(*args), capture_output=True, text=True, timeout=timeout, env=cli_env(env), cwd=self.path.parent

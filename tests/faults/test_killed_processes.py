@@ -127,15 +127,17 @@ def copies_running(database: str) -> int:
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'opskit restore'"
-            " AND query LIKE 'COPY %%' AND datname LIKE %s", (database + "_restore_%",)
+            " AND query LIKE 'COPY %%' AND datname LIKE %s",
+            (database + "_restore_%",),
         ).fetchone()
     return int(row[0]) if row else 0
 
 
 def sessions_left(database: str) -> int:
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE %s",
-                           (database + "_restore_%",)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE %s", (database + "_restore_%",)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -41,8 +41,7 @@ def test_bursts_of_5xx_and_resets_mid_part_are_retried_and_the_backup_is_intact(
 ) -> None:
     add_random_bytes(database, 1)
     # Up to 8 attempts per request: even if one part draws all five part faults, it still succeeds.
-    setup = write_setup(tmp_path, database, through_proxy(s3_bucket, proxy.url), part_size="256KiB",
-                        max_attempts=8)
+    setup = write_setup(tmp_path, database, through_proxy(s3_bucket, proxy.url), part_size="256KiB", max_attempts=8)
     proxy.fail_next(2, status=503, method="PUT", path_contains=PART)
     proxy.fail_next(1, mode="reset", method="PUT", path_contains=PART)
     proxy.fail_next(2, status=500, method="PUT", path_contains=PART)
@@ -66,8 +65,7 @@ def test_faults_that_outlast_the_retries_fail_the_backup_cleanly(
     tmp_path: Path, database: str, s3_bucket: StorageConfig, proxy: FaultProxy
 ) -> None:
     add_random_bytes(database, 1)
-    setup = write_setup(tmp_path, database, through_proxy(s3_bucket, proxy.url), part_size="256KiB",
-                        max_attempts=2)
+    setup = write_setup(tmp_path, database, through_proxy(s3_bucket, proxy.url), part_size="256KiB", max_attempts=2)
     proxy.fail_next(1000, status=503, method="PUT", path_contains=PART)
 
     result = setup.run("backup", "now")

@@ -1,0 +1,119 @@
+"""The streaming stages: what goes in comes out, both hashes are checked, corruption is named."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from opskit.catalog import Artifact
+from opskit.catalog.artifacts import read_artifact
+from opskit.core.errors import Cancelled, RestoreFailed, VerificationFailed
+from opskit.pipeline import compress_and_store, recipient_fingerprint
+from opskit.secrets.references import Secret
+from opskit.storage.base import StorageConfig
+from opskit.storage.local import LocalStorage
+from opskit.storage.registry import open_storage
+
+PAYLOAD = os.urandom(300_000) + b"compressible " * 200_000
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    opened = open_storage(StorageConfig(name="disk", url=f"file://{tmp_path}/store"))
+    assert isinstance(opened, LocalStorage)
+    return opened
+
+
+def store(storage: LocalStorage, recipients: tuple[str, ...] = ()) -> Artifact:
+    result = compress_and_store(io.BytesIO(PAYLOAD), storage, "t/x/db.dump.zst", recipients=recipients, level=3)
+    encryption = {"format": "age", "recipients": [recipient_fingerprint(r) for r in recipients]} if recipients else None
+    return Artifact(
+        "db",
+        "t/x/db.dump.zst",
+        result.stored.size,
+        result.stored.sha256,
+        result.plain.size,
+        result.plain.sha256,
+        encryption=encryption,
+    )
+
+
+def test_stored_bytes_decompress_back_to_the_plain_bytes(storage: LocalStorage) -> None:
+    artifact = store(storage)
+    sink = io.BytesIO()
+
+    read_artifact(storage, artifact, sink)
+
+    assert sink.getvalue() == PAYLOAD
+    assert artifact.size < artifact.plain_size
+
+
+def test_encrypted_bytes_need_a_matching_identity(storage: LocalStorage) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    stranger = pyrage.x25519.Identity.generate()
+    artifact = store(storage, (str(identity.to_public()),))
+    sink = io.BytesIO()
+
+    read_artifact(storage, artifact, sink, identities=[identity])
+    with pytest.raises(RestoreFailed, match="the configured identity matches none"):
+        read_artifact(storage, artifact, io.BytesIO(), identities=[stranger])
+    with pytest.raises(RestoreFailed, match="no identity is configured"):
+        read_artifact(storage, artifact, io.BytesIO())
+
+    assert sink.getvalue() == PAYLOAD
+
+
+def test_a_flipped_byte_is_reported_as_a_stored_checksum_mismatch(storage: LocalStorage, tmp_path: Path) -> None:
+    artifact = store(storage)
+    path = tmp_path / "store" / artifact.key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(VerificationFailed, match=r"db\.dump\.zst"):
+        read_artifact(storage, artifact, io.BytesIO())
+
+
+def test_a_truncated_object_is_reported_even_though_zstd_stops_quietly(storage: LocalStorage, tmp_path: Path) -> None:
+    artifact = store(storage)
+    path = tmp_path / "store" / artifact.key
+    path.write_bytes(path.read_bytes()[: artifact.size // 2])
+
+    with pytest.raises(VerificationFailed, match="mismatch"):
+        read_artifact(storage, artifact, io.BytesIO())
+
+
+def test_a_failure_before_commit_leaves_no_object(storage: LocalStorage) -> None:
+    def refuse() -> None:
+        raise RestoreFailed("pg_dump exited with code 1")
+
+    with pytest.raises(RestoreFailed):
+        compress_and_store(io.BytesIO(PAYLOAD), storage, "t/y/db.dump.zst", before_commit=refuse)
+
+    assert list(storage.list("")) == []
+
+
+def test_a_cancelled_run_commits_nothing(storage: LocalStorage) -> None:
+    cancel = threading.Event()
+    cancel.set()
+
+    with pytest.raises(Cancelled):
+        compress_and_store(io.BytesIO(PAYLOAD), storage, "t/z/db.dump.zst", cancel=cancel)
+
+    assert list(storage.list("")) == []
+
+
+def test_an_identity_file_with_comments_parses(tmp_path: Path) -> None:
+    from opskit.pipeline import parse_identities
+
+    identity = pyrage.x25519.Identity.generate()
+    text = f"# created: today\n# public key: {identity.to_public()}\n{identity}\n"
+
+    parsed = parse_identities(Secret(text, "file:/k"))
+
+    assert [str(p.to_public()) for p in parsed] == [str(identity.to_public())]
