@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from opskit.context import AppContext
-from opskit.core.errors import ConfigError, MigrationFailed, VerificationFailed
-from opskit.flyway.engine import Applied
+from opskit.core.errors import ConfigError, MigrationFailed, MigrationValidationFailed
+from opskit.flyway.results import Applied
 from opskit.migrate import migrate as action
 
 _TARGET_KEY = "opskit.migrate.target"
@@ -120,11 +120,11 @@ def migrate_group(
 
 
 def _print_failure(exc: MigrationFailed) -> None:
-    click.echo(f"migration failed: {getattr(exc, 'migration', '?')}", err=True)
-    click.echo(f"database error: {getattr(exc, 'database_error', exc.message)}", err=True)
-    command = getattr(exc, "restore_command", None)
-    if command and not getattr(exc, "restored", False):
-        click.echo(f"to undo this run, restore the pre-migrate backup: {command}", err=True)
+    click.echo(f"migration failed: {exc.migration or '?'}", err=True)
+    database_error = exc.database_error if exc.database_error is not None else exc.message
+    click.echo(f"database error: {database_error}", err=True)
+    if exc.restore_command and not exc.restored:
+        click.echo(f"to undo this run, restore the pre-migrate backup: {exc.restore_command}", err=True)
 
 
 @migrate_group.command("info")
@@ -133,8 +133,9 @@ def _print_failure(exc: MigrationFailed) -> None:
 @click.pass_context
 def info_command(cctx: click.Context, target_name: str | None, as_json: bool) -> None:
     """Show every migration and its state (Pending, Success, Failed, Outdated, ...)."""
-    outcome = action.info(_app(cctx), _target(cctx, target_name))
-    document = action.info_json(outcome)
+    app = _app(cctx)
+    outcome = action.info(app, _target(cctx, target_name))
+    document = action.info_json(outcome, app.clock())
     if as_json:
         from opskit.cli.render import echo_json
 
@@ -160,8 +161,8 @@ def validate_command(cctx: click.Context, target_name: str | None) -> None:
     """Check the scripts against the history table, with Flyway's messages (exit 5 when invalid)."""
     try:
         state = action.validate(_app(cctx), _target(cctx, target_name))
-    except VerificationFailed as exc:
-        for message in getattr(exc, "errors", []):
+    except MigrationValidationFailed as exc:
+        for message in exc.errors:
             click.echo(message, err=True)
         raise
     click.echo(f"Successfully validated {len(state.infos)} migrations")

@@ -3,7 +3,7 @@
 A team can point opskit at its Flyway project unchanged. Sources, lowest precedence first
 (each later one overrides the keys it sets; placeholders merge name by name):
 
-1. Flyway's defaults (spec 7);
+1. Flyway's defaults (``docs/flyway-compat.md`` §7);
 2. Flyway config files: ``migrations.flyway_config`` if set, else ``$FLYWAY_CONFIG_FILES``, else
    the ones Flyway itself reads from the home and working directories: ``flyway.conf``, then
    ``flyway.toml`` and ``flyway.user.toml`` (later files win, as in Flyway);

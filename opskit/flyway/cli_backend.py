@@ -3,7 +3,7 @@
 The settings opskit resolved (opskit.toml, Flyway files, ``FLYWAY_*``) are passed as
 ``-key=value`` arguments, so Flyway sees exactly what opskit would have used; the target's
 password goes through ``FLYWAY_PASSWORD`` in the child's environment, never argv. Every
-command runs with ``-outputType=json`` and the document is parsed by field name (spec 6.1).
+command runs with ``-outputType=json`` and the document is parsed by field name (``docs/flyway-compat.md`` §6.1).
 """
 
 from __future__ import annotations
@@ -11,14 +11,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from opskit.config.migrations import MigrationSettings
 from opskit.config.model import TargetConfig
-from opskit.core.errors import ConfigError, MigrationFailed, OpskitError, UnreachableError, VerificationFailed
+from opskit.core.errors import (
+    ConfigError,
+    MigrationFailed,
+    MigrationValidationFailed,
+    OpskitError,
+    UnreachableError,
+    VerificationFailed,
+)
 from opskit.core.execute import run as run_command
-from opskit.flyway.engine import Applied, BaselineReport, InfoState, MigrateReport, RepairReport
+from opskit.flyway.results import Applied, BaselineReport, InfoOutcome, MigrateReport, RepairReport
+from opskit.flyway.state import InfoState
 from opskit.pg import connection
 
 TIMEOUT_SECONDS = 6 * 3600  # a long data migration is legitimate; the lock protects the database meanwhile
@@ -135,13 +144,45 @@ def run_flyway(
     if result.returncode != 0 or error:
         message = (error or {}).get("message") if isinstance(error, dict) else error
         message = message or result.stderr.decode("utf-8", "replace").strip()[-500:] or "no output"
-        kind: type[OpskitError] = {"validate": VerificationFailed, "migrate": MigrationFailed}.get(command, OpskitError)
-        if "validat" in str(message).lower():
-            kind = VerificationFailed
+        code = error.get("errorCode") if isinstance(error, dict) else None
+        kind = _error_kind(command, code, str(message))
         raise kind(f"flyway {command} failed: {message}", hint="see Flyway's message above")
     if not document:
         raise UnreachableError(f"flyway {command} printed no JSON document", hint="check the flyway installation")
     return document
+
+
+# Flyway's ErrorCode values (``error.errorCode`` of its JSON) that mean "validation failed": a
+# failed validateOnMigrate inside ``migrate`` must exit 5 like ``validate`` itself, not 4.
+VALIDATION_ERROR_CODES = frozenset(
+    {
+        "VALIDATE_ERROR",
+        "CHECKSUM_MISMATCH",
+        "TYPE_MISMATCH",
+        "DESCRIPTION_MISMATCH",
+        "OUTDATED_REPEATABLE_MIGRATION",
+        "RESOLVED_REPEATABLE_MIGRATION_NOT_APPLIED",
+        "RESOLVED_VERSIONED_MIGRATION_NOT_APPLIED",
+        "APPLIED_REPEATABLE_MIGRATION_NOT_RESOLVED",
+        "APPLIED_VERSIONED_MIGRATION_NOT_RESOLVED",
+        "FAILED_REPEATABLE_MIGRATION",
+        "FAILED_VERSIONED_MIGRATION",
+    }
+)
+_KIND_BY_COMMAND: dict[str, type[OpskitError]] = {"validate": VerificationFailed, "migrate": MigrationFailed}
+
+
+def _error_kind(command: str, code: object, message: str) -> type[OpskitError]:
+    """Return the opskit error for a failed ``flyway <command>``: by Flyway's error code, else by the command.
+
+    A failure Flyway reports before it can print JSON (a bad configuration, an old release whose JSON
+    has no ``errorCode``) leaves its message as the only signal that validation is what failed.
+    """
+    if isinstance(code, str) and code:
+        return VerificationFailed if code in VALIDATION_ERROR_CODES else _KIND_BY_COMMAND.get(command, OpskitError)
+    if "validat" in message.lower():
+        return VerificationFailed
+    return _KIND_BY_COMMAND.get(command, OpskitError)
 
 
 def migrate(target: TargetConfig, settings: MigrationSettings, dry_run: bool = False) -> MigrateReport:
@@ -174,33 +215,30 @@ def _applied(m: dict[str, Any]) -> Applied:
     )
 
 
-def info(target: TargetConfig, settings: MigrationSettings) -> Any:
+def info(target: TargetConfig, settings: MigrationSettings) -> InfoOutcome:
     """Run ``flyway info`` and return an InfoOutcome carrying Flyway's own document."""
-    from opskit.migrate.migrate import InfoOutcome
-
     document = run_flyway("info", target, settings)
-    outcome = InfoOutcome(
+    return InfoOutcome(
         target.name,
         InfoState([]),
         document.get("schemaName", ""),
         document.get("database", ""),
         bool(document.get("allSchemasEmpty")),
         None,
+        flyway_document=document,
     )
-    outcome.raw = document
-    return outcome
 
 
 def validate(target: TargetConfig, settings: MigrationSettings) -> InfoState:
-    """Run ``flyway validate``. Raises VerificationFailed with Flyway's messages."""
+    """Run ``flyway validate``. Raises MigrationValidationFailed (exit 5) with Flyway's messages."""
     document = run_flyway("validate", target, settings)
     if document.get("validationSuccessful") is False:
         messages = [
             str((m.get("errorDetails") or {}).get("errorMessage", "")) for m in document.get("invalidMigrations", [])
         ]
-        error = VerificationFailed("Validate failed: Migrations have failed validation\n" + "\n".join(messages))
-        error.errors = messages  # type: ignore[attr-defined]
-        raise error
+        raise MigrationValidationFailed(
+            "Validate failed: Migrations have failed validation\n" + "\n".join(messages), errors=messages
+        )
     return InfoState([])
 
 
@@ -223,3 +261,42 @@ def repair(target: TargetConfig, settings: MigrationSettings) -> RepairReport:
     """Run ``flyway repair``."""
     document = run_flyway("repair", target, settings)
     return RepairReport(actions=[str(a) for a in document.get("repairActions", [])])
+
+
+class FlywayCliBackend:
+    """The :class:`~opskit.flyway.backend.MigrationBackend` that runs a real ``flyway`` binary.
+
+    It cannot take a pre-migrate backup or rehearse (those need the built-in engine's plan), so
+    ``supports_guarded_runs`` is False.
+    """
+
+    supports_guarded_runs = False
+
+    def __init__(self, settings: MigrationSettings) -> None:
+        self.settings = settings
+
+    def info(self, target: TargetConfig) -> InfoOutcome:
+        """Return Flyway's ``info``. Raises UnreachableError, ConfigError, OpskitError."""
+        return info(target, self.settings)
+
+    def validate(self, target: TargetConfig) -> InfoState:
+        """Run ``flyway validate``. Raises MigrationValidationFailed (exit 5) with Flyway's messages."""
+        return validate(target, self.settings)
+
+    def migrate(
+        self, target: TargetConfig, *, dry_run: bool = False, on_applied: Callable[[Applied], None] | None = None
+    ) -> MigrateReport:
+        """Run ``flyway migrate`` (``info`` for a dry run) and return what it applied.
+
+        ``on_applied`` is not called: Flyway reports its migrations only when the whole run is over.
+        Raises MigrationFailed, VerificationFailed, UnreachableError, ConfigError.
+        """
+        return migrate(target, self.settings, dry_run=dry_run)
+
+    def baseline(self, target: TargetConfig, version: str | None, description: str | None) -> BaselineReport:
+        """Run ``flyway baseline``. Raises VerificationFailed, OpskitError."""
+        return baseline(target, self.settings, version, description)
+
+    def repair(self, target: TargetConfig) -> RepairReport:
+        """Run ``flyway repair``. Raises OpskitError."""
+        return repair(target, self.settings)

@@ -1,11 +1,12 @@
-"""The migration engine: migrate, info, validate, baseline and repair, with Flyway's semantics.
+"""The migration runner: Flyway's migrate, info, validate, baseline and repair on one database.
 
-States, validation messages and history rows follow ``specs/flyway-compat.md`` sections 2-4.
+The state it acts on is computed by the pure :mod:`opskit.flyway.state` and checked by
+:mod:`opskit.flyway.validation`; this module does the database I/O (``docs/flyway-compat.md`` §2, §4).
 The engine works on one autocommit connection it is given:
 
 * the whole ``migrate``/``baseline``/``repair`` run holds Flyway's advisory lock as a *session*
   lock (``pg_try_advisory_lock``), which conflicts with both lock modes Flyway uses, so opskit
-  and Flyway never migrate one database at once, and two opskit runs never interleave;
+  and Flyway never migrate one database at once, and two opskit runs never interleave (§2.7);
 * each transactional migration runs in its own transaction together with its history row, so
   a failure leaves neither a row nor a partial change;
 * a migration with statements PostgreSQL refuses inside a transaction (``CREATE INDEX
@@ -18,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,554 +30,36 @@ from opskit.core.errors import ConfigError, MigrationFailed, VerificationFailed
 from opskit.core.log import get_logger
 from opskit.flyway.history import (
     SCHEMA_DESCRIPTION,
-    AppliedRow,
     HistoryTable,
     NewRow,
     acquire_lock,
     quote_java,
     release_lock,
 )
+from opskit.flyway.repair import failed_rows, misaligned_rows, missing_rows
+from opskit.flyway.results import Applied, BaselineReport, MigrateReport, RepairReport
 from opskit.flyway.scripts import (
     Script,
     Version,
     abbreviate_description,
     abbreviate_script,
-    can_run_in_transaction,
     discover,
     executable_text,
-    order_key,
     resolved_checksums,
     split_statements,
 )
+from opskit.flyway.session import reset_session, schema_exists, schema_is_empty
+from opskit.flyway.state import (
+    Info,
+    InfoState,
+    Resolved,
+    Target,
+    build_state,
+)
+from opskit.flyway.transactions import migration_failure, runs_in_transaction
+from opskit.flyway.validation import state_ignored, validation_errors, validation_failed
 
 log = get_logger(__name__)
-
-# Display names of Flyway's MigrationState (the JSON "state" values).
-PENDING = "Pending"
-ABOVE_TARGET = "Above Target"
-BELOW_BASELINE = "Below Baseline"
-BASELINE_IGNORED = "Ignored (Baseline)"
-BASELINE = "Baseline"
-IGNORED = "Ignored"
-SUCCESS = "Success"
-OUT_OF_ORDER = "Out of Order"
-FAILED = "Failed"
-MISSING = "Missing"
-MISSING_FAILED = "Failed (Missing)"
-FUTURE = "Future"
-FUTURE_FAILED = "Failed (Future)"
-OUTDATED = "Outdated"
-SUPERSEDED = "Superseded"
-DELETED = "Deleted"
-FAILED_STATES = frozenset({FAILED, MISSING_FAILED, FUTURE_FAILED})
-APPLIED_STATES = frozenset(
-    {
-        BASELINE,
-        SUCCESS,
-        OUT_OF_ORDER,
-        FAILED,
-        MISSING,
-        MISSING_FAILED,
-        FUTURE,
-        FUTURE_FAILED,
-        OUTDATED,
-        SUPERSEDED,
-        DELETED,
-    }
-)
-
-
-# --------------------------------------------------------------------------- resolved migrations
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A script with the checksums Flyway resolves for it (placeholders applied for repeatables)."""
-
-    script: Script
-    checksum: int
-    equivalent_checksum: int | None
-
-    @property
-    def version(self) -> Version | None:
-        """Return the version (None for a repeatable)."""
-        return self.script.version
-
-    @property
-    def description(self) -> str:
-        """Return the description from the file name."""
-        return self.script.description
-
-    def checksum_matches(self, stored: int | None) -> bool:
-        """Return True when ``stored`` equals the checksum or its raw equivalent (Flyway's checksumMatches)."""
-        return stored == self.checksum or (self.equivalent_checksum is not None and stored == self.equivalent_checksum)
-
-
-# --------------------------------------------------------------------------- info
-
-
-@dataclass(frozen=True)
-class Target:
-    """The ``target`` setting: ``latest``, ``current``, ``next`` or a version (``2.0?`` may be missing)."""
-
-    kind: str  # "latest" | "current" | "next" | "version"
-    version: Version | None = None
-    optional: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        """Parse the setting. Raises ConfigError for something that is not a version or a keyword."""
-        lowered = text.strip().lower()
-        if lowered in ("latest", "current", "next"):
-            return cls(lowered)
-        optional = lowered.endswith("?")
-        raw = text.strip().rstrip("?")
-        try:
-            return cls("version", Version.parse(raw), optional)
-        except ValueError:
-            raise ConfigError(
-                f"invalid target '{text}'", hint="use latest, current, next or a version such as 2.1"
-            ) from None
-
-
-@dataclass
-class Info:
-    """One line of ``info``: a resolved script, an applied row, or both, and its state."""
-
-    resolved: Resolved | None
-    applied: AppliedRow | None
-    state: str = PENDING
-    out_of_order: bool = False
-    deleted: bool = False
-
-    @property
-    def version(self) -> Version | None:
-        """Return the version of the row or the script (None for repeatables and markers)."""
-        if self.applied is not None:
-            return self.applied.parsed_version
-        return self.resolved.version if self.resolved else None
-
-    @property
-    def version_text(self) -> str:
-        """Return the version as Flyway shows it, or ``""``."""
-        if self.applied is not None:
-            return self.applied.version or ""
-        return self.resolved.version.text if self.resolved and self.resolved.version else ""
-
-    @property
-    def raw_version(self) -> str:
-        """Return the version as spelled in the file name (``1_1``), or the stored one."""
-        if self.resolved is not None and self.resolved.version is not None:
-            return self.resolved.version.raw
-        return self.version_text
-
-    @property
-    def description(self) -> str:
-        """Return the stored description, else the resolved one."""
-        if self.applied is not None:
-            return self.applied.description
-        return self.resolved.description if self.resolved else ""
-
-    @property
-    def type(self) -> str:
-        """Return the row's type, or ``SQL`` for a script not applied yet."""
-        return self.applied.type if self.applied is not None else "SQL"
-
-    @property
-    def is_repeatable(self) -> bool:
-        """Return True for repeatable migrations (rows or scripts without a version, markers excluded)."""
-        if self.applied is not None:
-            return self.applied.version is None and not self.applied.is_synthetic
-        return self.resolved is not None and self.resolved.version is None
-
-    @property
-    def is_synthetic(self) -> bool:
-        """Return True for SCHEMA, DELETE and BASELINE rows."""
-        return self.applied is not None and self.applied.is_synthetic
-
-    @property
-    def category(self) -> str:
-        """Return the JSON ``category``: Versioned, Repeatable, Baseline, or ``""`` for markers."""
-        if self.applied is not None and self.applied.is_baseline:
-            return "Baseline" if self.applied.type != "BASELINE" else ""
-        if self.is_synthetic:
-            return ""
-        return "Repeatable" if self.is_repeatable else "Versioned"
-
-    @property
-    def label(self) -> str:
-        """Return how messages name it: the version, else the description."""
-        return self.version_text or self.description
-
-    @property
-    def checksum(self) -> int | None:
-        """Return the stored checksum, else the resolved one."""
-        if self.applied is not None:
-            return self.applied.checksum
-        return self.resolved.checksum if self.resolved else None
-
-
-@dataclass
-class InfoState:
-    """All migrations with their states, plus what Flyway's MigrationInfoContext knows."""
-
-    infos: list[Info]
-    baseline: Version | None = None
-    last_applied: Version | None = None
-    last_resolved: Version | None = None
-    target: Version | None = None
-
-    def pending(self) -> list[Info]:
-        """Return the pending migrations in the order they would be applied."""
-        waiting = [i for i in self.infos if i.state == PENDING and i.applied is None]
-        return sorted(waiting, key=lambda i: order_key(i.resolved.script))  # type: ignore[union-attr]
-
-    def current(self) -> Info | None:
-        """Return the current version's migration: the highest applied non-deleted versioned one."""
-        best: Info | None = None
-        for info in self.infos:
-            if info.applied is None or info.state == DELETED or info.applied.type in ("DELETE", "SCHEMA"):
-                continue
-            version = info.version
-            if version is not None and (best is None or version > best.version):  # type: ignore[operator]
-                best = info
-        if best is not None:
-            return best
-        repeatables = [i for i in self.infos if i.applied is not None and i.is_repeatable and i.state != DELETED]
-        return repeatables[-1] if repeatables else None
-
-    @property
-    def schema_version(self) -> str | None:
-        """Return the current schema version text, or None when nothing versioned is applied."""
-        current = self.current()
-        return current.version_text or None if current is not None else None
-
-    def failed(self, future_ignored: bool = True) -> list[Info]:
-        """Return the failed rows (a Failed (Future) row counts only when future is not ignored)."""
-        return [
-            i
-            for i in self.infos
-            if i.state in (FAILED, MISSING_FAILED) or (i.state == FUTURE_FAILED and not future_ignored)
-        ]
-
-
-def build_state(
-    resolved: Sequence[Resolved], applied: Sequence[AppliedRow], target: Target, out_of_order: bool
-) -> InfoState:
-    """Pair resolved scripts with history rows and compute every state (spec 4.3).
-
-    Versioned rows pair by version; repeatable rows by description, where only the highest
-    rank per description is the latest run. Returns the infos with applied rows first (by
-    rank), then the rest in resolution order.
-    """
-    resolved_versioned: dict[Version, Resolved] = {}
-    resolved_repeatable: dict[str, Resolved] = {}
-    last_resolved: Version | None = None
-    for item in resolved:
-        if item.version is not None:
-            resolved_versioned[item.version] = item
-            if last_resolved is None or item.version > last_resolved:
-                last_resolved = item.version
-        else:
-            resolved_repeatable[item.description] = item
-
-    infos: list[Info] = [Info(None, row) for row in applied]
-    baseline: Version | None = None
-    # DELETE markers cancel the latest earlier live row with the same version (or description).
-    for index, info in enumerate(infos):
-        row = info.applied
-        assert row is not None
-        if row.is_baseline and row.version:
-            baseline = row.parsed_version
-        if row.type == "DELETE" and row.success:
-            for earlier in reversed(infos[:index]):
-                other = earlier.applied
-                assert other is not None
-                if other.is_synthetic or earlier.deleted:
-                    continue
-                if row.version is not None:
-                    same = other.version is not None and other.parsed_version == row.parsed_version
-                else:
-                    same = other.version is None and other.description == row.description
-                if same:
-                    earlier.deleted = True
-                    break
-
-    last_applied: Version | None = None
-    for info in infos:
-        row = info.applied
-        assert row is not None
-        if row.version is None or info.deleted or row.type in ("DELETE", "SCHEMA"):
-            continue
-        version = row.parsed_version
-        assert version is not None
-        if last_applied is None or version > last_applied:
-            last_applied = version
-        else:
-            info.out_of_order = True
-
-    target_version: Version | None = target.version
-    if target.kind == "current":
-        target_version = last_applied
-
-    pending_versioned = dict(resolved_versioned)
-    latest_runs: dict[str, int] = {}
-    for info in infos:
-        row = info.applied
-        assert row is not None
-        if row.is_synthetic:
-            continue
-        if row.version is not None:
-            match = resolved_versioned.get(row.parsed_version)  # type: ignore[arg-type]
-            if match is not None and not info.deleted:
-                info.resolved = match
-                pending_versioned.pop(match.version, None)  # type: ignore[arg-type]
-        else:
-            info.resolved = resolved_repeatable.get(row.description)
-            if not info.deleted:
-                latest_runs[row.description] = max(
-                    latest_runs.get(row.description, row.installed_rank), row.installed_rank
-                )
-    pending_repeatable = dict(resolved_repeatable)
-    for info in infos:
-        row = info.applied
-        assert row is not None
-        if (
-            row.version is None
-            and not row.is_synthetic
-            and info.resolved is not None
-            and not info.deleted
-            and row.installed_rank == latest_runs.get(row.description)
-            and info.resolved.checksum_matches(row.checksum)
-        ):
-            pending_repeatable.pop(row.description, None)
-
-    state = InfoState(infos, baseline, last_applied, last_resolved, target_version)
-    for info in infos:
-        info.state = _applied_state(info, state, latest_runs)
-    waiting = sorted(
-        list(pending_versioned.values()) + list(pending_repeatable.values()), key=lambda r: order_key(r.script)
-    )
-    for item in waiting:
-        info = Info(item, None)
-        info.state = _unapplied_state(item, state, target, out_of_order)
-        infos.append(info)
-    if target.kind == "next":
-        # Only the first pending migration is in reach; everything pending after it is above target.
-        first = True
-        for info in infos:
-            if info.applied is None and info.state == PENDING:
-                if not first and info.resolved is not None and info.resolved.version is not None:
-                    info.state = ABOVE_TARGET
-                first = False
-    return state
-
-
-def _applied_state(info: Info, context: InfoState, latest_runs: dict[str, int]) -> str:
-    row = info.applied
-    assert row is not None
-    if info.deleted:
-        return DELETED
-    if row.is_baseline:
-        return BASELINE
-    if row.type in ("SCHEMA", "DELETE"):
-        return SUCCESS
-    if info.resolved is None:
-        version = row.parsed_version
-        if version is None or (context.last_resolved is not None and version < context.last_resolved):
-            return MISSING if row.success else MISSING_FAILED
-        return FUTURE if row.success else FUTURE_FAILED
-    if not row.success:
-        return FAILED
-    if row.version is None:
-        if row.installed_rank == latest_runs.get(row.description):
-            return SUCCESS if info.resolved.checksum_matches(row.checksum) else OUTDATED
-        return SUPERSEDED
-    if info.out_of_order:
-        return OUT_OF_ORDER
-    return SUCCESS
-
-
-def _unapplied_state(item: Resolved, context: InfoState, target: Target, out_of_order: bool) -> str:
-    version = item.version
-    if version is not None:
-        if context.baseline is not None and version < context.baseline:
-            return BELOW_BASELINE
-        if context.baseline is not None and version == context.baseline:
-            return BASELINE_IGNORED
-        if target.kind != "next" and context.target is not None and version > context.target:
-            return ABOVE_TARGET
-        if context.last_applied is not None and version < context.last_applied and not out_of_order:
-            return IGNORED
-    if item.script.options.should_execute is False:
-        return IGNORED
-    return PENDING
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _pattern_matches(patterns: Iterable[str], info: Info) -> bool:
-    for pattern in patterns:
-        kind, _, state = pattern.lower().partition(":")
-        kind_ok = kind == "*" or (kind == "repeatable") == info.is_repeatable
-        if kind_ok and (state == "*" or state == info.state.lower()):
-            return True
-    return False
-
-
-def _state_ignored(patterns: Iterable[str], state_name: str, repeatable: bool) -> bool:
-    for pattern in patterns:
-        kind, _, state = pattern.lower().partition(":")
-        if (kind == "*" or (kind == "repeatable") == repeatable) and state in ("*", state_name):
-            return True
-    return False
-
-
-def validation_errors(state: InfoState, patterns: Sequence[str]) -> list[str]:
-    """Return Flyway's validation messages for every invalid migration, in info order (spec 4.2)."""
-    errors: list[str] = []
-    ok_always = (ABOVE_TARGET, DELETED)
-    for info in state.infos:
-        if info.state in ok_always or _pattern_matches(patterns, info):
-            continue
-        repeatable = info.is_repeatable
-        future_ignored = _state_ignored(patterns, "future", repeatable)
-        if info.state in FAILED_STATES and not (info.state == FUTURE_FAILED and future_ignored):
-            if repeatable:
-                errors.append(
-                    f"Detected failed repeatable migration: {info.description}.\nPlease remove any "
-                    "half-completed changes then run repair to fix the schema history."
-                )
-            else:
-                errors.append(
-                    f"Detected failed migration to version {info.version_text} ({info.description}).\n"
-                    "Please remove any half-completed changes then run repair to fix the schema history."
-                )
-            continue
-        if (
-            info.applied is not None
-            and info.resolved is None
-            and not info.is_synthetic
-            and info.state not in (SUPERSEDED, FUTURE_FAILED)
-        ):
-            if info.state == FUTURE and future_ignored:
-                continue
-            errors.append(
-                f"Detected applied migration not resolved locally: {info.label}.\nIf you removed this "
-                "migration intentionally, run repair to mark the migration as deleted."
-            )
-            continue
-        pending_ignored = _state_ignored(patterns, "pending", repeatable)
-        if info.state == IGNORED:
-            errors.append(
-                f"Detected resolved migration not applied to database: {info.label}.\nTo ignore this "
-                "migration, set -ignoreMigrationPatterns='*:ignored'. To allow executing this migration, "
-                "set -outOfOrder=true."
-            )
-            continue
-        if info.state == PENDING and not pending_ignored:
-            errors.append(
-                f"Detected resolved migration not applied to database: {info.label}.\nTo fix this error, "
-                "either run migrate, or set -ignoreMigrationPatterns='*:pending'."
-            )
-            continue
-        if info.state == OUTDATED and not pending_ignored:
-            errors.append(
-                f"Detected outdated resolved repeatable migration that should be re-applied to database: "
-                f"{info.description}.\nRun migrate to execute this migration."
-            )
-            continue
-        if info.applied is None or info.resolved is None or info.is_synthetic:
-            continue
-        version = info.applied.parsed_version
-        if version is not None and state.baseline is not None and not version > state.baseline:
-            continue
-        error = _mismatch(info)
-        if error:
-            errors.append(error)
-    return errors
-
-
-def _mismatch(info: Info) -> str | None:
-    row, resolved = info.applied, info.resolved
-    assert row is not None and resolved is not None
-    what = f"version {row.version}" if row.version else f"description {row.description}"
-    tail = "\nEither revert the changes to the migration, or run repair to update the schema history."
-    if row.type != "SQL":
-        return (
-            f"Migration type mismatch for migration {what}\n-> Applied to database : {row.type}\n"
-            f"-> Resolved locally    : SQL{tail}"
-        )
-    if row.version is not None and row.checksum is not None and not resolved.checksum_matches(row.checksum):
-        return (
-            f"Migration checksum mismatch for migration {what}\n-> Applied to database : {row.checksum}\n"
-            f"-> Resolved locally    : {resolved.checksum}{tail}"
-        )
-    if abbreviate_description(resolved.description) != row.description:
-        return (
-            f"Migration description mismatch for migration {what}\n-> Applied to database : {row.description}\n"
-            f"-> Resolved locally    : {resolved.description}{tail}"
-        )
-    return None
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Applied:
-    """One migration the run applied (or, in a dry run, would apply)."""
-
-    category: str
-    version: str | None
-    raw_version: str | None
-    description: str
-    script: str
-    filepath: str
-    execution_ms: int
-    transactional: bool = True
-
-
-@dataclass
-class MigrateReport:
-    """What ``migrate`` did."""
-
-    initial_version: str | None
-    target_version: str | None
-    applied: list[Applied] = field(default_factory=list)
-    dry_run: bool = False
-    baselined: bool = False
-    created_table: bool = False
-    created_schemas: tuple[str, ...] = ()
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        """Return how many migrations ran (or would run)."""
-        return len(self.applied)
-
-
-@dataclass
-class RepairReport:
-    """What ``repair`` changed."""
-
-    actions: list[str] = field(default_factory=list)
-    removed: list[Info] = field(default_factory=list)
-    deleted: list[Info] = field(default_factory=list)
-    aligned: list[Info] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class BaselineReport:
-    """What ``baseline`` did."""
-
-    version: str
-    description: str
-    created: bool  # False when the same baseline was already there
-
-
-# --------------------------------------------------------------------------- the engine
 
 
 class Engine:
@@ -588,14 +70,14 @@ class Engine:
         conn: psycopg.Connection[Any],
         settings: MigrationSettings,
         *,
-        clock: Callable[[], datetime] | None = None,
+        clock: Callable[[], datetime],
         on_lock_wait: Callable[[int], None] | None = None,
     ) -> None:
         if not conn.autocommit:
             conn.autocommit = True
         self.conn = conn
         self.settings = settings
-        self.clock = clock or datetime.now
+        self.clock = clock
         self.on_lock_wait = on_lock_wait
         self._user: str | None = None
         self._scripts: tuple[Script, ...] | None = None
@@ -614,7 +96,9 @@ class Engine:
             )
         self.schema: str = schema
         self.history = HistoryTable(schema, settings.table, settings.tablespace)
-        self.timestamp = self.clock().strftime("%Y-%m-%d %H:%M:%S")
+        # ${flyway:timestamp} is the JVM's local time, computed once per command (§5); astimezone()
+        # turns the injected clock's instant (aware or naive local) into local time.
+        self.timestamp = self.clock().astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
     # ------------------------------------------------------------------ facts
 
@@ -667,10 +151,18 @@ class Engine:
         )
 
     def _schema_exists(self, schema: str) -> bool:
-        row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)", (schema,)
-        ).fetchone()
-        return bool(row and row[0])
+        return schema_exists(self.conn, schema)
+
+    def schema_empty(self, schema: str) -> bool:
+        """Return True when ``schema`` holds no relation, type or function outside extensions (PG doEmpty)."""
+        return schema_is_empty(self.conn, schema)
+
+    def _transactional(self, script: Script) -> bool:
+        return runs_in_transaction(script, self.settings, self.server_version_num)
+
+    def _reset_session(self) -> None:
+        # Flyway restores role and search_path before each migration (§4.1 item 6).
+        reset_session(self.conn, self.original_role, self.original_search_path, self.schema)
 
     # ------------------------------------------------------------------ info / validate
 
@@ -679,14 +171,14 @@ class Engine:
         return self.state()
 
     def validate(self, extra_patterns: Sequence[str] = ()) -> InfoState:
-        """Validate scripts against the history (spec 4.2); return the state when valid.
+        """Validate scripts against the history (§4.2); return the state when valid.
 
         Raises VerificationFailed (exit 5) carrying Flyway's messages in ``errors``.
         """
         patterns = list(self.settings.ignore_migration_patterns) + list(extra_patterns)
         state = self.state()
         errors: list[str] = []
-        if not self._schema_exists(self.schema) and state.infos and not _state_ignored(patterns, "pending", False):
+        if not self._schema_exists(self.schema) and state.infos and not state_ignored(patterns, "pending", False):
             errors.append(f"Schema {quote_java(self.schema)} doesn't exist yet")
         else:
             errors = validation_errors(state, patterns)
@@ -697,7 +189,7 @@ class Engine:
     # ------------------------------------------------------------------ migrate
 
     def migrate(self, dry_run: bool = False, on_applied: Callable[[Applied], None] | None = None) -> MigrateReport:
-        """Apply the pending migrations, one transaction each (spec 4.1); return what ran.
+        """Apply the pending migrations, one transaction each (§4.1); return what ran.
 
         Raises VerificationFailed when validation fails, MigrationFailed (exit 4) when a
         migration fails (after rolling it back), LockHeld when another run holds the lock.
@@ -785,7 +277,7 @@ class Engine:
     ) -> None:
         while True:
             failed = state.failed(
-                future_ignored=_state_ignored(self.settings.ignore_migration_patterns, "future", False)
+                future_ignored=state_ignored(self.settings.ignore_migration_patterns, "future", False)
             )
             if failed:
                 info = failed[0]
@@ -841,57 +333,6 @@ class Engine:
                 )
         return tuple(missing)
 
-    def schema_empty(self, schema: str) -> bool:
-        """Return True when ``schema`` holds no relation, type or function outside extensions (PG doEmpty)."""
-        row = self.conn.execute(
-            """
-            SELECT NOT EXISTS (
-                SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'v', 'S', 't', 'm', 'p', 'f')
-                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
-            ) AND NOT EXISTS (
-                SELECT 1 FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                WHERE n.nspname = %(s)s AND t.typcategory NOT IN ('A', 'C')
-                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e')
-            ) AND NOT EXISTS (
-                SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                WHERE n.nspname = %(s)s
-                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
-            )
-            """,
-            {"s": schema},
-        ).fetchone()
-        return bool(row and row[0])
-
-    def _transactional(self, script: Script) -> bool:
-        if script.options.execute_in_transaction is not None:
-            return script.options.execute_in_transaction
-        if not self.settings.execute_in_transaction:
-            return False
-        statements = split_statements(script.text)
-        kinds = {can_run_in_transaction(s, self.server_version_num) for s in statements}
-        if kinds == {False}:
-            return False
-        if kinds == {True, False}:
-            if not self.settings.mixed:
-                raise ConfigError(
-                    f"Detected both transactional and non-transactional statements within the same migration "
-                    f"(even though mixed is false). Offending migration: {script.script}",
-                    hint="move the non-transactional statements (CREATE INDEX CONCURRENTLY, ...) into their own "
-                    "migration, or set migrations.mixed = true",
-                )
-            return False
-        return True
-
-    def _reset_session(self) -> None:
-        # Flyway restores role and search_path before each migration (spec 4.1 item 6).
-        self.conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.original_role)))
-        path = self.original_search_path
-        first = path.split(",")[0].strip().strip('"') if path else ""
-        if self._schema_exists(self.schema) and first != self.schema:
-            path = f"{quote_java(self.schema)},{path}" if path else quote_java(self.schema)
-        self.conn.execute("SELECT set_config('search_path', %s, false)", (path,))
-
     def _describe(self, info: Info, elapsed_ms: int, transactional: bool) -> Applied:
         script = info.resolved.script  # type: ignore[union-attr]
         return Applied(
@@ -937,7 +378,7 @@ class Engine:
                     ms = elapsed()
                     self.history.insert(self.conn, _with_time(row, ms))
             except psycopg.Error as exc:
-                raise _failure(script, exc, rolled_back=True) from exc
+                raise migration_failure(script, exc, rolled_back=True) from exc
         else:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 raise ConfigError(
@@ -950,7 +391,7 @@ class Engine:
                     self.conn.execute(statement)
                 except psycopg.Error as exc:
                     self._record_failure(_with_time(row, elapsed()))
-                    raise _failure(script, exc, rolled_back=False) from exc
+                    raise migration_failure(script, exc, rolled_back=False) from exc
             ms = elapsed()
             self.history.insert(self.conn, _with_time(row, ms))
         applied = self._describe(info, ms, transactional)
@@ -979,7 +420,7 @@ class Engine:
     # ------------------------------------------------------------------ baseline
 
     def baseline(self, version: str | None = None, description: str | None = None) -> BaselineReport:
-        """Baseline the database at ``version`` (spec 4.4) under the lock.
+        """Baseline the database at ``version`` (§4.4) under the lock.
 
         Raises VerificationFailed when the table already holds a different baseline or migrations.
         """
@@ -1060,7 +501,7 @@ class Engine:
     # ------------------------------------------------------------------ repair
 
     def repair(self) -> RepairReport:
-        """Remove failed rows, mark missing migrations deleted, realign checksums (spec 4.5), under the lock."""
+        """Remove failed rows, mark missing migrations deleted, realign checksums (§4.5), under the lock."""
         acquire_lock(
             self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
         )
@@ -1074,23 +515,16 @@ class Engine:
         report = RepairReport()
         latest = Target("latest")
         state = self.state(latest, out_of_order=True)
-        for info in state.infos:
-            if info.state in FAILED_STATES and info.applied is not None:
+        for info in failed_rows(state):
+            if info.applied is not None:
                 self.history.delete_failed(self.conn, info.applied)
                 report.removed.append(info)
         if report.removed:
             report.actions.append("Removed failed migrations")
             state = self.state(latest, out_of_order=True)
-        patterns = self.settings.ignore_migration_patterns
-        for info in state.infos:
+        for info in missing_rows(state, self.settings.ignore_migration_patterns):
             row = info.applied
-            if (
-                row is None
-                or info.is_synthetic
-                or info.state not in (MISSING, MISSING_FAILED, FUTURE, FUTURE_FAILED)
-                or _pattern_matches(patterns, info)
-            ):
-                continue
+            assert row is not None  # missing_rows returns applied rows only
             self.history.insert(
                 self.conn,
                 NewRow(
@@ -1100,18 +534,15 @@ class Engine:
             report.deleted.append(info)
         if report.deleted:
             report.actions.append("Marked missing migrations as deleted")
-        for info in state.infos:
+        for info in misaligned_rows(state):
             row, resolved = info.applied, info.resolved
-            if row is None or resolved is None or info.is_synthetic or info.state in (DELETED, IGNORED):
-                continue
-            description = abbreviate_description(resolved.description)
-            if row.version is not None:
-                if row.checksum == resolved.checksum and row.description == description and row.type == "SQL":
-                    continue
-            elif not (row.checksum == resolved.equivalent_checksum and row.checksum != resolved.checksum):
-                continue
+            assert row is not None and resolved is not None  # misaligned_rows returns paired rows only
             self.history.realign(
-                self.conn, row.installed_rank, description, row.type if row.is_synthetic else "SQL", resolved.checksum
+                self.conn,
+                row.installed_rank,
+                abbreviate_description(resolved.description),
+                row.type if row.is_synthetic else "SQL",
+                resolved.checksum,
             )
             report.aligned.append(info)
         if report.aligned:
@@ -1126,53 +557,3 @@ def _with_time(row: NewRow, ms: int) -> NewRow:
 def _last_version(applied: Iterable[Applied]) -> str:
     versions = [a.version for a in applied if a.version]
     return versions[-1] if versions else ""
-
-
-def _failure(script: Script, exc: psycopg.Error, rolled_back: bool) -> MigrationFailed:
-    diag = exc.diag
-    reason = (diag.message_primary or str(exc)).strip()
-    detail = f" (SQL State: {diag.sqlstate})" if diag.sqlstate else ""
-    where = f" at position {diag.statement_position}" if diag.statement_position else ""
-    outcome = (
-        "its changes were rolled back and no history row was written"
-        if rolled_back
-        else "it ran outside a transaction, so its completed statements stay and a failed row was recorded"
-    )
-    error = MigrationFailed(
-        f"Migration {script.script} failed: {reason}{detail}{where}; {outcome}",
-        hint="fix the migration and run migrate again"
-        if rolled_back
-        else "undo its completed statements, run 'opskit migrate repair', fix it and migrate again",
-    )
-    error.migration = script.script  # type: ignore[attr-defined]
-    error.database_error = reason  # type: ignore[attr-defined]
-    return error
-
-
-def validation_failed(errors: Sequence[str]) -> VerificationFailed:
-    """Return the VerificationFailed Flyway's validate raises, with every message in ``errors``."""
-    error = VerificationFailed(
-        "Validate failed: Migrations have failed validation\n" + "\n".join(errors),
-        hint="see 'opskit migrate info'",
-    )
-    error.errors = list(errors)  # type: ignore[attr-defined]
-    return error
-
-
-def sort_infos_for_display(infos: Sequence[Info]) -> list[Info]:
-    """Return infos with applied rows by rank first, then the rest in resolution order."""
-    applied = sorted((i for i in infos if i.applied is not None), key=lambda i: i.applied.installed_rank)  # type: ignore[union-attr]
-    rest = [i for i in infos if i.applied is None]
-    return applied + rest
-
-
-def schema_version(
-    conn: psycopg.Connection[Any], schema: str = "public", table: str = "flyway_schema_history"
-) -> str | None:
-    """Return the schema version Flyway's ``info`` would report, from the history rows alone.
-
-    The highest applied versioned row that no DELETE marker cancelled (baselines count), or
-    None when the table is missing or holds no versioned row. Needs no migration scripts.
-    """
-    rows = HistoryTable(schema, table).read(conn)
-    return build_state([], rows, Target("latest"), out_of_order=True).schema_version

@@ -1,6 +1,6 @@
 """The ``flyway_schema_history`` table: create, read, write rows, and Flyway's advisory lock.
 
-Rows are written exactly as Flyway writes them (spec 2.2, 2.3) so that Flyway can later run
+Rows are written exactly as Flyway writes them (``docs/flyway-compat.md`` §2.2, §2.3) so that Flyway can later run
 against the same database and find nothing to complain about. Every identifier goes
 through :mod:`psycopg.sql`; every value is a bind parameter (Flyway inlines the baseline row
 unescaped; opskit binds it, which gives the same stored values).
@@ -20,6 +20,7 @@ from psycopg import sql
 from opskit.core.errors import LockHeld
 from opskit.core.log import get_logger
 from opskit.flyway.scripts import Version
+from opskit.pg import locks
 
 log = get_logger(__name__)
 
@@ -144,7 +145,7 @@ class HistoryTable:
         return bool(row and row[0])
 
     def create(self, conn: psycopg.Connection[Any], baseline: NewRow | None = None) -> None:
-        """Create the table with Flyway's exact DDL (spec 2.1); ``baseline`` is inserted between CREATE and PK."""
+        """Create the table with Flyway's exact DDL (``docs/flyway-compat.md`` §2.1); ``baseline`` is inserted between CREATE and PK."""
         space = sql.SQL(" TABLESPACE {}").format(sql.Identifier(self.tablespace)) if self.tablespace else sql.SQL("")
         index_space = (
             sql.SQL(" USING INDEX TABLESPACE {}").format(sql.Identifier(self.tablespace))
@@ -274,33 +275,16 @@ def acquire_lock(
     conflict with either kind Flyway takes on the same key. Raises LockHeld (exit 7) when the
     retries run out.
     """
-    function = "pg_try_advisory_lock" if session else "pg_try_advisory_xact_lock"
-    attempt = 0
-    while True:
-        row = conn.execute(f"SELECT {function}(%s)", (key,)).fetchone()
-        if row and row[0]:
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS and session:
-                conn.commit()  # do not leave a transaction open just for the lock
-            return
-        attempt += 1
-        if retries >= 0 and attempt > retries:
-            raise LockHeld(
-                f"Number of retries exceeded while attempting to acquire PostgreSQL advisory lock {key}: "
-                f"another migration (opskit or Flyway) has held it for over {retries} s",
-                hint="wait for the other migration to finish, or raise migrations.lock_retry_count",
-            )
-        if on_wait is not None:
-            on_wait(attempt)
-        sleep(1.0)
+    if not locks.lock_with_retries(conn, key, retries, session=session, interval=1.0, sleep=sleep, on_wait=on_wait):
+        raise LockHeld(
+            f"Number of retries exceeded while attempting to acquire PostgreSQL advisory lock {key}: "
+            f"another migration (opskit or Flyway) has held it for over {retries} s",
+            hint="wait for the other migration to finish, or raise migrations.lock_retry_count",
+        )
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS and session:
+        conn.commit()  # do not leave a transaction open just for the lock
 
 
 def release_lock(conn: psycopg.Connection[Any], key: int) -> None:
     """Release a session advisory lock taken by :func:`acquire_lock` (a closed connection releases it too)."""
-    if conn.closed:
-        return
-    try:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        if not conn.autocommit:
-            conn.commit()
-    except psycopg.Error as exc:  # the connection is going away; closing it releases the lock
-        log.debug("advisory unlock failed", error=str(exc))
+    locks.release(conn, key)

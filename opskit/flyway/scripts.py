@@ -1,16 +1,16 @@
 """Migration scripts as Flyway sees them: names, versions, checksums, placeholders, statements.
 
-Everything here follows ``specs/flyway-compat.md`` so that a database migrated by opskit
+Everything here follows ``docs/flyway-compat.md`` so that a database migrated by opskit
 looks to Flyway exactly as if Flyway had migrated it:
 
-* names (spec 3): ``V<version>__<desc>.sql`` and ``R__<desc>.sql``, prefixes case-sensitive,
+* names (§3): ``V<version>__<desc>.sql`` and ``R__<desc>.sql``, prefixes case-sensitive,
   suffixes case-insensitive, found recursively under each location;
-* versions (spec 2.6): ``_`` becomes ``.``, parts compared numerically, trailing zeros ignored;
-* checksums (spec 1): strict decoding, Java ``BufferedReader.readLine`` line splitting, the BOM
+* versions (§2.6): ``_`` becomes ``.``, parts compared numerically, trailing zeros ignored;
+* checksums (§1): strict decoding, Java ``BufferedReader.readLine`` line splitting, the BOM
   dropped from the first line only, one CRC32 over the UTF-8 lines with no separator, read as a
   signed 32-bit int;
-* placeholders (spec 5): ``${name}`` case-insensitive, emulating ``PlaceholderReplacingReader``;
-* statements that cannot run in a transaction (spec 4.1 item 5).
+* placeholders (§5): ``${name}`` case-insensitive, emulating ``PlaceholderReplacingReader``;
+* statements that cannot run in a transaction (§4.1 item 5).
 
 Nothing in this module touches a database.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from opskit.config.migrations import Naming, PlaceholderSyntax
-from opskit.core.errors import ConfigError, VerificationFailed
+from opskit.core.errors import ConfigError, PlaceholderError, VerificationFailed
 from opskit.core.log import get_logger
 
 log = get_logger(__name__)
@@ -147,7 +147,7 @@ def java_lines(text: str) -> list[str]:
 
 
 def checksum_text(text: str) -> int:
-    """Return Flyway's checksum of already-decoded ``text`` (spec 1.1 steps 2-5): a signed int32."""
+    """Return Flyway's checksum of already-decoded ``text`` (``docs/flyway-compat.md`` §1.1 steps 2-5): a signed int32."""
     crc = 0
     for index, line in enumerate(java_lines(text)):
         if index == 0 and line.startswith(BOM):
@@ -184,25 +184,7 @@ def checksum_bytes(data: bytes, encoding: str = "UTF-8", name: str = "<script>")
     return checksum_text(decode(data, encoding, name))
 
 
-def combine_checksums(checksums: Iterable[int]) -> int:
-    """Return Flyway's checksum over several resources: CRC32 of each one's 4 big-endian bytes.
-
-    With a single resource Flyway returns its checksum unchanged (spec 1.1, "Several resources").
-    """
-    values = list(checksums)
-    if len(values) == 1:
-        return values[0]
-    crc = 0
-    for value in values:
-        crc = zlib.crc32((value & 0xFFFFFFFF).to_bytes(4, "big"), crc)
-    return to_int32(crc)
-
-
 # --------------------------------------------------------------------------- placeholders
-
-
-class PlaceholderError(ConfigError):
-    """A script uses a placeholder that has no value (exit 2)."""
 
 
 def replace_placeholders(
@@ -340,7 +322,7 @@ def strip_leading_comments(statement: str) -> str:
 
 
 def can_run_in_transaction(statement: str, server_version_num: int = 150000) -> bool:
-    """Return False for statements PostgreSQL refuses inside a transaction block (spec 4.1 item 5)."""
+    """Return False for statements PostgreSQL refuses inside a transaction block (``docs/flyway-compat.md`` §4.1 item 5)."""
     body = strip_leading_comments(statement)
     if any(pattern.match(body) for pattern in _NON_TRANSACTIONAL):
         return False
@@ -360,7 +342,7 @@ class ParsedName:
 
 
 def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
-    """Parse a script's file name per spec 3; return a ParsedName or the reason it is not a migration.
+    """Parse a script's file name per ``docs/flyway-compat.md`` §3; return a ParsedName or the reason it is not a migration.
 
     The reason is one of ``"not sql"`` (no configured suffix), ``"callback"``, ``"baseline
     migration"`` or a message saying why the name is invalid.
@@ -400,7 +382,7 @@ def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
 
 @dataclass(frozen=True)
 class ScriptOptions:
-    """Per-script settings from an optional ``<file>.conf`` beside it (spec 3)."""
+    """Per-script settings from an optional ``<file>.conf`` beside it (``docs/flyway-compat.md`` §3)."""
 
     execute_in_transaction: bool | None = None
     encoding: str | None = None
@@ -624,7 +606,7 @@ def executable_text(script: Script, values: Mapping[str, str], syntax: Placehold
 
 
 def resolved_checksums(script: Script, values: Mapping[str, str], syntax: PlaceholderSyntax) -> tuple[int, int | None]:
-    """Return (checksum, equivalent checksum) as Flyway resolves them (spec 1.2).
+    """Return (checksum, equivalent checksum) as Flyway resolves them (``docs/flyway-compat.md`` §1.2).
 
     Versioned: the raw checksum, no equivalent. Repeatable: the checksum after placeholder
     replacement, with the raw checksum as the equivalent that also matches.

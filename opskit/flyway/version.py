@@ -13,9 +13,22 @@ import psycopg
 from psycopg import sql
 
 from opskit.core.log import get_logger
-from opskit.flyway.engine import schema_version
+from opskit.flyway.history import HistoryTable
+from opskit.flyway.state import version_from_rows
 
 log = get_logger(__name__)
+
+
+def schema_version(
+    conn: psycopg.Connection[Any], schema: str = "public", table: str = "flyway_schema_history"
+) -> str | None:
+    """Return the schema version Flyway's ``info`` would report, from the history rows alone.
+
+    The highest applied versioned row that no DELETE marker cancelled (baselines count), or
+    None when the table is missing or holds no versioned row. Raises psycopg.Error when the
+    table cannot be read.
+    """
+    return version_from_rows(HistoryTable(schema, table).read(conn))
 
 
 def history_schema(conn: psycopg.Connection[Any], table: str = "flyway_schema_history") -> str | None:

@@ -14,26 +14,20 @@ The order of a guarded run (``--rehearse --backup-first``):
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from opskit.catalog import Manifest
 from opskit.config.migrations import MigrationSettings, settings_of
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
-from opskit.flyway.engine import (
-    Applied,
-    BaselineReport,
-    Engine,
-    InfoState,
-    MigrateReport,
-    RepairReport,
-    sort_infos_for_display,
-)
+from opskit.flyway.backend import EngineBackend, MigrationBackend, backend_for
+from opskit.flyway.results import Applied, BaselineReport, InfoOutcome, MigrateReport, RepairReport
+from opskit.flyway.state import InfoState, sort_infos_for_display
 from opskit.pg import connection, databases
 from opskit.secrets.references import SecretRef
 
@@ -49,7 +43,6 @@ class Rehearsal:
     server: str
     database: str
     applied: list[Applied] = field(default_factory=list)
-    restore_seconds: float | None = None
 
 
 @dataclass
@@ -80,30 +73,16 @@ def resolve_target(ctx: AppContext, name: str | None, settings: MigrationSetting
     return target
 
 
-@contextmanager
-def open_engine(
-    target: TargetConfig,
-    settings: MigrationSettings,
-    dbname: str | None = None,
-    on_lock_wait: Callable[[int], None] | None = None,
-) -> Iterator[Engine]:
-    """Yield an Engine on an autocommit connection to ``target`` (or another database on its server)."""
-    conn = connection.connect(target, dbname=dbname, autocommit=True, application_name="opskit-migrate")
-    try:
-        yield Engine(conn, settings, on_lock_wait=on_lock_wait)
-    finally:
-        conn.close()
+def backend(
+    ctx: AppContext, settings: MigrationSettings, on_lock_wait: Callable[[int], None] | None = None
+) -> MigrationBackend:
+    """Return the migration backend ``settings`` choose, with the context's clock."""
+    return backend_for(settings, clock=ctx.clock, on_lock_wait=on_lock_wait)
 
 
 def restore_command(backup_id: str, target: str) -> str:
     """Return the command that puts ``target`` back to backup ``backup_id``."""
     return f"opskit restore {backup_id} --target {target} --to {target} --replace --yes"
-
-
-def _flyway(settings: MigrationSettings) -> Any:
-    from opskit.flyway import cli_backend
-
-    return cli_backend
 
 
 # --------------------------------------------------------------------------- migrate
@@ -140,17 +119,16 @@ def run(
         if attempt == 1:
             say("waiting for the migration lock: another migration (opskit or Flyway) is running")
 
-    if settings.engine == "flyway":
+    runner = backend(ctx, settings, on_lock_wait=waiting)
+    if not runner.supports_guarded_runs:
         if backup_first or rehearse or restore_on_failure:
             raise ConfigError(
                 '--backup-first, --rehearse and --restore-on-failure need engine = "opskit"',
                 hint="run 'opskit backup now' first, or set migrations.engine = \"opskit\"",
             )
-        report = _flyway(settings).migrate(target_config, settings, dry_run=dry_run)
-        return MigrateOutcome(name, report)
+        return MigrateOutcome(name, runner.migrate(target_config, dry_run=dry_run))
 
-    with open_engine(target_config, settings, on_lock_wait=waiting) as engine:
-        plan = engine.migrate(dry_run=True)
+    plan = runner.migrate(target_config, dry_run=True)
     if dry_run or not plan.applied:
         if not plan.applied:
             say("nothing to migrate: the schema is up to date")
@@ -172,12 +150,11 @@ def run(
     if rehearse:
         outcome.rehearsal = rehearse_on_staging(ctx, target_config, settings, manifest, say=say)
 
-    with open_engine(target_config, settings, on_lock_wait=waiting) as engine:
-        try:
-            outcome.report = engine.migrate(on_applied=on_applied)
-        except MigrationFailed as exc:
-            _after_failure(ctx, exc, outcome, restore_on_failure, yes, say)
-            raise
+    try:
+        outcome.report = runner.migrate(target_config, on_applied=on_applied)
+    except MigrationFailed as exc:
+        _after_failure(ctx, exc, outcome, restore_on_failure, yes, say)
+        raise
     return outcome
 
 
@@ -189,7 +166,7 @@ def _after_failure(
     yes: bool,
     say: Callable[[str], None],
 ) -> None:
-    exc.restore_command = outcome.restore_command  # type: ignore[attr-defined]
+    exc.restore_command = outcome.restore_command
     if outcome.restore_command is None:
         return
     if not restore_on_failure:
@@ -218,17 +195,17 @@ def _after_failure(
             f"backup {outcome.backup_id} was restored into '{outcome.target}', but {len(result.mismatches)} "
             f"table(s) differ from it ({names}): drop what the failed run created and check"
         )
-        exc.restored = True  # type: ignore[attr-defined]
+        exc.restored = True
         return
     exc.hint = f"backup {outcome.backup_id} was restored into '{outcome.target}'; fix the migration and run again"
-    exc.restored = True  # type: ignore[attr-defined]
+    exc.restored = True
 
 
 def rehearse_on_staging(
     ctx: AppContext,
     target: TargetConfig,
     settings: MigrationSettings,
-    manifest: Any,
+    manifest: Manifest | None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Rehearsal:
     """Restore a backup of ``target`` into a fresh database on its staging server and migrate it there.
@@ -260,19 +237,18 @@ def rehearse_on_staging(
     dbname = connection.database_of(target)[: 63 - len(suffix)] + suffix
     rehearsal = Rehearsal(manifest.id, staging.name, dbname)
     say(f"rehearsing on staging '{staging.name}': restoring backup {manifest.id} into database '{dbname}'")
-    started = datetime.now(UTC)
     try:
         result = restore.restore_to_new_database(ctx, manifest, storage_name, server=staging, dbname=dbname)
         rehearsal.database = result.database
-        rehearsal.restore_seconds = (datetime.now(UTC) - started).total_seconds()
-        with open_engine(staging, settings, dbname=result.database) as engine:
-            try:
-                engine.migrate(on_applied=rehearsal.applied.append)
-            except MigrationFailed as exc:
-                raise MigrationFailed(
-                    f"rehearsal on staging '{staging.name}' failed, production was not touched: {exc.message}",
-                    hint="fix the migration and rehearse again",
-                ) from exc
+        try:
+            EngineBackend(settings, clock=ctx.clock).migrate(
+                staging, on_applied=rehearsal.applied.append, dbname=result.database
+            )
+        except MigrationFailed as exc:
+            raise MigrationFailed(
+                f"rehearsal on staging '{staging.name}' failed, production was not touched: {exc.message}",
+                hint="fix the migration and rehearse again",
+            ) from exc
     finally:
         try:
             databases.drop_database(staging, rehearsal.database)
@@ -288,47 +264,16 @@ def rehearse_on_staging(
 # --------------------------------------------------------------------------- info / validate / baseline / repair
 
 
-@dataclass
-class InfoOutcome:
-    """``migrate info``: the state plus what the JSON document needs."""
-
-    target: str
-    state: InfoState
-    schema_name: str
-    database: str
-    all_schemas_empty: bool
-    session_timezone: str | None
-    raw: dict[str, Any] | None = None  # engine = "flyway": Flyway's own document
-
-
 def info(ctx: AppContext, target: str | None = None) -> InfoOutcome:
-    """Return every migration with its state (spec 4.3). Raises UnreachableError, ConfigError."""
+    """Return every migration with its state (``docs/flyway-compat.md`` §4.3). Raises UnreachableError, ConfigError."""
     settings = settings_for(ctx)
-    target_config = resolve_target(ctx, target, settings)
-    if settings.engine == "flyway":
-        return _flyway(settings).info(target_config, settings)
-    with open_engine(target_config, settings) as engine:
-        state = engine.info()
-        schemas = settings.schemas or (engine.schema,)
-        empty = all(engine.schema_empty(s) for s in schemas)
-        return InfoOutcome(
-            target_config.name,
-            state,
-            ", ".join(settings.schemas),
-            engine.database,
-            empty,
-            engine.conn.info.parameter_status("TimeZone"),
-        )
+    return backend(ctx, settings).info(resolve_target(ctx, target, settings))
 
 
 def validate(ctx: AppContext, target: str | None = None) -> InfoState:
     """Validate the scripts against the history. Raises VerificationFailed (5) with Flyway's messages."""
     settings = settings_for(ctx)
-    target_config = resolve_target(ctx, target, settings)
-    if settings.engine == "flyway":
-        return _flyway(settings).validate(target_config, settings)
-    with open_engine(target_config, settings) as engine:
-        return engine.validate()
+    return backend(ctx, settings).validate(resolve_target(ctx, target, settings))
 
 
 def baseline(
@@ -336,21 +281,13 @@ def baseline(
 ) -> BaselineReport:
     """Baseline the target at ``version``. Raises VerificationFailed when it already has migrations."""
     settings = settings_for(ctx)
-    target_config = resolve_target(ctx, target, settings)
-    if settings.engine == "flyway":
-        return _flyway(settings).baseline(target_config, settings, version, description)
-    with open_engine(target_config, settings) as engine:
-        return engine.baseline(version, description)
+    return backend(ctx, settings).baseline(resolve_target(ctx, target, settings), version, description)
 
 
 def repair(ctx: AppContext, target: str | None = None) -> RepairReport:
     """Repair the history: remove failed rows, mark missing ones deleted, realign checksums."""
     settings = settings_for(ctx)
-    target_config = resolve_target(ctx, target, settings)
-    if settings.engine == "flyway":
-        return _flyway(settings).repair(target_config, settings)
-    with open_engine(target_config, settings) as engine:
-        return engine.repair()
+    return backend(ctx, settings).repair(resolve_target(ctx, target, settings))
 
 
 # --------------------------------------------------------------------------- JSON
@@ -375,12 +312,16 @@ def instant(moment: datetime | None, timezone: str | None) -> str:
     return text + "Z"
 
 
-def info_json(outcome: InfoOutcome, now: datetime | None = None) -> dict[str, Any]:
-    """Return the document ``flyway info -outputType=json`` prints, field for field (spec 6.1)."""
+def info_json(outcome: InfoOutcome, now: datetime) -> dict[str, Any]:
+    """Return the document ``flyway info -outputType=json`` prints, field for field (``docs/flyway-compat.md`` §6.1).
+
+    ``now`` (from the context's clock) becomes ``timestamp``, a local time without zone as Flyway's
+    ``LocalDateTime`` prints it. With the Flyway CLI backend this is Flyway's own document.
+    """
     from opskit import __version__
 
-    if outcome.raw is not None:
-        return outcome.raw
+    if outcome.flyway_document is not None:
+        return outcome.flyway_document
     migrations = []
     for item in sort_infos_for_display(outcome.state.infos):
         applied = item.applied
@@ -410,7 +351,7 @@ def info_json(outcome: InfoOutcome, now: datetime | None = None) -> dict[str, An
         "opskitVersion": __version__,
         "database": outcome.database,
         "operation": "info",
-        "timestamp": (now or datetime.now()).isoformat(timespec="milliseconds"),
+        "timestamp": now.astimezone().replace(tzinfo=None).isoformat(timespec="milliseconds"),
         "exception": None,
         "licenseFailed": False,
     }

@@ -1,4 +1,4 @@
-"""Flyway checksums: the vectors Flyway's own tests asserted, and the closed form of spec 1.1."""
+"""Flyway checksums: the vectors Flyway's own tests asserted, and the closed form of docs/flyway-compat.md §1.1."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from opskit.flyway.scripts import (
     to_int32,
 )
 
-# A copy of shared/specs/flyway-vectors: files whose checksums Flyway's own tests asserted.
+# tests/flyway/flyway-vectors: files whose checksums Flyway's own tests asserted.
 VECTORS = Path(__file__).parent / "flyway-vectors"
 ASSERTED = {
     "V1.1__View.sql.d2857bd": 64723601,
@@ -94,7 +94,7 @@ _TEXT = st.one_of(st.lists(_PIECES, max_size=60).map("".join), st.text(max_size=
 
 @settings(max_examples=400, deadline=None)
 @given(_TEXT)
-def test_checksum_equals_the_closed_form_of_the_spec(text: str) -> None:
+def test_checksum_equals_the_closed_form_of_docs_flyway_compat(text: str) -> None:
     assert checksum_text(text) == closed_form(text)
 
 

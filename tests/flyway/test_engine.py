@@ -21,7 +21,7 @@ ROWS = (
 
 
 def flyway_checksum(text: str) -> int:
-    """The closed form of spec 1.1, written independently of opskit's implementation."""
+    """The closed form of docs/flyway-compat.md §1.1, written independently of opskit's implementation."""
     value = zlib.crc32(text.removeprefix("\ufeff").replace("\r", "").replace("\n", "").encode("utf-8"))
     return value - (1 << 32) if value >= (1 << 31) else value
 
@@ -354,7 +354,7 @@ def test_schema_version_reads_the_current_version_from_history_rows_alone(
 ) -> None:
     import psycopg
 
-    from opskit.flyway.engine import schema_version
+    from opskit.flyway.version import schema_version
     from tests.databases import dsn_for
 
     root = scripts_dir({"V1__a.sql": "SELECT 1;", "V1_10__b.sql": "SELECT 2;", "V1_9__c.sql": "SELECT 3;"})

@@ -1,12 +1,13 @@
-"""Info states and validation messages from history rows and scripts, without a database (spec 4.2, 4.3)."""
+"""Info states and validation messages from history rows and scripts, without a database (docs/flyway-compat.md §4.2, §4.3)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from opskit.flyway.engine import Resolved, Target, build_state, validation_errors
 from opskit.flyway.history import AppliedRow, java_string_hash, lock_key
 from opskit.flyway.scripts import Script, Version, checksum_text
+from opskit.flyway.state import Resolved, Target, build_state
+from opskit.flyway.validation import validation_errors
 
 
 def script(name: str, text: str = "SELECT 1;") -> Resolved:

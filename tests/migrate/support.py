@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from tests.databases import dsn_for
 def engine_for(dbname: str, settings: MigrationSettings) -> Iterator[Engine]:
     """Yield an Engine on an autocommit connection to ``dbname``."""
     with psycopg.connect(dsn_for(dbname), autocommit=True) as conn:
-        yield Engine(conn, settings)
+        yield Engine(conn, settings, clock=lambda: datetime.now(UTC))
 
 
 def query(dbname: str, text: str, params: Any = None) -> list[tuple[Any, ...]]:
