@@ -40,7 +40,7 @@ from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
 from opskit.flyway import version as flyway_version
-from opskit.pg import connection, facts, tools
+from opskit.pg import commands, connection, facts, locks, tools
 from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
 from opskit.storage.base import Storage
 
@@ -166,10 +166,7 @@ class _Preflight:
             raise
 
     def _lock(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.target.name),))
-            row = cur.fetchone()
-        if not row or not row[0]:
+        if not locks.try_lock(self.conn, lock_key(self.target.name), session=True):
             raise LockHeld(
                 f"another backup of target '{self.target.name}' is running (its lock is held)",
                 hint="wait for it to finish; this run changed nothing",
@@ -194,7 +191,7 @@ class _Preflight:
         # right after this one could still find the lock held.
         try:
             self.conn.execute("ROLLBACK")
-            self.conn.execute("SELECT pg_advisory_unlock_all()")
+            locks.release_all(self.conn)
         except psycopg.Error:
             pass  # the session is gone, and its lock with it
         finally:
@@ -263,14 +260,7 @@ def _dump_and_commit(
     facts_thread.start()
     phases: dict[str, float] = {}
     with connection.password_env(target) as env:
-        dump_argv = [
-            pre.pg_dump.path,
-            connection.dbname_arg(target),
-            "--format=custom",
-            "--compress=0",
-            f"--snapshot={snapshot_id}",
-            "--no-password",
-        ]
+        dump_argv = commands.pg_dump_argv(pre.pg_dump, target, snapshot=snapshot_id)
         phase_start = time.monotonic()
         dump = _store_tool_output(
             ctx,
@@ -284,16 +274,9 @@ def _dump_and_commit(
         )
         phases["dump"] = time.monotonic() - phase_start
         snapshot_facts = facts_thread.facts()
-        globals_argv = [
-            pre.pg_dumpall.path,
-            connection.dbname_arg(target),
-            f"--database={pre.server.database}",
-            "--globals-only",
-            "--no-password",
-        ]
-        if not pre.server.is_superuser:
-            # Only superusers may read pg_authid, where password hashes live.
-            globals_argv.append("--no-role-passwords")
+        globals_argv = commands.pg_dumpall_globals_argv(
+            pre.pg_dumpall, target, database=pre.server.database, superuser=pre.server.is_superuser
+        )
         phase_start = time.monotonic()
         globals_result = _store_tool_output(
             ctx,
@@ -328,7 +311,7 @@ def _dump_and_commit(
                 "path": pre.pg_dump.path,
                 "version": pre.pg_dump.version,
                 "major": pre.pg_dump.major,
-                "argv": [a for a in dump_argv if not a.startswith("--dbname=")],
+                "argv": commands.without_connection(dump_argv),
             },
             "pg_dumpall": {
                 "path": pre.pg_dumpall.path,

@@ -32,6 +32,7 @@ from psycopg.rows import dict_row
 from opskit.core.errors import UnreachableError
 from opskit.core.log import get_logger
 from opskit.core.redaction import redact_text
+from opskit.pg import locks
 from opskit.secrets.references import Secret
 
 log = get_logger(__name__)
@@ -97,12 +98,13 @@ class Ledger:
             ) from exc
 
     def _lock_key(self, *parts: str) -> str:
+        """Return the text key of the ledger's lock, or of a job's with ``parts`` (the server hashes it)."""
         return ":".join(("opskit-ledger", self.table_name, *parts))
 
     def ensure_table(self) -> None:
         """Create the ledger table if it does not exist (concurrent replicas serialize on a lock)."""
         with self.connect() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_key(),))
+            locks.lock(conn, self._lock_key(), session=False)
             conn.execute(
                 sql.SQL(
                     """
@@ -146,10 +148,7 @@ class Ledger:
         """
         conn = self.connect()
         try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self._lock_key(job),)
-            ).fetchone()
-            if not row or not row[0]:
+            if not locks.try_lock(conn, self._lock_key(job), session=True):
                 conn.close()
                 return None
             attempt = self._insert_or_reclaim(conn, job, slot, retry_unsuccessful)
@@ -168,7 +167,7 @@ class Ledger:
         self, conn: psycopg.Connection[Any], job: str, slot: datetime, retry_unsuccessful: bool
     ) -> int | None:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock_key(),))
+            locks.lock(conn, self._lock_key(), session=False)
             row = conn.execute(
                 sql.SQL(
                     "INSERT INTO {table} (job, slot, owner) VALUES (%s, %s, %s) "
@@ -253,8 +252,6 @@ def _release(conn: psycopg.Connection[Any]) -> None:
     has moved on, and another replica's immediate try could still find the lock held.
     """
     try:
-        conn.execute("SELECT pg_advisory_unlock_all()")
-    except psycopg.Error:
-        pass  # the connection is gone, and its locks with it
+        locks.release_all(conn)
     finally:
         conn.close()

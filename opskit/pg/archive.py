@@ -13,6 +13,8 @@ import threading
 from typing import Any
 
 from opskit.core.execute import Child, spawn
+from opskit.pg.commands import pg_restore_list_argv
+from opskit.pg.tools import Tool
 
 
 class TocReader:
@@ -23,8 +25,8 @@ class TocReader:
     caller goes on hashing the rest of the stream.
     """
 
-    def __init__(self, pg_restore: str) -> None:
-        self.argv = [pg_restore, "--list"]
+    def __init__(self, pg_restore: Tool) -> None:
+        self.argv = pg_restore_list_argv(pg_restore)
         self._spawn = spawn(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._output: list[bytes] = []
         self._closed_early = False

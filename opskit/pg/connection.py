@@ -1,8 +1,8 @@
-"""PostgreSQL: connections, server facts, choosing client tools, password files, argv builders.
+"""Connections to a target's server: password-free conninfo, connect, server facts, PGPASSFILE.
 
-A pg_dump older than the server fails, sometimes silently (GitLab's 2017 outage began with a
-pg_dump 9.2 against a 9.6 server), so every tool is chosen by running ``--version`` on each
-candidate and taking the lowest major version that is at least the server's.
+A target's password never reaches a client tool's argv or environment: :func:`password_env`
+writes it to a temporary 0600 PGPASSFILE for the tool's lifetime. Command lines are built in
+:mod:`opskit.pg.commands`, tools chosen in :mod:`opskit.pg.tools`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from opskit.config.model import TargetConfig
@@ -92,11 +91,6 @@ def connect(
             f"cannot connect to target '{target.name}' ({describe(target, dbname)}): {reason}",
             hint="check the dsn, the password reference and that the server accepts connections",
         ) from exc
-
-
-def quote_ident(name: str) -> sql.Identifier:
-    """Return a safely quoted SQL identifier (for database, schema and table names)."""
-    return sql.Identifier(name)
 
 
 # --------------------------------------------------------------------------- server facts
@@ -187,11 +181,6 @@ def password_env(target: TargetConfig) -> Iterator[dict[str, str]]:
     finally:
         with suppress(FileNotFoundError):
             os.unlink(path)
-
-
-def dbname_arg(target: TargetConfig, dbname: str | None = None) -> str:
-    """Return ``--dbname=<conninfo>`` for a client tool (password-free)."""
-    return f"--dbname={conninfo(target, dbname)}"
 
 
 def database_of(target: TargetConfig) -> str:

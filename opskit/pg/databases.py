@@ -10,12 +10,14 @@ from psycopg import sql
 from opskit.config.model import TargetConfig
 from opskit.core.errors import OpskitError, RestoreFailed
 from opskit.pg.connection import connect, database_of
-
-# --------------------------------------------------------------------------- databases
+from opskit.pg.facts import object_counts
 
 
 def _maintenance_connection(server: TargetConfig, database: str) -> psycopg.Connection[Any]:
-    """Connect to a database on ``server`` other than ``database``, to create or drop it."""
+    """Return a connection to a database on ``server`` other than ``database``, to create or drop it.
+
+    Tries the target's own database, then postgres, then template1; raises the last one's error (UnreachableError).
+    """
     candidates = [database_of(server), "postgres", "template1"]
     last: OpskitError | None = None
     for name in candidates:
@@ -39,12 +41,15 @@ def database_exists(server: TargetConfig, database: str) -> bool:
 def database_is_empty(server: TargetConfig, database: str) -> bool:
     """Return True when ``database`` holds no user tables, views, sequences or functions."""
     with connect(server, dbname=database, application_name="opskit restore") as conn:
-        counts = _object_counts(conn)
+        counts = object_counts(conn)
     return not any(counts.values())
 
 
 def create_database(server: TargetConfig, database: str, owner: str | None = None) -> None:
-    """Create ``database`` from template0 (so nothing from template1 collides with the dump)."""
+    """Create ``database`` from template0 (so nothing from template1 collides with the dump).
+
+    Raises RestoreFailed when the server refuses (most often: the role lacks CREATEDB).
+    """
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database))
     if owner:
         statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
@@ -66,12 +71,6 @@ def database_owner(server: TargetConfig, database: str) -> str | None:
 
 
 def drop_database(server: TargetConfig, database: str) -> None:
-    """Drop ``database`` (terminating its sessions); a missing database is not an error."""
+    """Drop ``database`` (terminating its sessions: ``WITH (FORCE)``, PostgreSQL 13+); a missing one is no error."""
     with _maintenance_connection(server, database) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-
-
-def _object_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    from opskit.pg.facts import object_counts
-
-    return object_counts(conn)

@@ -5,12 +5,14 @@ object, with its section (pre-data, data, post-data), its SQL and, for table dat
 ``COPY ... FROM stdin;`` statement. The data blocks follow. When pg_dump writes to a pipe, as
 ``opskit backup`` makes it do, the TOC is complete but records no data offsets.
 
-The parallel restore (``opskit.parallel_load``) needs the TOC before the data arrives: to write
+The parallel restore (``opskit.restore.parallel``) needs the TOC before the data arrives: to write
 a TOC-only archive that ``pg_restore --section=pre-data`` and ``--section=post-data`` accept,
 and to know which COPY statements the data section will contain. The layout is pg_dump's
 ``WriteHead``/``WriteToc`` (``src/bin/pg_dump/pg_backup_archiver.c``); archive versions 1.12
 (PostgreSQL 9.6 to 11) to 1.16 (17 and later) are understood, anything else is reported as
-unsupported so the caller can fall back to pg_restore alone.
+unsupported so the caller can fall back to pg_restore alone. A new PostgreSQL major whose pg_dump
+writes a new archive version is taught here (``NEWEST`` and the fields it adds) and in
+:mod:`opskit.pg.commands` (its options).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from psycopg._encodings import pg2pyenc
+from opskit.pg.encodings import python_codec
 
 MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1
@@ -168,12 +170,9 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
 def python_encoding(definition: bytes) -> str:
     """Return the Python codec for an ENCODING entry (``SET client_encoding = 'LATIN1';``); UTF-8 if unknown."""
     match = re.search(rb"'([^']+)'", definition)
-    if match is None:
-        return "utf-8"
-    try:
-        return pg2pyenc(match.group(1))
-    except Exception:  # an encoding Python lacks: names are only shown and compared, so approximate
-        return "utf-8"
+    codec = python_codec(match.group(1).decode("ascii", "replace")) if match else None
+    # An encoding Python lacks (EUC_TW, MULE_INTERNAL): names are only shown and compared, so approximate.
+    return codec or "utf-8"
 
 
 class TocCapture:

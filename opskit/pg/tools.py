@@ -1,4 +1,9 @@
-"""PostgreSQL client tools: finding pg_dump/pg_restore/... and reading their versions."""
+"""PostgreSQL client tools: finding pg_dump/pg_restore/... and reading their versions.
+
+A pg_dump older than the server fails, sometimes silently (GitLab's 2017 outage began with a
+pg_dump 9.2 against a 9.6 server), so every tool is chosen by running ``--version`` on each
+candidate and taking the lowest major version that is at least the server's (or the dump's).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,149 @@
+"""Command lines of PostgreSQL's client tools: the one place that knows their options, per major version.
+
+Features never write a tool's argv themselves: they choose a tool with
+:func:`opskit.pg.tools.find_tool` (the lowest major that is at least the server's or the dump's)
+and ask a builder here for its command line. Supporting a new PostgreSQL major means checking
+the options below against that release's notes, adding a branch on ``tool.major`` where one
+changed, and teaching :mod:`opskit.pg.toc` the new archive version if pg_dump bumped it.
+
+What each option is for, and since when it exists (the oldest archives opskit reads are 9.6's,
+archive version 1.12):
+
+pg_dump (one database, custom format, streamed to stdout)
+    ``--format=custom``        the only format pg_restore can restore in parallel and list (9.6+)
+    ``--compress=0``           opskit compresses with zstd in threads; in 16+ the option also takes
+                               ``method[:detail]``, and ``0`` still means "none"
+    ``--snapshot=ID``          dump the snapshot the backup exported, so the facts match (9.2+)
+    ``--no-password``          never prompt: passwords arrive through a temporary PGPASSFILE
+pg_dumpall (roles and tablespaces)
+    ``--globals-only``         no databases, only what ``CREATE DATABASE`` cannot recreate
+    ``--no-role-passwords``    for a role that is not a superuser: pg_authid, where the password
+                               hashes live, is unreadable to it (10+)
+pg_restore
+    ``--exit-on-error``, ``--clean --if-exists``, ``--no-owner --no-privileges``, ``--section``,
+    ``--jobs`` (a file only, never stdin), ``--file=-`` (the SQL script instead of a database),
+    ``--list`` (the table of contents); all 9.6+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from opskit.config.model import TargetConfig
+from opskit.pg.connection import conninfo
+from opskit.pg.tools import Tool
+
+Section = Literal["pre-data", "data", "post-data"]
+
+
+def dbname_arg(target: TargetConfig, dbname: str | None = None) -> str:
+    """Return ``--dbname=<conninfo>`` for ``target`` (or another database on its server), without a password."""
+    return f"--dbname={conninfo(target, dbname)}"
+
+
+# --------------------------------------------------------------------------- pg_dump, pg_dumpall
+
+
+def pg_dump_argv(tool: Tool, target: TargetConfig, *, snapshot: str) -> list[str]:
+    """Return the pg_dump command line that streams ``target``'s database in custom format to stdout.
+
+    The archive is uncompressed (opskit compresses it) and dumps the exported ``snapshot``.
+    """
+    return [
+        tool.path,
+        dbname_arg(target),
+        "--format=custom",
+        "--compress=0",
+        f"--snapshot={snapshot}",
+        "--no-password",
+    ]
+
+
+def pg_dumpall_globals_argv(tool: Tool, target: TargetConfig, *, database: str, superuser: bool) -> list[str]:
+    """Return the pg_dumpall command line that writes the cluster's roles and tablespaces to stdout.
+
+    ``database`` is the one pg_dumpall connects to; a role that is not a ``superuser`` gets
+    ``--no-role-passwords``, since only superusers may read pg_authid, where password hashes live.
+    """
+    argv = [tool.path, dbname_arg(target), f"--database={database}", "--globals-only", "--no-password"]
+    if not superuser:
+        argv.append("--no-role-passwords")
+    return argv
+
+
+def without_connection(argv: list[str]) -> list[str]:
+    """Return ``argv`` without its ``--dbname=`` argument, to record in a manifest (it names a host)."""
+    return [a for a in argv if not a.startswith("--dbname=")]
+
+
+# --------------------------------------------------------------------------- pg_restore
+
+
+@dataclass(frozen=True)
+class PgRestoreCommand:
+    """pg_restore into one database, with the options every run of one restore shares.
+
+    A restore may run pg_restore several times (schema, data script, indexes, or one run from a
+    spool file); each method returns one of those command lines.
+    """
+
+    tool: Tool
+    target: TargetConfig
+    database: str
+    exit_on_error: bool = True
+    clean: bool = False
+    no_owner: bool = False
+
+    def options(self) -> list[str]:
+        """Return the command line up to the archive: pg_restore reads the archive from stdin."""
+        argv = [self.tool.path, dbname_arg(self.target, self.database), "--no-password"]
+        if self.exit_on_error:
+            argv.append("--exit-on-error")
+        if self.clean:
+            argv += ["--clean", "--if-exists"]
+        if self.no_owner:
+            argv += ["--no-owner", "--no-privileges"]
+        return argv
+
+    def from_stdin(self) -> list[str]:
+        """Return the command line restoring the whole archive fed to stdin (one job: stdin cannot seek)."""
+        return self.options()
+
+    def section_from_file(self, section: Section, archive: Path, jobs: int | None = None) -> list[str]:
+        """Return the command line restoring one ``section`` of the ``archive`` file, with ``jobs`` if given."""
+        argv = [*self.options(), f"--section={section}"]
+        if jobs is not None:
+            argv.append(f"--jobs={jobs}")
+        return [*argv, str(archive)]
+
+    def from_file(self, archive: Path, jobs: int) -> list[str]:
+        """Return the command line restoring the whole ``archive`` file with ``jobs`` parallel jobs."""
+        return [*self.options(), f"--jobs={jobs}", str(archive)]
+
+    def data_script(self) -> list[str]:
+        """Return the command line printing the data section of the archive on stdin as SQL to stdout.
+
+        It connects to no database, so it takes none of the restore's options.
+        """
+        return pg_restore_data_script_argv(self.tool)
+
+
+def pg_restore_data_script_argv(tool: Tool) -> list[str]:
+    """Return the pg_restore command line that turns the data section on stdin into an SQL script on stdout."""
+    return [tool.path, "--section=data", "--file=-"]
+
+
+def pg_restore_list_argv(tool: Tool) -> list[str]:
+    """Return the pg_restore command line that prints the table of contents of the archive on stdin."""
+    return [tool.path, "--list"]
+
+
+def psql_script_argv(tool: Tool, target: TargetConfig) -> list[str]:
+    """Return the psql command line that runs the SQL on stdin in ``target``'s database, past any error.
+
+    No ``.psqlrc``, no prompt, no chatter; ``ON_ERROR_STOP=0`` so that, say, a role that already
+    exists does not stop the rest of a globals script.
+    """
+    return [tool.path, dbname_arg(target), "--no-password", "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=0"]
