@@ -1,8 +1,7 @@
 """Pin and unpin a backup: a ``pin.json`` marker next to its manifest keeps it from retention.
 
-The manifest is never rewritten: it is the commit marker of the backup and its checksums
-are what verification trusts. A pin is a separate small object, so pinning works on
-write-once buckets' neighbours and is undone by deleting one object.
+The marker is a catalog record (``catalog.Pin``, written and removed by ``catalog.pins``);
+this module picks the backup and the storages that hold it.
 
 Without ``--storage`` a pin applies to every storage of the target that holds the
 backup (a pinned backup should survive on the offsite copy too).
@@ -46,21 +45,10 @@ def pin(
     """
     target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
     changed = []
+    record = catalog.Pin(target_name, backup_id, ctx.clock(), note)
     for name, store in storages:
-        key = catalog.pin_key(target_name, backup_id)
-        if store.exists(key):
-            continue
-        catalog.write_json(
-            store,
-            key,
-            {
-                "target": target_name,
-                "backup_id": backup_id,
-                "pinned_at": catalog.format_time(ctx.clock()),
-                "note": note,
-            },
-        )
-        changed.append(name)
+        if catalog.write_pin(store, record):
+            changed.append(name)
     log.info("backup pinned", target=target_name, backup_id=backup_id, storages=[n for n, _ in storages])
     return PinResult(target_name, backup_id, tuple(n for n, _ in storages), tuple(changed), pinned=True)
 
@@ -74,22 +62,10 @@ def unpin(ctx: AppContext, selector: str, target: str | None = None, storage: st
     target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
     changed = []
     for name, store in storages:
-        key = catalog.pin_key(target_name, backup_id)
-        if store.exists(key):
-            store.delete(key)
+        if catalog.remove_pin(store, target_name, backup_id):
             changed.append(name)
     log.info("backup unpinned", target=target_name, backup_id=backup_id, storages=changed)
     return PinResult(target_name, backup_id, tuple(n for n, _ in storages), tuple(changed), pinned=False)
-
-
-def pinned_ids(keys: list[str] | set[str], target: str) -> frozenset[str]:
-    """Return the ids of the backups of ``target`` that have a pin marker among the listed ``keys``."""
-    ids = set()
-    for key in keys:
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == target and parts[2] == catalog.PIN_NAME:
-            ids.add(parts[1])
-    return frozenset(ids)
 
 
 def _resolve(

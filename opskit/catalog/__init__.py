@@ -1,9 +1,25 @@
-"""The repository of backups in a storage: layout, typed records, and list/find/commit.
+"""The repository of backups in a storage: layout, typed records, and list/find/latest/commit.
 
-The catalog is the only reader and writer of stored records; features ask it and never
-parse keys or JSON themselves. ``from opskit import catalog`` gives the whole face.
+The catalog is the only reader and writer of stored records (manifests, pins, verification
+records, drill reports); features ask it and never parse keys or JSON themselves.
+``from opskit import catalog`` gives the whole face:
+
+- ``layout``: backup ids, times, and the key of every object;
+- ``manifest`` / ``repository``: the manifest model; commit, list, find and latest backups;
+- ``records``: :class:`Check`, the one comparison model of verify records and drill reports;
+- ``verifications``, ``pins``, ``drills``: one module per other record;
+- ``objects``: the JSON encoding every record shares.
 """
 
+from opskit.catalog.drills import (
+    DRILL_FAIL,
+    DRILL_PASS,
+    DrillRecord,
+    latest_drill,
+    list_drills,
+    newest_drill,
+    write_drill_report,
+)
 from opskit.catalog.layout import (
     DRILLS_DIR,
     DUMP_ARTIFACT,
@@ -14,57 +30,95 @@ from opskit.catalog.layout import (
     VERIFY_PREFIX,
     artifact_key,
     backup_prefix,
+    drill_report_key,
     drills_prefix,
     format_time,
     is_backup_id,
+    is_verify_name,
     manifest_key,
     new_backup_id,
     parse_time,
     pin_key,
+    split_backup_key,
+    verify_key,
 )
 from opskit.catalog.manifest import Artifact, Manifest
+from opskit.catalog.objects import read_json, write_json
+from opskit.catalog.pins import Pin, is_pinned, pinned_ids, remove_pin, write_pin
+from opskit.catalog.records import Check
 from opskit.catalog.repository import (
     LIST_CONCURRENCY,
     BadManifest,
     find_backup,
-    is_pinned,
     list_backups,
     list_manifest_keys,
-    read_json,
     read_manifest,
-    write_json,
     write_manifest,
+)
+from opskit.catalog.verifications import (
+    FAIL,
+    PASS,
+    Verification,
+    latest_verification,
+    latest_verify_run,
+    newest_verified_id,
+    read_verification,
+    record_verification,
 )
 from opskit.pg.facts import TableFacts
 
 __all__ = [
     "DRILLS_DIR",
+    "DRILL_FAIL",
+    "DRILL_PASS",
     "DUMP_ARTIFACT",
+    "FAIL",
     "FORMAT_VERSION",
     "GLOBALS_ARTIFACT",
     "LIST_CONCURRENCY",
     "MANIFEST_NAME",
+    "PASS",
     "PIN_NAME",
     "VERIFY_PREFIX",
     "Artifact",
     "BadManifest",
+    "Check",
+    "DrillRecord",
     "Manifest",
+    "Pin",
     "TableFacts",
+    "Verification",
     "artifact_key",
     "backup_prefix",
+    "drill_report_key",
     "drills_prefix",
     "find_backup",
     "format_time",
     "is_backup_id",
     "is_pinned",
+    "is_verify_name",
+    "latest_drill",
+    "latest_verification",
+    "latest_verify_run",
     "list_backups",
+    "list_drills",
     "list_manifest_keys",
     "manifest_key",
     "new_backup_id",
+    "newest_drill",
+    "newest_verified_id",
     "parse_time",
     "pin_key",
+    "pinned_ids",
     "read_json",
     "read_manifest",
+    "read_verification",
+    "record_verification",
+    "remove_pin",
+    "split_backup_key",
+    "verify_key",
+    "write_drill_report",
     "write_json",
     "write_manifest",
+    "write_pin",
 ]

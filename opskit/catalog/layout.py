@@ -56,7 +56,7 @@ def manifest_key(target: str, backup_id: str) -> str:
 
 def artifact_key(target: str, backup_id: str, name: str, encrypted: bool) -> str:
     """Return the key of an artifact: ``db.dump.zst`` or ``globals.sql.zst``, plus ``.age`` when encrypted."""
-    filename = {"db": "db.dump.zst", "globals": "globals.sql.zst"}[name]
+    filename = {DUMP_ARTIFACT: "db.dump.zst", GLOBALS_ARTIFACT: "globals.sql.zst"}[name]
     return join_key(target, backup_id, filename + (".age" if encrypted else ""))
 
 
@@ -65,6 +65,34 @@ def pin_key(target: str, backup_id: str) -> str:
     return join_key(target, backup_id, PIN_NAME)
 
 
+def verify_key(target: str, backup_id: str, moment: datetime) -> str:
+    """Return ``<target>/<id>/verify-<UTC time>.json``; the keys of one backup sort in time order."""
+    stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return join_key(target, backup_id, f"{VERIFY_PREFIX}{stamp}.json")
+
+
+def is_verify_name(name: str) -> bool:
+    """Return True when the last part of a key names a verification record."""
+    return name.startswith(VERIFY_PREFIX) and name.endswith(".json")
+
+
 def drills_prefix(target: str) -> str:
     """Return the prefix drill reports of a target are stored under."""
     return join_key(target, DRILLS_DIR)
+
+
+def drill_report_key(target: str, drill_id: str, extension: str) -> str:
+    """Return the key of one rendering (``json``, ``md``, ``html``) of a drill report."""
+    return join_key(drills_prefix(target), f"{drill_id}.{extension}")
+
+
+def split_backup_key(key: str) -> tuple[str, str, str] | None:
+    """Return (target, backup id, object name) for a key directly under a backup, else None.
+
+    ``app/20261126T174200Z-3fa1/pin.json`` gives ``("app", "20261126T174200Z-3fa1", "pin.json")``;
+    drill reports, deeper keys and names that are not backup ids give None.
+    """
+    parts = key.split("/")
+    if len(parts) != 3 or not is_backup_id(parts[1]):
+        return None
+    return parts[0], parts[1], parts[2]

@@ -1,4 +1,4 @@
-"""Backups in a storage: the manifest model, the object layout, and finding backups.
+"""Backups in a storage: committing, listing and finding them by their manifests.
 
 Layout, relative to the storage prefix::
 
@@ -10,18 +10,17 @@ Layout, relative to the storage prefix::
     <target>/drills/<drill_id>.json / .md         drill reports
 
 A backup exists when its manifest exists. Retention and "latest" use the times recorded
-in manifests, never object names or storage timestamps.
+in manifests, never object names or storage timestamps. The other records have a module
+each: ``pins``, ``verifications``, ``drills``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
-from opskit.catalog.layout import MANIFEST_NAME, is_backup_id, manifest_key, pin_key
+from opskit.catalog.layout import MANIFEST_NAME, is_backup_id, manifest_key
 from opskit.catalog.manifest import Manifest
 from opskit.core.errors import ConfigError, ManifestError, ObjectNotFound
 from opskit.storage.base import Storage
@@ -29,29 +28,10 @@ from opskit.storage.base import Storage
 LIST_CONCURRENCY = 16  # manifests read at once by list_backups
 
 
-# --------------------------------------------------------------------------- reading a storage
-
-
 def write_manifest(storage: Storage, manifest: Manifest) -> None:
     """Write the manifest, which commits the backup. Call it only after every artifact is stored."""
     with storage.writer(manifest_key(manifest.target, manifest.id)) as out:
         out.write(manifest.to_json())
-
-
-def read_json(storage: Storage, key: str) -> Any:
-    """Read and parse a small JSON object. Raises ObjectNotFound, ManifestError for bad JSON."""
-    with storage.reader(key) as inp:
-        payload = inp.read()
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"object '{key}' in storage '{storage.name}' is not valid JSON: {exc}") from exc
-
-
-def write_json(storage: Storage, key: str, data: Any) -> None:
-    """Write a small JSON object under ``key``."""
-    with storage.writer(key) as out:
-        out.write(json.dumps(data, indent=2, default=str).encode("utf-8") + b"\n")
 
 
 def read_manifest(storage: Storage, target: str, backup_id: str) -> Manifest:
@@ -143,8 +123,3 @@ def find_backup(storage: Storage, target: str, selector: str) -> Manifest:
             hint="see 'opskit backup list'",
         )
     raise ConfigError(f"'{selector}' matches {len(matches)} backups", hint="give more of the id")
-
-
-def is_pinned(storage: Storage, manifest: Manifest) -> bool:
-    """Return True when the backup has a pin marker."""
-    return storage.exists(pin_key(manifest.target, manifest.id))

@@ -14,8 +14,8 @@ Where a stored fact comes from:
 - ``opskit_backup_copy_last_success_timestamp_seconds``: per secondary storage, when the
   newest manifest there was written (the storage's mtime: a copy commits by writing it);
 - ``opskit_backups_retained``: complete backups per storage;
-- drill gauges: the newest report under ``<target>/drills/*.json`` in any of the target's
-  storages (see :func:`drill_facts` for the fields read);
+- drill gauges: the newest drill report in any of the target's storages, as the catalog
+  reads it (``catalog.DrillRecord``);
 - ``opskit_storage_up``: 1 when the storage could be listed, 0 otherwise.
 """
 
@@ -24,10 +24,9 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,17 +39,16 @@ from prometheus_client import (
 
 from opskit import __version__
 from opskit.catalog import (
-    MANIFEST_NAME,
+    DrillRecord,
     Manifest,
-    drills_prefix,
+    list_drills,
     list_manifest_keys,
     manifest_key,
-    parse_time,
-    read_json,
     read_manifest,
 )
 from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
+from opskit.storage.base import Storage
 
 if TYPE_CHECKING:
     from opskit.context import AppContext
@@ -62,62 +60,6 @@ log = get_logger(__name__)
 disable_created_metrics()
 
 RUN_RESULTS = ("success", "failure", "aborted")
-_PASS_VERDICTS = {"pass", "passed", "ok", "success", "succeeded"}
-
-
-@dataclass(frozen=True)
-class DrillFacts:
-    """What the metrics need from one drill report."""
-
-    finished: datetime
-    passed: bool
-    estimated_rto_seconds: float | None
-    data_loss_seconds: float | None
-
-
-def _number(data: Mapping[str, Any], *paths: str) -> float | None:
-    for path in paths:
-        value: Any = data
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def drill_facts(report: Any) -> DrillFacts | None:
-    """Return the facts of a drill report, or None when it is not one.
-
-    Reads ``verdict`` (``pass``/``passed``/``ok`` or a boolean ``passed``), the finish time
-    (``finished_at``, else ``started_at``), the estimated RTO (``rto.estimated_seconds`` or
-    ``estimated_rto_seconds``) and the data-loss window (``data_loss_seconds`` or
-    ``rpo.data_loss_seconds``).
-    """
-    if not isinstance(report, Mapping):
-        return None
-    when_text = report.get("finished_at") or report.get("ended_at") or report.get("started_at")
-    if not isinstance(when_text, str):
-        return None
-    try:
-        finished = parse_time(when_text)
-    except ValueError:
-        return None
-    verdict = report.get("verdict", report.get("passed"))
-    passed = verdict is True or (isinstance(verdict, str) and verdict.lower() in _PASS_VERDICTS)
-    return DrillFacts(
-        finished=finished,
-        passed=passed,
-        estimated_rto_seconds=_number(
-            report,
-            "rto.estimated_seconds",
-            "estimated_rto_seconds",
-            "rto.estimated",
-            "objectives.rto.estimated_seconds",
-        ),
-        data_loss_seconds=_number(
-            report, "data_loss_seconds", "rpo.data_loss_seconds", "objectives.rpo.data_loss_seconds"
-        ),
-    )
 
 
 class Metrics:
@@ -230,14 +172,14 @@ class Metrics:
         self.rto_target.labels(target=name).set(ctx.config.objectives.rto.total_seconds())
         for result in RUN_RESULTS:
             self.backup_runs.labels(target=name, result=result)  # export zeros so rate() works at once
-        drills: list[DrillFacts] = []
+        drills: list[DrillRecord] = []
         for index, storage_name in enumerate(target.storages):
             try:
                 storage = ctx.storage(storage_name)
                 backups = self._backups(storage, name)
                 if index > 0:
                     copied = _manifest_mtime(storage, backups[0]) if backups else None
-                drills.extend(_drill_reports(storage, name))
+                drills.extend(list_drills(storage, name))
             except OpskitError as exc:
                 log.warning("metrics: storage unreadable", storage=storage_name, target=name, error=exc.message)
                 self.storage_up.labels(storage=storage_name).set(0)
@@ -250,7 +192,7 @@ class Metrics:
                 self.copy_last_success.labels(target=name, storage=storage_name).set(copied.timestamp())
         self._set_drills(name, drills)
 
-    def _backups(self, storage: Any, target: str) -> list[Manifest]:
+    def _backups(self, storage: Storage, target: str) -> list[Manifest]:
         """Return the complete backups of ``target`` in ``storage``, newest first, reading new manifests only."""
         found: list[Manifest] = []
         for _, backup_id in list_manifest_keys(storage, target):
@@ -287,10 +229,10 @@ class Metrics:
                 if isinstance(seconds, int | float) and not isinstance(seconds, bool):
                     self.backup_last_duration.labels(target=target, phase=str(phase)).set(seconds)
 
-    def _set_drills(self, target: str, drills: list[DrillFacts]) -> None:
+    def _set_drills(self, target: str, drills: list[DrillRecord]) -> None:
         if not drills:
             return
-        drills.sort(key=lambda d: d.finished)
+        drills.sort(key=lambda d: d.sort_key)
         newest = drills[-1]
         self.drill_last_result.labels(target=target).set(1 if newest.passed else 0)
         passed = [d for d in drills if d.passed]
@@ -328,28 +270,12 @@ def _remove(gauge: Gauge, *labels: str) -> None:
         gauge.remove(*labels)
 
 
-def _manifest_mtime(storage: Any, manifest: Manifest) -> datetime | None:
+def _manifest_mtime(storage: Storage, manifest: Manifest) -> datetime | None:
     key = manifest_key(manifest.target, manifest.id)
     for info in storage.list(key):
         if info.key == key:
             return info.modified
     return None
-
-
-def _drill_reports(storage: Any, target: str) -> list[DrillFacts]:
-    prefix = drills_prefix(target) + "/"
-    facts: list[DrillFacts] = []
-    for info in storage.list(prefix):
-        if not info.key.endswith(".json") or info.key.endswith("/" + MANIFEST_NAME):
-            continue
-        try:
-            report = read_json(storage, info.key)
-        except (ManifestError, OpskitError):
-            continue
-        parsed = drill_facts(report)
-        if parsed is not None:
-            facts.append(parsed)
-    return facts
 
 
 def collect(ctx: AppContext) -> Metrics:

@@ -22,12 +22,10 @@ from typing import Any
 import structlog
 
 from opskit import catalog
-from opskit.backup.pin import pinned_ids
-from opskit.backup.verify import newest_verified_id
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, ConfigError, OpskitError
+from opskit.core.errors import BackupFailed, ConfigError, OpskitError, PruneFailed
 from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
 from opskit.plan import retention
@@ -90,14 +88,6 @@ class PruneReport:
         }
 
 
-class PruneFailed(BackupFailed):
-    """Pruning failed for at least one (target, storage); ``report`` holds everything done (exit 4)."""
-
-    def __init__(self, message: str, report: PruneReport, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.report = report
-
-
 def run(
     ctx: AppContext,
     target: str | None = None,
@@ -153,8 +143,8 @@ def run(
         names = "; ".join(f"{r.target} in {r.storage}: {r.error}" for r in report.failures)
         raise PruneFailed(
             f"prune failed for {len(report.failures)} target/storage pair(s): {names}",
-            report,
             hint="fix the cause and run prune again; the other targets and storages were pruned",
+            report=report,
         )
     return report
 
@@ -194,13 +184,13 @@ def _plan_and_delete(
     result.bad_manifests = [f"{b.backup_id}: {b.error}" for b in bad]
     for item in bad:
         log.warning("unreadable manifest left alone", backup_id=item.backup_id, error=item.error)
-    keys = {info.key for info in store.list(f"{target}/")}
-    verified = newest_verified_id(store, target, backups)
+    keys = [info.key for info in store.list(f"{target}/")]
+    verified = catalog.newest_verified_id(store, target, backups)
     result.plan = retention.plan(
         backups,
         policy,
         now,
-        pinned=pinned_ids(keys, target),
+        pinned=catalog.pinned_ids(store, target, keys),
         verified=frozenset({verified}) if verified else frozenset(),
     )
     doomed = [d.id for d in result.plan.deleted]

@@ -16,6 +16,7 @@ with a current RPO within it is a warning: it happened, and it is shown, but it 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,16 +25,14 @@ from opskit import catalog
 from opskit.catalog import Manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import ManifestError, ObjectiveBreached, ObjectNotFound, OpskitError
+from opskit.core.errors import ObjectiveBreached, OpskitError
 from opskit.core.log import get_logger
-from opskit.drill.drill import latest_drill
 from opskit.plan import objectives
 from opskit.storage.base import Storage
 
 log = get_logger(__name__)
 
 RPO_WINDOW = timedelta(days=7)
-_MAX_RECORDS_READ = 20  # verification records read while looking for the newest of kind "verify"
 
 
 @dataclass
@@ -252,69 +251,46 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
     for store in opened.values():
         if status.last_verify is None:
             status.last_verify = last_verification(store, target.name)
-    status.last_drill = _newest_drill(opened.values(), target.name, status)
-    if status.last_drill is not None:
-        rto = status.last_drill.get("rto") or {}
-        measured = rto.get("measured_seconds")
-        if isinstance(measured, int | float):
+    drill = _newest_drill(opened.values(), target.name, status)
+    if drill is not None:
+        status.last_drill = drill.summary()
+        if drill.measured_rto_seconds is not None:
             status.rto = objectives.RtoAssessment(
-                measured=timedelta(seconds=measured),
+                measured=timedelta(seconds=drill.measured_rto_seconds),
                 allowances=ctx.config.objectives.allowances,
                 target=ctx.config.objectives.rto,
             )
-        if status.last_drill.get("verdict") != "pass":
-            status.warnings.append(f"the last drill ({status.last_drill.get('drill_id')}) failed")
+        if not drill.passed:
+            status.warnings.append(f"the last drill ({drill.drill_id}) failed")
     else:
         status.warnings.append("no restore drill has been run: the RTO is unmeasured")
     return status
 
 
-def _newest_drill(stores: Any, target: str, status: TargetStatus) -> dict[str, Any] | None:
-    newest: dict[str, Any] | None = None
+def _newest_drill(stores: Iterable[Storage], target: str, status: TargetStatus) -> catalog.DrillRecord | None:
+    """Return the newest drill of ``target`` in any of ``stores``; a storage that cannot be read is a warning."""
+    found: list[catalog.DrillRecord | None] = []
     for store in stores:
         try:
-            found = latest_drill(store, target)
+            found.append(catalog.latest_drill(store, target))
         except OpskitError as exc:
             status.warnings.append(f"cannot read drill reports in '{store.name}': {exc.one_line()}")
-            continue
-        if found is not None and (newest is None or str(found.get("started_at")) > str(newest.get("started_at"))):
-            newest = found
-    if newest is None:
+    return catalog.newest_drill(found)
+
+
+def last_verification(store: Storage, target: str) -> dict[str, object] | None:
+    """Return the summary of the newest ``verify`` record of any backup of ``target`` in ``store`` (None when none).
+
+    Drills record their verdict the same way (kind ``drill``); those are skipped here.
+    Raises StorageError when the storage cannot be listed.
+    """
+    record = catalog.latest_verify_run(store, target)
+    if record is None:
         return None
     return {
-        "drill_id": newest.get("drill_id"),
-        "started_at": newest.get("started_at"),
-        "finished_at": newest.get("finished_at"),
-        "backup_id": (newest.get("backup") or {}).get("id"),
-        "verdict": newest.get("verdict"),
-        "objectives_met": newest.get("objectives_met"),
-        "rto": newest.get("rto"),
-        "data_loss_seconds": newest.get("data_loss_seconds"),
+        "time": catalog.format_time(record.time),
+        "backup_id": record.backup_id,
+        "storage": store.name,
+        "level": record.level,
+        "verdict": record.verdict,
     }
-
-
-def last_verification(store: Storage, target: str) -> dict[str, Any] | None:
-    """Return the newest ``verify`` record of any backup of ``target`` in ``store`` (None when none).
-
-    Records are ``<target>/<id>/verify-<UTC time>.json``; the time in the name orders them.
-    Drills record their verdict the same way (kind ``drill``); those are skipped here.
-    """
-    keys = []
-    for info in store.list(f"{target}/"):
-        parts = info.key.split("/")
-        if len(parts) == 3 and parts[2].startswith(catalog.VERIFY_PREFIX) and parts[2].endswith(".json"):
-            keys.append((parts[2], info.key))
-    for _, key in sorted(keys, reverse=True)[:_MAX_RECORDS_READ]:
-        try:
-            data = catalog.read_json(store, key)
-        except (ManifestError, ObjectNotFound):
-            continue
-        if isinstance(data, dict) and data.get("kind", "verify") == "verify":
-            return {
-                "time": data.get("time"),
-                "backup_id": data.get("backup_id"),
-                "storage": store.name,
-                "level": data.get("level"),
-                "verdict": data.get("verdict"),
-            }
-    return None

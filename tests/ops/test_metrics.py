@@ -15,7 +15,7 @@ from opskit.config.load import parse_config
 from opskit.config.model import Config
 from opskit.context import AppContext
 from opskit.core.errors import StorageError
-from opskit.ops.metrics import Metrics, drill_facts
+from opskit.ops.metrics import Metrics
 
 SPEC_NAMES = {
     "opskit_backup_last_success_timestamp_seconds",
@@ -162,14 +162,6 @@ def test_a_run_is_counted_by_result(config: Config) -> None:
     text = metrics.exposition().decode()
     assert sample(text, "opskit_backup_runs_total", target="app", result="success") == 2
     assert sample(text, "opskit_backup_runs_total", target="app", result="failure") == 1
-
-
-def test_drill_reports_are_read_defensively() -> None:
-    assert drill_facts({"verdict": "passed", "finished_at": "2026-10-01T06:20:00Z"}) is not None
-    assert drill_facts({"verdict": "pass"}) is None  # no time: not a report
-    assert drill_facts(["not", "a", "report"]) is None
-    facts = drill_facts({"passed": True, "started_at": "2026-10-01T06:00:00Z", "estimated_rto_seconds": 60})
-    assert facts is not None and facts.passed and facts.estimated_rto_seconds == 60
 
 
 def test_the_metrics_command_writes_a_textfile_atomically(config: Config, tmp_path: Path) -> None:

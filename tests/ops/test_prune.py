@@ -19,8 +19,7 @@ from click.testing import CliRunner
 from opskit import catalog
 from opskit.backup import backup
 from opskit.backup.pin import pin
-from opskit.backup.verify import Verification, record_verification
-from opskit.catalog import Artifact, Manifest
+from opskit.catalog import Artifact, Manifest, Verification, record_verification
 from opskit.config.model import Config, EncryptionConfig, TargetConfig
 from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext

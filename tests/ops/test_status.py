@@ -12,8 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from opskit import catalog
-from opskit.backup.verify import Verification, record_verification
-from opskit.catalog import Artifact, Manifest
+from opskit.catalog import Artifact, Manifest, Verification, record_verification
 from opskit.cli import main
 from opskit.config.model import Config, TargetConfig
 from opskit.context import AppContext
