@@ -5,9 +5,13 @@
 - ``/readyz``: configuration loaded, secrets resolvable, control database and storages
   reachable. A stale backup is an alert (see deploy/prometheus-alerts.yml), not a
   readiness failure: restarting the daemon would not make a backup newer.
-- ``/metrics``: Prometheus text format.
+- ``/metrics``: Prometheus text format: the catalog's metrics, then this process's own
+  ``process_*`` metrics (CPU, memory, open files, start time; Linux only, as in every
+  Prometheus client), which only the long-running daemon has a reason to export.
 
-The standard library's threading HTTP server is enough for three probes and a scrape.
+Every route answers ``HEAD`` with the headers ``GET`` would send and no body (load balancers
+and uptime checkers probe with it). The standard library's threading HTTP server is enough for
+three probes and a scrape.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
 from opskit.core.errors import ConfigError
 from opskit.core.log import get_logger
@@ -26,16 +30,27 @@ from opskit.core.log import get_logger
 log = get_logger(__name__)
 
 Check = Callable[[], tuple[bool, dict[str, Any]]]
+Route = Callable[[], tuple[int, str, bytes]]
+
+# Kept apart from the catalog's registry: `opskit metrics --textfile` must not write the CLI
+# process's CPU and memory, which node_exporter would then serve as if they were the daemon's.
+_PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=_PROCESS_REGISTRY)
+
+
+def process_metrics() -> bytes:
+    """Return this process's ``process_*`` metrics in the Prometheus text format (empty off Linux)."""
+    return generate_latest(_PROCESS_REGISTRY)
 
 
 class HealthServer:
     """Serves the three endpoints from a background thread."""
 
     def __init__(self, host: str, port: int, livez: Check, readyz: Check, metrics: Callable[[], bytes]) -> None:
-        self.routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
+        self.routes: dict[str, Route] = {
             "/livez": lambda: _json_check(livez),
             "/readyz": lambda: _json_check(readyz),
-            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics()),
+            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics() + process_metrics()),
         }
         handler = _handler_for(self.routes)
         try:
@@ -75,11 +90,18 @@ def _json_check(check: Check) -> tuple[int, str, bytes]:
     return (200 if ok else 503), "application/json", body
 
 
-def _handler_for(routes: dict[str, Callable[[], tuple[int, str, bytes]]]) -> type[BaseHTTPRequestHandler]:
+def _handler_for(routes: dict[str, Route]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "opskit"
 
         def do_GET(self) -> None:
+            self._answer(send_body=True)
+
+        def do_HEAD(self) -> None:
+            # The same status and headers as GET (Content-Length included, RFC 9110 9.3.2), no body.
+            self._answer(send_body=False)
+
+        def _answer(self, send_body: bool) -> None:
             route = routes.get(self.path.split("?", 1)[0])
             if route is None:
                 status, content_type, body = 404, "text/plain; charset=utf-8", b"not found\n"
@@ -89,7 +111,8 @@ def _handler_for(routes: dict[str, Callable[[], tuple[int, str, bytes]]]) -> typ
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if send_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             # Probes every few seconds would drown the job logs; errors still reach log_error.
