@@ -94,7 +94,7 @@ def _summary(report: drill_action.DrillReport) -> None:
     for check in report.checks:
         mark = "ok  " if check.ok else "FAIL"
         detail = "" if check.ok else f": expected {check.expected}, got {check.actual}"
-        click.echo(f"  {mark} {check.phase:<7} {check.name}{detail}")
+        click.echo(f"  {mark} {check.subject:<7} {check.name}{detail}")
     loss = report.data_loss
     if loss is not None:
         click.echo(f"  data-loss window {short(loss)} (RPO target {short(report.rpo_target)})")

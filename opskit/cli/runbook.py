@@ -9,6 +9,7 @@ import click
 from opskit.cli import pass_app
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError
+from opskit.runbooks import loader
 from opskit.runbooks import runbook as runbook_action
 
 _DIR = click.option(
@@ -39,9 +40,9 @@ def runbook() -> None:
 @pass_app
 def list_(app: AppContext, directory: str | None) -> None:
     """List the runbooks."""
-    books = runbook_action.list_runbooks(app, directory)
+    books = loader.list_runbooks(app, directory)
     if not books:
-        click.echo(f"no runbooks in {runbook_action.runbooks_dir(app, directory)}")
+        click.echo(f"no runbooks in {loader.runbooks_dir(app, directory)}")
     for book in books:
         click.echo(f"{book.name:<28} {len(book.steps):>2} steps  {book.title}")
 
@@ -52,7 +53,7 @@ def list_(app: AppContext, directory: str | None) -> None:
 @pass_app
 def show(app: AppContext, name: str, directory: str | None) -> None:
     """Show a runbook's variables and steps."""
-    book = runbook_action.find(app, name, directory)
+    book = loader.find(app, name, directory)
     click.echo(f"{book.name}: {book.title}")
     if book.description:
         click.echo(book.description.strip())

@@ -1,4 +1,4 @@
-"""Scheduled jobs: one ``jobs/*.toml`` file each, and the registry of actions they call.
+"""Scheduled jobs: one ``jobs/*.toml`` file each, calling the schedulable rows of :mod:`opskit.actions`.
 
 A job file::
 
@@ -22,7 +22,7 @@ Monday of each quarter.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -34,12 +34,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from opskit import actions
+from opskit.actions import Action
 from opskit.config.model import Config
 from opskit.config.schema import ConfigErrors, Section
 from opskit.core.errors import ConfigError
 from opskit.core.units import format_duration, parse_duration
 
-ACTIONS = ("backup", "copy", "prune", "verify", "drill", "status", "runbook")
 DEFAULT_MISFIRE_GRACE = timedelta(hours=1)
 # Interval slots are counted from this instant, not from when a replica started, so every
 # replica computes the same slots and the ledger can tell them apart.
@@ -47,7 +47,6 @@ INTERVAL_ANCHOR = datetime(2000, 1, 3, tzinfo=UTC)
 _CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
-Action = Callable[..., Any]
 # Actions registered by name in-process (tests register fakes); everything else is imported lazily.
 _REGISTERED: dict[str, Action] = {}
 
@@ -81,18 +80,18 @@ def unregister_action(name: str) -> None:
 
 
 def known_actions() -> tuple[str, ...]:
-    """Return every action name a job may use."""
-    return tuple(dict.fromkeys((*ACTIONS, *_REGISTERED)))
+    """Return every action name a job may use: the table's schedulable ones, then registered fakes."""
+    return tuple(dict.fromkeys((*actions.schedulable(), *_REGISTERED)))
 
 
 def resolve_action(name: str) -> Action:
     """Return the callable for an action a job may use (see :mod:`opskit.actions`).
 
-    Raises ConfigError when the action is unknown or its module is not part of this build.
+    Raises ConfigError when the action is unknown, not schedulable, or its module is not part of this build.
     """
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name not in ACTIONS:
+    if name not in actions.schedulable():
         raise ConfigError(f"unknown action '{name}'", hint=f"use one of: {', '.join(known_actions())}")
     return actions.resolve(name)
 

@@ -25,7 +25,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from opskit.config.model import Config
 from opskit.config.notify import NotifySettings
-from opskit.context import AppContext, utc_now
+from opskit.context import AppContext
+from opskit.core.clock import utc_now
 from opskit.core.errors import OpskitError
 from opskit.core.log import get_logger
 from opskit.daemon import ledger as ledger_mod

@@ -16,8 +16,9 @@ from opskit.backup import backup
 from opskit.cli import main
 from opskit.config.load import load_config
 from opskit.context import AppContext
-from opskit.core.errors import ConfigError
+from opskit.core.errors import ConfigError, RunbookFailed
 from opskit.runbooks import runbook
+from opskit.runbooks.model import RunbookResult
 from tests.servers import REPO_ROOT
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -59,7 +60,7 @@ def ctx(names: dict[str, str], tmp_path: Path) -> AppContext:
     return context
 
 
-def run_book(ctx: AppContext, name: str, tmp_path: Path, **variables: str) -> runbook.RunbookResult:
+def run_book(ctx: AppContext, name: str, tmp_path: Path, **variables: str) -> RunbookResult:
     lines: list[str] = []
     result = runbook.run(
         ctx,
@@ -137,7 +138,7 @@ def test_a_runbook_stops_at_the_first_failing_step_and_says_which(ctx: AppContex
     assert not result.ok and len(result.results) == 1
     assert result.results[0].error == "expected 49, got 50"
     assert result.exit_code == 5
-    with pytest.raises(runbook.RunbookFailed, match="stopped at step 1") as caught:
+    with pytest.raises(RunbookFailed, match="stopped at step 1") as caught:
         result.raise_for_outcome()
     assert caught.value.exit_code == 5
     assert ctx.config.source is not None

@@ -1,0 +1,88 @@
+"""Finding and parsing runbook files (``runbooks/*.toml``): every problem named by its path, all at once."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from opskit.config.schema import ConfigErrors, Section
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError
+from opskit.runbooks.model import Runbook, Step, Variable
+from opskit.runbooks.steps import KINDS, check_step, default_name
+
+
+def runbooks_dir(ctx: AppContext, directory: str | Path | None = None) -> Path:
+    """Return ``directory``, else ``runbooks/`` beside the config file, else ``./runbooks``."""
+    if directory is not None:
+        return Path(directory)
+    if ctx.config.source is not None:
+        candidate = ctx.config.source.parent / "runbooks"
+        if candidate.is_dir():
+            return candidate
+    return Path("runbooks")
+
+
+def list_runbooks(ctx: AppContext, directory: str | Path | None = None) -> list[Runbook]:
+    """Return every runbook in the directory, by name. Raises ConfigError for a malformed file."""
+    folder = runbooks_dir(ctx, directory)
+    return [load(path) for path in sorted(folder.glob("*.toml"))]
+
+
+def find(ctx: AppContext, name: str, directory: str | Path | None = None) -> Runbook:
+    """Return the runbook ``name`` (file stem). Raises ConfigError naming the ones that exist."""
+    folder = runbooks_dir(ctx, directory)
+    path = folder / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(folder.glob("*.toml"))) or "none"
+        raise ConfigError(f"no runbook named '{name}' in {folder}", hint=f"runbooks there: {known}")
+    return load(path)
+
+
+def load(path: Path) -> Runbook:
+    """Parse and validate one runbook file. Raises ConfigError listing every problem (``At 'steps[2].x'``)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"runbook {path} cannot be read: {exc}") from exc
+    errors = ConfigErrors()
+    root = Section(raw, "", errors)
+    title = root.str("title", path.stem)
+    description = root.str("description", "")
+    variables = _variables(root, errors)
+    steps = []
+    raw_steps = root.get("steps", list, [], "an array of tables [[steps]]")
+    for index, item in enumerate(raw_steps):
+        section = Section(item, f"steps[{index}]", errors)
+        kind = section.str("kind", "note")
+        if kind not in KINDS:
+            errors.add(section.key_path("kind"), f"must be one of {', '.join(KINDS)}, not '{kind}'")
+        name = section.str("name", "")
+        fields = {k: v for k, v in section.raw.items() if k not in ("kind", "name")}
+        check_step(kind, section, fields)
+        steps.append(Step(index + 1, kind, name or default_name(kind, fields), fields))
+    if not steps:
+        errors.add("steps", "a runbook needs at least one [[steps]]")
+    root.finish()
+    errors.raise_if_any(path)
+    return Runbook(path.stem, path, title, description, tuple(variables), tuple(steps))
+
+
+def _variables(root: Section, errors: ConfigErrors) -> list[Variable]:
+    """Return the ``[vars]`` table's variables: ``name = default`` or ``name = {default, help, required}``."""
+    variables = []
+    for name, value in root.table("vars").raw.items():
+        if isinstance(value, str | int | float | bool):
+            variables.append(Variable(name, str(value)))
+        elif isinstance(value, Mapping):
+            spec = Section(value, f"vars.{name}", errors)
+            default = spec.get("default", (str, int, float, bool), None, "a string or number")
+            required = spec.bool("required", False)
+            text = None if default is None else str(default)
+            variables.append(Variable(name, None if required and text is None else (text or ""), spec.str("help", "")))
+            spec.finish()
+        else:
+            errors.add(f"vars.{name}", "must be a default value or a table {default, help, required}")
+    root.seen.add("vars")
+    return variables

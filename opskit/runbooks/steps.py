@@ -1,0 +1,332 @@
+"""The kinds of runbook step: one :class:`StepKind` each (its keys, its checks, how it reads, how it runs).
+
+:data:`KINDS` is the registry the loader validates against and the runner dispatches on, so
+a new kind is one entry here. The kinds:
+
+- ``opskit``: the CLI as a child process (``command``), or an in-process action from
+  :mod:`opskit.actions` (``action`` + ``args``) whose result the action table renders;
+- ``sql``: a query on a configured target; ``expect`` checks, ``capture`` stores a variable;
+- ``shell``: an argv, never a shell;
+- ``confirm``: a yes/no question (``--yes`` answers yes);
+- ``note``: text for the operator (shown in a dry run too).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from opskit import actions
+from opskit.config.schema import Section
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError, VerificationFailed
+from opskit.core.execute import run as run_command
+from opskit.core.redaction import redact_text
+from opskit.core.units import parse_duration
+from opskit.pg import connection
+from opskit.runbooks.model import DRY_RUN, FAILED, OK, SKIPPED, Confirm, Step, StepResult
+
+DEFAULT_TIMEOUT = timedelta(hours=4)
+OUTPUT_LINES = 200  # lines of a step's output kept in the transcript
+
+Rendered = Mapping[str, Any]  # a step's fields with its variables filled in
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What a running step may use: the app, the run's variables (a ``capture`` adds one), the operator's answers."""
+
+    ctx: AppContext
+    variables: dict[str, str]
+    yes: bool
+    confirm: Confirm | None
+
+
+def _no_check(section: Section, fields: Mapping[str, Any]) -> None:
+    """A kind whose keys need no check beyond the shared ones."""
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One kind of step.
+
+    ``describe(rendered, prefix)`` returns what the step does ("would run: ...") or "" when
+    there is nothing to say; ``run`` returns its StepResult and may raise OpskitError (the
+    runner records it as a failure); ``check`` adds kind-specific problems to the section.
+    """
+
+    name: str
+    keys: frozenset[str]
+    required: tuple[str, ...]
+    describe: Callable[[Rendered, str], str]
+    run: Callable[[StepRun, Step, Rendered], StepResult]
+    check: Callable[[Section, Mapping[str, Any]], None] = _no_check
+    default_name: Callable[[Mapping[str, Any]], str] | None = None
+    runs_in_dry_run: bool = False
+
+
+# --------------------------------------------------------------------------- opskit
+
+
+def _check_opskit(section: Section, fields: Mapping[str, Any]) -> None:
+    if ("command" in fields) == ("action" in fields):
+        section.errors.add(section.path, "an 'opskit' step needs exactly one of 'command' (CLI argv) or 'action'")
+    allowed = actions.step_actions()
+    if "action" in fields and fields["action"] not in allowed:
+        section.errors.add(section.key_path("action"), f"must be one of {', '.join(sorted(allowed))}")
+
+
+def _describe_opskit(rendered: Rendered, prefix: str) -> str:
+    if "command" in rendered:
+        return f"{prefix}run: opskit " + " ".join(rendered["command"])
+    return f"{prefix}call action {rendered['action']} with {dict(rendered.get('args') or {})}"
+
+
+def _run_opskit(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
+    if "action" in rendered:
+        return _action_step(run.ctx, step, rendered)
+    argv = [sys.executable, "-m", "opskit"]
+    if run.ctx.config.source is not None:
+        argv += ["--config", str(run.ctx.config.source)]
+    argv += list(rendered["command"])
+    allowed = [int(code) for code in rendered.get("allow_exit", [0])]
+    # The child is opskit itself: it gets the OPSKIT_* settings execute.child_env() strips for others.
+    env = {k: v for k, v in os.environ.items() if k.startswith("OPSKIT_")}
+    return _process_step(step, rendered, argv, allowed, env)
+
+
+def _action_step(ctx: AppContext, step: Step, rendered: Rendered) -> StepResult:
+    """Call an action of the table in-process; its row renders the result as the step's output."""
+    name = str(rendered["action"])
+    row = actions.spec(name)
+    call = actions.resolve(name)
+    summarize = actions.resolve_step_summary(name)
+    args = {row.step_args.get(key, key): value for key, value in dict(rendered.get("args") or {}).items()}
+    try:
+        output = summarize(call(ctx, **args))
+    except TypeError as exc:
+        raise ConfigError(f"step {step.index} passes arguments action '{name}' does not take: {exc}") from exc
+    return StepResult(step, OK, output=output, rendered=rendered)
+
+
+def _opskit_name(fields: Mapping[str, Any]) -> str:
+    return "opskit " + (" ".join(fields.get("command", [])) or str(fields.get("action")))
+
+
+# --------------------------------------------------------------------------- shell (and the opskit child)
+
+
+def _describe_shell(rendered: Rendered, prefix: str) -> str:
+    return f"{prefix}run: " + " ".join(rendered["argv"])
+
+
+def _run_shell(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
+    return _process_step(step, rendered, list(rendered["argv"]), [int(rendered.get("expect_exit", 0))], None)
+
+
+def _process_step(
+    step: Step,
+    rendered: Rendered,
+    argv: list[str],
+    allowed: Sequence[int],
+    env: Mapping[str, str] | None,
+) -> StepResult:
+    """Run ``argv``; ok when its exit code is in ``allowed``. Keeps the last lines of its output, redacted."""
+    timeout = parse_duration(str(rendered["timeout"])) if "timeout" in rendered else DEFAULT_TIMEOUT
+    completed = run_command(argv, env=env, timeout=timeout.total_seconds())
+    text = (completed.stdout + completed.stderr).decode("utf-8", "replace")
+    output = "\n".join(redact_text(text).splitlines()[-OUTPUT_LINES:])
+    if completed.returncode in allowed:
+        note = "" if completed.returncode == 0 else f" (exit {completed.returncode}, allowed)"
+        return StepResult(step, OK, output=output + note, exit_code=completed.returncode, rendered=rendered)
+    return StepResult(
+        step,
+        FAILED,
+        output=output,
+        error=f"exit {completed.returncode} (expected {list(allowed)})",
+        exit_code=completed.returncode or 1,
+        rendered=rendered,
+    )
+
+
+def _shell_name(fields: Mapping[str, Any]) -> str:
+    return " ".join(fields.get("argv", []))
+
+
+# --------------------------------------------------------------------------- sql
+
+
+def _describe_sql(rendered: Rendered, prefix: str) -> str:
+    where = rendered["target"] + (f" (database {rendered['database']})" if rendered.get("database") else "")
+    return f"{prefix}run on target {where}: {' '.join(str(rendered['query']).split())}"
+
+
+def _run_sql(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
+    target = run.ctx.target(str(rendered["target"]))
+    database = rendered.get("database")
+    with connection.connect(
+        target, dbname=str(database) if database else None, autocommit=True, application_name="opskit runbook"
+    ) as conn:
+        try:
+            cur = conn.execute(str(rendered["query"]))  # the runbook author's SQL, run as written
+            rows = cur.fetchall() if cur.description else []
+            columns = [c.name for c in cur.description] if cur.description else []
+        except psycopg.Error as exc:
+            return StepResult(step, FAILED, error=f"query failed: {str(exc).strip()}", rendered=rendered)
+    lines = [" | ".join(columns)] if columns else []
+    lines += [" | ".join("NULL" if v is None else str(v) for v in row) for row in rows[:OUTPUT_LINES]]
+    output = "\n".join(lines) or "(no rows)"
+    first = rows[0][0] if rows and rows[0] else None
+    if "capture" in rendered:
+        run.variables[str(rendered["capture"])] = "" if first is None else str(first)
+    if "expect" in rendered and not _same(first, rendered["expect"]):
+        return StepResult(
+            step,
+            FAILED,
+            output=output,
+            error=f"expected {rendered['expect']!r}, got {first!r}",
+            exit_code=VerificationFailed.exit_code,
+            rendered=rendered,
+        )
+    return StepResult(step, OK, output=output, rendered=rendered)
+
+
+def _same(actual: object, expected: object) -> bool:
+    """Return True when a query's value matches ``expect`` (booleans compare as true/false text too)."""
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return actual is expected or str(actual).lower() == str(expected).lower()
+    return str(actual) == str(expected)
+
+
+# --------------------------------------------------------------------------- confirm and note
+
+
+def _describe_confirm(rendered: Rendered, prefix: str) -> str:
+    return f"{prefix}ask: {rendered['prompt']}"
+
+
+def _run_confirm(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
+    prompt = str(rendered["prompt"])
+    if run.yes:
+        return StepResult(step, SKIPPED, output=f"{prompt} -> yes (--yes)", rendered=rendered)
+    if run.confirm is None:
+        return StepResult(
+            step,
+            FAILED,
+            error=f"'{prompt}' needs a person to confirm; pass --yes",
+            exit_code=ConfigError.exit_code,
+            rendered=rendered,
+        )
+    if run.confirm(prompt):
+        return StepResult(step, OK, output=f"{prompt} -> yes", rendered=rendered)
+    return StepResult(step, FAILED, error="declined", exit_code=ConfigError.exit_code, rendered=rendered)
+
+
+def _describe_note(rendered: Rendered, prefix: str) -> str:
+    return ""  # a note's text is its output; there is nothing to describe
+
+
+def _run_note(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
+    return StepResult(step, OK, output=str(rendered["text"]).strip(), rendered=rendered)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+KINDS: dict[str, StepKind] = {
+    kind.name: kind
+    for kind in (
+        StepKind(
+            "opskit",
+            frozenset({"command", "action", "args", "allow_exit", "timeout"}),
+            (),
+            _describe_opskit,
+            _run_opskit,
+            check=_check_opskit,
+            default_name=_opskit_name,
+        ),
+        StepKind(
+            "sql",
+            frozenset({"target", "database", "query", "expect", "capture"}),
+            ("target", "query"),
+            _describe_sql,
+            _run_sql,
+        ),
+        StepKind(
+            "shell",
+            frozenset({"argv", "expect_exit", "timeout"}),
+            ("argv",),
+            _describe_shell,
+            _run_shell,
+            default_name=_shell_name,
+        ),
+        StepKind("confirm", frozenset({"prompt"}), ("prompt",), _describe_confirm, _run_confirm),
+        StepKind("note", frozenset({"text"}), ("text",), _describe_note, _run_note, runs_in_dry_run=True),
+    )
+}
+
+
+def _check_argv(section: Section, key: str, value: object) -> None:
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        section.errors.add(section.key_path(key), "must be a non-empty list of strings")
+
+
+def _check_duration(section: Section, key: str, value: object) -> None:
+    try:
+        parse_duration(str(value))
+    except ValueError as exc:
+        section.errors.add(section.key_path(key), str(exc))
+
+
+# Keys that mean the same in every kind that has them, checked after the kind's own checks.
+_FIELD_CHECKS: dict[str, Callable[[Section, str, object], None]] = {
+    "command": _check_argv,
+    "argv": _check_argv,
+    "timeout": _check_duration,
+}
+
+
+def check_step(kind: str, section: Section, fields: Mapping[str, Any]) -> None:
+    """Add every problem of one step's ``fields`` to ``section.errors`` (an unknown kind is the loader's to report)."""
+    step_kind = KINDS.get(kind)
+    for key in fields:
+        section.seen.add(key)
+        if step_kind is not None and key not in step_kind.keys:
+            section.errors.add(
+                section.key_path(key), f"is not a key of a '{kind}' step ({', '.join(sorted(step_kind.keys))})"
+            )
+    if step_kind is not None:
+        for key in step_kind.required:
+            if key not in fields:
+                section.errors.add(section.key_path(key), f"is required in a '{kind}' step")
+        step_kind.check(section, fields)
+    for key, check in _FIELD_CHECKS.items():
+        if key in fields:
+            check(section, key, fields[key])
+
+
+def default_name(kind: str, fields: Mapping[str, Any]) -> str:
+    """Return the name a step without ``name`` is shown with ("opskit drill restore ...", the argv, or its kind)."""
+    step_kind = KINDS.get(kind)
+    if step_kind is None or step_kind.default_name is None:
+        return kind
+    return step_kind.default_name(fields)
+
+
+def describe(step: Step, rendered: Rendered, prefix: str = "would ") -> str:
+    """Return what ``step`` does with its variables filled in ("would run: opskit drill restore ...")."""
+    return KINDS[step.kind].describe(rendered, prefix)
+
+
+def run_step(run: StepRun, step: Step, rendered: Rendered, dry_run: bool) -> StepResult:
+    """Run one step (in a dry run, only the kinds that change nothing). Raises OpskitError from the step."""
+    kind = KINDS[step.kind]
+    if dry_run and not kind.runs_in_dry_run:
+        return StepResult(step, DRY_RUN, rendered=rendered, output=kind.describe(rendered, "would "))
+    return kind.run(run, step, rendered)
