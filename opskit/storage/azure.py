@@ -217,6 +217,27 @@ class AzureStorage:
             parts.cancel()
             raise
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` unless a blob is there; return False when one was.
+
+        Put Blob with ``If-None-Match: *`` (``overwrite=False``): Azure answers 409
+        BlobAlreadyExists when the blob exists
+        (https://learn.microsoft.com/rest/api/storageservices/specifying-conditional-headers-for-blob-service-operations).
+        Raises StorageError.
+        """
+        blob = self.container.get_blob_client(self.keys.full(key))
+        try:
+            self.retry.call(lambda: blob.upload_blob(data, overwrite=False, max_concurrency=1), "creating", key)
+        except OpskitError:
+            raise
+        except az_exceptions.ResourceExistsError:
+            return False
+        except Exception as exc:
+            if _code(exc) in {"BlobAlreadyExists", "ConditionNotMet"} or _status(exc) == 412:
+                return False
+            raise self._error("creating", key, exc) from exc
+        return True
+
     # ------------------------------------------------------------------ reading
 
     @contextmanager

@@ -71,6 +71,15 @@ class Storage(Protocol):
         """Return a context manager yielding a readable stream of the object's bytes."""
         ...
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Store a small object under ``key`` only if no object is there; return False when one was.
+
+        Atomic on the storage itself (``O_EXCL``/link, ``If-None-Match: *``, a generation-0
+        precondition, ``If-None-Match`` on a blob): of two concurrent creates exactly one
+        returns True, which is what makes a lock object safe. Raises StorageError.
+        """
+        ...
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix`` (all pages), in no set order."""
         ...

@@ -240,6 +240,24 @@ class GCSStorage:
             self._abort(upload, blob, key)
             raise
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` unless an object is there; return False when one was.
+
+        A single upload with ``ifGenerationMatch=0``, which GCS refuses with 412 when any live
+        generation of the object exists
+        (https://cloud.google.com/storage/docs/request-preconditions). Raises StorageError.
+        """
+        blob = self.client.bucket(self.bucket_name).blob(self.keys.full(key))
+        try:
+            self.retry.call(lambda: blob.upload_from_string(data, if_generation_match=0, retry=None), "creating", key)
+        except OpskitError:
+            raise
+        except Exception as exc:
+            if _status(exc) == 412:
+                return False
+            raise self._error("uploading", key, exc) from exc
+        return True
+
     def _abort(self, upload: Any, blob: gcs.Blob, key: str) -> None:
         """Cancel an unfinished resumable upload; delete the object if it was finalized anyway."""
         if upload is None:

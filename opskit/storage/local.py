@@ -89,6 +89,32 @@ class LocalStorage:
                 raise _storage_error("writing", key, exc, self.name) from exc
             raise
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` unless a file is there; return False when one was.
+
+        The bytes go to a hidden temp file first and are hard-linked to the final name:
+        ``link`` fails with EEXIST when the name exists, atomically, and a reader never sees
+        a half-written object. Raises StorageError.
+        """
+        final = self._path(key)
+        tmp = final.parent / f"{TEMP_PREFIX}{final.name}.{secrets.token_hex(4)}"
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise _storage_error("creating", key, exc, self.name) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
     @contextmanager
     def reader(self, key: str) -> Iterator[BinaryIO]:
         """Yield the object's file open for reading."""

@@ -216,6 +216,31 @@ class S3Storage:
             upload.abort()
             raise
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` unless an object is there; return False when one was.
+
+        A PutObject with ``If-None-Match: *``: S3 answers 412 PreconditionFailed when the key
+        exists, and 409 ConditionalRequestConflict when another conditional write to it is in
+        flight (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html);
+        both mean someone else got there first. Raises StorageError.
+        """
+        name = self.keys.full(key)
+        try:
+            self.retry.call(
+                lambda: self.client.put_object(
+                    Bucket=self.bucket, Key=name, Body=data, IfNoneMatch="*", **self._write_args()
+                ),
+                "creating",
+                key,
+            )
+        except OpskitError:
+            raise
+        except Exception as exc:
+            if _status(exc) in (409, 412) or _code(exc) in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                return False
+            raise self._error("creating", key, exc) from exc
+        return True
+
     # ------------------------------------------------------------------ reading
 
     @contextmanager

@@ -279,3 +279,27 @@ def test_server_side_copy_between_two_storages_of_one_provider(any_storage: Stor
     assert read_all(target, "app/1/db.dump.zst") == data
     with pytest.raises(ObjectNotFound):
         target.copy_from(source, "app/2/missing")
+
+
+def skip_without_preconditions(config: StorageConfig) -> None:
+    """Skip on the GCS emulator: it ignores ifGenerationMatch (real GCS honours it with a 412)."""
+    if config.kind == "gs":
+        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch preconditions")
+
+
+def test_create_stores_an_object_only_when_the_key_is_free(any_storage: StorageConfig) -> None:
+    skip_without_preconditions(any_storage)
+    storage = small_parts(any_storage)
+    assert storage.create("app/locks/one.json", b"first") is True
+    assert storage.create("app/locks/one.json", b"second") is False
+    assert read_all(storage, "app/locks/one.json") == b"first"
+    assert keys(storage, "app/") == {"app/locks/one.json"}
+
+
+def test_of_many_concurrent_creates_of_one_key_exactly_one_wins(any_storage: StorageConfig) -> None:
+    skip_without_preconditions(any_storage)
+    storage = small_parts(any_storage)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        won = list(pool.map(lambda n: storage.create("race.json", f"writer {n}".encode()), range(8)))
+    assert won.count(True) == 1
+    assert read_all(storage, "race.json") == f"writer {won.index(True)}".encode()
