@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from opskit.config.model import Config, TargetConfig
+from opskit.core.clock import Clock, utc_now
 from opskit.storage.base import Storage, StorageConfig
 from opskit.storage.registry import open_storage
-
-
-def utc_now() -> datetime:
-    """Return the current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
 
 
 @dataclass
 class AppContext:
     """The config, a storage factory, the clock and run-wide flags, passed to every action.
 
-    ``clock`` is injectable so tests can fake time. ``interactive`` is True when a person
+    ``clock`` is the one clock of the run (:mod:`opskit.core.clock`), injectable so tests can fake time. ``interactive`` is True when a person
     is at a terminal (progress bars, confirmation prompts). ``cancel`` is set by the daemon
     on SIGTERM; long-running actions check it between chunks and abort cleanly.
     """
 
     config: Config
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = utc_now
     dry_run: bool = False
     interactive: bool = False
     debug: bool = False

@@ -65,7 +65,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
         checks the plain sha256 and lists the archive with pg_restore. Records the result
         next to the manifest. Exits 5 naming the artifact and check that failed.
         """
-        from opskit.backup import verify as action
+        from opskit.restore import verify as action
 
         if bool(backup_id) == all_backups:
             raise click.UsageError("give a backup id (or 'latest') or --all")
@@ -78,7 +78,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
 
 
 def _render_verify(report: object, as_json: bool) -> None:
-    from opskit.backup.verify import VerifyReport
+    from opskit.restore.verify import VerifyReport
 
     assert isinstance(report, VerifyReport)
     if as_json:
@@ -91,4 +91,4 @@ def _render_verify(report: object, as_json: bool) -> None:
         )
         for check in verification.checks:
             if not check.ok:
-                click.echo(f"  {check.artifact}: {check.check} failed: expected {check.expected}, got {check.actual}")
+                click.echo(f"  {check.subject}: {check.name} failed: expected {check.expected}, got {check.actual}")

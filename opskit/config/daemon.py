@@ -75,14 +75,13 @@ def parse_settings(section: Section) -> DaemonSettings:
     """
     defaults = DaemonSettings()
     listen = section.str("listen", defaults.listen)
-    if isinstance(listen, str):
-        try:
-            parse_listen(listen)
-        except ValueError as exc:
-            section.errors.add(section.key_path("listen"), str(exc))
-            listen = defaults.listen
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        section.errors.add(section.key_path("listen"), str(exc))
+        listen = defaults.listen
     table = section.str("ledger_table", defaults.ledger_table)
-    if isinstance(table, str) and not _TABLE_RE.match(table):
+    if not _TABLE_RE.match(table):
         section.errors.add(
             section.key_path("ledger_table"),
             f"'{table}' is not a plain table name (letters, digits, _; optionally schema.table)",
@@ -94,7 +93,7 @@ def parse_settings(section: Section) -> DaemonSettings:
         control_password=section.secret("control_password"),
         listen=listen,
         jobs_dir=Path(section.str("jobs_dir", DEFAULT_JOBS_DIR)),
-        shutdown_grace=grace if grace is not None else defaults.shutdown_grace,
+        shutdown_grace=grace,
         ledger_table=table,
     )
     section.finish()

@@ -16,9 +16,9 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from opskit.config import daemon, drill, migrations, notify, retention
+from opskit.config import daemon, drill, migrations, names, notify, retention
 from opskit.config.model import (
     CompressionConfig,
     Config,
@@ -33,13 +33,7 @@ from opskit.core.errors import ConfigError
 from opskit.storage.base import StorageConfig
 from opskit.storage.registry import BACKENDS, COMMON_OPTIONS, scheme_of
 
-# The optional sections, each with its own parser; this is the one place that assembles them.
-_OPTIONAL_SECTIONS: dict[str, Callable[[Section], Any]] = {
-    "migrations": migrations.parse_settings,
-    "drill": drill.parse_settings,
-    "notify": notify.parse_settings,
-    "daemon": daemon.parse_settings,
-}
+_Settings = TypeVar("_Settings")
 
 DEFAULT_CONFIG_NAME = "opskit.toml"
 DEFAULT_STORAGE_URL = "file://./opskit-backups"
@@ -111,8 +105,14 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     if not targets:
         targets = {"default": TargetConfig(name="default", dsn="", storages=(next(iter(storages)),))}
     _check_staging(targets, errors)
+    names.check_names("storages", storages, errors)
+    names.check_names("targets", targets, errors)
 
-    optional = {key: _parse_optional(root, key, parser) for key, parser in _OPTIONAL_SECTIONS.items()}
+    # The optional sections, each with its own parser; this is the one place that assembles them.
+    migration_settings = _parse_optional(root, "migrations", migrations.parse_settings)
+    drill_settings = _parse_optional(root, "drill", drill.parse_settings)
+    notify_settings = _parse_optional(root, "notify", notify.parse_settings)
+    daemon_settings = _parse_optional(root, "daemon", daemon.parse_settings)
     root.finish()
     errors.raise_if_any(source)
     return Config(
@@ -123,10 +123,10 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         encryption=encryption,
         tools=tools,
         retention=policies,
-        migrations=optional["migrations"],
-        drill=optional["drill"],
-        notify=optional["notify"],
-        daemon=optional["daemon"],
+        migrations=migration_settings,
+        drill=drill_settings,
+        notify=notify_settings,
+        daemon=daemon_settings,
         source=source,
     )
 
@@ -264,7 +264,7 @@ def _parse_retention(root: Section) -> dict[str, RetentionPolicy]:
     return {name: retention.parse_policy(section) for name, section in root.tables("retention")}
 
 
-def _parse_optional(root: Section, key: str, parser: Callable[[Section], Any]) -> Any:
+def _parse_optional(root: Section, key: str, parser: Callable[[Section], _Settings]) -> _Settings | None:
     """Parse the optional section ``key`` with its parser, or return None when the table is absent."""
     if not root.has(key):
         return None

@@ -383,7 +383,8 @@ def _flyway_files(explicit: tuple[str, ...] | None, environ: Mapping[str, str], 
 def _read_conf(path: Path) -> dict[str, Any]:
     """Read a legacy Java-properties ``flyway.conf``: ``flyway.key=value`` lines, # and ! comments."""
     result: dict[str, Any] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # utf-8-sig: a file saved with a BOM keeps its first key (Flyway reads past a BOM too).
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     index = 0
     while index < len(lines):
         line = lines[index].strip()
@@ -406,7 +407,7 @@ def _read_conf(path: Path) -> dict[str, Any]:
 
 def _read_toml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
     """Read a ``flyway.toml``: ``[flyway]``, ``[flyway.placeholders]``, ``[environments.<env>]``."""
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     result: dict[str, Any] = {}
     flyway = data.get("flyway", {})
     _flatten_flyway_table(flyway, result)

@@ -73,7 +73,7 @@ def parse_policy(section: Section) -> RetentionPolicy:
         within = None  # "0d" means the rule is off, like restic's zero duration
     min_keep = section.int("min_keep", 1, minimum=0)
     zone = section.str("timezone", "UTC")
-    if isinstance(zone, str) and not _valid_zone(zone):
+    if not _valid_zone(zone):
         section.errors.add(
             section.key_path("timezone"),
             f"unknown time zone '{zone}' (use an IANA name such as 'Europe/Berlin')",
@@ -89,7 +89,7 @@ def parse_policy(section: Section) -> RetentionPolicy:
         keep_yearly=counts["yearly"],
         keep_within=within,
         min_keep=min_keep,
-        timezone=zone if isinstance(zone, str) else "UTC",
+        timezone=zone,
     )
     if policy.keeps_nothing:
         section.errors.add(

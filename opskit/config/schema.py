@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import builtins
+import enum
 import os
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TypeVar, overload
 
 from opskit.core.errors import ConfigError
 from opskit.core.units import parse_duration, parse_size
 from opskit.secrets.references import SecretRef
 
-if TYPE_CHECKING:
-    pass
-_MISSING: Any = object()
+_D = TypeVar("_D")
+_V = TypeVar("_V")
+_V2 = TypeVar("_V2")
+_V3 = TypeVar("_V3")
+_V4 = TypeVar("_V4")
+
+
+class _Required(enum.Enum):
+    """The default of a getter called without one: the key must be present."""
+
+    REQUIRED = enum.auto()
+
+
+# An enum member rather than object(), so a getter's overloads can name it as a Literal type.
+_REQUIRED: Final = _Required.REQUIRED
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -31,24 +45,27 @@ class ConfigErrors:
         self.problems.append(f"At '{path}': {message}")
 
     def raise_if_any(self, source: Path | None) -> None:
-        """Raise one ConfigError listing every problem, if there were any."""
+        """Raise one ConfigError listing every problem (in ``problems``), if there were any."""
         if not self.problems:
             return
         where = f" in {source}" if source else ""
         count = len(self.problems)
         message = f"{count} problem{'s' if count > 1 else ''} in the configuration{where}: " + "; ".join(self.problems)
-        error = ConfigError(message, hint="fix them and run 'opskit config check'")
-        error.problems = list(self.problems)  # type: ignore[attr-defined]
-        raise error
+        raise ConfigError(message, hint="fix them and run 'opskit config check'", problems=self.problems)
 
 
 class Section:
     """A TOML table being validated. Typed getters record errors instead of raising.
 
     Every key read is remembered; ``finish()`` reports the keys nobody read as unknown.
+
+    A getter called without a default makes the key required: when it is missing or of the
+    wrong kind the getter records the error and returns None, which is why the required form
+    is typed ``X | None``. A getter with a default returns it for a missing key and for a
+    value it rejected (the error recorded), so its type is ``X | type of the default``.
     """
 
-    def __init__(self, raw: Any, path: builtins.str, errors: ConfigErrors) -> None:
+    def __init__(self, raw: object, path: builtins.str, errors: ConfigErrors) -> None:
         self.path = path
         self.errors = errors
         self.seen: set[builtins.str] = set()
@@ -67,11 +84,40 @@ class Section:
         self.seen.add(key)
         return key in self.raw
 
-    def get(self, key: builtins.str, kinds: type | tuple[type, ...], default: Any, what: builtins.str) -> Any:
-        """Return ``raw[key]`` if it has one of ``kinds``, else record an error and return default."""
+    @overload
+    def get(self, key: builtins.str, kinds: type[_V], default: _D, what: builtins.str) -> _V | _D: ...
+    @overload
+    def get(
+        self, key: builtins.str, kinds: tuple[type[_V], type[_V2]], default: _D, what: builtins.str
+    ) -> _V | _V2 | _D: ...
+    @overload
+    def get(
+        self, key: builtins.str, kinds: tuple[type[_V], type[_V2], type[_V3]], default: _D, what: builtins.str
+    ) -> _V | _V2 | _V3 | _D: ...
+    @overload
+    def get(
+        self,
+        key: builtins.str,
+        kinds: tuple[type[_V], type[_V2], type[_V3], type[_V4]],
+        default: _D,
+        what: builtins.str,
+    ) -> _V | _V2 | _V3 | _V4 | _D: ...
+    def get(self, key: builtins.str, kinds: type | tuple[type, ...], default: object, what: builtins.str) -> object:
+        """Return ``raw[key]`` if it is an instance of one of ``kinds``, else ``default``.
+
+        A missing key returns ``default``; a value of another kind records the error
+        ``must be <what>`` and returns ``default``.
+        """
+        return self._lookup(key, kinds, default, what)
+
+    def _lookup(self, key: builtins.str, kinds: type | tuple[type, ...], default: object, what: builtins.str) -> object:
+        """Return ``raw[key]`` if it has one of ``kinds``; else record an error and return default.
+
+        With ``default`` ``_REQUIRED`` a missing key is an error too, and None stands in for the value.
+        """
         self.seen.add(key)
         if key not in self.raw:
-            if default is _MISSING:
+            if default is _REQUIRED:
                 self.errors.add(self.key_path(key), f"is required ({what})")
                 return None
             return default
@@ -82,60 +128,84 @@ class Section:
         ):
             return value
         self.errors.add(self.key_path(key), f"must be {what}, not {_describe(value)}")
-        return default if default is not _MISSING else None
+        return _fallback(default)
 
-    def str(self, key: builtins.str, default: Any = _MISSING) -> Any:
-        """Return a string value."""
-        return self.get(key, builtins.str, default, "a string")
+    @overload
+    def str(self, key: builtins.str) -> builtins.str | None: ...
+    @overload
+    def str(self, key: builtins.str, default: _D) -> builtins.str | _D: ...
+    def str(self, key: builtins.str, default: object = _REQUIRED) -> object:
+        """Return a string value (None for a required key that is missing or not a string)."""
+        return self._lookup(key, builtins.str, default, "a string")
 
     def bool(self, key: builtins.str, default: builtins.bool = False) -> builtins.bool:
-        """Return a boolean value."""
-        return bool(self.get(key, builtins.bool, default, "true or false"))
+        """Return a boolean value (``default`` when missing or not a boolean)."""
+        return bool(self._lookup(key, builtins.bool, default, "true or false"))
 
+    @overload
+    def int(
+        self, key: builtins.str, *, minimum: builtins.int | None = None, maximum: builtins.int | None = None
+    ) -> builtins.int | None: ...
+    @overload
     def int(
         self,
         key: builtins.str,
-        default: Any = _MISSING,
+        default: _D,
         minimum: builtins.int | None = None,
         maximum: builtins.int | None = None,
-    ) -> Any:
-        """Return an integer within [minimum, maximum]."""
-        value = self.get(key, builtins.int, default, "an integer")
+    ) -> builtins.int | _D: ...
+    def int(
+        self,
+        key: builtins.str,
+        default: object = _REQUIRED,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> object:
+        """Return an integer within [minimum, maximum]; out of range records an error and returns the default."""
+        value = self._lookup(key, builtins.int, default, "an integer")
         if isinstance(value, builtins.int) and key in self.raw:
             if minimum is not None and value < minimum:
                 self.errors.add(self.key_path(key), f"must be at least {minimum}, not {value}")
-                return default
+                return _fallback(default)
             if maximum is not None and value > maximum:
                 self.errors.add(self.key_path(key), f"must be at most {maximum}, not {value}")
-                return default
+                return _fallback(default)
         return value
 
-    def duration(self, key: builtins.str, default: Any = _MISSING) -> Any:
+    @overload
+    def duration(self, key: builtins.str) -> timedelta | None: ...
+    @overload
+    def duration(self, key: builtins.str, default: _D) -> timedelta | _D: ...
+    def duration(self, key: builtins.str, default: object = _REQUIRED) -> object:
         """Return a timedelta from a string such as ``90m`` or ``30d``."""
-        value = self.get(key, builtins.str, default, "a duration such as '1h' or '30d'")
+        value = self._lookup(key, builtins.str, default, "a duration such as '1h' or '30d'")
         if isinstance(value, builtins.str):
             try:
                 return parse_duration(value)
             except ValueError as exc:
                 self.errors.add(self.key_path(key), str(exc))
-                return default if default is not _MISSING else None
+                return _fallback(default)
             except OverflowError:  # e.g. '99999999999999999999d' does not fit a timedelta
                 self.errors.add(self.key_path(key), f"'{value}' is too long a duration")
-                return default if default is not _MISSING else None
+                return _fallback(default)
         return value
 
-    def size(self, key: builtins.str, default: Any = _MISSING) -> Any:
+    @overload
+    def size(self, key: builtins.str) -> builtins.int | None: ...
+    @overload
+    def size(self, key: builtins.str, default: _D) -> builtins.int | _D: ...
+    def size(self, key: builtins.str, default: object = _REQUIRED) -> object:
         """Return a byte count from an integer or a string such as ``64MiB``."""
-        value = self.get(key, (builtins.str, builtins.int), default, "a size such as '64MiB'")
+        value = self._lookup(key, (builtins.str, builtins.int), default, "a size such as '64MiB'")
         if isinstance(value, builtins.str | builtins.int) and key in self.raw:
             try:
                 return parse_size(value)
             except ValueError as exc:
                 self.errors.add(self.key_path(key), str(exc))
-                return default if default is not _MISSING else None
+                return _fallback(default)
             except OverflowError:  # e.g. '1e999 TiB' is an infinite float
                 self.errors.add(self.key_path(key), f"'{value}' is too large a size")
-                return default if default is not _MISSING else None
+                return _fallback(default)
         return value
 
     def str_list(self, key: builtins.str, default: tuple[builtins.str, ...] = ()) -> tuple[builtins.str, ...]:
@@ -198,10 +268,15 @@ def secret_env_name(path: str) -> str:
     return "OPSKIT_" + "".join(c if c.isascii() and c.isalnum() else "_" for c in path).upper()
 
 
+def _fallback(default: object) -> object:
+    """Return what a getter gives back for a value it rejected: its default, or None when required."""
+    return None if default is _REQUIRED else default
+
+
 def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
     return kinds if isinstance(kinds, tuple) else (kinds,)
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a table"}
     return names.get(type(value), type(value).__name__)

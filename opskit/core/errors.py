@@ -1,32 +1,69 @@
-"""The opskit exception tree, one class per exit code.
+"""The opskit exception tree: every error opskit raises on purpose, grouped by meaning.
 
-Every error opskit raises on purpose is an :class:`OpskitError`. The CLI maps it to its
-``exit_code`` and prints one line: what failed, why, and (``hint``) what to do. Library
-errors (boto3, psycopg, google-cloud, azure) are translated into these classes in the
-module that calls the library, with ``raise ... from exc``, never further up.
+The CLI maps an :class:`OpskitError` to its class's ``exit_code`` and prints one line: what
+failed, why, and (``hint``) what to do. Library errors (boto3, psycopg, google-cloud, azure)
+are translated into these classes in the module that calls the library, with
+``raise ... from exc``, never further up. No opskit module defines another subclass: the tree
+is closed, so every class and the context it carries is listed here. Extra context is a
+keyword-only constructor argument and a typed attribute of the same name.
 
-Exit codes (also in the README and ``docs/architecture.md``)::
+The tree, with exit codes (the codes themselves are :data:`EXIT_CODES`, which the CLI help and
+the README cite)::
 
-    0  ok
-    1  unexpected error (a bug: please report it with --debug output)
-    2  ConfigError          usage or configuration error; MissingExtraError (an SDK is not installed)
-    3  UnreachableError     a target or storage cannot be reached, read or written before work starts
-    4  BackupFailed         a backup, copy or restore failed (RestoreFailed, CopyFailed, MigrationFailed)
-    5  VerificationFailed   a checksum, manifest or drill check failed (ManifestError)
-    6  ObjectiveBreached    the RPO or RTO objective is breached
-    7  LockHeld             another run holds the lock for the same target
+    OpskitError                 1  base; an unexpected error is a bug (report it with --debug output)
+    ├── ConfigError             2  the command line or the configuration is wrong    .problems
+    │   ├── MissingExtraError   2  an optional SDK is not installed ("install opskit[s3]")
+    │   └── PlaceholderError    2  a migration script uses a placeholder with no value
+    ├── UnreachableError        3  a target or storage cannot be reached, read or written before work starts
+    ├── Cancelled               4  the run was asked to stop (daemon shutdown); nothing was committed
+    ├── BackupFailed            4  a backup failed while running
+    │   ├── RestoreFailed       4  a restore failed
+    │   ├── CopyFailed          4  copying a backup to a secondary storage failed
+    │   ├── PruneFailed         4  pruning failed for a (target, storage)                 .report
+    │   └── MigrationFailed     4  a schema migration failed      .migration .database_error
+    │                                                             .restore_command .restored
+    ├── StorageError            4  a storage request failed mid-run, after retries        .bucket_missing
+    │   └── ObjectNotFound      4  the object asked for does not exist
+    ├── VerificationFailed      5  a checksum, manifest or drill check failed
+    │   ├── ManifestError       5  a manifest is missing fields, malformed or of an unknown format
+    │   ├── VerifyFailed        5  at least one backup failed verification                .report
+    │   └── MigrationValidationFailed  5  scripts disagree with the schema history        .errors
+    ├── ObjectiveBreached       6  the RPO or RTO objective is breached
+    ├── LockHeld                7  another run holds the lock for the same target
+    └── RunbookFailed         any  a runbook step failed; the exit code is that step's
+
+``Cancelled`` is deliberately not a ``BackupFailed``: a handler for a failed backup must not
+treat a shutdown as one. Internal signals that never leave their module's caller
+(``pg.toc.NeedMoreBytes``, ``pg.toc.UnsupportedArchive``, ``pg.copy_loader.ScriptError``,
+``pg.copy_loader.LoadFailed``, ``ops.notify._SendFailed``) are plain exceptions that the
+calling feature maps into this tree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class FeatureReport(Protocol):
+    """A feature's report carried by an error (prune's, verify's), seen from core.
+
+    Core cannot import the features, so it names only what every report offers; the feature's
+    own code narrows ``exc.report`` to its class (``isinstance``) to read the rest.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready report."""
+        ...
+
 
 class OpskitError(Exception):
-    """Base of every error opskit raises on purpose.
+    """Base of every error opskit raises on purpose (exit 1 unless a subclass says otherwise).
 
     ``message`` says what failed and why; ``hint`` says what to do about it.
     """
 
-    exit_code = 1
+    exit_code: int = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -41,30 +78,53 @@ class OpskitError(Exception):
         return text.replace("\n", " ")
 
 
+# --------------------------------------------------------------------------- exit 2: usage and configuration
+
+
 class ConfigError(OpskitError):
-    """The command line or the configuration is wrong (exit 2)."""
+    """The command line or the configuration is wrong (exit 2).
+
+    ``problems`` lists every ``At 'path': message`` found when the configuration was checked
+    as a whole; it is empty for an error about one thing (the message says it).
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.problems: list[str] = list(problems)
 
 
 class MissingExtraError(ConfigError):
     """An optional SDK is needed but not installed (exit 2)."""
 
 
+class PlaceholderError(ConfigError):
+    """A migration script uses a placeholder that has no value (exit 2)."""
+
+
+# --------------------------------------------------------------------------- exit 3: unreachable
+
+
 class UnreachableError(OpskitError):
-    """A target or a storage cannot be reached, read or written (exit 3)."""
+    """A target or a storage cannot be reached, read or written before work starts (exit 3)."""
 
     exit_code = 3
 
 
-class BackupFailed(OpskitError):
-    """A backup or copy failed while running (exit 4)."""
+# --------------------------------------------------------------------------- exit 4: a run failed or stopped
+
+
+class Cancelled(OpskitError):
+    """The run was asked to stop (daemon shutdown); nothing was committed (exit 4)."""
 
     exit_code = 4
 
 
-class Cancelled(BackupFailed):
-    """The run was asked to stop (daemon shutdown); nothing was committed."""
+class BackupFailed(OpskitError):
+    """A backup failed while running (exit 4)."""
+
+    exit_code = 4
 
 
 class RestoreFailed(BackupFailed):
@@ -75,8 +135,64 @@ class CopyFailed(BackupFailed):
     """Copying a backup to a secondary storage failed (exit 4)."""
 
 
+class PruneFailed(BackupFailed):
+    """Pruning failed for at least one (target, storage); ``report`` holds everything done (exit 4).
+
+    ``report`` is the prune feature's ``PruneReport``.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, report: FeatureReport) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+
+
 class MigrationFailed(BackupFailed):
-    """A schema migration failed while running; its changes were rolled back where possible (exit 4)."""
+    """A schema migration failed while running; its changes were rolled back where possible (exit 4).
+
+    ``migration`` names the failing script and ``database_error`` is PostgreSQL's message, when
+    a script failed (None for a failure around the scripts). ``restore_command`` is the command
+    that restores the pre-migrate backup (None when none was taken) and ``restored`` says whether
+    ``--restore-on-failure`` already ran it; both are filled in by the migrate feature after the
+    engine raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        migration: str | None = None,
+        database_error: str | None = None,
+        restore_command: str | None = None,
+        restored: bool = False,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.migration = migration
+        self.database_error = database_error
+        self.restore_command = restore_command
+        self.restored = restored
+
+
+class StorageError(OpskitError):
+    """A storage operation failed after retries (exit 4 while a run is under way).
+
+    Storage modules raise :class:`UnreachableError` for problems found before any data moves
+    (missing bucket, bad credentials) and this class for failures mid-run. ``bucket_missing``
+    says the request failed because the bucket itself does not exist.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, hint: str | None = None, *, bucket_missing: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.bucket_missing = bucket_missing
+
+
+class ObjectNotFound(StorageError):
+    """The object asked for does not exist in the storage (exit 4)."""
+
+
+# --------------------------------------------------------------------------- exit 5: a check failed
 
 
 class VerificationFailed(OpskitError):
@@ -87,6 +203,31 @@ class VerificationFailed(OpskitError):
 
 class ManifestError(VerificationFailed):
     """A manifest is missing fields, malformed or of an unknown format (exit 5)."""
+
+
+class VerifyFailed(VerificationFailed):
+    """At least one backup failed verification; ``report`` holds every result (exit 5).
+
+    ``report`` is the verify feature's ``VerifyReport``.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, report: FeatureReport) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+
+
+class MigrationValidationFailed(VerificationFailed):
+    """Flyway's validate found scripts that disagree with the schema history (exit 5).
+
+    ``errors`` holds each of Flyway's messages, in its order.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, errors: Sequence[str] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.errors: list[str] = list(errors)
+
+
+# --------------------------------------------------------------------------- exit 6 and 7
 
 
 class ObjectiveBreached(OpskitError):
@@ -101,18 +242,15 @@ class LockHeld(OpskitError):
     exit_code = 7
 
 
-class StorageError(OpskitError):
-    """A storage operation failed after retries (exit 4 while a run is under way).
-
-    Storage modules raise :class:`UnreachableError` for problems found before any
-    data moves (missing bucket, bad credentials) and this class for failures mid-run.
-    """
-
-    exit_code = 4
+# --------------------------------------------------------------------------- any exit code
 
 
-class ObjectNotFound(StorageError):
-    """The object asked for does not exist in the storage (exit 4)."""
+class RunbookFailed(OpskitError):
+    """A runbook stopped at a failing step; ``exit_code`` is that step's (an opskit step's own code)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, exit_code: int) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
 
 
 EXIT_CODES: dict[int, str] = {

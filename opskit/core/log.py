@@ -13,6 +13,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from opskit.core.redaction import redact_value
 
@@ -58,6 +59,7 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None) -> Non
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
 
 
-def get_logger(name: str | None = None) -> Any:
-    """Return a structlog logger."""
-    return structlog.get_logger(name)
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
+    """Return a structlog logger (lazy: it picks up :func:`configure_logging` whenever that runs)."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -1,10 +1,18 @@
-"""Redaction of secrets from any text opskit prints or logs."""
+"""Redaction of secrets from any text opskit prints or logs.
+
+A leaf: it imports nothing from opskit. Three layers of defence, in order: values that know
+how to show themselves (:class:`Redactable`: a resolved ``Secret``, a ``SecretRef``), keys
+whose names say they hold a secret, and patterns (``user:password@`` in URLs, ``password=``
+in libpq strings). Last, every secret value resolved so far is searched for verbatim:
+``opskit.secrets.references`` registers each value here with :func:`remember_secret` when it
+resolves it, and ``core.execute`` also keeps those values out of child environments.
+"""
 
 from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 # Keys whose values are secrets whatever they contain.
 _SECRET_KEY_RE = re.compile(r"(pass(word)?|secret|token|api[_-]?key|private[_-]?key|credential|identity|sas)", re.I)
@@ -67,8 +75,11 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_value(key: str, value: Any) -> Any:
-    """Return ``value`` fit to print under ``key``: secrets by description, secret-looking keys hidden."""
+def redact_value(key: str, value: object) -> object:
+    """Return ``value`` fit to print under ``key``: secrets by description, secret-looking keys hidden.
+
+    Dicts and lists are redacted item by item (a tuple comes back as a list); other values are returned as they are.
+    """
     if isinstance(value, Redactable):
         return value.redacted()
     if isinstance(value, str):

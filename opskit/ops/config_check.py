@@ -121,7 +121,7 @@ def run(ctx: AppContext) -> CheckReport:
 def report_for_config_error(error: ConfigError, source: str | None = None) -> CheckReport:
     """Return a report with one FAIL per configuration problem (the config did not load)."""
     report = CheckReport(source=source)
-    problems: list[str] = list(getattr(error, "problems", None) or [error.one_line()])
+    problems = error.problems or [error.one_line()]
     for problem in problems:
         report.add("config", FAIL, problem, error.exit_code)
     return report

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from opskit.core.errors import ConfigError, UnreachableError
 from opskit.core.redaction import forget_secrets, remember_secret
-from opskit.core.redaction import resolved_values as redaction_values
 
 
 class Secret:
@@ -72,7 +71,8 @@ def _resolve_file(rest: str) -> str:
         ) from exc
 
 
-# Scheme -> resolver. Cloud secret managers register themselves here (see opskit.secret_managers).
+# Scheme -> resolver. The cloud secret managers' resolvers are added on first use of their scheme,
+# from opskit.secrets.managers.resolvers(), so their SDKs are imported only when needed.
 RESOLVERS: dict[str, Resolver] = {"env": _resolve_env, "file": _resolve_file}
 # Schemes that are references even though their resolver is registered lazily.
 CLOUD_SCHEMES = ("aws-sm", "gcp-sm", "azure-kv")
@@ -169,8 +169,3 @@ def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
     forget_secrets()
-
-
-def resolved_values() -> frozenset[str]:
-    """Return the plain values of every secret resolved so far (to keep them out of child environments)."""
-    return redaction_values()

@@ -14,7 +14,7 @@ import pytest
 from opskit.config.load import parse_config
 from opskit.config.schema import secret_env_name
 from opskit.core.errors import ConfigError, MissingExtraError, UnreachableError
-from opskit.pg import connection
+from opskit.pg import commands, connection
 from opskit.secrets import managers, references
 from opskit.secrets.references import Secret, SecretRef
 
@@ -296,16 +296,16 @@ def test_client_conninfo_drops_the_password_and_keeps_tls_settings() -> None:
         "sslkey=/etc/client.key",
     ):
         assert setting in info
-    assert VALUE not in connection.dbname_arg(target)
+    assert VALUE not in commands.dbname_arg(target)
 
 
-def test_password_file_is_0600_escaped_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_file_is_0600_escaped_and_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pass
     from opskit.config.model import TargetConfig
 
     monkeypatch.setenv("OPSKIT_T_DB_PW", "pa:ss\\word")
     target = TargetConfig(name="app", dsn="host=db dbname=app", password=SecretRef("env:OPSKIT_T_DB_PW"))
-    with connection.password_env(target) as env:
+    with connection.password_env(target, tmp_path) as env:
         path = Path(env["PGPASSFILE"])
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.read_text() == "*:*:*:*:pa\\:ss\\\\word\n"
