@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -26,8 +27,9 @@ import psycopg
 from psycopg import sql
 
 from opskit.config.migrations import MigrationSettings
-from opskit.core.errors import ConfigError, MigrationFailed, VerificationFailed
+from opskit.core.errors import ConfigError, MigrationFailed, OpskitError, VerificationFailed
 from opskit.core.log import get_logger
+from opskit.flyway.callbacks import CallbackRunner, load_callbacks
 from opskit.flyway.history import (
     SCHEMA_DESCRIPTION,
     HistoryTable,
@@ -39,6 +41,7 @@ from opskit.flyway.history import (
 from opskit.flyway.repair import failed_rows, misaligned_rows, missing_rows
 from opskit.flyway.results import Applied, BaselineReport, MigrateReport, RepairReport
 from opskit.flyway.scripts import (
+    Discovery,
     Script,
     Version,
     abbreviate_description,
@@ -80,7 +83,8 @@ class Engine:
         self.clock = clock
         self.on_lock_wait = on_lock_wait
         self._user: str | None = None
-        self._scripts: tuple[Script, ...] | None = None
+        self._discovery: Discovery | None = None
+        self._callbacks: CallbackRunner | None = None
         row = conn.execute(
             "SELECT current_user, current_setting('search_path'), current_database(),"
             " current_schema(), current_setting('server_version_num')::int"
@@ -129,10 +133,46 @@ class Engine:
 
     def scripts(self) -> tuple[Script, ...]:
         """Return the discovered scripts (scanned once per engine)."""
-        if self._scripts is None:
+        if self._discovery is None:
             s = self.settings
-            self._scripts = discover(s.locations, s.naming, s.encoding, s.validate_migration_naming).scripts
-        return self._scripts
+            self._discovery = discover(s.locations, s.naming, s.encoding, s.validate_migration_naming)
+        return self._discovery.scripts
+
+    @property
+    def callbacks(self) -> CallbackRunner:
+        """Return the runner of the SQL callbacks found beside the migrations (read once per engine)."""
+        if self._callbacks is None:
+            self.scripts()
+            assert self._discovery is not None
+            self._callbacks = CallbackRunner(
+                self.conn,
+                load_callbacks(self._discovery.callbacks, self.settings),
+                self.settings,
+                self.server_version_num,
+                self.placeholder_values(),
+                self._reset_session,
+            )
+        return self._callbacks
+
+    def _around(self, before: str, after: str, error: str, work: Callable[[], Any]) -> Any:
+        """Run ``work`` between the ``before`` and ``after`` callbacks; ``error``'s callbacks when it raises.
+
+        The error callbacks' own failure is logged, never raised over the command's error.
+        """
+        self.callbacks.fire(before)
+        try:
+            result = work()
+        except OpskitError:
+            self._fire_quietly(error)
+            raise
+        self.callbacks.fire(after)
+        return result
+
+    def _fire_quietly(self, event: str) -> None:
+        try:
+            self.callbacks.fire(event)
+        except OpskitError as exc:
+            log.error("an error callback failed too", callback_event=event, error=exc.message)
 
     def resolved(self) -> list[Resolved]:
         """Return every script with its resolved checksums."""
@@ -167,14 +207,24 @@ class Engine:
     # ------------------------------------------------------------------ info / validate
 
     def info(self) -> InfoState:
-        """Return the state of every migration, as ``flyway info`` shows it."""
-        return self.state()
+        """Return the state of every migration, as ``flyway info`` shows it (with the info callbacks)."""
+        state: InfoState = self._around("beforeInfo", "afterInfo", "afterInfoError", self.state)
+        self.callbacks.fire("afterInfoOperationFinish")
+        return state
 
-    def validate(self, extra_patterns: Sequence[str] = ()) -> InfoState:
+    def validate(self, extra_patterns: Sequence[str] = (), fire_callbacks: bool = True) -> InfoState:
         """Validate scripts against the history (§4.2); return the state when valid.
 
+        Runs the validate callbacks unless ``fire_callbacks`` is False (a dry run changes nothing).
         Raises VerificationFailed (exit 5) carrying Flyway's messages in ``errors``.
         """
+        if fire_callbacks:
+            return self._around(
+                "beforeValidate", "afterValidate", "afterValidateError", lambda: self._validate(extra_patterns)
+            )
+        return self._validate(extra_patterns)
+
+    def _validate(self, extra_patterns: Sequence[str]) -> InfoState:
         patterns = list(self.settings.ignore_migration_patterns) + list(extra_patterns)
         state = self.state()
         errors: list[str] = []
@@ -207,7 +257,7 @@ class Engine:
 
     def _plan(self, target: Target) -> MigrateReport:
         if self.settings.validate_on_migrate:
-            self.validate(["*:pending"])
+            self.validate(["*:pending"], fire_callbacks=False)
         state = self.state(target)
         self._check_target(state, target)
         report = MigrateReport(state.schema_version, None, dry_run=True)
@@ -225,7 +275,13 @@ class Engine:
                     i for i in pending if i.resolved is None or i.resolved.version is None or i.resolved.version > floor
                 ]
         for info in pending:
-            report.applied.append(self._describe(info, 0, self._transactional(info.resolved.script)))  # type: ignore[union-attr]
+            script = info.resolved.script  # type: ignore[union-attr]
+            try:
+                report.applied.append(self._describe(info, 0, self._transactional(script)))
+            except ConfigError as exc:
+                # Reported, not raised: the dry run shows the whole plan and where it stops (a mixed
+                # script with mixed = false); migrate refuses the run up front from this report.
+                report.applied.append(replace(self._describe(info, 0, False), refusal=exc.message))
         report.target_version = _last_version(report.applied) or None
         return report
 
@@ -233,11 +289,13 @@ class Engine:
         if self.settings.validate_on_migrate:
             self.validate(["*:pending"])
         report = MigrateReport(None, None)
+        if self.settings.create_schemas and not self.history.exists(self.conn):
+            self.callbacks.fire("createSchema")  # Flyway fires it whenever it may create schemas
         report.created_schemas = self._create_schemas()
         if not self.history.exists(self.conn):
             non_empty = [s for s in (self.settings.schemas or (self.schema,)) if not self.schema_empty(s)]
             if non_empty and self.settings.baseline_on_migrate:
-                self._baseline_locked(self.settings.baseline_version, self.settings.baseline_description)
+                self._baseline_with_callbacks(self.settings.baseline_version, self.settings.baseline_description)
                 report.baselined = True
             elif non_empty:
                 names = ", ".join(quote_java(s) for s in non_empty)
@@ -250,20 +308,29 @@ class Engine:
                 with self.conn.transaction():
                     self.history.create(self.conn)
                 report.created_table = True
-        state = self.state(target)
-        report.initial_version = state.schema_version
-        self._check_target(state, target)
-        values = self.placeholder_values()
-        if self.settings.group:
-            # group = true: every pending migration in one transaction, all or nothing.
-            try:
-                with self.conn.transaction():
-                    self._apply_pending(state, target, values, report, on_applied)
-            except MigrationFailed:
-                report.applied.clear()
-                raise
-        else:
-            self._apply_pending(state, target, values, report, on_applied)
+        self.callbacks.fire("beforeMigrate")
+        try:
+            state = self.state(target)
+            report.initial_version = state.schema_version
+            self._check_target(state, target)
+            values = self.placeholder_values()
+            if self.settings.group:
+                # group = true: every pending migration in one transaction, all or nothing.
+                try:
+                    with self.conn.transaction():
+                        self._apply_pending(state, target, values, report, on_applied)
+                except MigrationFailed:
+                    report.applied.clear()
+                    raise
+            else:
+                self._apply_pending(state, target, values, report, on_applied)
+        except OpskitError:
+            self._fire_quietly("afterMigrateError")
+            raise
+        if report.applied:
+            self.callbacks.fire("afterMigrateApplied")
+        self.callbacks.fire("afterMigrate")
+        self.callbacks.fire("afterMigrateOperationFinish")
         report.target_version = _last_version(report.applied) or None
         return report
 
@@ -275,6 +342,7 @@ class Engine:
         report: MigrateReport,
         on_applied: Callable[[Applied], None] | None,
     ) -> None:
+        previous_versioned = True  # Flyway's isPreviousVersioned: afterVersioned fires once, even for none
         while True:
             failed = state.failed(
                 future_ignored=state_ignored(self.settings.ignore_migration_patterns, "future", False)
@@ -288,6 +356,10 @@ class Engine:
             pending = state.pending()
             if not pending:
                 break
+            if previous_versioned and pending[0].version is None:
+                self.callbacks.fire("afterVersioned")
+                self.callbacks.fire("beforeRepeatables")
+                previous_versioned = False
             applied = self._apply(pending[0], values)
             report.applied.append(applied)
             if on_applied is not None:
@@ -295,6 +367,8 @@ class Engine:
             if target.kind == "next":
                 break
             state = self.state(target)
+        if previous_versioned:
+            self.callbacks.fire("afterVersioned")
 
     def _check_target(self, state: InfoState, target: Target) -> None:
         if target.kind != "version" or target.optional or target.version is None:
@@ -373,11 +447,14 @@ class Engine:
             try:
                 # Inside a group this is a savepoint of the group's transaction.
                 with self.conn.transaction():
+                    self.callbacks.fire_each("beforeEachMigrate", transactional=True)
                     if split_statements(text):
                         self.conn.execute(text)
+                    self.callbacks.fire_each("afterEachMigrate", transactional=True)
                     ms = elapsed()
                     self.history.insert(self.conn, _with_time(row, ms))
             except psycopg.Error as exc:
+                self._after_each_error(transactional=True)
                 raise migration_failure(script, exc, rolled_back=True) from exc
         else:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -386,17 +463,33 @@ class Engine:
                     "puts every migration in one",
                     hint="set migrations.group = false",
                 )
+            self.callbacks.fire_each("beforeEachMigrate", transactional=False)
             for statement in split_statements(text):
                 try:
                     self.conn.execute(statement)
                 except psycopg.Error as exc:
+                    self._after_each_error(transactional=False)
                     self._record_failure(_with_time(row, elapsed()))
                     raise migration_failure(script, exc, rolled_back=False) from exc
+            self.callbacks.fire_each("afterEachMigrate", transactional=False)
             ms = elapsed()
             self.history.insert(self.conn, _with_time(row, ms))
         applied = self._describe(info, ms, transactional)
         log.info("applied migration", migration=script.script, ms=applied.execution_ms)
         return applied
+
+    def _after_each_error(self, transactional: bool) -> None:
+        # On PostgreSQL a failed statement aborts the migration's transaction, where Flyway's
+        # afterEachMigrateError could not run a single statement; opskit runs it just after the
+        # rollback, in a transaction of its own (docs/migrations.md). Its failure is only logged.
+        try:
+            if transactional:
+                with self.conn.transaction():
+                    self.callbacks.fire_each("afterEachMigrateError", transactional=True)
+            else:
+                self.callbacks.fire_each("afterEachMigrateError", transactional=False)
+        except (OpskitError, psycopg.Error) as exc:
+            log.error("the afterEachMigrateError callback failed too", error=str(exc))
 
     def _record_failure(self, row: NewRow) -> None:
         try:
@@ -428,11 +521,20 @@ class Engine:
             self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
         )
         try:
-            return self._baseline_locked(
+            return self._baseline_with_callbacks(
                 version or self.settings.baseline_version, description or self.settings.baseline_description
             )
         finally:
             release_lock(self.conn, self.history.lock_key)
+
+    def _baseline_with_callbacks(self, version_text: str, description: str) -> BaselineReport:
+        report: BaselineReport = self._around(
+            "beforeBaseline",
+            "afterBaseline",
+            "afterBaselineError",
+            lambda: self._baseline_locked(version_text, description),
+        )
+        return report
 
     def _baseline_locked(self, version_text: str, description: str) -> BaselineReport:
         try:
@@ -506,8 +608,13 @@ class Engine:
             self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
         )
         try:
-            with self.conn.transaction():
-                return self._repair_locked()
+
+            def work() -> RepairReport:
+                with self.conn.transaction():
+                    return self._repair_locked()
+
+            report: RepairReport = self._around("beforeRepair", "afterRepair", "afterRepairError", work)
+            return report
         finally:
             release_lock(self.conn, self.history.lock_key)
 

@@ -20,6 +20,7 @@ class Applied:
     filepath: str
     execution_ms: int
     transactional: bool = True
+    refusal: str | None = None  # dry run: why opskit would refuse to run it (a mixed script), else None
 
 
 @dataclass
@@ -39,6 +40,11 @@ class MigrateReport:
     def count(self) -> int:
         """Return how many migrations ran (or would run)."""
         return len(self.applied)
+
+    @property
+    def refused(self) -> list[Applied]:
+        """Return the planned migrations opskit refuses to run (a dry run's finding), in order."""
+        return [a for a in self.applied if a.refusal is not None]
 
 
 @dataclass

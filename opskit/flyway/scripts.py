@@ -36,9 +36,11 @@ _LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 _VERSION_SPLIT_RE = re.compile(r"\.(?=\d)")
 _DIGITS_RE = re.compile(r"[0-9]+")
 BOM = "\ufeff"
+# surrogatepass decoding pairs valid halves back into one character; what is left is a lone half.
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
-# Flyway's SQL callback event ids (FC/api/callback/Event.java). A script named after one is a
-# callback, not a migration; opskit does not run callbacks and says so.
+# Flyway's SQL callback event ids, in the order of its enum (flyway-core api/callback/Event.java).
+# A script named after one is a callback, not a migration; opskit/flyway/callbacks.py runs them.
 CALLBACK_EVENTS = (
     "beforeMigrate",
     "beforeRepeatables",
@@ -76,6 +78,8 @@ CALLBACK_EVENTS = (
     "beforeRepair",
     "afterRepair",
     "afterRepairError",
+    "afterMigrateOperationFinish",
+    "afterInfoOperationFinish",
     "createSchema",
     "beforeConnect",
     "afterConnect",
@@ -345,7 +349,8 @@ def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
     """Parse a script's file name per ``docs/flyway-compat.md`` §3; return a ParsedName or the reason it is not a migration.
 
     The reason is one of ``"not sql"`` (no configured suffix), ``"callback"``, ``"baseline
-    migration"`` or a message saying why the name is invalid.
+    migration"``, ``"undo migration"`` (``U1__x.sql``, Flyway Teams; Community ignores it) or a
+    message saying why the name is invalid.
     """
     lowered = filename.lower()
     suffix = next((s for s in naming.suffixes if lowered.endswith(s.lower())), None)
@@ -353,7 +358,7 @@ def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
         return "not sql"
     stem = filename[: len(filename) - len(suffix)]
     # The longest matching prefix wins among V, R, B and the callback event ids.
-    candidates = [naming.versioned_prefix, naming.repeatable_prefix, "B", *CALLBACK_EVENTS]
+    candidates = [naming.versioned_prefix, naming.repeatable_prefix, "B", "U", *CALLBACK_EVENTS]
     prefix = max((p for p in candidates if stem.startswith(p)), key=len, default=None)
     if prefix in CALLBACK_EVENTS:
         return "callback"
@@ -361,6 +366,8 @@ def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
         return f"the name must start with '{naming.versioned_prefix}' or '{naming.repeatable_prefix}' (case-sensitive)"
     if prefix == "B" and prefix not in (naming.versioned_prefix, naming.repeatable_prefix):
         return "baseline migration"
+    if prefix == "U" and prefix not in (naming.versioned_prefix, naming.repeatable_prefix):
+        return "undo migration"
     rest = stem[len(prefix) :]
     version_text, found, raw_description = rest.partition(naming.separator)
     description = raw_description.replace("_", " ") if found else ""
@@ -429,14 +436,17 @@ class Discovery:
     scripts: tuple[Script, ...]
     invalid: tuple[InvalidName, ...] = ()
     callbacks: tuple[Path, ...] = ()
+    undo: tuple[Path, ...] = ()
 
 
-def _read_script_conf(path: Path) -> ScriptOptions:
+def read_script_conf(path: Path) -> ScriptOptions:
+    """Return the options of ``<path>.conf`` beside a script or callback (defaults when there is none)."""
     conf = path.with_name(path.name + ".conf")
     if not conf.is_file():
         return ScriptOptions()
     values: dict[str, str] = {}
-    for line in conf.read_text(encoding="utf-8").splitlines():
+    # utf-8-sig: a .conf saved with a BOM must not hide its first key (as Flyway reads it).
+    for line in conf.read_text(encoding="utf-8-sig").splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")
@@ -475,6 +485,7 @@ def discover(
     scripts: list[Script] = []
     invalid: list[InvalidName] = []
     callbacks: list[Path] = []
+    undo: list[Path] = []
     for location in locations:
         root = Path(location).resolve()
         if not root.is_dir():
@@ -491,17 +502,20 @@ def discover(
             if parsed == "callback":
                 callbacks.append(path)
                 continue
+            if parsed == "undo migration":
+                undo.append(path)
+                continue
             if isinstance(parsed, str):
                 invalid.append(InvalidName(path, parsed))
                 continue
-            options = _read_script_conf(path)
+            options = read_script_conf(path)
             relative = path.relative_to(root).as_posix()
             try:
                 data = path.read_bytes()
             except OSError as exc:
                 log.warning("unreadable migration skipped", path=str(path), error=str(exc))
                 continue
-            text = decode(data, options.encoding or encoding, relative)
+            text = strip_bom(decode(data, options.encoding or encoding, relative))
             scripts.append(
                 Script(
                     parsed.kind, parsed.version, parsed.description, relative, path, text, checksum_text(text), options
@@ -516,10 +530,16 @@ def discover(
                 hint="rename them to V<version>__<description>.sql or R__<description>.sql",
             )
         log.warning("migrations not following the filename convention were skipped", files=names)
-    if callbacks:
-        log.warning("Flyway callback scripts are not run by opskit", files=", ".join(p.name for p in callbacks))
+    if undo:
+        # Flyway Community resolves U scripts as undo migrations and ignores them; so does opskit.
+        log.info("undo scripts are ignored (Flyway Teams only)", files=", ".join(p.name for p in undo))
     _check_duplicates(scripts)
-    return Discovery(tuple(sorted(scripts, key=order_key)), tuple(invalid), tuple(callbacks))
+    return Discovery(tuple(sorted(scripts, key=order_key)), tuple(invalid), tuple(callbacks), tuple(undo))
+
+
+def strip_bom(text: str) -> str:
+    """Return ``text`` without one leading U+FEFF: Flyway drops it before parsing, as for the checksum."""
+    return text.removeprefix(BOM)
 
 
 def order_key(script: Script) -> tuple[int, Version | None, bytes]:
@@ -541,9 +561,13 @@ def _check_duplicates(scripts: list[Script]) -> None:
         if script.version is not None:
             other = seen_versions.setdefault(script.version, script)
             if other is not script:
+                # Flyway names the offender whose path sorts first (its scanner's order): "version 1"
+                # for V1__a.sql beside sub/V1.0__b.sql.
+                first, second = sorted((other, script), key=lambda s: utf16_key(str(s.path)))
+                assert first.version is not None
                 raise ConfigError(
-                    f"Found more than one migration with version {script.version.text}\n"
-                    f"Offenders:\n-> {other.path} (SQL)\n-> {script.path} (SQL)",
+                    f"Found more than one migration with version {first.version.text}\n"
+                    f"Offenders:\n-> {first.path} (SQL)\n-> {second.path} (SQL)",
                     hint="give each versioned migration its own version",
                 )
         else:
@@ -562,10 +586,14 @@ def utf16_len(text: str) -> int:
 
 
 def utf16_cut(text: str, start: int, end: int | None = None) -> str:
-    """Return Java's ``text.substring(start, end)`` (UTF-16 units; a split surrogate pair is dropped)."""
+    """Return Java's ``text.substring(start, end)`` as the JDBC driver stores it.
+
+    Units are UTF-16; half of a surrogate pair left at either end becomes ``?``, which is what
+    Java's UTF-8 encoder (and so PostgreSQL's column) makes of a lone surrogate.
+    """
     units = text.encode("utf-16-le", "surrogatepass")
-    piece = units[start * 2 : None if end is None else end * 2]
-    return piece.decode("utf-16-le", "ignore")
+    piece = units[start * 2 : None if end is None else end * 2].decode("utf-16-le", "surrogatepass")
+    return _LONE_SURROGATE_RE.sub("?", piece)
 
 
 def abbreviate_description(description: str) -> str:
