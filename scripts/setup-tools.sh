@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the command-line tools opskit's tests and recipes use, when missing:
-# PostgreSQL client tools, zstd and age (Debian packages), and Azurite (npm) for the Azure tests.
+# PostgreSQL client tools, zstd and age (Debian packages), promtool (Debian's prometheus, for the
+# alert-rule tests), and Azurite (npm) for the Azure tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
     echo "please install: ${missing[*]} (tests that need them are skipped)" >&2
+  fi
+fi
+
+# promtool is optional (only tests/deploy/test_alerts.py needs it): a failed install skips those tests.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing prometheus for promtool (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } \
+      >/dev/null 2>&1 || echo "apt-get could not install prometheus; the promtool tests will be skipped" >&2
+  else
+    echo "promtool is missing (Debian package prometheus); the promtool tests will be skipped" >&2
   fi
 fi
 
