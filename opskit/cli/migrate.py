@@ -99,14 +99,24 @@ def migrate_group(
     report = outcome.report
     if report.dry_run:
         if report.applied:
-            click.echo(
-                f"would apply {report.count} migration(s) to target '{outcome.target}' "
-                f"(schema version now: {report.initial_version or '<< Empty Schema >>'}):"
-            )
+            now = report.initial_version or "<< Empty Schema >>"
+            if report.refused:
+                click.echo(
+                    f"migrate would refuse this run: {report.count} migration(s) pending on target "
+                    f"'{outcome.target}' (schema version now: {now}), none would be applied:"
+                )
+            else:
+                click.echo(
+                    f"would apply {report.count} migration(s) to target '{outcome.target}' (schema version now: {now}):"
+                )
             for applied in report.applied:
                 what = f"version {applied.version}" if applied.version else "repeatable"
                 mode = "" if applied.transactional else " (no transaction)"
+                if applied.refusal is not None:
+                    mode = "  REFUSED: mixes transactional and non-transactional statements (mixed = false)"
                 click.echo(f"  {applied.script}  [{what}: {applied.description}]{mode}")
+        if report.refused:
+            raise action.refusal_error(report)
         return
     if report.applied:
         total = sum(a.execution_ms for a in report.applied)

@@ -80,6 +80,17 @@ def backend(
     return backend_for(settings, clock=ctx.clock, on_lock_wait=on_lock_wait)
 
 
+def refusal_error(plan: MigrateReport) -> ConfigError:
+    """Return the ConfigError (exit 2) for a plan holding a migration opskit refuses to run."""
+    first = plan.refused[0]
+    before = plan.applied.index(first)
+    return ConfigError(
+        f"{first.refusal}; nothing was applied (Flyway would apply the {before} migration(s) before it and fail there)",
+        hint="move the non-transactional statements (CREATE INDEX CONCURRENTLY, ...) into their own "
+        "migration, or set migrations.mixed = true",
+    )
+
+
 def restore_command(backup_id: str, target: str) -> str:
     """Return the command that puts ``target`` back to backup ``backup_id``."""
     return f"opskit restore {backup_id} --target {target} --to {target} --replace --yes"
@@ -129,6 +140,10 @@ def run(
         return MigrateOutcome(name, runner.migrate(target_config, dry_run=dry_run))
 
     plan = runner.migrate(target_config, dry_run=True)
+    if plan.refused and not dry_run:
+        # Flyway would apply the migrations before the refused one and fail there; opskit applies
+        # none, before any backup is taken (docs/migrations.md, "Choices where opskit differs").
+        raise refusal_error(plan)
     if dry_run or not plan.applied:
         if not plan.applied:
             say("nothing to migrate: the schema is up to date")
