@@ -12,7 +12,9 @@ Order of work, and why:
 3. Stream ``pg_dump -Fc -Z0`` through sha256 -> zstd -> [age] -> sha256 into the storage;
    pg_dump's exit status is checked *before* the object is committed, so a failed dump
    leaves nothing visible. Then ``pg_dumpall --globals-only`` the same way.
-4. Write ``manifest.json`` last: until it exists, the backup does not.
+4. Re-read every artifact's existence and size, then write ``manifest.json`` last: until it
+   exists, the backup does not. From before the first artifact until the manifest, the run
+   holds a shared repository lock (``catalog.locks``) naming its backup id.
 5. Copy to each secondary storage; a failed copy is reported but does not undo the backup.
 """
 
@@ -31,7 +33,7 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from opskit import __version__
+from opskit import __version__, catalog
 from opskit.catalog import Artifact, Manifest, artifact_key, backup_prefix, new_backup_id, write_manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
@@ -101,13 +103,17 @@ def run(
         snapshot_id, snapshot_time = pre.export_snapshot()
         backup_id = new_backup_id(snapshot_time)
         log.info("backup started", target=target_config.name, backup_id=backup_id, storage=storage.name)
-        try:
-            manifest = _dump_and_commit(
-                ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id, labels, extra or {}
-            )
-        except BaseException:
-            _remove_partial_backup(storage, target_config.name, backup_id)
-            raise
+        # The repository lock (shared) is taken before the first artifact is written, so a
+        # prune (exclusive) either runs before this backup or exits 7 while it runs, and its
+        # sweep never mistakes this run's committed dump for a leftover.
+        with catalog.locked(storage, target_config.name, "backup", clock=ctx.clock, backup_id=backup_id):
+            try:
+                manifest = _dump_and_commit(
+                    ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id, labels, extra or {}
+                )
+            except BaseException:
+                _remove_partial_backup(storage, target_config.name, backup_id)
+                raise
     result = BackupResult(manifest=manifest, storage=storage.name)
     for secondary in target_config.storages[1:]:
         result.copies[secondary] = _copy_to_secondary(ctx, manifest, storage, secondary)
@@ -329,6 +335,7 @@ def _dump_and_commit(
     )
     if ctx.cancel.is_set():
         raise BackupFailed("the run was cancelled (shutdown requested) before its manifest was written")
+    catalog.check_artifacts_stored(storage, manifest)
     write_manifest(storage, manifest)
     return manifest
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from opskit.catalog import Manifest, list_backups, manifest_key, pin_key, write_manifest
+from opskit.catalog import Manifest, check_artifacts_stored, list_backups, locked, manifest_key, pin_key, write_manifest
 from opskit.catalog.artifacts import hash_stored
 from opskit.context import AppContext
-from opskit.core.errors import CopyFailed, OpskitError, VerificationFailed
+from opskit.core.errors import CopyFailed, LockHeld, OpskitError, VerificationFailed
 from opskit.core.log import get_logger
 from opskit.pipeline import HashingReader, pump
 from opskit.storage.base import ServerSideCopy, Storage
@@ -28,32 +28,43 @@ def copy_backup(ctx: AppContext, manifest: Manifest, source: Storage, dest: Stor
     on ``dest`` as a backup unless every artifact arrived intact.
     """
     try:
-        for artifact in manifest.artifacts:
-            if isinstance(dest, ServerSideCopy) and dest.copy_from(source, artifact.key):
-                stats = hash_stored(dest, artifact, cancel=ctx.cancel)
-                if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
-                    dest.delete(artifact.key)
-                    raise VerificationFailed(f"server-side copy of '{artifact.key}' does not match the manifest")
-                continue
-            with source.reader(artifact.key) as raw, dest.writer(artifact.key) as out:
-                reader = HashingReader(raw, cancel=ctx.cancel)
-                pump(reader, out)
-                stats = reader.stats()
-                if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
-                    # Raising inside the writer aborts it: the bad copy is never committed.
-                    raise VerificationFailed(
-                        f"'{artifact.key}' in storage '{source.name}' does not match its manifest "
-                        f"(sha256 {stats.sha256[:12]}..., expected {artifact.sha256[:12]}...)",
-                        hint="run 'opskit backup verify' on the source storage",
-                    )
-        write_manifest(dest, manifest)
-        _copy_pin(source, dest, manifest)
+        # A shared lock on the destination: its prune waits (exit 7) instead of sweeping the
+        # artifacts this copy committed before its manifest.
+        with locked(dest, manifest.target, "copy", clock=ctx.clock, backup_id=manifest.id):
+            _copy_objects(ctx, manifest, source, dest)
     except OpskitError as exc:
+        if isinstance(exc, LockHeld):
+            raise
         raise CopyFailed(
             f"copy of backup {manifest.id} to storage '{dest.name}' failed: {exc.message}",
             hint="it is retried by the next 'opskit copy'",
         ) from exc
     log.info("backup copied", backup_id=manifest.id, source=source.name, dest=dest.name)
+
+
+def _copy_objects(ctx: AppContext, manifest: Manifest, source: Storage, dest: Storage) -> None:
+    """Copy the artifacts (each checked against the manifest), then the manifest, then a pin."""
+    for artifact in manifest.artifacts:
+        if isinstance(dest, ServerSideCopy) and dest.copy_from(source, artifact.key):
+            stats = hash_stored(dest, artifact, cancel=ctx.cancel)
+            if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
+                dest.delete(artifact.key)
+                raise VerificationFailed(f"server-side copy of '{artifact.key}' does not match the manifest")
+            continue
+        with source.reader(artifact.key) as raw, dest.writer(artifact.key) as out:
+            reader = HashingReader(raw, cancel=ctx.cancel)
+            pump(reader, out)
+            stats = reader.stats()
+            if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
+                # Raising inside the writer aborts it: the bad copy is never committed.
+                raise VerificationFailed(
+                    f"'{artifact.key}' in storage '{source.name}' does not match its manifest "
+                    f"(sha256 {stats.sha256[:12]}..., expected {artifact.sha256[:12]}...)",
+                    hint="run 'opskit backup verify' on the source storage",
+                )
+    check_artifacts_stored(dest, manifest)
+    write_manifest(dest, manifest)
+    _copy_pin(source, dest, manifest)
 
 
 def _copy_pin(source: Storage, dest: Storage, manifest: Manifest) -> None:
@@ -71,9 +82,12 @@ class CopyReport:
     copied: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, backup id)
     skipped: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, error)
+    locked: list[LockHeld] = field(default_factory=list)  # the failures that were lock conflicts
 
     def raise_for_outcome(self) -> None:
-        """Raise CopyFailed (exit 4) naming every copy that failed."""
+        """Raise CopyFailed (exit 4) naming every copy that failed; LockHeld (7) when all were lock conflicts."""
+        if self.failed and len(self.locked) == len(self.failed):
+            raise self.locked[0]
         if self.failed:
             raise CopyFailed(
                 "copy failed: " + "; ".join(f"target '{t}' to '{s}': {e}" for t, s, e in self.failed),
@@ -119,4 +133,6 @@ def run(
                     report.copied.append((name, dest_name, manifest.id))
             except OpskitError as exc:
                 report.failed.append((name, dest_name, exc.one_line()))
+                if isinstance(exc, LockHeld):
+                    report.locked.append(exc)
     return report

@@ -1,7 +1,9 @@
 """Pin and unpin a backup: a ``pin.json`` marker next to its manifest keeps it from retention.
 
 The marker is a catalog record (``catalog.Pin``, written and removed by ``catalog.pins``);
-this module picks the backup and the storages that hold it.
+this module picks the backup and the storages that hold it. Each storage is pinned under a
+shared repository lock, so a pin and a prune of the same storage never overlap: the one that
+comes second exits 7 (docs/reliability.md says why the pin is the one to wait).
 
 Without ``--storage`` a pin applies to every storage of the target that holds the
 backup (a pinned backup should survive on the offsite copy too).
@@ -41,14 +43,19 @@ def pin(
     """Pin the backup ``selector`` names (id, id prefix or ``latest``) in its storages.
 
     Returns the PinResult. Raises ConfigError for an unknown target/storage or a backup
-    no storage holds; StorageError when the marker cannot be written.
+    no storage holds; LockHeld (exit 7) while a prune runs on one of them; StorageError
+    when the marker cannot be written.
     """
     target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
     changed = []
     record = catalog.Pin(target_name, backup_id, ctx.clock(), note)
     for name, store in storages:
-        if catalog.write_pin(store, record):
-            changed.append(name)
+        # A shared lock: a prune (exclusive) of this storage either finished before, or makes
+        # this pin exit 7; a pin never returns 0 for a backup a running prune then deletes.
+        with catalog.locked(store, target_name, "pin", clock=ctx.clock):
+            _require_backup(store, target_name, backup_id)
+            if catalog.write_pin(store, record):
+                changed.append(name)
     log.info("backup pinned", target=target_name, backup_id=backup_id, storages=[n for n, _ in storages])
     return PinResult(target_name, backup_id, tuple(n for n, _ in storages), tuple(changed), pinned=True)
 
@@ -62,10 +69,21 @@ def unpin(ctx: AppContext, selector: str, target: str | None = None, storage: st
     target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
     changed = []
     for name, store in storages:
-        if catalog.remove_pin(store, target_name, backup_id):
-            changed.append(name)
+        with catalog.locked(store, target_name, "unpin", clock=ctx.clock):
+            if catalog.remove_pin(store, target_name, backup_id):
+                changed.append(name)
     log.info("backup unpinned", target=target_name, backup_id=backup_id, storages=changed)
     return PinResult(target_name, backup_id, tuple(n for n, _ in storages), tuple(changed), pinned=False)
+
+
+def _require_backup(store: Storage, target: str, backup_id: str) -> None:
+    """Raise ConfigError when the backup is gone from ``store`` (a prune deleted it before our lock)."""
+    if not store.exists(catalog.manifest_key(target, backup_id)):
+        raise ConfigError(
+            f"backup {backup_id} of target '{target}' is no longer in storage '{store.name}' "
+            "(deleted by a prune before the pin)",
+            hint="see 'opskit backup list' and pin another backup",
+        )
 
 
 def _resolve(

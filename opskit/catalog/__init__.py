@@ -8,9 +8,11 @@ records, drill reports); features ask it and never parse keys or JSON themselves
 - ``manifest`` / ``repository``: the manifest model; commit, list, find and latest backups;
 - ``records``: :class:`Check`, the one comparison model of verify records and drill reports;
 - ``verifications``, ``pins``, ``drills``: one module per other record;
+- ``locks``: repository locks that let runs on one repository coordinate;
 - ``objects``: the JSON encoding every record shares.
 """
 
+from opskit.catalog.commit import check_artifacts_stored
 from opskit.catalog.drills import (
     DRILL_FAIL,
     DRILL_PASS,
@@ -41,6 +43,17 @@ from opskit.catalog.layout import (
     pin_key,
     split_backup_key,
     verify_key,
+)
+from opskit.catalog.locks import (
+    LOCKS_DIR,
+    LockRecord,
+    RepositoryLock,
+    acquire_lock,
+    list_locks,
+    live_backup_ids,
+    locked,
+    locks_prefix,
+    remove_locks,
 )
 from opskit.catalog.manifest import Artifact, Manifest
 from opskit.catalog.objects import read_json, write_json
@@ -76,6 +89,7 @@ __all__ = [
     "FORMAT_VERSION",
     "GLOBALS_ARTIFACT",
     "LIST_CONCURRENCY",
+    "LOCKS_DIR",
     "MANIFEST_NAME",
     "PASS",
     "PIN_NAME",
@@ -84,12 +98,16 @@ __all__ = [
     "BadManifest",
     "Check",
     "DrillRecord",
+    "LockRecord",
     "Manifest",
     "Pin",
+    "RepositoryLock",
     "TableFacts",
     "Verification",
+    "acquire_lock",
     "artifact_key",
     "backup_prefix",
+    "check_artifacts_stored",
     "drill_report_key",
     "drills_prefix",
     "find_backup",
@@ -102,7 +120,11 @@ __all__ = [
     "latest_verify_run",
     "list_backups",
     "list_drills",
+    "list_locks",
     "list_manifest_keys",
+    "live_backup_ids",
+    "locked",
+    "locks_prefix",
     "manifest_key",
     "new_backup_id",
     "newest_drill",
@@ -114,6 +136,7 @@ __all__ = [
     "read_manifest",
     "read_verification",
     "record_verification",
+    "remove_locks",
     "remove_pin",
     "split_backup_key",
     "verify_key",

@@ -8,6 +8,11 @@ with no manifest, and incomplete uploads of storages implementing ``IncompleteUp
 (S3 multipart). Objects outside backup directories (``drills/``, anything unknown) are
 never swept.
 
+Each (target, storage) is pruned under an exclusive repository lock (``catalog.locks``): a
+running backup, copy, pin or drill makes the prune of that storage exit 7 instead of racing
+it. Just before each delete the prune re-reads the backup's pin and checks its lock is still
+its own; the sweep leaves alone any directory a live lock names, whatever ``grace`` says.
+
 One failing (target, storage) does not stop the others; ``PruneFailed`` at the end names
 them all and carries the report so the CLI can still print every plan.
 """
@@ -25,7 +30,7 @@ from opskit import catalog
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, ConfigError, OpskitError, PruneFailed
+from opskit.core.errors import BackupFailed, ConfigError, LockHeld, OpskitError, PruneFailed
 from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
 from opskit.plan import retention
@@ -46,7 +51,9 @@ class StorageResult:
     swept: list[str] = field(default_factory=list)  # leftover object keys removed (or to remove, dry run)
     aborted_uploads: list[str] = field(default_factory=list)
     bad_manifests: list[str] = field(default_factory=list)
+    pinned_since_plan: list[str] = field(default_factory=list)  # planned for deletion, pinned before it came
     error: str | None = None
+    lock_held: LockHeld | None = None  # set when another run held the repository lock
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
@@ -58,6 +65,7 @@ class StorageResult:
             "swept": self.swept,
             "aborted_uploads": self.aborted_uploads,
             "bad_manifests": self.bad_manifests,
+            "pinned_since_plan": self.pinned_since_plan,
             "error": self.error,
         }
 
@@ -139,6 +147,10 @@ def run(
         failed=len(report.failures),
         skipped=sorted(report.skipped),
     )
+    locked_out = [r.lock_held for r in report.failures if r.lock_held is not None]
+    if locked_out and len(locked_out) == len(report.failures):
+        # Only lock conflicts: exit 7 with the holder's line, as every other locked verb does.
+        raise locked_out[0]
     if report.failures:
         names = "; ".join(f"{r.target} in {r.storage}: {r.error}" for r in report.failures)
         raise PruneFailed(
@@ -163,8 +175,18 @@ def _prune_one(
     with structlog.contextvars.bound_contextvars(target=target.name, storage=storage_name):
         try:
             store = ctx.storage(storage_name)
-            _plan_and_delete(store, target.name, policy, now, dry_run, result)
-            _sweep(store, target.name, now - grace, dry_run, result)
+            if dry_run:
+                # A dry run deletes nothing, so it takes no lock and blocks no backup.
+                _plan_and_delete(store, target.name, policy, now, dry_run, result, None)
+                _sweep(store, target.name, now, now - grace, dry_run, result, None)
+            else:
+                with catalog.locked(store, target.name, "prune", clock=ctx.clock) as lock:
+                    _plan_and_delete(store, target.name, policy, now, dry_run, result, lock)
+                    _sweep(store, target.name, now, now - grace, dry_run, result, lock)
+        except LockHeld as exc:
+            result.error = exc.one_line()
+            result.lock_held = exc
+            log.warning("prune skipped: the repository is locked", error=result.error)
         except OpskitError as exc:
             result.error = exc.one_line()
             log.error("prune failed", error=result.error)
@@ -178,6 +200,7 @@ def _plan_and_delete(
     now: datetime,
     dry_run: bool,
     result: StorageResult,
+    lock: catalog.RepositoryLock | None,
 ) -> None:
     bad: list[catalog.BadManifest] = []
     backups = catalog.list_backups(store, target, bad=bad)
@@ -204,6 +227,15 @@ def _plan_and_delete(
     by_id = {m.id: m for m in backups}
     for backup_id in doomed:
         if not dry_run:
+            # Re-read just before deleting: the plan is minutes old on a big repository. A lock
+            # removed under us (opskit unlock --all) means we are no longer alone; a pin written
+            # since the plan (an opskit without locks, a person with the storage console) wins.
+            if lock is not None:
+                lock.check()
+            if store.exists(catalog.pin_key(target, backup_id)):
+                result.pinned_since_plan.append(backup_id)
+                log.info("backup pinned since the plan was made: kept", backup_id=backup_id)
+                continue
             _delete_backup(store, by_id[backup_id])
         result.deleted.append(backup_id)
 
@@ -216,8 +248,21 @@ def _delete_backup(store: Storage, manifest: catalog.Manifest) -> None:
     log.info("backup deleted", backup_id=manifest.id)
 
 
-def _sweep(store: Storage, target: str, older_than: datetime, dry_run: bool, result: StorageResult) -> None:
-    """Remove objects of backup directories with no manifest last modified before ``older_than``."""
+def _sweep(
+    store: Storage,
+    target: str,
+    now: datetime,
+    older_than: datetime,
+    dry_run: bool,
+    result: StorageResult,
+    lock: catalog.RepositoryLock | None,
+) -> None:
+    """Remove objects of backup directories with no manifest last modified before ``older_than``.
+
+    A directory a live lock names (a backup or copy still writing it) is never swept, whatever
+    the grace period: an artifact committed before the manifest is not a leftover yet.
+    """
+    alive = catalog.live_backup_ids(store, target, now)
     groups: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in store.list(f"{target}/"):
         parts = info.key.split("/")
@@ -226,11 +271,15 @@ def _sweep(store: Storage, target: str, older_than: datetime, dry_run: bool, res
     for backup_id, objects in sorted(groups.items()):
         if any(o.key == catalog.manifest_key(target, backup_id) for o in objects):
             continue  # a complete (or unreadable, but committed) backup: not a leftover
+        if backup_id in alive:
+            continue  # its run holds a live lock: it is still writing, whatever the grace says
         if any(o.modified >= older_than for o in objects):
             continue  # a run may still be writing it: wait out the grace period
         # Re-check: a slow backup may have committed since the listing.
         if store.exists(catalog.manifest_key(target, backup_id)):
             continue
+        if lock is not None:
+            lock.check()
         for info in objects:
             if not dry_run:
                 store.delete(info.key)

@@ -8,6 +8,7 @@ final name. Temporary files (``.opskit-tmp-*``) are invisible to ``list`` and ar
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -113,7 +114,9 @@ class LocalStorage:
         except OSError as exc:
             raise _storage_error("creating", key, exc, self.name) from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            # The temp name is never an object; when mkdir failed it cannot even be looked up.
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     @contextmanager
     def reader(self, key: str) -> Iterator[BinaryIO]:

@@ -1,0 +1,356 @@
+"""Repository locks: one small object per running holder, so runs on one repository coordinate.
+
+The protocol follows restic's repository locks (``internal/restic/lock.go``), with the lock
+kept in the storage itself, so it works when the database is down and across hosts (two
+daemons, a CronJob and a person at a terminal)::
+
+    <target>/locks/<lock id>.json     {"operation": "prune", "exclusive": true, "host": ..., "pid": ...,
+                                        "created": ..., "refreshed": ..., "backup_id": ...}
+
+- **Shared** for backup, copy, pin/unpin, verify records and drills: any number run together.
+  **Exclusive** for prune and its sweep: nothing else runs beside it.
+- **Acquiring** writes the own lock first (create-if-absent), then lists every lock of the
+  target, then decides; on a conflict it removes its own lock and raises ``LockHeld`` (exit 7)
+  naming the holder. Two runs that start at the same moment both see each other and both
+  back off, so two conflicting runs never both proceed.
+- **Refreshing**: a holder rewrites its lock's ``refreshed`` time every :data:`REFRESH_EVERY`
+  from a thread; :meth:`RepositoryLock.check` says whether the lock is still there (an
+  ``opskit unlock --all`` may have removed it).
+- **Stale**: a lock not refreshed for :data:`STALE_AFTER` (by its own time and by the storage's
+  modification time, so one host's slow clock does not make a live lock look dead), or one
+  written on this host by a process that no longer exists. Stale locks never block anyone and
+  ``opskit unlock`` removes them.
+- **Releasing** deletes the lock at the end of the run, also on an error and on SIGTERM (the
+  CLI turns SIGTERM into an unwinding exception; the daemon sets the cancel event).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opskit.catalog.layout import format_time, parse_time
+from opskit.core.clock import Clock
+from opskit.core.errors import LockHeld, ObjectNotFound, OpskitError
+from opskit.core.log import get_logger
+from opskit.storage.base import Storage, join_key
+
+log = get_logger(__name__)
+
+LOCKS_DIR = "locks"
+STALE_AFTER = timedelta(minutes=10)
+REFRESH_EVERY = timedelta(seconds=60)
+EXCLUSIVE_OPERATIONS = frozenset({"prune"})
+
+
+def locks_prefix(target: str) -> str:
+    """Return the prefix the locks of ``target`` are stored under (``<target>/locks``)."""
+    return join_key(target, LOCKS_DIR)
+
+
+def lock_key(target: str, lock_id: str) -> str:
+    """Return the key of one lock object."""
+    return join_key(locks_prefix(target), f"{lock_id}.json")
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """One holder's lock as stored: who holds it, for what, and since when.
+
+    ``modified`` is the storage's own time of the last write (None before it is read back);
+    ``backup_id`` names the backup a backup or copy run is writing, which the sweep leaves alone.
+    """
+
+    id: str
+    target: str
+    operation: str
+    exclusive: bool
+    host: str
+    pid: int
+    created: datetime
+    refreshed: datetime
+    backup_id: str | None = None
+    modified: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        """Return the key this lock is stored under."""
+        return lock_key(self.target, self.id)
+
+    def to_json(self) -> bytes:
+        """Return the stored form (UTF-8 JSON)."""
+        data = {
+            "id": self.id,
+            "target": self.target,
+            "operation": self.operation,
+            "exclusive": self.exclusive,
+            "host": self.host,
+            "pid": self.pid,
+            "created": format_time(self.created),
+            "refreshed": format_time(self.refreshed),
+            "backup_id": self.backup_id,
+        }
+        return json.dumps(data, indent=2).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_json(cls, payload: bytes, modified: datetime | None = None) -> LockRecord:
+        """Parse a stored lock. Raises ValueError when it is not a lock record."""
+        data: Any = json.loads(payload.decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        try:
+            return cls(
+                id=str(data["id"]),
+                target=str(data["target"]),
+                operation=str(data["operation"]),
+                exclusive=bool(data["exclusive"]),
+                host=str(data["host"]),
+                pid=int(data["pid"]),
+                created=parse_time(str(data["created"])),
+                refreshed=parse_time(str(data["refreshed"])),
+                backup_id=str(data["backup_id"]) if data.get("backup_id") else None,
+                modified=modified,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"missing or malformed field: {exc}") from exc
+
+    def is_stale(self, now: datetime, stale_after: timedelta = STALE_AFTER) -> bool:
+        """Return True when this lock no longer protects anything.
+
+        Stale means: not refreshed for ``stale_after`` by both its own clock and the storage's
+        (the newer of the two counts), or written on this host by a pid that is gone.
+        """
+        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+            return True
+        last = max(self.refreshed, self.modified) if self.modified else self.refreshed
+        return now - last > stale_after
+
+    def describe(self) -> str:
+        """Return the holder in words: ``prune (exclusive) by pid 12 on host 'db1' since <time>``."""
+        kind = "exclusive" if self.exclusive else "shared"
+        return (
+            f"{self.operation} ({kind}) by pid {self.pid} on host '{self.host}' since {format_time(self.created)}"
+            f", refreshed {format_time(self.refreshed)}"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class UnreadableLock:
+    """An object under ``locks/`` that is not a lock record: it blocks nobody; ``unlock`` removes it."""
+
+    key: str
+    error: str
+
+
+def list_locks(storage: Storage, target: str, unreadable: list[UnreadableLock] | None = None) -> list[LockRecord]:
+    """Return every lock of ``target`` in ``storage``, oldest first.
+
+    A lock deleted between the listing and the read is skipped; an object that does not parse
+    is skipped too (a lock is written whole, so it cannot be a live holder's) and collected in
+    ``unreadable`` when given. Raises StorageError.
+    """
+    found: list[LockRecord] = []
+    for info in storage.list(locks_prefix(target) + "/"):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            with storage.reader(info.key) as inp:
+                payload = inp.read()
+        except ObjectNotFound:
+            continue  # released while we listed
+        try:
+            found.append(LockRecord.from_json(payload, modified=info.modified))
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("unreadable lock object ignored", key=info.key, error=str(exc))
+            if unreadable is not None:
+                unreadable.append(UnreadableLock(info.key, str(exc)))
+    found.sort(key=lambda lock: (lock.created, lock.id))
+    return found
+
+
+def live_backup_ids(storage: Storage, target: str, now: datetime) -> frozenset[str]:
+    """Return the backup ids named by live (not stale) locks: runs still writing them. Raises StorageError."""
+    return frozenset(
+        lock.backup_id for lock in list_locks(storage, target) if lock.backup_id and not lock.is_stale(now)
+    )
+
+
+class RepositoryLock:
+    """A lock this process holds: refreshed by a thread until :meth:`release`."""
+
+    def __init__(
+        self, storage: Storage, record: LockRecord, clock: Clock, refresh_every: timedelta = REFRESH_EVERY
+    ) -> None:
+        self.storage = storage
+        self.record = record
+        self.clock = clock
+        self.refresh_every = refresh_every
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh_loop, name="opskit-lock-refresh", daemon=True)
+
+    def start(self) -> None:
+        """Start the refresh thread."""
+        self._thread.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_every.total_seconds()):
+            try:
+                self.refresh()
+            except OpskitError as exc:
+                # A refresh that fails once is not fatal: the lock stays live for STALE_AFTER.
+                log.warning("could not refresh the repository lock", key=self.record.key, error=exc.one_line())
+
+    def refresh(self) -> None:
+        """Rewrite the lock with a new ``refreshed`` time; mark it lost if someone removed it.
+
+        Raises StorageError.
+        """
+        if not self.storage.exists(self.record.key):
+            self.lost = True
+            log.warning("the repository lock was removed by someone else", key=self.record.key)
+            return
+        self.record = replace(self.record, refreshed=self.clock())
+        with self.storage.writer(self.record.key) as out:
+            out.write(self.record.to_json())
+
+    def check(self) -> None:
+        """Raise LockHeld (exit 7) when this run's lock is no longer in the storage.
+
+        Called before a destructive step: a run whose lock was removed (``opskit unlock --all``)
+        no longer knows that it is alone.
+        """
+        if self.lost or not self.storage.exists(self.record.key):
+            self.lost = True
+            raise LockHeld(
+                f"this run's lock on target '{self.record.target}' in storage '{self.storage.name}' was removed "
+                "while it ran (opskit unlock --all?)",
+                hint="nothing more was deleted; run it again",
+            )
+
+    def release(self) -> None:
+        """Stop refreshing and delete the lock (best effort: a lock left behind goes stale)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        try:
+            self.storage.delete(self.record.key)
+        except OpskitError as exc:
+            log.warning("could not remove the repository lock; it goes stale", key=self.record.key, error=str(exc))
+
+
+def acquire_lock(
+    storage: Storage,
+    target: str,
+    operation: str,
+    *,
+    clock: Clock,
+    exclusive: bool | None = None,
+    backup_id: str | None = None,
+    refresh_every: timedelta = REFRESH_EVERY,
+) -> RepositoryLock:
+    """Take a lock on ``target`` in ``storage`` for ``operation`` and start refreshing it.
+
+    ``exclusive`` defaults to True for prune and False for everything else. Returns the held
+    lock; call :meth:`RepositoryLock.release` (or use :func:`locked`). Raises LockHeld (exit 7)
+    naming the holder when a live lock conflicts (this run's own lock is removed first), and
+    StorageError when the storage fails.
+    """
+    exclusive = operation in EXCLUSIVE_OPERATIONS if exclusive is None else exclusive
+    now = clock()
+    while True:
+        record = LockRecord(
+            id=now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(6),
+            target=target,
+            operation=operation,
+            exclusive=exclusive,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            created=now,
+            refreshed=now,
+            backup_id=backup_id,
+        )
+        if storage.create(record.key, record.to_json()):
+            break  # a random id taken already is astronomically rare; draw again if so
+    try:
+        conflicts = [
+            other
+            for other in list_locks(storage, target)
+            if other.id != record.id and (exclusive or other.exclusive) and not other.is_stale(now)
+        ]
+    except BaseException:
+        with suppress(OpskitError):
+            storage.delete(record.key)
+        raise
+    if conflicts:
+        with suppress(OpskitError):
+            storage.delete(record.key)
+        first = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise LockHeld(
+            f"target '{target}' in storage '{storage.name}' is locked by {first.describe()}{more}",
+            hint=f"this {operation} changed nothing; run it again once that run ends. If that run is gone, "
+            f"its lock goes stale after {int(STALE_AFTER.total_seconds() // 60)} min without a refresh and "
+            f"'opskit unlock --target {target}' removes it",
+        )
+    held = RepositoryLock(storage, record, clock, refresh_every)
+    held.start()
+    log.debug("repository lock taken", key=record.key, operation=operation, exclusive=exclusive)
+    return held
+
+
+@contextmanager
+def locked(
+    storage: Storage,
+    target: str,
+    operation: str,
+    *,
+    clock: Clock,
+    exclusive: bool | None = None,
+    backup_id: str | None = None,
+) -> Iterator[RepositoryLock]:
+    """Hold a lock (see :func:`acquire_lock`) for the ``with`` block; release it however the block ends.
+
+    Raises LockHeld (exit 7) on a conflict, StorageError when the storage fails.
+    """
+    held = acquire_lock(storage, target, operation, clock=clock, exclusive=exclusive, backup_id=backup_id)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+def remove_locks(
+    storage: Storage, target: str, *, now: datetime, stale_only: bool = True, dry_run: bool = False
+) -> list[str]:
+    """Remove the stale locks of ``target`` (every lock with ``stale_only=False``) and unreadable lock objects.
+
+    Returns the keys removed (or that would be, with ``dry_run``). Raises StorageError.
+    """
+    unreadable: list[UnreadableLock] = []
+    doomed = [lock.key for lock in list_locks(storage, target, unreadable) if not stale_only or lock.is_stale(now)]
+    doomed += [item.key for item in unreadable]
+    if not dry_run:
+        for key in doomed:
+            storage.delete(key)
+    return doomed
