@@ -78,6 +78,7 @@ ACTIONS: dict[str, ActionSpec] = _table(
     ActionSpec("restore", "opskit.restore.restore", cli=("restore",)),
     ActionSpec("migrate", "opskit.migrate.migrate", cli=("migrate",)),
     ActionSpec("config_check", "opskit.ops.config_check", cli=("config", "check")),
+    ActionSpec("unlock", "opskit.ops.unlock", cli=("unlock",)),
     # Only runbooks replay globals on their own (opskit restore does it as part of a restore).
     ActionSpec(
         "restore-globals",

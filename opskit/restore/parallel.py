@@ -26,11 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
-from opskit.catalog import Manifest
-from opskit.catalog.artifacts import read_artifact
-from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import RestoreFailed
 from opskit.core.execute import Child, spawn
@@ -38,10 +35,10 @@ from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
 from opskit.pg import connection
 from opskit.pg import toc as dump_toc
+from opskit.pg.commands import PgRestoreCommand
 from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSplitter, session_settings
-
-if TYPE_CHECKING:
-    from opskit.restore.restore import RestoreResult
+from opskit.restore.reader import OpenedBackup
+from opskit.restore.result import RestoreResult
 
 log = get_logger(__name__)
 
@@ -62,26 +59,19 @@ def loader_refusal(toc: dump_toc.ArchiveToc, clean: bool) -> str | None:
 
 
 class ParallelRestore:
-    """The sink ``read_artifact`` writes the decompressed archive into; it picks and runs the route.
+    """The sink the decompressed archive is written into; it picks and runs the route.
 
-    ``argv`` is the pg_restore command line up to the archive (database, ``--exit-on-error``,
-    ``--clean``, ``--no-owner``), shared by the schema, index and spool runs.
+    ``command`` holds the pg_restore options every run shares (database, ``--exit-on-error``,
+    ``--clean``, ``--no-owner``): the schema, data script, index and spool runs.
     """
 
     def __init__(
-        self,
-        ctx: AppContext,
-        manifest: Manifest,
-        argv: list[str],
-        env: dict[str, str],
-        jobs: int,
-        server: TargetConfig,
-        database: str,
-        clean: bool,
-        exit_on_error: bool,
+        self, ctx: AppContext, backup: OpenedBackup, command: PgRestoreCommand, env: dict[str, str], jobs: int
     ) -> None:
-        self.ctx, self.manifest, self.argv, self.env, self.jobs = ctx, manifest, argv, env, jobs
-        self.server, self.database, self.clean, self.exit_on_error = server, database, clean, exit_on_error
+        manifest = backup.manifest
+        self.ctx, self.manifest, self.command, self.env, self.jobs = ctx, manifest, command, env, jobs
+        self.server, self.database = command.target, command.database
+        self.clean, self.exit_on_error = command.clean, command.exit_on_error
         token = random_tokens.token_hex(3)
         self.toc_path = Path(ctx.state_dir) / f"toc-{manifest.id}-{token}.dump"
         self.spool_path = Path(ctx.state_dir) / f"spool-{manifest.id}-{token}.dump"
@@ -147,13 +137,12 @@ class ParallelRestore:
 
     def _restore_schema(self) -> None:
         started = time.monotonic()
-        with spawn([*self.argv, "--section=pre-data", str(self.toc_path)], env=self.env) as child:
+        with spawn(self.command.section_from_file("pre-data", self.toc_path), env=self.env) as child:
             self._finish_pg_restore(child, "creating the schema")
         self.phases["schema"] = time.monotonic() - started
 
     def _start_data(self, toc: dump_toc.ArchiveToc) -> None:
-        argv = [self.argv[0], "--section=data", "--file=-"]
-        self._data_cm = spawn(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._data_cm = spawn(self.command.data_script(), env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._data_child = self._data_cm.__enter__()
         self._tables = {e.copy_stmt.strip(): e for e in toc.data_entries() if e.copy_stmt}
         splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append)
@@ -259,7 +248,7 @@ class ParallelRestore:
 
     def _restore_indexes(self) -> None:
         started = time.monotonic()
-        argv = [*self.argv, "--section=post-data", f"--jobs={self.jobs}", str(self.toc_path)]
+        argv = self.command.section_from_file("post-data", self.toc_path, jobs=self.jobs)
         with spawn(argv, env=self.env) as child:
             self._finish_pg_restore(child, "building indexes and constraints")
         self.phases["indexes"] = time.monotonic() - started
@@ -277,7 +266,7 @@ class ParallelRestore:
         self._spool.close()
         self.phases["fetch"] = time.monotonic() - self._started
         started = time.monotonic()
-        with spawn([*self.argv, f"--jobs={self.jobs}", str(self.spool_path)], env=self.env) as child:
+        with spawn(self.command.from_file(self.spool_path, self.jobs), env=self.env) as child:
             self._finish_pg_restore(child, "pg_restore")
         self.phases["restore"] = time.monotonic() - started
 
@@ -353,40 +342,26 @@ class ParallelRestore:
 
 def restore(
     ctx: AppContext,
-    manifest: Manifest,
-    storage: Any,
-    identities: list[Any],
-    argv: list[str],
+    backup: OpenedBackup,
+    command: PgRestoreCommand,
     env: dict[str, str],
     jobs: int,
     result: RestoreResult,
-    server: TargetConfig,
-    clean: bool,
-    exit_on_error: bool,
-    check_stored_bytes: Callable[[], None],
 ) -> None:
-    """Restore ``manifest`` with ``jobs`` connections into ``result.database``; fill ``result``.
+    """Restore ``backup`` with ``jobs`` connections into ``command.database``; fill ``result``.
 
     Raises RestoreFailed (4) for pg_restore, COPY or spool failures, VerificationFailed (5)
     when a hash differs.
     """
-    job = ParallelRestore(ctx, manifest, argv, env, jobs, server, result.database, clean, exit_on_error)
-    artifact = manifest.artifact("db")
+    manifest = backup.manifest
+    job = ParallelRestore(ctx, backup, command, env, jobs)
     failed = True
     try:
         with ByteProgress(f"restore {manifest.id}", ctx.interactive) as progress:
             try:
-                stats = read_artifact(
-                    storage,
-                    artifact,
-                    job,
-                    identities=identities,
-                    backup_id=manifest.id,
-                    progress=progress,
-                    cancel=ctx.cancel,
-                )
+                stats = backup.read("db", job, progress=progress)
             except BrokenPipeError:
-                job.data_child_stopped(check_stored_bytes)
+                job.data_child_stopped(backup.check_stored_bytes)
             except OSError as exc:
                 if job.route == "spool":
                     raise job.spool_full(exc, result.created) from exc

@@ -20,49 +20,25 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from opskit.catalog import Artifact, Manifest, TableFacts, find_backup
-from opskit.catalog.artifacts import check_can_decrypt, hash_stored, read_artifact
+from opskit.catalog import GLOBALS_ARTIFACT, Manifest, TableFacts, find_backup
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, RestoreFailed, VerificationFailed
-from opskit.core.execute import spawn
+from opskit.core.execute import Child, spawn
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
 from opskit.pg import connection, databases, facts, tools
-from opskit.pipeline import parse_identities
+from opskit.pg.commands import PgRestoreCommand, psql_script_argv
 from opskit.restore import parallel
+from opskit.restore.reader import OpenedBackup, open_backup
+from opskit.restore.result import RestoreResult
+
+__all__ = ["Confirm", "RestoreResult", "default_database_name", "restore_backup", "restore_globals", "run"]
 
 log = get_logger(__name__)
 
 Confirm = Callable[[str, str], bool]  # (target name, database) -> confirmed?
-
-
-@dataclass
-class RestoreResult:
-    """A finished restore: where it went, how long each phase took, and the row-count check."""
-
-    manifest: Manifest
-    storage: str
-    server: str  # the destination target's name ("--to" for an ad-hoc DSN)
-    database: str
-    created: bool
-    jobs: int
-    phases: dict[str, float] = field(default_factory=dict)
-    mismatches: list[facts.RowMismatch] = field(default_factory=list)
-    tables_checked: int = 0
-    pg_restore_errors: list[str] = field(default_factory=list)
-    bytes_restored: int = 0
-    route: str = "stream"  # "stream" (--jobs 1), "loader" or "spool" (see restore_parallel)
-    # Rows each table received, as PostgreSQL reported its COPYs ("schema.table" -> rows); loader route only.
-    rows_loaded: dict[str, int] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Return True when every table's row count matches the manifest."""
-        return not self.mismatches
 
 
 def default_database_name(manifest: Manifest) -> str:
@@ -114,7 +90,7 @@ def run(
     """
     source = ctx.target(target)
     storage_name = storage or source.primary_storage
-    manifest = find_backup(ctx.storage(storage_name), source.name, selector)
+    manifest = find_backup(ctx.storage(storage_name), source.name, selector, now=ctx.clock())
     server, database, is_default = resolve_destination(ctx, source, to, manifest)
     if is_default and not (clean or replace) and databases.database_exists(server, database):
         raise ConfigError(
@@ -140,10 +116,12 @@ def restore_to_new_database(
     jobs: int = 1,
     exit_on_error: bool = True,
     no_owner: bool = False,
+    backup: OpenedBackup | None = None,
 ) -> RestoreResult:
     """Restore ``manifest`` into a fresh database on ``server`` (drills and rehearsals).
 
-    ``dbname`` defaults to ``<db>_restore_<id>``; it must not exist yet.
+    ``dbname`` defaults to ``<db>_restore_<id>``; it must not exist yet. ``backup`` is the
+    backup already opened by the caller (a drill's pre-checks), so its identity is not parsed again.
     """
     name = dbname or default_database_name(manifest)
     if databases.database_exists(server, name):
@@ -151,7 +129,15 @@ def restore_to_new_database(
             f"database '{name}' already exists on target '{server.name}'", hint="drop it or pick another name"
         )
     return restore_backup(
-        ctx, manifest, storage_name, server, name, jobs=jobs, exit_on_error=exit_on_error, no_owner=no_owner
+        ctx,
+        manifest,
+        storage_name,
+        server,
+        name,
+        jobs=jobs,
+        exit_on_error=exit_on_error,
+        no_owner=no_owner,
+        backup=backup,
     )
 
 
@@ -166,25 +152,21 @@ def restore_backup(
     exit_on_error: bool = True,
     no_owner: bool = False,
     replace: bool = False,
+    backup: OpenedBackup | None = None,
 ) -> RestoreResult:
     """Restore ``manifest`` into ``database`` on ``server``, creating it when missing.
 
     ``replace`` drops and recreates an existing database (same owner) before restoring.
+    ``backup`` is ``manifest`` already opened in ``storage_name`` (see :func:`restore_to_new_database`).
 
     With ``exit_on_error`` False, pg_restore carries on past errors and they are returned
     in ``pg_restore_errors`` (a drill judges them against its allow-list).
     """
     storage = ctx.storage(storage_name)
-    artifact = manifest.artifact("db")
-    identities: list[Any] = []
-    if manifest.encrypted:
-        identity = ctx.config.encryption.identity
-        if identity is not None:
-            identities = parse_identities(identity.resolve())
-    check_can_decrypt(artifact, identities, manifest.id)
-    dump_major = int(manifest.tools.get("pg_dump", {}).get("major") or manifest.server.get("major") or 0)
-    bin_dir = server.pg_bin_dir or ctx.config.tools.pg_bin_dir
-    pg_restore = tools.find_tool("pg_restore", dump_major, bin_dir)
+    if backup is None:
+        backup = open_backup(ctx, storage, manifest, server.pg_bin_dir or ctx.config.tools.pg_bin_dir)
+    backup.check_can_decrypt()
+    pg_restore = backup.pg_restore()
 
     created = False
     if replace and databases.database_exists(server, database):
@@ -204,31 +186,14 @@ def restore_backup(
     result = RestoreResult(manifest, storage.name, server.name, database, created, jobs)
     log.info("restore started", backup_id=manifest.id, database=database, server=server.name, jobs=jobs)
     try:
-        argv = [pg_restore.path, connection.dbname_arg(server, database), "--no-password"]
-        if exit_on_error:
-            argv.append("--exit-on-error")
-        if clean:
-            argv += ["--clean", "--if-exists"]
-        if no_owner:
-            argv += ["--no-owner", "--no-privileges"]
-        with connection.password_env(server) as env:
+        command = PgRestoreCommand(
+            pg_restore, server, database, exit_on_error=exit_on_error, clean=clean, no_owner=no_owner
+        )
+        with connection.password_env(server, ctx.state_dir) as env:
             if jobs > 1:
-                parallel.restore(
-                    ctx,
-                    manifest,
-                    storage,
-                    identities,
-                    argv,
-                    env,
-                    jobs,
-                    result,
-                    server=server,
-                    clean=clean,
-                    exit_on_error=exit_on_error,
-                    check_stored_bytes=lambda: _check_stored_bytes(ctx, storage, manifest.artifact("db"), manifest),
-                )
+                parallel.restore(ctx, backup, command, env, jobs, result)
             else:
-                _restore_streaming(ctx, manifest, storage, identities, argv, env, result)
+                _restore_streaming(ctx, backup, command, env, result)
         started = time.monotonic()
         _check_rows(server, database, manifest, result)
         result.phases["verify"] = time.monotonic() - started
@@ -248,37 +213,28 @@ def restore_backup(
 
 
 def _restore_streaming(
-    ctx: AppContext,
-    manifest: Manifest,
-    storage: Any,
-    identities: list[Any],
-    argv: list[str],
-    env: dict[str, str],
-    result: RestoreResult,
+    ctx: AppContext, backup: OpenedBackup, command: PgRestoreCommand, env: dict[str, str], result: RestoreResult
 ) -> None:
+    """Stream the archive into one pg_restore's stdin (no temp file); fill ``result``.
+
+    Raises VerificationFailed (5) when a hash differs or the stored object is corrupt,
+    RestoreFailed (4) when pg_restore fails.
+    """
     started = time.monotonic()
-    artifact = manifest.artifact("db")
+    manifest = backup.manifest
     with (
-        spawn(argv, env=env, stdin=subprocess.PIPE) as child,
+        spawn(command.from_stdin(), env=env, stdin=subprocess.PIPE) as child,
         ByteProgress(f"restore {manifest.id}", ctx.interactive) as progress,
     ):
         try:
-            stats = read_artifact(
-                storage,
-                artifact,
-                child.stdin,
-                identities=identities,
-                backup_id=manifest.id,
-                progress=progress,
-                cancel=ctx.cancel,
-            )
+            stats = backup.read("db", child.stdin, progress=progress)
             result.bytes_restored = stats.plain.size
             child.stdin.close()
         except BrokenPipeError:
             # pg_restore stopped reading. A corrupt object confuses it into odd errors ("out of
             # memory"), so check the stored bytes first and blame the object when they differ.
             child.wait()
-            _check_stored_bytes(ctx, storage, artifact, manifest)
+            backup.check_stored_bytes("db")
         except VerificationFailed:
             child.kill()
             raise
@@ -286,18 +242,7 @@ def _restore_streaming(
     result.phases["restore"] = time.monotonic() - started
 
 
-def _check_stored_bytes(ctx: AppContext, storage: Any, artifact: Artifact, manifest: Manifest) -> None:
-    """Raise VerificationFailed when the stored object's size or sha256 differs from the manifest."""
-    stats = hash_stored(storage, artifact, cancel=ctx.cancel)
-    if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
-        raise VerificationFailed(
-            f"artifact '{artifact.key}' of backup {manifest.id}: stored sha256 mismatch (expected {artifact.sha256}, "
-            f"got {stats.sha256}); pg_restore could not read it",
-            hint="the object is corrupt; restore another backup or a copy from another storage",
-        )
-
-
-def _finish_pg_restore(child: Any, result: RestoreResult, manifest: Manifest) -> None:
+def _finish_pg_restore(child: Child, result: RestoreResult, manifest: Manifest) -> None:
     code = child.wait()
     result.pg_restore_errors = list(child.error_lines)
     if code == 0:
@@ -343,28 +288,16 @@ def restore_globals(ctx: AppContext, manifest: Manifest, storage_name: str, serv
 
     Roles that already exist produce harmless errors, so psql carries on past them.
     """
-    storage = ctx.storage(storage_name)
-    artifact = manifest.artifact("globals")
-    identities: list[Any] = []
-    if manifest.encrypted and ctx.config.encryption.identity is not None:
-        identities = parse_identities(ctx.config.encryption.identity.resolve())
-    check_can_decrypt(artifact, identities, manifest.id)
+    backup = open_backup(ctx, ctx.storage(storage_name), manifest)
+    backup.check_can_decrypt(GLOBALS_ARTIFACT)
     psql = tools.find_tool("psql", 0, server.pg_bin_dir or ctx.config.tools.pg_bin_dir)
-    argv = [
-        psql.path,
-        connection.dbname_arg(server),
-        "--no-password",
-        "--quiet",
-        "--no-psqlrc",
-        "-v",
-        "ON_ERROR_STOP=0",
-    ]
+    argv = psql_script_argv(psql, server)
     with (
-        connection.password_env(server) as env,
+        connection.password_env(server, ctx.state_dir) as env,
         spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as child,
     ):
         try:
-            read_artifact(storage, artifact, child.stdin, identities=identities, backup_id=manifest.id)
+            backup.read(GLOBALS_ARTIFACT, child.stdin)
             child.stdin.close()
         except BrokenPipeError:
             pass

@@ -147,8 +147,8 @@ def test_a_drill_on_a_good_backup_passes_and_its_report_has_every_field(source_d
         assert store.exists(f"app/drills/{report.drill_id}.{ext}")
         assert (tmp_path / "reports" / f"{report.drill_id}.{ext}").is_file()
     assert "timeline" in (tmp_path / "reports" / f"{report.drill_id}.html").read_text()
-    latest = drill.latest_drill(store, "app")
-    assert latest is not None and latest["drill_id"] == report.drill_id and latest["verdict"] == "pass"
+    latest = catalog.latest_drill(store, "app")
+    assert latest is not None and latest.drill_id == report.drill_id and latest.verdict == "pass"
 
 
 def test_a_drill_with_two_jobs_loads_over_two_connections_and_passes(source_db: str, tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_the_drill_table_of_the_config_is_validated_with_paths() -> None:
     )
     with pytest.raises(ConfigError) as caught:
         parse_config('[drill]\nallowed_restore_errors = ["("]\njobs = 0\nkeep = true\n')
-    problems = caught.value.problems  # type: ignore[attr-defined]
+    problems = caught.value.problems
     assert any(p.startswith("At 'drill.allowed_restore_errors[0]': is not a regex") for p in problems)
     assert "At 'drill.jobs': must be at least 1, not 0" in problems
     assert "At 'drill.keep': unknown key" in problems

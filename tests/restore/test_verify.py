@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from opskit import catalog
-from opskit.backup import backup, verify
-from opskit.backup.verify import latest_verification, newest_verified_id
+from opskit.backup import backup
 from opskit.cli.backup_extra import register_backup_commands
 from opskit.config.model import EncryptionConfig
 from opskit.core.execute import run as run_command
 from opskit.pg import tools
+from opskit.restore import verify
+from opskit.restore.verify import latest_verification, newest_verified_id
 from opskit.secrets.references import SecretRef
 from opskit.storage.base import Storage, StorageConfig
 from tests.ops.test_prune import ADMIN_DSN, TARGET, make_context, store_backup, throwaway_database
@@ -65,7 +66,7 @@ def test_an_intact_backup_passes_every_check_and_the_result_is_recorded(
 
     (verification,) = report.verifications
     assert (verification.backup_id, verification.level, verification.verdict) == (manifest.id, "full", "pass")
-    checks = {(c.artifact, c.check): c for c in verification.checks}
+    checks = {(c.subject, c.name): c for c in verification.checks}
     assert checks[("db", "plain sha256")].actual == manifest.artifact("db").plain_sha256
     assert checks[("db", "pg_restore --list")].ok
     assert checks[("db", "pg_restore --list")].actual.endswith("entries")
@@ -83,7 +84,7 @@ def test_a_real_backup_verifies_and_a_flipped_byte_in_it_exits_5(
 
     (intact,) = verify.run(ctx, "latest", target=TARGET).verifications
     assert (intact.backup_id, intact.level, intact.verdict) == (manifest.id, "full", "pass")
-    assert any(c.check == "pg_restore --list" and c.ok for c in intact.checks)
+    assert any(c.name == "pg_restore --list" and c.ok for c in intact.checks)
 
     flip_a_byte(store, manifest.artifact("db").key)
     with pytest.raises(verify.VerifyFailed) as caught:
@@ -117,7 +118,7 @@ def test_plain_bytes_that_are_not_a_dump_fail_the_pg_restore_check(local_storage
         verify.run(ctx, "latest", target=TARGET)
 
     (verification,) = caught.value.report.verifications
-    failed = [c.check for c in verification.checks if not c.ok]
+    failed = [c.name for c in verification.checks if not c.ok]
     assert failed == ["pg_restore --list"]
     assert "pg_restore --list" in caught.value.message
 
@@ -140,9 +141,9 @@ def test_an_encrypted_backup_is_checked_without_the_key_and_fully_with_it(
     full = verify.run(with_key, "latest", target=TARGET).verifications[0]
 
     assert (stored_only.level, stored_only.verdict) == ("stored", "pass")
-    assert {c.check for c in stored_only.checks} == {"stored size", "stored sha256"}
+    assert {c.name for c in stored_only.checks} == {"stored size", "stored sha256"}
     assert (full.level, full.verdict) == ("full", "pass")
-    assert any(c.check == "pg_restore --list" and c.ok for c in full.checks)
+    assert any(c.name == "pg_restore --list" and c.ok for c in full.checks)
 
     wrong_key = make_context(
         [s3_bucket],

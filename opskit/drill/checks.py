@@ -1,0 +1,320 @@
+"""The checks a drill runs before restoring (``PRE_CHECKS``) and after (``POST_CHECKS``).
+
+Each check is a function ``(context) -> list[Check]``; the drill runs the lists in order.
+Adding a check is one function and one entry in its list. A check's ``subject`` is its phase
+(``pre``, ``post``); names, expected and actual values are what the drill report shows.
+
+A failed pre-check stops the pre-checks (and the drill restores nothing): there is no point
+decrypting an object whose stored hash is already wrong. Post-checks all run, on one
+connection to the restored database; an error of the database itself propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from opskit import catalog
+from opskit.catalog import Check, Manifest
+from opskit.config.drill import DrillSettings
+from opskit.context import AppContext
+from opskit.core.errors import ObjectNotFound, OpskitError
+from opskit.drill.timing import PhaseClock, PhaseTiming
+from opskit.flyway import version as flyway_version
+from opskit.pg import facts
+from opskit.pg.archive import TocReader
+from opskit.restore.reader import OpenedBackup
+
+PRE = "pre"
+POST = "post"
+RECENT_BACKUPS = 10  # how many earlier backups the size check compares with
+SIZE_FACTOR = 2.0  # a dump smaller than half or larger than twice the recent range is suspicious
+
+
+@dataclass
+class PreCheckContext:
+    """What the checks before restoring look at: the opened backup, the target's recent backups, the clock."""
+
+    backup: OpenedBackup
+    recent: Sequence[Manifest]
+    clock: PhaseClock
+    phases: list[PhaseTiming]
+
+    @property
+    def manifest(self) -> Manifest:
+        """Return the manifest of the backup under test."""
+        return self.backup.manifest
+
+
+@dataclass
+class PostCheckContext:
+    """What the checks after restoring look at: one open connection to the restored database and its facts."""
+
+    ctx: AppContext
+    settings: DrillSettings
+    manifest: Manifest
+    conn: psycopg.Connection[Any]
+    actual: facts.SnapshotFacts
+    fingerprinted: list[tuple[str, str]] = field(default_factory=list)
+
+
+PreCheck = Callable[[PreCheckContext], list[Check]]
+PostCheck = Callable[[PostCheckContext], list[Check]]
+
+
+# --------------------------------------------------------------------------- before restoring
+
+
+def stored_object(context: PreCheckContext) -> list[Check]:
+    """Stream the stored object (phase ``fetch``): it exists, its size is plausible, its sha256 matches."""
+    manifest = context.manifest
+    artifact = manifest.artifact(catalog.DUMP_ARTIFACT)
+    with context.clock.phase(context.phases, "fetch") as timing:
+        try:
+            stats = context.backup.hash_stored()
+        except ObjectNotFound:
+            return [Check(PRE, "object exists", artifact.key, "missing", False)]
+        timing.bytes = stats.size
+    return [
+        Check(PRE, "object exists", artifact.key, f"{stats.size} bytes", True),
+        _size_check(manifest, stats.size, context.recent),
+        Check(PRE, "stored sha256", artifact.sha256, stats.sha256, stats.sha256 == artifact.sha256),
+    ]
+
+
+def _size_check(manifest: Manifest, size: int, recent: Sequence[Manifest]) -> Check:
+    """Compare the object's size with the manifest and with the target's recent backups."""
+    expected_size = manifest.artifact(catalog.DUMP_ARTIFACT).size
+    others = [
+        m.artifact(catalog.DUMP_ARTIFACT).size
+        for m in recent
+        if m.id != manifest.id and any(a.name == catalog.DUMP_ARTIFACT for a in m.artifacts)
+    ][:RECENT_BACKUPS]
+    name = "size within recent range"
+    if size != expected_size:
+        return Check(PRE, name, f"{expected_size} bytes (manifest)", f"{size} bytes", False)
+    if not others:
+        return Check(PRE, name, "no earlier backup to compare with", f"{size} bytes", True)
+    low, high = min(others) / SIZE_FACTOR, max(others) * SIZE_FACTOR
+    return Check(
+        PRE,
+        name,
+        f"{int(low)}..{int(high)} bytes (recent {min(others)}..{max(others)})",
+        f"{size} bytes",
+        low <= size <= high,
+    )
+
+
+def pg_restore_version(context: PreCheckContext) -> list[Check]:
+    """A pg_restore whose major is at least the dump's is installed on the staging side."""
+    name = "pg_restore major >= dump's"
+    dump_major = context.backup.dump_major
+    try:
+        tool = context.backup.pg_restore()
+    except OpskitError as exc:
+        return [Check(PRE, name, dump_major, exc.message, False)]
+    return [Check(PRE, name, f">= {dump_major}", f"{tool.version} ({tool.path})", tool.major >= dump_major)]
+
+
+def decrypts_and_lists(context: PreCheckContext) -> list[Check]:
+    """Decrypt and decompress the whole object (phase ``decrypt``): plain sha256, then ``pg_restore --list``.
+
+    Raises ConfigError when the backup is encrypted and the configured identity cannot be
+    resolved (a configuration problem, not a property of the backup).
+    """
+    backup = context.backup
+    artifact = context.manifest.artifact(catalog.DUMP_ARTIFACT)
+    checks: list[Check] = []
+    with context.clock.phase(context.phases, "decrypt") as timing:
+        backup.identities  # noqa: B018 - resolve the identity here, so its failure is not a check's
+        try:
+            backup.check_can_decrypt()
+        except OpskitError as exc:
+            return [Check(PRE, "decrypts with the configured identity", "decrypts", exc.message, False)]
+        if artifact.encryption:
+            checks.append(
+                Check(PRE, "decrypts with the configured identity", "decrypts", "identity matches a recipient", True)
+            )
+        toc = TocReader(backup.pg_restore())
+        try:
+            with toc:
+                read = backup.read(catalog.DUMP_ARTIFACT, toc)
+        except OpskitError as exc:
+            checks.append(Check(PRE, "decrypt, decompress and plain sha256", artifact.plain_sha256, exc.message, False))
+            return checks
+        timing.bytes = read.plain.size
+    checks.append(Check(PRE, "decrypt, decompress and plain sha256", artifact.plain_sha256, read.plain.sha256, True))
+    checks.append(
+        Check(PRE, "pg_restore --list reads it", "a readable table of contents", toc.describe(), toc.readable)
+    )
+    return checks
+
+
+PRE_CHECKS: list[PreCheck] = [stored_object, pg_restore_version, decrypts_and_lists]
+
+
+def run_pre_checks(context: PreCheckContext, checks: list[Check]) -> bool:
+    """Run ``PRE_CHECKS`` in order, appending to ``checks``; stop at the first that fails.
+
+    Returns True when every check passed (the restore may go ahead).
+    """
+    for pre_check in PRE_CHECKS:
+        found = pre_check(context)
+        checks.extend(found)
+        if not all(c.ok for c in found):
+            return False
+    return all(c.ok for c in checks)
+
+
+# --------------------------------------------------------------------------- after restoring
+
+
+def _mismatch_lines(mismatches: Sequence[facts.RowMismatch | facts.FingerprintMismatch]) -> list[str]:
+    return [f"{m.table}: expected {m.expected}, got {m.actual}" for m in mismatches]
+
+
+def row_counts(context: PostCheckContext) -> list[Check]:
+    """Every table holds as many rows as the manifest counted inside pg_dump's snapshot."""
+    manifest, actual = context.manifest, context.actual
+    rows = facts.compare_rows(manifest.tables, actual.tables)
+    return [
+        Check(
+            POST,
+            "row counts",
+            f"{len(manifest.tables)} tables as in the manifest",
+            _mismatch_lines(rows) or f"{len(actual.tables)} tables match",
+            not rows,
+        )
+    ]
+
+
+def content_fingerprints(context: PostCheckContext) -> list[Check]:
+    """The fingerprinted tables' contents hash as in the manifest (no check when none was fingerprinted)."""
+    if not context.fingerprinted:
+        return []
+    prints = facts.compare_fingerprints(context.manifest.tables, context.actual.tables)
+    count = len(context.fingerprinted)
+    return [
+        Check(
+            POST,
+            "content fingerprints",
+            f"{count} tables as in the manifest",
+            _mismatch_lines(prints) or f"{count} tables match",
+            not prints,
+        )
+    ]
+
+
+def object_counts(context: PostCheckContext) -> list[Check]:
+    """The counts of each kind of object (views, functions, ...) are as in the manifest, when it has them."""
+    wanted = dict(context.manifest.objects)
+    if not wanted:
+        return []
+    have = {k: context.actual.objects.get(k) for k in wanted}
+    return [Check(POST, "object counts", wanted, have, have == wanted)]
+
+
+def no_invalid_indexes(context: PostCheckContext) -> list[Check]:
+    """Every index was built (none left invalid by a failed CREATE INDEX)."""
+    invalid = facts.invalid_indexes(context.conn)
+    return [Check(POST, "no invalid indexes", [], invalid, not invalid)]
+
+
+def no_unvalidated_constraints(context: PostCheckContext) -> list[Check]:
+    """Every constraint is validated (none left NOT VALID)."""
+    unvalidated = facts.unvalidated_constraints(context.conn)
+    return [Check(POST, "no unvalidated constraints", [], unvalidated, not unvalidated)]
+
+
+def sequences_at_columns(context: PostCheckContext) -> list[Check]:
+    """Every sequence is at or past the maximum of the column it feeds (the next insert will not collide)."""
+    count, lags = facts.sequence_lags(context.conn)
+    return [
+        Check(
+            POST,
+            "sequences at or past their columns",
+            f"{count} sequences >= max of their column",
+            [f"{lag.sequence}: last value {lag.last_value} < {lag.column} max {lag.column_max}" for lag in lags]
+            or f"{count} sequences ok",
+            not lags,
+        )
+    ]
+
+
+def migration_history(context: PostCheckContext) -> list[Check]:
+    """``flyway_schema_history`` is at the version the manifest recorded, with no failed migration."""
+    version = flyway_version.migration_version(context.conn)
+    failed = flyway_version.failed_migrations(context.conn)
+    recorded = context.manifest.migration_version
+    return [
+        Check(
+            POST,
+            "flyway_schema_history at the recorded version, no failed rows",
+            {"version": recorded, "failed": []},
+            {"version": version, "failed": failed},
+            version == recorded and not failed,
+        )
+    ]
+
+
+def smoke_queries(ctx: AppContext, settings: DrillSettings) -> list[Path]:
+    """Return the ``*.sql`` files of the checks directory (relative to the config file's directory)."""
+    directory = Path(settings.checks_dir)
+    if not directory.is_absolute() and ctx.config.source is not None:
+        directory = ctx.config.source.parent / directory
+    return sorted(directory.glob("*.sql")) if directory.is_dir() else []
+
+
+def smoke_query_checks(context: PostCheckContext) -> list[Check]:
+    """Run each operator's smoke query (``runbooks/checks/*.sql``) in its own transaction, in name order."""
+    context.conn.rollback()
+    return [_smoke(context.conn, path) for path in smoke_queries(context.ctx, context.settings)]
+
+
+def _smoke(conn: psycopg.Connection[Any], path: Path) -> Check:
+    """Run one smoke query; it must return exactly one row whose first column is true."""
+    name = f"smoke query {path.name}"
+    expected = "one row, first column true"
+    try:
+        with conn.cursor() as cur:
+            cur.execute(path.read_text(encoding="utf-8"))  # the operator's own SQL, run as written
+            rows = cur.fetchall() if cur.description else []
+    except (psycopg.Error, OSError) as exc:
+        return Check(POST, name, expected, f"error: {str(exc).strip()}", False)
+    finally:
+        conn.rollback()
+    ok = len(rows) == 1 and rows[0][0] is True
+    actual = f"{len(rows)} row(s)" + (f", first column {rows[0][0]!r}" if rows else "")
+    return Check(POST, name, expected, actual, ok)
+
+
+POST_CHECKS: list[PostCheck] = [
+    row_counts,
+    content_fingerprints,
+    object_counts,
+    no_invalid_indexes,
+    no_unvalidated_constraints,
+    sequences_at_columns,
+    migration_history,
+    smoke_query_checks,
+]
+
+
+def run_post_checks(
+    ctx: AppContext, settings: DrillSettings, manifest: Manifest, conn: psycopg.Connection[Any], checks: list[Check]
+) -> None:
+    """Read the restored database's facts on ``conn``, then run ``POST_CHECKS`` in order, appending to ``checks``.
+
+    Raises psycopg.Error when the restored database cannot be queried.
+    """
+    fingerprinted = [(t.schema, t.name) for t in manifest.tables if t.fingerprint]
+    tables = facts.list_tables(conn)
+    actual = facts.collect(conn, tables=tables, fingerprint_tables=[f"{s}.{n}" for s, n in fingerprinted])
+    conn.rollback()  # ends the transaction SET LOCAL needed
+    context = PostCheckContext(ctx, settings, manifest, conn, actual, fingerprinted)
+    for post_check in POST_CHECKS:
+        checks.extend(post_check(context))

@@ -1,0 +1,33 @@
+"""The outcome of one restore, shared by the streaming route (``restore``) and the parallel ones (``parallel``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opskit.catalog import Manifest
+from opskit.pg import facts
+
+
+@dataclass
+class RestoreResult:
+    """A finished restore: where it went, how long each phase took, and the row-count check."""
+
+    manifest: Manifest
+    storage: str
+    server: str  # the destination target's name ("--to" for an ad-hoc DSN)
+    database: str
+    created: bool
+    jobs: int
+    phases: dict[str, float] = field(default_factory=dict)
+    mismatches: list[facts.RowMismatch] = field(default_factory=list)
+    tables_checked: int = 0
+    pg_restore_errors: list[str] = field(default_factory=list)
+    bytes_restored: int = 0
+    route: str = "stream"  # "stream" (--jobs 1), "loader" or "spool" (see restore_parallel)
+    # Rows each table received, as PostgreSQL reported its COPYs ("schema.table" -> rows); loader route only.
+    rows_loaded: dict[str, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Return True when every table's row count matches the manifest."""
+        return not self.mismatches

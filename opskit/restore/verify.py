@@ -1,0 +1,230 @@
+"""``opskit backup verify``: prove a stored backup is intact, and record that it was checked.
+
+Levels of checking, per artifact:
+
+- ``stored`` (needs no key): stream the object, compare its size and sha256 with the manifest.
+- ``full`` (the artifact is not encrypted, or ``[encryption] identity`` is configured):
+  stream, decrypt and decompress it (``artifacts.read_artifact``), which checks the stored
+  and plain sizes and sha256s; the db artifact is also fed to ``pg_restore --list``, which
+  must read the archive's table of contents.
+
+The result is recorded as ``<target>/<id>/verify-<UTC time>.json`` (time, level, every
+check with expected and actual, verdict), pass or fail, so retention protects the newest
+verified backup and ``status`` can show it. Drills may record their verdict the same way
+with :func:`record_verification` (``kind="drill"``); retention honours both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from opskit import catalog
+from opskit.catalog import (
+    FAIL,
+    PASS,
+    Artifact,
+    Check,
+    Verification,
+    latest_verification,
+    newest_verified_id,
+    record_verification,
+    verify_key,
+)
+from opskit.context import AppContext
+from opskit.core.errors import (
+    ConfigError,
+    ObjectNotFound,
+    RestoreFailed,
+    VerificationFailed,
+    VerifyFailed,
+)
+from opskit.core.log import get_logger
+from opskit.pg.archive import TocReader
+from opskit.pipeline import Discard
+from opskit.plan import timeline
+from opskit.restore.reader import BackupReader, OpenedBackup
+
+log = get_logger(__name__)
+# The record types and their storage live in the catalog (the one owner of stored records);
+# they are re-exported here for callers that still import them from verify.
+__all__ = [
+    "FAIL",
+    "PASS",
+    "Check",
+    "Verification",
+    "VerifyReport",
+    "latest_verification",
+    "newest_verified_id",
+    "record_verification",
+    "run",
+    "verify_backup",
+    "verify_key",
+]
+
+
+@dataclass
+class VerifyReport:
+    """Every verification one run made."""
+
+    verifications: list[Verification] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Verification]:
+        """Return the verifications that failed."""
+        return [v for v in self.verifications if not v.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready report."""
+        return {"verifications": [v.to_dict() for v in self.verifications], "failed": len(self.failures)}
+
+
+# --------------------------------------------------------------------------- the action
+
+
+def run(
+    ctx: AppContext,
+    selector: str | None = None,
+    all_backups: bool = False,
+    target: str | None = None,
+    storage: str | None = None,
+) -> VerifyReport:
+    """Verify the backup ``selector`` names (id, prefix, default ``latest``), or all with ``all_backups``.
+
+    Checks the target's primary storage unless ``storage`` is given. Every result is
+    recorded next to its manifest (not in dry-run). Returns the VerifyReport; raises
+    VerifyFailed (exit 5) naming the artifact and check of each failure, ConfigError for
+    unknown names or backups, UnreachableError when no usable pg_restore exists.
+    """
+    target_config = ctx.target(target)
+    storage_name = storage or target_config.primary_storage
+    if storage_name not in target_config.storages:
+        raise ConfigError(
+            f"target '{target_config.name}' does not use storage '{storage_name}'",
+            hint=f"its storages: {', '.join(target_config.storages)}",
+        )
+    store = ctx.storage(storage_name)
+    if all_backups:
+        manifests = catalog.list_backups(store, target_config.name)
+    else:
+        manifests = [catalog.find_backup(store, target_config.name, selector or "latest", now=ctx.clock())]
+    reader = BackupReader(ctx, store, target_config.pg_bin_dir or ctx.config.tools.pg_bin_dir)
+    report = VerifyReport()
+    for manifest in manifests:
+        with structlog.contextvars.bound_contextvars(target=manifest.target, backup_id=manifest.id):
+            if timeline.is_future(manifest.snapshot_time, ctx.clock()):
+                log.warning(
+                    "future-dated backup", detail=timeline.describe_future(manifest.id, manifest.snapshot_time, ctx.clock())
+                )
+            verification = verify_backup(ctx, reader.open(manifest))
+            if not ctx.dry_run:
+                record_verification(store, verification)
+            report.verifications.append(verification)
+            failure = verification.first_failure
+            log.info(
+                "backup verified",
+                storage=storage_name,
+                level=verification.level,
+                verdict=verification.verdict,
+                failed_check=failure.name if failure else None,
+            )
+    if report.failures:
+        names = "; ".join(_failure_text(v) for v in report.failures)
+        raise VerifyFailed(
+            f"{len(report.failures)} of {len(report.verifications)} backup(s) failed verification: {names}",
+            hint="do not rely on these backups: restore another one or a copy from another storage",
+            report=report,
+        )
+    return report
+
+
+def _failure_text(verification: Verification) -> str:
+    check = verification.first_failure
+    if check is None:
+        return verification.backup_id
+    return (
+        f"backup {verification.backup_id} artifact '{check.subject}': {check.name} "
+        f"(expected {check.expected}, got {check.actual})"
+    )
+
+
+def verify_backup(ctx: AppContext, backup: OpenedBackup) -> Verification:
+    """Check every artifact of one opened backup and return the Verification (not yet recorded).
+
+    Mismatches become failed checks, not exceptions; StorageError, ConfigError (an unusable
+    identity) and UnreachableError (no usable pg_restore) propagate.
+    """
+    started = ctx.clock()
+    manifest = backup.manifest
+    checks: list[Check] = []
+    full = not manifest.encrypted or bool(backup.identities)
+    for artifact in manifest.artifacts:
+        if full:
+            checks.extend(_check_full(backup, artifact))
+        else:
+            checks.extend(_check_stored(backup, artifact))
+    verdict = PASS if checks and all(c.ok for c in checks) else FAIL
+    return Verification(
+        target=manifest.target,
+        backup_id=manifest.id,
+        storage=backup.storage.name,
+        time=started,
+        kind="verify",
+        level="full" if full else "stored",
+        verdict=verdict,
+        checks=tuple(checks),
+    )
+
+
+def _check_stored(backup: OpenedBackup, artifact: Artifact) -> list[Check]:
+    """Stream the object and compare its stored size and sha256 with the manifest."""
+    try:
+        stats = backup.hash_stored(artifact.name)
+    except ObjectNotFound:
+        return [_missing(artifact)]
+    return [
+        Check(artifact.name, "stored size", artifact.size, stats.size, artifact.size == stats.size),
+        Check(artifact.name, "stored sha256", artifact.sha256, stats.sha256, artifact.sha256 == stats.sha256),
+    ]
+
+
+def _check_full(backup: OpenedBackup, artifact: Artifact) -> list[Check]:
+    """Decrypt + decompress with both hashes checked; feed the db artifact to ``pg_restore --list``."""
+    if not backup.storage.exists(artifact.key):
+        return [_missing(artifact)]
+    toc: TocReader | None = None
+    try:
+        if artifact.name == catalog.DUMP_ARTIFACT:
+            toc = TocReader(backup.pg_restore())
+            with toc:
+                result = backup.read(artifact.name, toc)
+        else:
+            result = backup.read(artifact.name, Discard())
+    except ObjectNotFound:
+        return [_missing(artifact)]
+    except RestoreFailed as exc:
+        # No identity fits the recipients: the backup cannot be restored with this configuration.
+        return [Check(artifact.name, "decrypt with the configured identity", "decrypts", exc.message, False)]
+    except VerificationFailed as exc:
+        # read_artifact stops at the first problem; hash the stored bytes again so the record says
+        # whether the object itself changed or only its decoded content is wrong.
+        stored = _check_stored(backup, artifact)
+        detail = Check(artifact.name, "decrypt, decompress and plain sha256", "intact", exc.message, False)
+        return [*stored, detail] if all(c.ok for c in stored) else stored
+    checks = [
+        Check(artifact.name, "stored size", artifact.size, result.stored.size, True),
+        Check(artifact.name, "stored sha256", artifact.sha256, result.stored.sha256, True),
+        Check(artifact.name, "plain size", artifact.plain_size, result.plain.size, True),
+        Check(artifact.name, "plain sha256", artifact.plain_sha256, result.plain.sha256, True),
+    ]
+    if toc is not None:
+        checks.append(
+            Check(artifact.name, "pg_restore --list", "a readable table of contents", toc.describe(), toc.readable)
+        )
+    return checks
+
+
+def _missing(artifact: Artifact) -> Check:
+    return Check(artifact.name, "object exists", artifact.key, "missing", False)
