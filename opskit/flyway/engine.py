@@ -24,14 +24,13 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from opskit.config.migrations import MigrationSettings
-from opskit.core.errors import ConfigError, MigrationFailed, OpskitError, VerificationFailed
+from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
+from opskit.flyway.baseline import baseline_table, create_schemas
 from opskit.flyway.callbacks import CallbackRunner, load_callbacks
 from opskit.flyway.history import (
-    SCHEMA_DESCRIPTION,
     HistoryTable,
     NewRow,
     acquire_lock,
@@ -382,30 +381,7 @@ class Engine:
             )
 
     def _create_schemas(self) -> tuple[str, ...]:
-        if not self.settings.create_schemas or not self.settings.schemas:
-            return ()
-        missing = [s for s in self.settings.schemas if not self._schema_exists(s)]
-        if not missing:
-            return ()
-        with self.conn.transaction():
-            for schema in missing:
-                self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-            if not self.history.exists(self.conn):
-                self.history.create(self.conn)
-                self.history.insert(
-                    self.conn,
-                    NewRow(
-                        None,
-                        SCHEMA_DESCRIPTION,
-                        "SCHEMA",
-                        ",".join(quote_java(s) for s in missing),
-                        None,
-                        self.installed_by,
-                        0,
-                        True,
-                    ),
-                )
-        return tuple(missing)
+        return create_schemas(self.conn, self.history, self.settings, self.installed_by)
 
     def _describe(self, info: Info, elapsed_ms: int, transactional: bool) -> Applied:
         script = info.resolved.script  # type: ignore[union-attr]
@@ -537,68 +513,9 @@ class Engine:
         return report
 
     def _baseline_locked(self, version_text: str, description: str) -> BaselineReport:
-        try:
-            version = Version.parse(version_text)
-        except ValueError:
-            raise ConfigError(f"invalid baseline version '{version_text}'") from None
-        table = self.history.display
-        if not self.history.exists(self.conn):
-            with self.conn.transaction():
-                created_schema = False
-                if not self._schema_exists(self.schema):
-                    if not self.settings.create_schemas:
-                        raise ConfigError(
-                            f"Schema {quote_java(self.schema)} doesn't exist yet",
-                            hint="create it, or set migrations.create_schemas = true",
-                        )
-                    self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
-                    created_schema = True
-                self.history.create(
-                    self.conn,
-                    baseline=NewRow(
-                        version.text, description, "BASELINE", description, None, self.installed_by, 0, True
-                    ),
-                )
-                if created_schema:
-                    self.history.insert(
-                        self.conn,
-                        NewRow(
-                            None,
-                            SCHEMA_DESCRIPTION,
-                            "SCHEMA",
-                            quote_java(self.schema),
-                            None,
-                            self.installed_by,
-                            0,
-                            True,
-                        ),
-                    )
-            return BaselineReport(version.text, description, created=True)
-        rows = self.history.read(self.conn)
-        marker = next((r for r in rows[:2] if r.is_baseline), None)
-        if marker is not None:
-            if marker.parsed_version == version and marker.description == description:
-                return BaselineReport(version.text, description, created=False)
-            raise VerificationFailed(
-                f"Unable to baseline schema history table {table} with ({version.text},{description}) as it has "
-                f"already been baselined with ({marker.version},{marker.description})\nNeed to reset your "
-                "baseline? Learn more: https://rd.gt/3CdwkXD",
-            )
-        if any(r.type == "SCHEMA" for r in rows) and version == Version.parse("0"):
-            raise VerificationFailed(
-                f"Unable to baseline schema history table {table} with version 0 as this "
-                "version was used for schema creation"
-            )
-        if any(not r.is_synthetic for r in rows):
-            raise VerificationFailed(
-                f"Unable to baseline schema history table {table} as it already contains migrations"
-            )
-        if not rows:
-            raise VerificationFailed(
-                f"Unable to baseline schema history table {table} as it already exists, and is empty.\nDelete the "
-                "schema history table with the clean command, and run baseline again."
-            )
-        raise VerificationFailed(f"Unable to baseline schema history table {table} as it already contains migrations")
+        return baseline_table(
+            self.conn, self.history, self.settings, self.schema, self.installed_by, version_text, description
+        )
 
     # ------------------------------------------------------------------ repair
 

@@ -366,10 +366,17 @@ def parse_name(filename: str, naming: Naming = Naming()) -> ParsedName | str:
         return f"the name must start with '{naming.versioned_prefix}' or '{naming.repeatable_prefix}' (case-sensitive)"
     if prefix == "B" and prefix not in (naming.versioned_prefix, naming.repeatable_prefix):
         return "baseline migration"
-    if prefix == "U" and prefix not in (naming.versioned_prefix, naming.repeatable_prefix):
-        return "undo migration"
     rest = stem[len(prefix) :]
     version_text, found, raw_description = rest.partition(naming.separator)
+    if prefix == "U" and prefix not in (naming.versioned_prefix, naming.repeatable_prefix):
+        # An undo script names the version it undoes; "Upgrade.sql" is just a bad name.
+        try:
+            Version.parse(version_text)
+        except ValueError:
+            return (
+                f"the name must start with '{naming.versioned_prefix}' or '{naming.repeatable_prefix}' (case-sensitive)"
+            )
+        return "undo migration"
     description = raw_description.replace("_", " ") if found else ""
     if prefix == naming.repeatable_prefix:
         if version_text:

@@ -10,7 +10,7 @@ import pytest
 
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError
-from opskit.flyway.scripts import abbreviate_description, discover
+from opskit.flyway.scripts import abbreviate_description, discover, parse_name
 from tests.databases import run_sql
 from tests.flyway.test_engine import ROWS, flyway_checksum
 from tests.migrate.support import engine_for, query
@@ -94,6 +94,7 @@ def test_undo_scripts_are_ignored_as_flyway_community_ignores_them_not_called_ba
     found = discover([root], validate_naming=True)  # would raise if U1__ were a bad name
     assert found.invalid == ()
     assert [p.name for p in found.undo] == ["U1__t.sql"]
+    assert parse_name("Upgrade.sql") == "the name must start with 'V' or 'R' (case-sensitive)"
 
     with engine_for(migrate_db, MigrationSettings(locations=(str(root),), validate_migration_naming=True)) as engine:
         engine.migrate()
