@@ -9,10 +9,11 @@ PYTEST_ARGS ?=
 
 .PHONY: venv tools postgres demo test lint clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the versions the suite passed with (see its header).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

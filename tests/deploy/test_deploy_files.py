@@ -70,7 +70,7 @@ def test_the_dockerfile_is_multi_stage_non_root_and_ships_the_tools() -> None:
     healthcheck = [rest for word, rest in instructions if word == "HEALTHCHECK"][-1]
     assert "/livez" in healthcheck
     text = (REPO / "Dockerfile").read_text()
-    assert 'PG_MAJORS="13 14 15 16 17"' in text
+    assert 'PG_MAJORS="13 14 15 16 17 18"' in text
     assert "postgresql-client-%s" in text and "pgdg" in text
     assert re.search(r"install .*\bage zstd\b", text)
 
