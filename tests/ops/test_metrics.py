@@ -1,4 +1,4 @@
-"""Metrics computed from the stored catalog, with the names of the operations spec."""
+"""Metrics computed from the stored catalog, with the names of docs/operations.md §5."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ SPEC_NAMES = {
     "opskit_backup_runs_total",
     "opskit_backup_copy_last_success_timestamp_seconds",
     "opskit_backups_retained",
+    "opskit_backups_future_dated",
     "opskit_drill_last_success_timestamp_seconds",
     "opskit_drill_last_result",
     "opskit_drill_estimated_rto_seconds",

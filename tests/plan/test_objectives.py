@@ -1,4 +1,4 @@
-"""RPO/RTO math (operations spec, section 2) with a fixed clock."""
+"""RPO/RTO math (docs/operations.md §2) with a fixed clock."""
 
 from __future__ import annotations
 
