@@ -174,3 +174,25 @@ def test_two_callbacks_with_one_name_in_two_locations_are_an_error(tmp_path: Pat
         (tmp_path / folder / "afterMigrate.sql").write_text("SELECT 1;\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="Found more than 1 SQL callback script called afterMigrate!"):
         load_callbacks([tmp_path / "one/afterMigrate.sql", tmp_path / "two/afterMigrate.sql"], MigrationSettings())
+
+
+def test_per_migration_callbacks_of_a_non_transactional_migration_share_its_session_in_autocommit(
+    migrate_db: str, scripts_dir: Callable[..., Path]
+) -> None:
+    run_sql(migrate_db, "CREATE SCHEMA cb; CREATE TABLE cb.x (id int)")
+    v1 = "CREATE INDEX CONCURRENTLY x_id ON cb.x (id);\n"
+    root = scripts_dir(
+        {
+            "V1__index.sql": v1,
+            "beforeEachMigrate.sql": "SET application_name = 'from_callback';\n",
+            "afterEachMigrate.sql": "CREATE TABLE cb.seen AS SELECT current_setting('application_name') AS app;\n",
+        }
+    )
+    with engine_for(migrate_db, MigrationSettings(locations=(str(root),))) as engine:
+        report = engine.migrate()
+    assert [(a.script, a.transactional) for a in report.applied] == [("V1__index.sql", False)]
+    assert query(migrate_db, "SELECT app FROM cb.seen") == [("from_callback",)]
+    assert query(migrate_db, "SELECT indexname FROM pg_indexes WHERE tablename = 'x'") == [("x_id",)]
+    assert query(migrate_db, ROWS.format(HISTORY)) == [
+        (1, "1", "index", "SQL", "V1__index.sql", flyway_checksum(v1), "postgres", True, True),
+    ]
