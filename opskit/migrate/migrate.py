@@ -144,10 +144,14 @@ def run(
         # Flyway would apply the migrations before the refused one and fail there; opskit applies
         # none, before any backup is taken (docs/migrations.md, "Choices where opskit differs").
         raise refusal_error(plan)
-    if dry_run or not plan.applied:
-        if not plan.applied:
-            say("nothing to migrate: the schema is up to date")
+    if not plan.applied:
+        say("nothing to migrate: the schema is up to date")
+    if dry_run:
         return MigrateOutcome(name, plan)
+    if not plan.applied:
+        # Run anyway, without a backup: Flyway fires beforeMigrate/afterMigrate callbacks when
+        # nothing is pending too, and teams rely on that to refresh grants on every deploy.
+        return MigrateOutcome(name, runner.migrate(target_config, on_applied=on_applied))
 
     outcome = MigrateOutcome(name, plan)
     manifest = None

@@ -51,3 +51,19 @@ def test_a_failing_migration_exits_4_and_after_migrate_error_has_run(
         (None, "migrate_failed")
     ]
     assert query(migrate_db, "SELECT count(*) FROM flyway_schema_history") == [(0,)]
+
+
+def test_after_migrate_runs_on_every_deploy_even_when_nothing_is_pending(
+    migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    run_sql(migrate_db, "CREATE SCHEMA cb; CREATE TABLE cb.deploys (n serial)")
+    scripts_dir(
+        {"V1__a.sql": "CREATE TABLE a (id int);\n", "afterMigrate.sql": "INSERT INTO cb.deploys DEFAULT VALUES;\n"}
+    )
+    config = write_config(tmp_path, migrate_db)
+    first = opskit(config, "migrate")
+    second = opskit(config, "migrate")
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
+    assert "up to date" in second.stdout
+    assert query(migrate_db, "SELECT count(*) FROM cb.deploys") == [(2,)]
+    assert query(migrate_db, "SELECT version FROM flyway_schema_history") == [("1",)]
