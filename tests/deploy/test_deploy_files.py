@@ -120,8 +120,8 @@ def test_the_kubernetes_examples_have_probes_secrets_and_a_forbid_cronjob() -> N
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert any(volume.get("secret", {}).get("secretName") == "opskit" for volume in volumes)
-    (cronjob,) = load_yaml_documents(DEPLOY / "k8s" / "cronjob.yaml")
-    assert cronjob["kind"] == "CronJob" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    cronjobs = load_yaml_documents(DEPLOY / "k8s" / "cronjob.yaml")
+    assert all(job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid" for job in cronjobs)
 
 
 def test_the_configs_and_jobs_shipped_in_the_examples_are_valid() -> None:
