@@ -265,7 +265,7 @@ def _dump_and_commit(
     facts_thread = _FactsThread(target, snapshot_id)
     facts_thread.start()
     phases: dict[str, float] = {}
-    with connection.password_env(target) as env:
+    with connection.password_env(target, ctx.state_dir) as env:
         dump_argv = commands.pg_dump_argv(pre.pg_dump, target, snapshot=snapshot_id)
         phase_start = time.monotonic()
         dump = _store_tool_output(

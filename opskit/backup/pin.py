@@ -106,7 +106,7 @@ def _resolve(
     first_error: ConfigError | None = None
     for name in names:
         try:
-            manifest = catalog.find_backup(ctx.storage(name), target_config.name, selector)
+            manifest = catalog.find_backup(ctx.storage(name), target_config.name, selector, now=ctx.clock())
             break
         except ConfigError as exc:
             first_error = first_error or exc

@@ -8,7 +8,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from opskit.catalog.layout import FORMAT_VERSION, backup_prefix, format_time, parse_time
+from opskit.catalog.layout import (
+    DUMP_ARTIFACT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PIN_NAME,
+    backup_prefix,
+    format_time,
+    is_verify_name,
+    parse_time,
+    split_backup_key,
+)
 from opskit.core.errors import ManifestError
 from opskit.pg.facts import TableFacts
 
@@ -131,6 +141,7 @@ class Manifest:
                 raise ManifestError(f"manifest table entry '{table.schema}.{table.name}' is malformed")
         if manifest.migration_version is not None and not isinstance(manifest.migration_version, str):
             raise ManifestError("manifest field 'migration_version' is not a string")
+        _check_content(manifest)
         return manifest
 
     @classmethod
@@ -160,6 +171,52 @@ _TABLE_TYPES: dict[str, tuple[type, ...]] = {
     "rows": (int,),
     "fingerprint": (str, type(None)),
 }
+
+
+def _check_content(manifest: Manifest) -> None:
+    """Check what later code relies on, beyond types. Raises ManifestError naming the field.
+
+    A manifest is the commit marker, so it must describe a backup that can be restored from
+    its own objects: a ``db`` artifact, every key inside ``<target>/<id>/`` (a key into another
+    backup's folder would restore that backup's data, and pruning it would break this one),
+    sizes that are counts, and tool versions of the shape ``dump_major`` reads.
+    """
+    names = [a.name for a in manifest.artifacts]
+    if DUMP_ARTIFACT not in names:
+        raise ManifestError(f"manifest field 'artifacts' has no '{DUMP_ARTIFACT}' artifact: the backup has no dump")
+    if len(set(names)) != len(names):
+        raise ManifestError("manifest field 'artifacts' names an artifact twice")
+    for artifact in manifest.artifacts:
+        field_path = f"artifacts.{artifact.name}"
+        parts = split_backup_key(artifact.key)
+        if parts is None or parts[:2] != (manifest.target, manifest.id) or not _is_artifact_name(parts[2]):
+            raise ManifestError(
+                f"manifest field '{field_path}.key' ({artifact.key!r}) is not an object of this backup "
+                f"(expected a name under '{manifest.prefix}/')"
+            )
+        for size_field in ("size", "plain_size"):
+            if getattr(artifact, size_field) < 0:
+                raise ManifestError(f"manifest field '{field_path}.{size_field}' is negative")
+    for table in manifest.tables:
+        if table.rows < 0:
+            raise ManifestError(f"manifest field 'tables.{table.schema}.{table.name}.rows' is negative")
+    for tool in ("pg_dump", "pg_dumpall"):
+        if tool not in manifest.tools:
+            continue
+        entry = manifest.tools[tool]
+        if not isinstance(entry, dict):
+            raise ManifestError(f"manifest field 'tools.{tool}' is not an object")
+        major = entry.get("major")  # absent: any client tool is tried (dump_major returns 0)
+        if major is not None and (isinstance(major, bool) or not isinstance(major, int) or major < 0):
+            raise ManifestError(f"manifest field 'tools.{tool}.major' is not a non-negative integer")
+    server_major = manifest.server.get("major")
+    if server_major is not None and (isinstance(server_major, bool) or not isinstance(server_major, int)):
+        raise ManifestError("manifest field 'server.major' is not an integer")
+
+
+def _is_artifact_name(name: str) -> bool:
+    """Return True for an object name that may hold an artifact (not another record of the backup)."""
+    return name not in (MANIFEST_NAME, PIN_NAME, ".", "..") and not is_verify_name(name)
 
 
 def _fields_have_types(item: Any, types: Mapping[str, tuple[type, ...]]) -> bool:

@@ -10,7 +10,8 @@ Layout, relative to the storage prefix::
     <target>/drills/<drill_id>.json / .md         drill reports
 
 A backup exists when its manifest exists. Retention and "latest" use the times recorded
-in manifests, never object names or storage timestamps. The other records have a module
+in manifests, never object names or storage timestamps; "latest" is the newest backup
+that is not future-dated (:mod:`opskit.plan.timeline` decides, against the injected clock). The other records have a module
 each: ``pins``, ``verifications``, ``drills``.
 """
 
@@ -19,11 +20,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 from opskit.catalog.layout import MANIFEST_NAME, is_backup_id, manifest_key
 from opskit.catalog.manifest import Manifest
+from opskit.core.clock import utc_now
 from opskit.core.errors import ConfigError, ManifestError, ObjectNotFound
+from opskit.core.log import get_logger
+from opskit.plan import timeline
 from opskit.storage.base import Storage
+
+log = get_logger(__name__)
 
 LIST_CONCURRENCY = 16  # manifests read at once by list_backups
 
@@ -93,19 +100,40 @@ def list_backups(storage: Storage, target: str | None = None, bad: list[BadManif
     return manifests
 
 
-def find_backup(storage: Storage, target: str, selector: str) -> Manifest:
+def latest_backup(backups: list[Manifest], now: datetime) -> Manifest | None:
+    """Return the newest of ``backups`` (newest first) that is not future-dated at ``now``, or None.
+
+    A future-dated backup (a host with a wrong clock) is skipped with a warning: its age is
+    unknown, so it must not stand for "latest" in restores, drills or verify.
+    """
+    for manifest in backups:
+        if not timeline.is_future(manifest.snapshot_time, now):
+            return manifest
+        log.warning(
+            "future-dated backup skipped as latest",
+            backup_id=manifest.id,
+            detail=timeline.describe_future(manifest.id, manifest.snapshot_time, now),
+        )
+    return None
+
+
+def find_backup(storage: Storage, target: str, selector: str, now: datetime | None = None) -> Manifest:
     """Return the backup ``selector`` names: an id, a unique id prefix, or ``latest``.
 
-    Raises ConfigError when nothing (or more than one backup) matches.
+    ``latest`` is the newest backup that is not future-dated at ``now`` (the caller's
+    injected clock; the system clock when None). Raises ConfigError when nothing (or more
+    than one backup) matches.
     """
     if selector == "latest":
         backups = list_backups(storage, target)
-        if not backups:
+        newest = latest_backup(backups, now if now is not None else utc_now())
+        if newest is None:
+            detail = f" (only {len(backups)} future-dated: fix the clock of the host that took them)" if backups else ""
             raise ConfigError(
-                f"target '{target}' has no backups in storage '{storage.name}'",
+                f"target '{target}' has no backups in storage '{storage.name}'{detail}",
                 hint="take one with 'opskit backup now'",
             )
-        return backups[0]
+        return newest
     if is_backup_id(selector):
         try:
             return read_manifest(storage, target, selector)

@@ -14,6 +14,7 @@ from opskit.cli.render import echo_json, echo_table
 from opskit.context import AppContext
 from opskit.core.errors import CopyFailed
 from opskit.core.units import format_duration, format_size
+from opskit.plan.timeline import is_future
 
 
 @click.group("backup")
@@ -78,13 +79,13 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
         config = app.target(name)
         storage_name = storage or config.primary_storage
         rows.extend((storage_name, m) for m in list_backups(app.storage(storage_name), name))
+    now = app.clock()
     if as_json:
-        echo_json([m.to_dict() | {"storage": s} for s, m in rows])
+        echo_json([m.to_dict() | {"storage": s, "future_dated": is_future(m.snapshot_time, now)} for s, m in rows])
         return
     if not rows:
         click.echo("no backups" + (f" of target '{target}'" if target else ""))
         return
-    now = app.clock()
     table: list[list[Any]] = []
     for storage_name, m in rows:
         table.append(
@@ -92,7 +93,8 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
                 m.id,
                 m.target,
                 format_time(m.snapshot_time),
-                format_duration(now - m.snapshot_time),
+                # A wrong host clock: say so instead of a negative age (never picked as "latest").
+                "FUTURE-DATED" if is_future(m.snapshot_time, now) else format_duration(now - m.snapshot_time),
                 format_size(m.size),
                 storage_name,
                 ",".join(m.labels),

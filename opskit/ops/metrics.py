@@ -14,6 +14,10 @@ Where a stored fact comes from:
 - ``opskit_backup_copy_last_success_timestamp_seconds``: per secondary storage, when the
   newest manifest there was written (the storage's mtime: a copy commits by writing it);
 - ``opskit_backups_retained``: complete backups per storage;
+- ``opskit_backups_future_dated``: backups per storage whose snapshot time is beyond
+  ``timeline.CLOCK_SKEW`` ahead of the clock (a host with a wrong clock); they are never
+  "the newest", so ``time() - opskit_backup_last_recovery_point_timestamp_seconds`` stays
+  true (alert on ``opskit_backups_future_dated > 0``);
 - drill gauges: the newest drill report in any of the target's storages, as the catalog
   reads it (``catalog.DrillRecord``);
 - ``opskit_storage_up``: 1 when the storage could be listed, 0 otherwise.
@@ -48,6 +52,7 @@ from opskit.catalog import (
 )
 from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
+from opskit.plan import timeline
 from opskit.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -114,6 +119,12 @@ class Metrics:
             ["target", "storage"],
             registry=r,
         )
+        self.backups_future_dated = Gauge(
+            "opskit_backups_future_dated",
+            "Backups in a storage dated beyond the clock skew allowance in the future (a wrong host clock).",
+            ["target", "storage"],
+            registry=r,
+        )
         self.drill_last_success = Gauge(
             "opskit_drill_last_success_timestamp_seconds",
             "When the newest passing restore drill finished (Unix time).",
@@ -173,10 +184,13 @@ class Metrics:
         for result in RUN_RESULTS:
             self.backup_runs.labels(target=name, result=result)  # export zeros so rate() works at once
         drills: list[DrillRecord] = []
+        now = ctx.clock()
         for index, storage_name in enumerate(target.storages):
             try:
                 storage = ctx.storage(storage_name)
-                backups = self._backups(storage, name)
+                every = self._backups(storage, name)
+                future = timeline.future(every, now)
+                backups = timeline.present(every, now)  # a future-dated backup is never "the newest"
                 if index > 0:
                     copied = _manifest_mtime(storage, backups[0]) if backups else None
                 drills.extend(list_drills(storage, name))
@@ -185,7 +199,8 @@ class Metrics:
                 self.storage_up.labels(storage=storage_name).set(0)
                 continue
             self.storage_up.labels(storage=storage_name).set(1)
-            self.backups_retained.labels(target=name, storage=storage_name).set(len(backups))
+            self.backups_retained.labels(target=name, storage=storage_name).set(len(every))
+            self.backups_future_dated.labels(target=name, storage=storage_name).set(len(future))
             if index == 0:
                 self._set_backup(name, backups[0] if backups else None)
             elif copied is not None:

@@ -33,7 +33,7 @@ from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, ConfigError, LockHeld, OpskitError, PruneFailed
 from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
-from opskit.plan import retention
+from opskit.plan import retention, timeline
 from opskit.storage.base import IncompleteUploads, ObjectInfo, Storage
 
 log = get_logger(__name__)
@@ -208,7 +208,8 @@ def _plan_and_delete(
     for item in bad:
         log.warning("unreadable manifest left alone", backup_id=item.backup_id, error=item.error)
     keys = [info.key for info in store.list(f"{target}/")]
-    verified = catalog.newest_verified_id(store, target, backups)
+    # A future-dated backup cannot be the "newest verified" floor: its age is unknown.
+    verified = catalog.newest_verified_id(store, target, timeline.present(backups, now))
     result.plan = retention.plan(
         backups,
         policy,
@@ -217,10 +218,12 @@ def _plan_and_delete(
         verified=frozenset({verified}) if verified else frozenset(),
     )
     doomed = [d.id for d in result.plan.deleted]
-    if backups and len(doomed) == len(backups):
+    if result.plan.deletes_every_present_backup:
         # The plan's min_keep and "newest verified" rules should make this impossible; refuse anyway.
+        # A future-dated backup is kept but does not count: it cannot stand in for the last real one.
         raise BackupFailed(
-            f"the plan would delete all {len(backups)} backups of '{target}' in storage '{store.name}'; "
+            f"the plan would delete all {len(doomed)} backups of '{target}' in storage '{store.name}' "
+            "that are not future-dated; "
             "refusing to delete the last good backup",
             hint="check the retention policy (min_keep >= 1) and the clock",
         )

@@ -10,7 +10,9 @@ For each target (every target that is not another's staging target, or the one a
 - the last verification record and the last drill (verdict, measured and estimated RTO).
 
 Breached (exit 6): the current RPO is above the target, the backup interval alone exceeds it,
-or the last drill's estimated RTO is above the RTO target. A worst-over-7-days above the target
+the last drill's estimated RTO is above the RTO target, or a backup is future-dated (its
+snapshot time is beyond ``timeline.CLOCK_SKEW`` ahead of the clock: a host with a wrong
+clock). A future-dated backup is never "the newest": the RPO is measured without it. A worst-over-7-days above the target
 with a current RPO within it is a warning: it happened, and it is shown, but it is over.
 """
 
@@ -27,7 +29,7 @@ from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import ObjectiveBreached, OpskitError
 from opskit.core.log import get_logger
-from opskit.plan import objectives
+from opskit.plan import objectives, timeline
 from opskit.storage.base import Storage
 
 log = get_logger(__name__)
@@ -77,6 +79,7 @@ class TargetStatus:
     last_verify: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
     rto: objectives.RtoAssessment | None = None
+    future: list[Manifest] = field(default_factory=list)  # future-dated backups, newest first
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -87,7 +90,7 @@ class TargetStatus:
     @property
     def breaches(self) -> list[str]:
         """Return one plain sentence per breached objective."""
-        found = []
+        found = [f"clock: {timeline.describe_future(m.id, m.snapshot_time, self.now)}" for m in self.future]
         if self.rpo.breached or self.rpo.schedule_too_sparse:
             found.append(f"RPO: {self.rpo.explain()}")
         if self.rto is not None and self.rto.status == objectives.BREACHED:
@@ -140,6 +143,9 @@ class TargetStatus:
                 "target_seconds": self.rto.target.total_seconds(),
                 "status": self.rto.status,
             },
+            "future_dated": [
+                {"id": m.id, "snapshot_time": catalog.format_time(m.snapshot_time)} for m in self.future
+            ],
             "breaches": self.breaches,
             "warnings": self.warnings,
         }
@@ -165,7 +171,8 @@ class StatusReport:
         if self.breaches:
             raise ObjectiveBreached(
                 "objective breached: " + "; ".join(self.breaches),
-                hint="take a backup now, and schedule backups at least as often as the RPO target",
+                hint="take a backup now, schedule backups at least as often as the RPO target, "
+                "and fix the clock of any host named above",
             )
 
     def raise_for_outcome(self) -> None:
@@ -215,21 +222,24 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
             continue
         opened[name] = store
         state.backups = len(backups)
-        if backups:
-            state.newest_id, state.newest_time = backups[0].id, backups[0].snapshot_time
+        newest_here = catalog.latest_backup(backups, now)
+        if newest_here is not None:
+            state.newest_id, state.newest_time = newest_here.id, newest_here.snapshot_time
         for manifest in backups:
             by_id.setdefault(manifest.id, manifest)
             held.setdefault(manifest.id, []).append(name)
-    points = [objectives.BackupPoint(m.snapshot_time, m.finished_at) for m in by_id.values()]
+    present = timeline.present(by_id.values(), now)
+    points = [objectives.BackupPoint(m.snapshot_time, m.finished_at) for m in present]
     status = TargetStatus(
         target=target.name,
         now=now,
         rpo=objectives.assess_rpo(points, now, ctx.config.objectives.rpo, RPO_WINDOW),
         rto_target=ctx.config.objectives.rto,
         storages=states,
+        future=sorted(timeline.future(by_id.values(), now), key=lambda m: (m.snapshot_time, m.id), reverse=True),
     )
-    if by_id:
-        newest = max(by_id.values(), key=lambda m: (m.snapshot_time, m.id))
+    if present:
+        newest = max(present, key=lambda m: (m.snapshot_time, m.id))
         status.newest = newest
         status.holders = held[newest.id]
         configs = [ctx.storage_config(name) for name in status.holders]

@@ -1,17 +1,17 @@
 """Connections to a target's server: password-free conninfo, connect, server facts, PGPASSFILE.
 
 A target's password never reaches a client tool's argv or environment: :func:`password_env`
-writes it to a temporary 0600 PGPASSFILE for the tool's lifetime. Command lines are built in
+writes it to a temporary 0600 PGPASSFILE in ``<tools.state_dir>/pgpass/`` for the tool's lifetime. Command lines are built in
 :mod:`opskit.pg.commands`, tools chosen in :mod:`opskit.pg.tools`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from opskit.config.model import TargetConfig
 from opskit.core.errors import ConfigError, UnreachableError
 from opskit.core.redaction import redact_text
+from opskit.pg import passfiles
 
 # --------------------------------------------------------------------------- connections
 
@@ -162,25 +163,20 @@ def _escape_pgpass(value: str) -> str:
 
 
 @contextmanager
-def password_env(target: TargetConfig) -> Iterator[dict[str, str]]:
+def password_env(target: TargetConfig, state_dir: Path) -> Iterator[dict[str, str]]:
     """Yield extra environment for a client tool: a temporary 0600 PGPASSFILE when a password is set.
 
-    The file is removed when the block exits, whatever happens. The password never
-    appears in argv or in the child's environment.
+    The file lives in ``<state_dir>/pgpass/`` (0700, :mod:`opskit.pg.passfiles`) and is
+    removed when the block exits, whatever happens; a killed run's file is swept by the
+    next run. The password never appears in argv or in the child's environment. Raises
+    ConfigError when that directory cannot be prepared.
     """
     secret = password(target)
     if not secret:
         yield {}
         return
-    fd, path = tempfile.mkstemp(prefix="opskit-pgpass-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"*:*:*:*:{_escape_pgpass(secret)}\n")
-        yield {"PGPASSFILE": path}
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(path)
+    with passfiles.password_file(f"*:*:*:*:{_escape_pgpass(secret)}\n", state_dir) as path:
+        yield {"PGPASSFILE": str(path)}
 
 
 def database_of(target: TargetConfig) -> str:

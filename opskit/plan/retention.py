@@ -17,11 +17,12 @@ every reason, following restic's ``forget`` (``internal/restic/snapshot_policy.g
 - Always kept: the ``min_keep`` newest backups, every pinned backup, and the newest backup
   that passed a verification or a drill.
 
-Future-dated backups (snapshot time after ``now``, i.e. taken by a host whose clock was
-ahead) are always kept, reason ``"future-dated"``, and take no part in the rules: their
-age is unknown, so deleting them could lose the newest data, and counting them would let
-one bad clock push real backups out of ``keep_last``/``min_keep``. An operator removes
-them by hand once the clock is fixed.
+Future-dated backups (snapshot time more than ``timeline.CLOCK_SKEW`` after ``now``, i.e.
+taken by a host whose clock was ahead) are always kept, reason ``"future-dated"``, and take
+no part in the rules: their age is unknown, so deleting them could lose the newest data,
+and counting them would let one bad clock push real backups out of ``keep_last``/``min_keep``.
+Nor do they count for "never delete everything": :attr:`Plan.deletes_every_present_backup`
+ignores them. An operator removes them by hand once the clock is fixed.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from opskit.config.retention import COUNT_RULES, RetentionPolicy
 from opskit.core.units import format_span
+from opskit.plan import timeline
 
-if TYPE_CHECKING:
-    pass
 FUTURE = "future-dated"
 MIN_KEEP = "min_keep"
 PINNED = "pinned"
@@ -90,6 +90,16 @@ class Plan:
         """Return the decisions that delete a backup, newest first."""
         return tuple(d for d in self.decisions if not d.keep)
 
+    @property
+    def deletes_every_present_backup(self) -> bool:
+        """Return True when the plan deletes every backup that is not future-dated (and there is one).
+
+        The "never delete everything" floor: a future-dated backup is kept but cannot stand
+        in for the last real one, since its age (and so whether it is usable) is unknown.
+        """
+        present = [d for d in self.decisions if FUTURE not in d.reasons]
+        return bool(present) and not any(d.keep for d in present)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready plan: now, policy, decisions, counts."""
         return {
@@ -123,8 +133,8 @@ def plan(
     ordered = sorted(backups, key=lambda b: (_aware(b).snapshot_time, b.id), reverse=True)
     reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
 
-    future = [b for b in ordered if b.snapshot_time > now]
-    past = [b for b in ordered if b.snapshot_time <= now]
+    future = timeline.future(ordered, now)
+    past = timeline.present(ordered, now)
     for backup in future:
         reasons[backup.id].append(FUTURE)
 

@@ -116,7 +116,8 @@ def run(
         with structlog.contextvars.bound_contextvars(target=manifest.target, backup_id=manifest.id):
             if timeline.is_future(manifest.snapshot_time, ctx.clock()):
                 log.warning(
-                    "future-dated backup", detail=timeline.describe_future(manifest.id, manifest.snapshot_time, ctx.clock())
+                    "future-dated backup",
+                    detail=timeline.describe_future(manifest.id, manifest.snapshot_time, ctx.clock()),
                 )
             verification = verify_backup(ctx, reader.open(manifest))
             if not ctx.dry_run:

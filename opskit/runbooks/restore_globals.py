@@ -39,7 +39,7 @@ def run(
     """
     source = ctx.target(target)
     storage_name = storage or source.primary_storage
-    manifest = catalog.find_backup(ctx.storage(storage_name), source.name, backup)
+    manifest = catalog.find_backup(ctx.storage(storage_name), source.name, backup, now=ctx.clock())
     # Roles and tablespaces are cluster-wide; the target's own database may not exist yet on a new server.
     server = ctx.target(to)
     maintenance = dataclasses.replace(server, dsn=make_conninfo(server.dsn, dbname="postgres"))

@@ -174,6 +174,7 @@ class LocalStorage:
         Returns the keys they were meant for, as the S3 backend does for multipart uploads.
         """
         removed: builtins_list[str] = []
+        emptied: set[Path] = set()
         if not self.root.is_dir():
             return removed
         for dirpath, _dirnames, filenames in os.walk(self.root):
@@ -194,7 +195,30 @@ class LocalStorage:
                 removed.append(str(Path(key).parent / final_name))
                 if not dry_run:
                     path.unlink(missing_ok=True)
+                    emptied.add(path.parent)
+        if not dry_run:
+            self._remove_empty_dirs(prefix, older_than, emptied)
         return removed
+
+    def _remove_empty_dirs(self, prefix: str, older_than: datetime, emptied: set[Path]) -> None:
+        """Remove empty directories under ``prefix`` last changed before ``older_than`` (deepest first).
+
+        A killed run can leave its backup folder empty (made, then killed before a file landed, or
+        holding only a temp file removed above); object stores have no folders, a disk does. The
+        age check spares a folder a writer has just made (``emptied``: folders whose old temp
+        files were just removed, so their own time is now); rmdir refuses a non-empty one.
+        """
+        for dirpath, _dirnames, _filenames in os.walk(self.root, topdown=False):
+            path = Path(dirpath)
+            if path == self.root or not (path.relative_to(self.root).as_posix() + "/").startswith(prefix):
+                continue
+            try:
+                if path not in emptied and datetime.fromtimestamp(path.stat().st_mtime, UTC) >= older_than:
+                    continue
+                path.rmdir()
+            except OSError:
+                continue  # not empty, or gone already
+
 
     def exists(self, key: str) -> bool:
         """Return True when the file exists."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -101,3 +102,73 @@ def test_a_backup_is_found_by_id_prefix_or_latest(storage: Storage) -> None:
         find_backup(storage, "app", "2026112")
     with pytest.raises(ConfigError, match="no backup"):
         find_backup(storage, "app", "1999")
+
+
+def test_latest_skips_a_future_dated_backup_and_an_explicit_id_still_finds_it(storage: Storage) -> None:
+    real, ahead = manifest(T0), manifest(T0 + timedelta(days=365))
+    for m in (real, ahead):
+        write_manifest(storage, m)
+
+    assert find_backup(storage, "app", "latest", now=T0 + timedelta(hours=1)).id == real.id
+    assert find_backup(storage, "app", ahead.id, now=T0).id == ahead.id
+
+
+def test_latest_with_only_future_dated_backups_says_so(storage: Storage) -> None:
+    write_manifest(storage, manifest(T0 + timedelta(days=365)))
+
+    with pytest.raises(ConfigError, match="only 1 future-dated"):
+        find_backup(storage, "app", "latest", now=T0)
+
+
+def _valid_dict() -> dict[str, object]:
+    data = manifest(T0).to_dict()
+    data["tools"] = {"pg_dump": {"version": "15.4", "major": 15}}
+    return data
+
+
+def _artifacts(data: dict[str, object]) -> list[dict[str, object]]:
+    return data["artifacts"]  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.update(artifacts=[]), "'artifacts' has no 'db' artifact"),
+        (lambda d: _artifacts(d)[0].update(key="app/20200101T000000Z-0000/db.dump.zst"), "'artifacts.db.key'"),
+        (lambda d: _artifacts(d)[0].update(key="other/x/db.dump.zst"), "'artifacts.db.key'"),
+        (
+            lambda d: _artifacts(d)[0].update(key=str(_artifacts(d)[0]["key"]).replace("db.dump.zst", "manifest.json")),
+            "'artifacts.db.key'",
+        ),
+        (lambda d: _artifacts(d)[0].update(size=-1), "'artifacts.db.size' is negative"),
+        (lambda d: _artifacts(d)[0].update(plain_size=-5), "'artifacts.db.plain_size' is negative"),
+        (lambda d: _artifacts(d).append(dict(_artifacts(d)[0])), "names an artifact twice"),
+        (lambda d: d.update(tools={"pg_dump": "15"}), "'tools.pg_dump' is not an object"),
+        (lambda d: d.update(tools={"pg_dump": {"major": "15"}}), "'tools.pg_dump.major'"),
+        (lambda d: d.update(tools={"pg_dumpall": {"major": True}}), "'tools.pg_dumpall.major'"),
+        (lambda d: d.update(server={"major": "15"}), "'server.major' is not an integer"),
+    ],
+    ids=[
+        "no db",
+        "key in another backup",
+        "key in another target",
+        "key is the manifest",
+        "negative size",
+        "negative plain size",
+        "artifact twice",
+        "pg_dump a string",
+        "major a string",
+        "major a bool",
+        "server major a string",
+    ],
+)
+def test_a_manifest_that_lies_is_a_manifest_error_naming_the_field(change: object, field: str) -> None:
+    data = _valid_dict()
+    change(data)  # type: ignore[operator]
+
+    with pytest.raises(ManifestError, match=re.escape(field)):
+        Manifest.from_dict(data)
+
+
+def test_a_well_formed_manifest_with_tool_versions_parses() -> None:
+    assert Manifest.from_dict(_valid_dict()).tools["pg_dump"]["major"] == 15

@@ -259,3 +259,30 @@ def test_a_policy_with_only_min_keep_is_allowed() -> None:
         }
     )
     assert config.retention["newest"].min_keep == 1
+
+
+def test_a_backup_a_minute_ahead_is_within_the_skew_allowance_and_counts_as_present() -> None:
+    backups = [backup("2026-11-26T12:01"), backup("2026-11-26T10:00")]
+
+    result = plan(backups, RetentionPolicy(keep_last=1), now=at("2026-11-26T12:00"))
+
+    assert reasons_of(result, "2026-11-26T12:01") == ("last", "min_keep")
+    assert reasons_of(result, "2026-11-26T10:00") == ()
+
+
+def test_with_min_keep_0_a_future_dated_backup_does_not_stand_in_for_the_last_real_one() -> None:
+    backups = [backup("2027-11-26T00:00"), backup("2026-11-20T10:00"), backup("2026-11-19T10:00")]
+    policy = RetentionPolicy(keep_within=timedelta(hours=1), min_keep=0)
+
+    result = plan(backups, policy, now=at("2026-11-26T12:00"))
+
+    assert kept_ids(result) == {"2027-11-26T00:00"}
+    assert result.deletes_every_present_backup
+
+
+def test_a_plan_that_keeps_a_real_backup_does_not_delete_everything() -> None:
+    backups = [backup("2027-11-26T00:00"), backup("2026-11-26T10:00")]
+
+    result = plan(backups, RetentionPolicy(keep_last=1), now=at("2026-11-26T12:00"))
+
+    assert not result.deletes_every_present_backup
