@@ -38,12 +38,21 @@ def _confirm_on_tty(target: str, database: str) -> bool:
     help="Connections loading the data (one big table too) and pg_restore jobs for indexes; "
     "--clean or large objects spool the dump to the state directory instead.",
 )
-@click.option("--clean", is_flag=True, help="Drop the destination's objects first (needed if it is not empty).")
+@click.option(
+    "--clean",
+    is_flag=True,
+    help="Restore over a non-empty destination, dropping the objects the dump holds first; the whole "
+    "backup is read and checked before anything is dropped.",
+)
 @click.option(
     "--replace",
     is_flag=True,
-    help="Drop and recreate the destination database first (also removes objects made after the backup).",
+    help="Restore into a new database beside the destination, check it, then swap the names (objects made "
+    "after the backup go too; sessions on the old database are terminated at the swap).",
 )
+@click.option("--keep-old", is_flag=True, help="With --replace: keep the old database under <db>_opskit_old_<hex>.")
+@click.option("--encoding", metavar="NAME", help="Encoding of a new database (default: the backup's).")
+@click.option("--locale", metavar="NAME", help="Collation and ctype of a new database, libc (default: the backup's).")
 @click.option("--no-owner", is_flag=True, help="Skip ownership and privileges (restoring onto another server).")
 @click.option("--yes", "-y", is_flag=True, help="Confirm a restore into a protected target without a prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -57,6 +66,9 @@ def restore(
     jobs: int,
     clean: bool,
     replace: bool,
+    keep_old: bool,
+    encoding: str | None,
+    locale: str | None,
     no_owner: bool,
     yes: bool,
     as_json: bool,
@@ -74,6 +86,9 @@ def restore(
         confirm=_confirm_on_tty if app.interactive else None,
         no_owner=no_owner,
         replace=replace,
+        keep_old=keep_old,
+        encoding=encoding,
+        locale=locale,
     )
     seconds = sum(result.phases.values())
     if as_json:
@@ -90,6 +105,8 @@ def restore(
                 "bytes": result.bytes_restored,
                 "tables_checked": result.tables_checked,
                 "mismatches": [m.__dict__ for m in result.mismatches],
+                "extra_tables": result.extra_tables,
+                "kept_old": result.kept_old,
             }
         )
     else:
@@ -100,10 +117,23 @@ def restore(
         if result.ok:
             click.echo(f"row counts match the manifest for all {result.tables_checked} tables")
         for mismatch in result.mismatches:
-            click.echo(f"row count mismatch: {mismatch.table}: expected {mismatch.expected}, got {mismatch.actual}")
+            click.echo(
+                f"row count mismatch: {mismatch.table}: expected {_rows(mismatch.expected)}, got {_rows(mismatch.actual)}"
+            )
+        if result.extra_tables:
+            click.echo(
+                f"{len(result.extra_tables)} tables the backup does not hold were left as they were: "
+                + ", ".join(result.extra_tables)
+            )
+        if result.kept_old:
+            click.echo(f"the old database is kept as '{result.kept_old}'; drop it when no longer needed")
     if not result.ok:
         click.echo(f"opskit: error: {len(result.mismatches)} tables differ from the manifest", err=True)
         sys.exit(VerificationFailed.exit_code)
+
+
+def _rows(value: int | None) -> str:
+    return "no such table" if value is None else f"{value} rows"
 
 
 def register(group: click.Group) -> None:

@@ -2,16 +2,23 @@
 
 The default destination is a NEW database ``<db>_restore_<id>`` on the target's own server,
 so a restore never overwrites anything unless asked to. A non-empty destination needs
-``--clean`` (drop the objects the dump contains) or ``--replace`` (drop and recreate the whole
-database, so objects created after the backup go too); a ``protected`` target needs confirmation (the typed database name on a
-terminal, ``--yes`` otherwise).
+``--clean`` (restore over it, dropping the objects the dump contains) or ``--replace`` (a new
+database swapped in for it, so objects created after the backup go too); neither touches the
+destination before the backup is proven readable (see :mod:`opskit.restore.replace`). A
+destination is protected when its server and database are those of a ``protected`` target,
+however ``--to`` spells them; it needs confirmation (the typed database name on a terminal,
+``--yes`` otherwise).
+
+A new database gets the backup's encoding, collation, ctype and locale provider (recorded in
+the manifest), unless ``--encoding``/``--locale`` override them.
 
 ``--jobs 1`` streams storage -> [age] -> zstd -> ``pg_restore`` stdin with no temp file.
 ``--jobs N`` streams too, and loads the data over N connections, one big table included
 (``restore_parallel``); only ``--clean`` and archives with large objects spool the dump to a
 file for ``pg_restore --jobs N``, and the spool is removed whatever happens. Either way, a
-database this run created is dropped again if the restore fails, so no partial restore is
-left behind.
+database this run created is dropped again if the restore fails (retrying while the server
+restarts), so no partial restore is left behind; when it cannot be dropped, the warning names
+it with the command that drops it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from opskit.core.progress import ByteProgress
 from opskit.pg import connection, databases, facts, tools
 from opskit.pg.commands import PgRestoreCommand, psql_script_argv
 from opskit.restore import parallel
+from opskit.restore import replace as replace_route
 from opskit.restore.reader import OpenedBackup, open_backup
 from opskit.restore.result import RestoreResult
 
@@ -68,6 +76,42 @@ def resolve_destination(
     )
 
 
+def protected_target(ctx: AppContext, server: TargetConfig, database: str) -> TargetConfig | None:
+    """Return the protected target that ``database`` on ``server`` is, however it is spelled; None if none.
+
+    A configured target that is ``protected`` is protected under its own name. An ad-hoc DSN
+    (or another target) is compared by identity: the same database name on the same server
+    (system identifier, or host:port when that cannot be read, see ``databases.server_identity``).
+    """
+    if server.protected:
+        return server
+    candidates = [t for t in ctx.config.targets.values() if t.protected and connection.database_of(t) == database]
+    if not candidates:
+        return None
+    destination = databases.server_identity(server)
+    for candidate in candidates:
+        if databases.server_identity(candidate).same_as(destination):
+            return candidate
+    return None
+
+
+def chosen_identity(manifest: Manifest, encoding: str | None, locale: str | None) -> databases.DatabaseIdentity | None:
+    """Return the encoding and locale a new database gets: the backup's, with ``--encoding``/``--locale`` applied.
+
+    Returns None (the server's defaults) for an old manifest without them and no override.
+    ``--locale`` sets the collation and ctype with the libc provider.
+    """
+    recorded = manifest.database_identity
+    if encoding is None and locale is None:
+        return recorded
+    base = recorded or databases.DatabaseIdentity(encoding="UTF8", collate="C.UTF-8", ctype="C.UTF-8")
+    if locale is not None:
+        base = databases.DatabaseIdentity(base.encoding, locale, locale, provider="c" if base.provider else None)
+    if encoding is not None:
+        base = databases.DatabaseIdentity(encoding, base.collate, base.ctype, base.provider, base.locale)
+    return base
+
+
 def run(
     ctx: AppContext,
     selector: str = "latest",
@@ -80,30 +124,54 @@ def run(
     confirm: Confirm | None = None,
     no_owner: bool = False,
     replace: bool = False,
+    keep_old: bool = False,
+    encoding: str | None = None,
+    locale: str | None = None,
 ) -> RestoreResult:
     """Restore the backup ``selector`` names (id, id prefix or ``latest``) of ``target``.
 
     Raises ConfigError (2) for a refused destination or a missing confirmation,
     UnreachableError (3), RestoreFailed (4) when pg_restore or decryption fails,
-    VerificationFailed (5) when a hash differs. Row-count mismatches are returned in the
-    result (the CLI exits 5 on them).
+    VerificationFailed (5) when a hash differs (or, for ``--replace``, the restored copy's
+    row counts: the destination is then untouched). Other row-count mismatches are returned
+    in the result (the CLI exits 5 on them).
     """
+    if clean and replace:
+        raise ConfigError("--clean and --replace exclude each other", hint="--replace alone also removes newer objects")
+    if keep_old and not replace:
+        raise ConfigError("--keep-old only applies to --replace")
     source = ctx.target(target)
     storage_name = storage or source.primary_storage
-    manifest = find_backup(ctx.storage(storage_name), source.name, selector, now=ctx.clock())
+    manifest = find_backup(ctx.storage(storage_name), source.name, selector, now=ctx.clock(), kind="logical")
     server, database, is_default = resolve_destination(ctx, source, to, manifest)
     if is_default and not (clean or replace) and databases.database_exists(server, database):
         raise ConfigError(
-            f"database '{database}' already exists on target '{server.name}' (restored earlier?)",
-            hint="drop it, or pass --clean to restore over it",
+            f"database '{database}' already exists on target '{server.name}' (restored earlier, or left by a "
+            "restore the server interrupted?)",
+            hint=f"drop it ({databases.drop_command(server, database)}), or pass --clean to restore over it",
         )
-    if server.protected and not confirmed and (confirm is None or not confirm(server.name, database)):
+    protected = protected_target(ctx, server, database)
+    if protected is not None and not confirmed and (confirm is None or not confirm(protected.name, database)):
         raise ConfigError(
-            f"target '{server.name}' is protected; restoring into database '{database}' needs confirmation",
+            f"target '{protected.name}' is protected; restoring into database '{database}' needs confirmation",
             hint="type the database name when asked, or pass --yes",
         )
+    identity = chosen_identity(manifest, encoding, locale)
+    if replace and databases.database_exists(server, database):
+        return replace_route.replace_database(
+            restore_backup,
+            ctx,
+            manifest,
+            storage_name,
+            server,
+            database,
+            jobs=jobs,
+            no_owner=no_owner,
+            keep_old=keep_old,
+            identity=identity,
+        )
     return restore_backup(
-        ctx, manifest, storage_name, server, database, jobs=jobs, clean=clean, no_owner=no_owner, replace=replace
+        ctx, manifest, storage_name, server, database, jobs=jobs, clean=clean, no_owner=no_owner, identity=identity
     )
 
 
@@ -151,12 +219,15 @@ def restore_backup(
     clean: bool = False,
     exit_on_error: bool = True,
     no_owner: bool = False,
-    replace: bool = False,
     backup: OpenedBackup | None = None,
+    owner: str | None = None,
+    identity: databases.DatabaseIdentity | None = None,
 ) -> RestoreResult:
     """Restore ``manifest`` into ``database`` on ``server``, creating it when missing.
 
-    ``replace`` drops and recreates an existing database (same owner) before restoring.
+    A database this creates gets ``owner`` and ``identity`` (encoding and locale; default: the
+    manifest's). An existing one must be empty unless ``clean``, and then the whole backup is
+    read once first (:func:`replace.prove_readable`), so a corrupt one cleans nothing.
     ``backup`` is ``manifest`` already opened in ``storage_name`` (see :func:`restore_to_new_database`).
 
     With ``exit_on_error`` False, pg_restore carries on past errors and they are returned
@@ -169,19 +240,20 @@ def restore_backup(
     pg_restore = backup.pg_restore()
 
     created = False
-    if replace and databases.database_exists(server, database):
-        owner = databases.database_owner(server, database)
-        log.warning("dropping the destination database to replace it", database=database, server=server.name)
-        databases.drop_database(server, database)
-        databases.create_database(server, database, owner=owner)
-    elif databases.database_exists(server, database):
+    if databases.database_exists(server, database):
         if not clean and not databases.database_is_empty(server, database):
             raise ConfigError(
                 f"database '{database}' on target '{server.name}' is not empty",
-                hint="pass --clean to drop its objects first, --replace to recreate it, or omit --to for a new database",
+                hint="pass --replace to swap in a restored copy, --clean to restore over its objects, "
+                "or omit --to for a new database",
             )
+        if clean:
+            log.info("reading the whole backup before cleaning the destination", backup_id=manifest.id)
+            replace_route.prove_readable(backup)
     else:
-        databases.create_database(server, database)
+        databases.create_database(
+            server, database, owner=owner, identity=identity if identity is not None else manifest.database_identity
+        )
         created = True
     result = RestoreResult(manifest, storage.name, server.name, database, created, jobs)
     log.info("restore started", backup_id=manifest.id, database=database, server=server.name, jobs=jobs)
@@ -261,25 +333,35 @@ def _check_rows(server: TargetConfig, database: str, manifest: Manifest, result:
     After the loader route the counts are the ones PostgreSQL reported for the COPYs into the new
     database, so the tables are not scanned again (on a large database that scan would add
     minutes to the restore); otherwise, or when a table of the manifest is not among the loaded
-    ones, every table is counted.
+    ones, every table is counted. Into an existing database (``--clean``), tables the backup
+    does not hold were left alone: they are listed in ``extra_tables``, not compared.
     """
     loaded = result.rows_loaded
     if loaded is not None and all(t.qualified in loaded for t in manifest.tables):
         actual = [TableFacts(t.schema, t.name, loaded[t.qualified]) for t in manifest.tables]
     else:  # not loaded by opskit, or a table's name did not match: count them
         with connection.connect(server, dbname=database, application_name="opskit restore check") as conn:
-            actual = facts.collect(conn).tables
+            actual = facts.collect(conn, inclusive=manifest.counts_children).tables
+    if not result.created:
+        backed_up = {t.qualified for t in manifest.tables}
+        result.extra_tables = sorted(t.qualified for t in actual if t.qualified not in backed_up)
+        actual = [t for t in actual if t.qualified in backed_up]
     result.tables_checked = len(actual)
     result.mismatches = facts.compare_rows(manifest.tables, actual)
 
 
 def _drop_after_failure(server: TargetConfig, database: str, cause: BaseException) -> None:
+    """Drop the database this run created, waiting for a restarting server; name it when that fails."""
     try:
-        databases.drop_database(server, database)
+        databases.drop_database(server, database, wait=databases.DROP_RETRY_SECONDS)
         log.info("dropped the partially restored database", database=database)
     except Exception as exc:  # the original failure matters more
         log.warning(
-            "could not drop the partially restored database", database=database, error=str(exc), cause=str(cause)
+            "could not drop the partially restored database; drop it by hand",
+            database=database,
+            command=databases.drop_command(server, database),
+            error=str(exc),
+            cause=str(cause),
         )
 
 

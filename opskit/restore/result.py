@@ -26,6 +26,10 @@ class RestoreResult:
     route: str = "stream"  # "stream" (--jobs 1), "loader" or "spool" (see restore_parallel)
     # Rows each table received, as PostgreSQL reported its COPYs ("schema.table" -> rows); loader route only.
     rows_loaded: dict[str, int] | None = None
+    # --replace: the old database's name when it was kept aside (--keep-old, or its drop failed).
+    kept_old: str | None = None
+    # --clean: tables of the destination the backup does not hold (left as they were, not compared).
+    extra_tables: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
