@@ -24,8 +24,10 @@ import pytest
 
 from opskit.storage.base import StorageConfig
 from tests.faults.helpers import (
+    PG_HOST,
     Setup,
     create_database,
+    databases_like,
     drop_database,
     local_root,
     one_line_error,
@@ -330,3 +332,37 @@ def test_prune_removes_the_empty_folders_failed_runs_left(repo: Any) -> None:
     result = setup.run("prune", "--grace", "0s")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in app.iterdir()) == sorted(ids)
+
+
+STAGING = f"""
+[targets.staging]
+dsn = "host={PG_HOST} user=postgres dbname=postgres"
+"""
+
+
+def test_a_drill_of_a_manifest_without_a_dump_fails_with_exit_5_naming_the_field_and_restores_nothing(
+    repo: Any,
+) -> None:
+    setup, (_, newer) = repo(extra=STAGING, target_extra='staging = "staging"')
+    edit_manifest(setup, newer, _drop_db_artifact)
+    staging_db = f"{setup.database}_drill"
+
+    result = setup.run("drill", "restore", "--target", "app", "--backup", newer, "--database", staging_db)
+
+    assert result.returncode == 5, result.stderr
+    assert "manifest readable" in one_line_error(result.stderr)
+    report = next((local_root(setup.storage) / "app" / "drills").glob("*.json")).read_text()
+    assert "manifest field 'artifacts' has no 'db' artifact" in report
+    assert databases_like(staging_db) == []
+
+
+def test_a_drill_of_latest_skips_a_future_dated_backup(repo: Any) -> None:
+    setup, (older, newer) = repo(extra=STAGING, target_extra='staging = "staging"')
+    edit_manifest(setup, older, dated(A_YEAR_AHEAD))
+    staging_db = f"{setup.database}_drill"
+
+    result = setup.run("drill", "restore", "--target", "app", "--database", staging_db, "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["backup"]["id"] == newer
+    assert databases_like(staging_db) == []
