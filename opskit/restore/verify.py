@@ -106,8 +106,9 @@ def run(
             hint=f"its storages: {', '.join(target_config.storages)}",
         )
     store = ctx.storage(storage_name)
+    bad: list[catalog.BadManifest] = []  # unreadable or malformed manifests: corrupt backups, reported
     if all_backups:
-        manifests = catalog.list_backups(store, target_config.name)
+        manifests = catalog.list_backups(store, target_config.name, bad=bad)
     else:
         manifests = [catalog.find_backup(store, target_config.name, selector or "latest", now=ctx.clock())]
     reader = BackupReader(ctx, store, target_config.pg_bin_dir or ctx.config.tools.pg_bin_dir)
@@ -131,10 +132,12 @@ def run(
                 verdict=verification.verdict,
                 failed_check=failure.name if failure else None,
             )
-    if report.failures:
-        names = "; ".join(_failure_text(v) for v in report.failures)
+    corrupt = [f"backup {b.backup_id}: {b.error}" for b in bad]
+    if report.failures or corrupt:
+        names = "; ".join([_failure_text(v) for v in report.failures] + corrupt)
+        failed, total = len(report.failures) + len(corrupt), len(report.verifications) + len(corrupt)
         raise VerifyFailed(
-            f"{len(report.failures)} of {len(report.verifications)} backup(s) failed verification: {names}",
+            f"{failed} of {total} backup(s) failed verification: {names}",
             hint="do not rely on these backups: restore another one or a copy from another storage",
             report=report,
         )

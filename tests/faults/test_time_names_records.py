@@ -366,3 +366,15 @@ def test_a_drill_of_latest_skips_a_future_dated_backup(repo: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["backup"]["id"] == newer
     assert databases_like(staging_db) == []
+
+
+def test_verify_all_reports_a_malformed_manifest_among_the_good_ones(repo: Any) -> None:
+    setup, (older, newer) = repo()
+    edit_manifest(setup, newer, _tools_pg_dump_a_string)
+
+    result = setup.run("backup", "verify", "--all")
+
+    assert result.returncode == 5, result.stderr
+    line = one_line_error(result.stderr)
+    assert f"1 of 2 backup(s) failed verification: backup {newer}: manifest field 'tools.pg_dump'" in line
+    assert older not in line
