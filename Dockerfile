@@ -61,6 +61,7 @@ COPY jobs /usr/share/opskit/jobs-examples
 COPY runbooks /usr/share/opskit/runbooks
 COPY LICENSE /usr/share/doc/opskit/LICENSE
 COPY deploy/prometheus-alerts.yml /usr/share/opskit/prometheus-alerts.yml
+COPY deploy/grafana-dashboard.json /usr/share/opskit/grafana-dashboard.json
 
 # A fixed, non-root uid so Kubernetes' runAsNonRoot can verify it and volumes can be chowned to it.
 RUN groupadd --system --gid 10001 opskit \
