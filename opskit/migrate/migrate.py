@@ -234,7 +234,7 @@ def rehearse_on_staging(
     MigrationFailed when a migration fails on staging (production is not touched).
     """
     from opskit.backup import backup
-    from opskit.catalog import list_backups
+    from opskit.catalog import latest_backup, list_backups
     from opskit.restore import restore
 
     if not target.staging:
@@ -245,10 +245,9 @@ def rehearse_on_staging(
     staging = ctx.target(target.staging)
     storage_name = target.primary_storage
     if manifest is None:
-        backups = list_backups(ctx.storage(storage_name), target.name)
-        if backups:
-            manifest = backups[0]
-        else:
+        # Never a future-dated backup (a host with a wrong clock): its age is unknown.
+        manifest = latest_backup(list_backups(ctx.storage(storage_name), target.name), ctx.clock())
+        if manifest is None:
             say(f"target '{target.name}' has no backup yet: taking one for the rehearsal")
             manifest = backup.run(ctx, target=target.name, labels=("pre-migrate",)).manifest
     # Named after the production database so it is recognisable (and cleaned up with it in tests).
