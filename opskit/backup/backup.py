@@ -42,7 +42,7 @@ from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
 from opskit.flyway import version as flyway_version
-from opskit.pg import commands, connection, facts, locks, tools
+from opskit.pg import commands, connection, databases, facts, locks, tools
 from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
 from opskit.storage.base import Storage
 
@@ -163,6 +163,7 @@ class _Preflight:
         self.conn = connection.connect(target, autocommit=True, application_name="opskit backup")
         try:
             self.server = connection.server_facts(self.conn)
+            self.identity = databases.database_identity(self.conn)
             bin_dir = target.pg_bin_dir or ctx.config.tools.pg_bin_dir
             self.pg_dump = tools.find_tool("pg_dump", self.server.major, bin_dir)
             self.pg_dumpall = tools.find_tool("pg_dumpall", self.server.major, bin_dir)
@@ -241,9 +242,15 @@ class _FactsThread(threading.Thread):
         """Wait for the collection and return it; raise BackupFailed if it failed."""
         self.join()
         if self.error is not None or self.result is None:
+            cause = connection.server_cause(self.error) if self.error is not None else None
             raise BackupFailed(
-                f"reading row counts inside pg_dump's snapshot failed: {self.error}",
-                hint="nothing was committed; the role needs SELECT on every table it backs up",
+                f"reading row counts inside pg_dump's snapshot failed: {cause or self.error}",
+                hint="nothing was committed; "
+                + (
+                    "the dsn's options set that timeout: remove it or raise it"
+                    if cause
+                    else "the role needs SELECT on every table it backs up"
+                ),
             ) from self.error
         return self.result
 
@@ -303,7 +310,8 @@ def _dump_and_commit(
             "globals", artifact_key(target.name, backup_id, "globals", bool(recipients)), globals_result, encryption
         ),
     )
-    server = pre.server.to_dict() | {"host": connection.describe(target)}
+    # The database's encoding and locale: a restore creates its new database with the same.
+    server = pre.server.to_dict() | {"host": connection.describe(target), "identity": pre.identity.to_dict()}
     manifest = Manifest(
         id=backup_id,
         target=target.name,
@@ -328,6 +336,7 @@ def _dump_and_commit(
         },
         artifacts=artifacts,
         tables=tuple(snapshot_facts.tables),
+        row_counts=facts.ROW_COUNTS_ONLY,  # facts.collect counts each table's own rows
         labels=tuple(labels),
         migration_version=snapshot_facts.migration_version,
         objects=snapshot_facts.objects,

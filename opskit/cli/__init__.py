@@ -97,9 +97,8 @@ class OpskitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OpskitError as exc:
-            debug = bool(getattr(ctx.obj, "debug", False))
-            if debug:
-                traceback.print_exc()
+            if getattr(ctx.obj, "debug", False):
+                _print_traceback(exc)
             click.echo(f"opskit: error: {redact_text(exc.one_line())}", err=True)
             sys.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
@@ -108,9 +107,8 @@ class OpskitGroup(click.Group):
             click.echo("opskit: interrupted; nothing was committed for the run in progress", err=True)
             sys.exit(130)
         except Exception as exc:
-            debug = bool(getattr(ctx.obj, "debug", False))
-            if debug:
-                traceback.print_exc()
+            if getattr(ctx.obj, "debug", False):
+                _print_traceback(exc)
             click.echo(
                 f"opskit: unexpected error: {type(exc).__name__}: {redact_text(str(exc))}; "
                 "run again with --debug for the traceback and report it",
@@ -134,15 +132,26 @@ class OpskitGroup(click.Group):
 def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: str) -> None:
     """Keep PostgreSQL data safe and recoverable: backups, restores, migrations, drills.
 
-    Exit codes: 0 ok, 1 unexpected error, 2 usage/config error, 3 target or storage
-    unreachable, 4 backup/restore failed, 5 verification or drill check failed,
-    6 objective breached, 7 lock held by another run.
+    Exit codes (the same for every verb): 0 ok, 1 unexpected error, 2 usage/config
+    error, 3 target or storage unreachable or refusing the credentials, 4 the run failed
+    (backup, copy, restore, prune), 5 verification or drill check failed or a corrupt
+    object, 6 objective breached, 7 lock held by another run, 130 interrupted.
     """
     configure_logging(debug=debug, json_logs=None if log_format == "auto" else log_format == "json")
     # SIGTERM (docker stop, a CronJob's deadline) unwinds like Ctrl-C, so every open upload is
     # aborted and no manifest is written. The daemon installs its own, gentler handler.
     signal.signal(signal.SIGTERM, _terminate)
     ctx.obj = LazyContext(config_path, debug)
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """Print ``exc``'s traceback (with its chain) to stderr, redacted like every other output.
+
+    A library's message in the chain can quote a DSN or a fragment of a password; the
+    traceback goes through the same :func:`redact_text` as the one error line.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    click.echo(redact_text(text), err=True, nl=False)
 
 
 def _terminate(signum: int, _frame: Any) -> None:

@@ -7,14 +7,28 @@ are translated into these classes in the module that calls the library, with
 is closed, so every class and the context it carries is listed here. Extra context is a
 keyword-only constructor argument and a typed attribute of the same name.
 
-The tree, with exit codes (the codes themselves are :data:`EXIT_CODES`, which the CLI help and
-the README cite)::
+**The exit-code rule**, the one place it is written (:data:`EXIT_CODES` holds the codes, the
+README's table is checked against it by ``tests/core/test_exit_codes.py``): the code says what
+the operator must do next, whatever the verb.
+
+- 3, *unreachable*: opskit could not reach or was refused by a server or a store (no
+  connection, no such bucket, bad credentials, access denied), at any point of any verb:
+  fix the network, the credentials or the URL. A storage error carries ``unreachable=True``
+  for these causes and exits 3 like :class:`UnreachableError`.
+- 4, *the run failed*: the store and the server answered, and the work itself broke (a
+  stream cut mid-object, a full disk, a failed pg_restore); nothing half-written stays visible.
+- 5, *the data is wrong*: a checksum, a manifest, a verification or a drill check says the
+  backup cannot be trusted, including a restore stopped by a corrupt object.
+- 2 the input is wrong, 6 an objective is breached, 7 another run holds the lock, 130 the run
+  was interrupted (SIGINT or SIGTERM), 1 anything else (a bug).
+
+The tree, with exit codes::
 
     OpskitError                 1  base; an unexpected error is a bug (report it with --debug output)
     ├── ConfigError             2  the command line or the configuration is wrong    .problems
     │   ├── MissingExtraError   2  an optional SDK is not installed ("install opskit[s3]")
     │   └── PlaceholderError    2  a migration script uses a placeholder with no value
-    ├── UnreachableError        3  a target or storage cannot be reached, read or written before work starts
+    ├── UnreachableError        3  a target or storage cannot be reached or refuses us (any verb)
     ├── Cancelled               4  the run was asked to stop (daemon shutdown); nothing was committed
     ├── BackupFailed            4  a backup failed while running
     │   ├── RestoreFailed       4  a restore failed
@@ -23,6 +37,7 @@ the README cite)::
     │   └── MigrationFailed     4  a schema migration failed      .migration .database_error
     │                                                             .restore_command .restored
     ├── StorageError            4  a storage request failed mid-run, after retries        .bucket_missing
+    │                           3  ... when the store could not be reached or refused us  .unreachable
     │   └── ObjectNotFound      4  the object asked for does not exist
     ├── VerificationFailed      5  a checksum, manifest or drill check failed
     │   ├── ManifestError       5  a manifest is missing fields, malformed or of an unknown format
@@ -107,7 +122,7 @@ class PlaceholderError(ConfigError):
 
 
 class UnreachableError(OpskitError):
-    """A target or a storage cannot be reached, read or written before work starts (exit 3)."""
+    """A target or a storage cannot be reached or refuses us: connection, credentials, permissions (exit 3)."""
 
     exit_code = 3
 
@@ -174,18 +189,26 @@ class MigrationFailed(BackupFailed):
 
 
 class StorageError(OpskitError):
-    """A storage operation failed after retries (exit 4 while a run is under way).
+    """A storage operation failed after retries (exit 4; exit 3 when ``unreachable``).
 
-    Storage modules raise :class:`UnreachableError` for problems found before any data moves
-    (missing bucket, bad credentials) and this class for failures mid-run. ``bucket_missing``
-    says the request failed because the bucket itself does not exist.
+    Storage modules raise :class:`UnreachableError` from their writability probe, and this
+    class for a request that failed later. ``unreachable`` says the store could not be
+    reached or refused us (no connection, missing bucket, bad credentials, access denied):
+    the exit code is then 3, as the module docstring's rule says, so ``backup list`` and
+    ``backup now`` agree. ``bucket_missing`` says the bucket itself does not exist (implies
+    ``unreachable``).
     """
 
     exit_code = 4
 
-    def __init__(self, message: str, hint: str | None = None, *, bucket_missing: bool = False) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, bucket_missing: bool = False, unreachable: bool = False
+    ) -> None:
         super().__init__(message, hint=hint)
         self.bucket_missing = bucket_missing
+        self.unreachable = unreachable or bucket_missing
+        if self.unreachable:
+            self.exit_code = UnreachableError.exit_code
 
 
 class ObjectNotFound(StorageError):
@@ -255,11 +278,14 @@ class RunbookFailed(OpskitError):
 
 EXIT_CODES: dict[int, str] = {
     0: "ok",
-    1: "unexpected error",
+    1: "unexpected error (a bug: report it with `--debug` output)",
     2: "usage or configuration error",
-    3: "target or storage unreachable",
-    4: "backup, copy or restore failed",
-    5: "verification or drill check failed",
+    3: "target or storage unreachable or refusing us (connection, missing bucket, credentials), in any verb",
+    4: "backup, copy, restore or prune failed while running (nothing half-written is left visible)",
+    5: "verification or drill check failed, or a restore stopped by a corrupt object",
     6: "objective breached (RPO/RTO)",
     7: "lock held by another run",
+    130: "interrupted: Ctrl-C (SIGINT) or SIGTERM (`docker stop`, a CronJob's deadline); every open upload is"
+    " aborted, nothing of the run is committed",
 }
+"""Every exit code opskit uses and what it means (the rule is the module docstring's); the README's table is this."""

@@ -181,8 +181,12 @@ class AzureStorage:
         if _code(exc) == "BlobNotFound" and key:
             return ObjectNotFound(f"storage '{self.name}' has no object '{key}'")
         what = f"{action} '{key}'" if key else action
+        refused = _code(exc) in _REFUSED_CODES or _status(exc) == 403
         return StorageError(
-            f"storage '{self.name}' ({self.url}): {what} failed: {self._describe(exc)}", hint=self._hint(exc)
+            f"storage '{self.name}' ({self.url}): {what} failed: {self._describe(exc)}",
+            hint=self._hint(exc),
+            # core/errors.py's rule: a store that cannot be reached or refuses us exits 3 in any verb.
+            unreachable=refused or isinstance(exc, az_exceptions.ServiceRequestError),
         )
 
     # ------------------------------------------------------------------ writing
@@ -355,6 +359,15 @@ class AzureStorage:
         if isinstance(exc, az_exceptions.ServiceRequestError):
             return "check account_url / the connection string's BlobEndpoint and the network"
         return None
+
+
+_REFUSED_CODES = {
+    "ContainerNotFound",
+    "AuthenticationFailed",
+    "InvalidAuthenticationInfo",
+    "AuthorizationFailure",
+    "AuthorizationPermissionMismatch",
+}
 
 
 def open_storage(config: StorageConfig) -> AzureStorage:

@@ -177,12 +177,14 @@ class GCSStorage:
         if _status(exc) == 404 and key and not bucket_missing:
             return ObjectNotFound(f"storage '{self.name}' has no object '{key}'")
         what = f"{action} '{key}'" if key else action
-        error = StorageError(
+        return StorageError(
             f"storage '{self.name}' ({self.url}): {what} failed: {self._describe(exc, bucket_missing)}",
             hint=self._hint(exc, bucket_missing),
+            bucket_missing=bucket_missing and _status(exc) == 404,
+            # core/errors.py's rule: a store that cannot be reached or refuses us exits 3 in any verb.
+            unreachable=_status(exc) in (401, 403)
+            or isinstance(exc, auth_exceptions.RefreshError | requests.ConnectionError),
         )
-        error.bucket_missing = bucket_missing and _status(exc) == 404  # type: ignore[attr-defined]
-        return error
 
     def _media_retry(self, key: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
         """Return a retry strategy for google-cloud-storage's upload internals.
@@ -337,7 +339,7 @@ class GCSStorage:
             raise
         except StorageError as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
-            missing = bool(getattr(exc, "bucket_missing", False))
+            missing = exc.bucket_missing
             raise UnreachableError(
                 f"storage '{self.name}' ({self.url}): {self._describe(cause, missing)}",
                 hint=self._hint(cause, missing),

@@ -84,8 +84,12 @@ class LocalStorage:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except BaseException as exc:
-            handle.close()
-            tmp.unlink(missing_ok=True)
+            # close() flushes what is still buffered: on a full disk it raises ENOSPC again,
+            # which must not skip the unlink and the error mapping below.
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise _storage_error("writing", key, exc, self.name) from exc
             raise
@@ -218,7 +222,6 @@ class LocalStorage:
                 path.rmdir()
             except OSError:
                 continue  # not empty, or gone already
-
 
     def exists(self, key: str) -> bool:
         """Return True when the file exists."""

@@ -181,7 +181,9 @@ class S3Storage:
         if action.startswith(("starting upload", "uploading", "completing", "writing", "putting")):
             hint = f"nothing was committed; {hint}"
         return StorageError(
-            f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}", hint=hint
+            f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}",
+            hint=hint,
+            unreachable=_refused(exc),
         )
 
     def _write_args(self) -> dict[str, Any]:
@@ -456,6 +458,15 @@ def _describe(exc: BaseException, bucket: str) -> str:
         message = exc.response.get("Error", {}).get("Message", "")
         return f"{code or status}: {message}".rstrip(": ")
     return f"{type(exc).__name__}: {exc}"
+
+
+def _refused(exc: BaseException) -> bool:
+    """Return True when the store could not be reached or refused us (exit 3, core/errors.py's rule)."""
+    code = _code(exc)
+    refused_codes = {"NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+    if code in refused_codes or code in {"AccessDenied", "AllAccessDisabled"} or _status(exc) == 403:
+        return True
+    return isinstance(exc, bex.NoCredentialsError | bex.EndpointConnectionError)
 
 
 def _hint(exc: BaseException) -> str | None:
