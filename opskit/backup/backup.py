@@ -122,7 +122,7 @@ def run(
         target=target_config.name,
         backup_id=manifest.id,
         size=manifest.size,
-        seconds=round(time.monotonic() - started, 2),
+        duration_seconds=round(time.monotonic() - started, 2),
         failed_copies=sorted(result.failed_copies),
     )
     return result

@@ -2,12 +2,22 @@
 
 Stdout is for results (tables, summaries, ``--json`` documents); logs go to stderr so a
 script can pipe one without the other. A redaction processor runs before rendering so no
-renderer can ever print a secret.
+renderer can ever print a secret. The console renderer has no colours when ``NO_COLOR`` is
+set to anything non-empty (https://no-color.org) or stderr is not a terminal.
+
+Every JSON line has these fields (docs/logging.md is the schema):
+
+- ``timestamp`` (ISO 8601, UTC), ``level``, ``logger`` (the module, ``opskit.backup.backup``);
+- ``event`` (structlog's name) and ``message`` (the same text, for collectors that read
+  ``message``: Elastic/ECS, Datadog, Google Cloud Logging, Loki's defaults);
+- context bound per run: ``target``, ``backup_id``, ``job``; durations are always
+  ``duration_seconds``, sizes ``bytes``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -30,23 +40,49 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return event_dict
 
 
-def configure_logging(debug: bool = False, json_logs: bool | None = None) -> None:
-    """Configure structlog for this process: level INFO (DEBUG with ``debug``), console or JSON.
+_LOGGER_KEY = "_opskit_logger"
 
-    ``json_logs`` None means: JSON unless stderr is a terminal.
+
+def logger_name_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: put the module name given to :func:`get_logger` in the ``logger`` field."""
+    name = event_dict.pop(_LOGGER_KEY, None)
+    if name is not None:
+        event_dict.setdefault("logger", name)
+    return event_dict
+
+
+def message_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: copy ``event`` to ``message`` (JSON lines only; ``event`` stays for compatibility)."""
+    if "event" in event_dict:
+        event_dict.setdefault("message", event_dict["event"])
+    return event_dict
+
+
+def colours_wanted(stream: Any = None) -> bool:
+    """Return True when ``stream`` (default stderr) is a terminal and ``NO_COLOR`` is unset or empty."""
+    stream = sys.stderr if stream is None else stream
+    return bool(stream.isatty()) and not os.environ.get("NO_COLOR")
+
+
+def configure_logging(debug: bool = False, json_logs: bool | None = None, quiet: bool = False) -> None:
+    """Configure structlog for this process: level INFO (DEBUG with ``debug``, WARNING with ``quiet``).
+
+    ``json_logs`` None means: JSON unless stderr is a terminal. ``debug`` wins over ``quiet``.
     """
     use_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
-    level = logging.DEBUG if debug else logging.INFO
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     renderer: Any = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=colours_wanted())
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            logger_name_processor,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_processor,
             structlog.processors.format_exc_info if use_json else structlog.processors.StackInfoRenderer(),
+            *([message_processor] if use_json else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -60,6 +96,9 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None) -> Non
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
-    """Return a structlog logger (lazy: it picks up :func:`configure_logging` whenever that runs)."""
-    logger: FilteringBoundLogger = structlog.get_logger(name)
+    """Return a structlog logger whose lines carry ``logger=name`` (lazy: it picks up
+    :func:`configure_logging` whenever that runs)."""
+    # `logger` itself cannot be an initial value (it is wrap_logger's own parameter): the
+    # name travels under _LOGGER_KEY and logger_name_processor renames it.
+    logger: FilteringBoundLogger = structlog.get_logger(name, **({_LOGGER_KEY: name} if name else {}))
     return logger

@@ -1,4 +1,8 @@
-"""Progress on a terminal: bytes moved and the rate, redrawn on one stderr line."""
+"""Progress on a terminal: bytes moved, the rate and, when the size is known, percent and ETA.
+
+One stderr line, redrawn at most twice a second; silent unless enabled (a person at a
+terminal, and not ``--quiet``), so logs and ``--json`` output are never interleaved with it.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,28 @@ from types import TracebackType
 from opskit.core.units import format_size
 
 
+def format_eta(seconds: float) -> str:
+    """Return ``seconds`` as ``H:MM:SS`` (``M:SS`` under an hour), the way rsync and pv show it."""
+    whole = max(int(seconds + 0.5), 0)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class ByteProgress:
     """Counts bytes and redraws ``label: 1.2 GiB, 85.0 MiB/s`` at most twice a second.
 
-    Silent unless ``enabled`` (a person at a terminal). Thread-safe: stages may report from
-    different threads.
+    With ``expected`` (the stored size from the manifest, for restore, verify and copy) the line
+    becomes ``label: 1.2 GiB of 4.0 GiB (30%), 85.0 MiB/s, ETA 0:33``. The percentage stops at
+    99% until :meth:`close`, because the expected size is a promise, not a measurement.
+    Thread-safe: stages may report from different threads.
     """
 
-    def __init__(self, label: str, enabled: bool, interval: float = 0.5) -> None:
+    def __init__(self, label: str, enabled: bool, interval: float = 0.5, expected: int | None = None) -> None:
         self.label = label
         self.enabled = enabled
         self.interval = interval
+        self.expected = expected if expected and expected > 0 else None
         self.total = 0
         self._started = time.monotonic()
         self._last_draw = 0.0
@@ -37,9 +52,22 @@ class ByteProgress:
                 self._last_draw = now
                 self._draw(now)
 
-    def _draw(self, now: float) -> None:
+    def line(self, now: float) -> str:
+        """Return the progress text for the bytes counted so far at monotonic time ``now``."""
         elapsed = max(now - self._started, 1e-6)
-        sys.stderr.write(f"\r{self.label}: {format_size(self.total)}, {format_size(self.total / elapsed)}/s   ")
+        rate = self.total / elapsed
+        if self.expected is None:
+            return f"{self.label}: {format_size(self.total)}, {format_size(rate)}/s"
+        percent = min(int(self.total * 100 / self.expected), 99)
+        remaining = max(self.expected - self.total, 0)
+        eta = format_eta(remaining / rate) if rate > 0 else "?"
+        return (
+            f"{self.label}: {format_size(self.total)} of {format_size(self.expected)} ({percent}%), "
+            f"{format_size(rate)}/s, ETA {eta}"
+        )
+
+    def _draw(self, now: float) -> None:
+        sys.stderr.write(f"\r{self.line(now)}   ")
         sys.stderr.flush()
         self._drawn = True
 

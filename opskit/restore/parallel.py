@@ -354,10 +354,11 @@ def restore(
     when a hash differs.
     """
     manifest = backup.manifest
+    plain_size = manifest.artifact("db").plain_size  # what the progress counts: percent and ETA
     job = ParallelRestore(ctx, backup, command, env, jobs)
     failed = True
     try:
-        with ByteProgress(f"restore {manifest.id}", ctx.interactive) as progress:
+        with ByteProgress(f"restore {manifest.id}", ctx.interactive, expected=plain_size) as progress:
             try:
                 stats = backup.read("db", job, progress=progress)
             except BrokenPipeError:

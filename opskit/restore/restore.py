@@ -279,7 +279,7 @@ def restore_backup(
         database=database,
         tables=result.tables_checked,
         mismatches=len(result.mismatches),
-        seconds=round(sum(result.phases.values()), 2),
+        duration_seconds=round(sum(result.phases.values()), 2),
     )
     return result
 
@@ -294,9 +294,10 @@ def _restore_streaming(
     """
     started = time.monotonic()
     manifest = backup.manifest
+    plain_size = manifest.artifact("db").plain_size  # what the progress counts: percent and ETA
     with (
         spawn(command.from_stdin(), env=env, stdin=subprocess.PIPE) as child,
-        ByteProgress(f"restore {manifest.id}", ctx.interactive) as progress,
+        ByteProgress(f"restore {manifest.id}", ctx.interactive, expected=plain_size) as progress,
     ):
         try:
             stats = backup.read("db", child.stdin, progress=progress)

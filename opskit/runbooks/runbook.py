@@ -123,7 +123,7 @@ def run(
         runbook=runbook.name,
         ok=result.ok,
         steps=len(result.results),
-        seconds=round(result.seconds, 2),
+        duration_seconds=round(result.seconds, 2),
         transcript=str(result.transcript),
     )
     return result

@@ -1,0 +1,58 @@
+"""The log line schema (docs/logging.md): logger, message, one duration name; NO_COLOR; --quiet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opskit.core.log import colours_wanted, configure_logging, get_logger
+
+
+class Terminal:
+    def isatty(self) -> bool:
+        return True
+
+
+def json_lines(err: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def test_a_json_line_names_its_logger_and_carries_a_message_field(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(json_logs=True)
+    get_logger("opskit.backup.backup").info("backup committed", target="app", duration_seconds=1.5)
+    (line,) = json_lines(capsys.readouterr().err)
+    assert line["logger"] == "opskit.backup.backup"
+    assert line["message"] == line["event"] == "backup committed"
+    assert line["level"] == "info" and line["duration_seconds"] == 1.5 and "timestamp" in line
+
+
+def test_quiet_keeps_warnings_and_drops_info(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(json_logs=True, quiet=True)
+    log = get_logger("opskit.test")
+    log.info("routine")
+    log.warning("attention")
+    assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["attention"]
+    configure_logging(json_logs=True)
+
+
+def test_no_color_turns_colours_off_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert colours_wanted(Terminal())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not colours_wanted(Terminal())
+    monkeypatch.setenv("NO_COLOR", "")  # https://no-color.org: only a non-empty value counts
+    assert colours_wanted(Terminal())
+
+
+def test_log_calls_name_durations_duration_seconds_only() -> None:
+    import re
+
+    from tests.servers import REPO_ROOT
+
+    offenders = []
+    for path in sorted((REPO_ROOT / "opskit").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"^\s+seconds=round\(", line):
+                offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}")
+    assert not offenders, f"log fields named 'seconds' (use duration_seconds): {offenders}"
