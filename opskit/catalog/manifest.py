@@ -20,6 +20,7 @@ from opskit.catalog.layout import (
     split_backup_key,
 )
 from opskit.core.errors import ManifestError
+from opskit.pg.databases import DatabaseIdentity
 from opskit.pg.facts import TableFacts
 
 
@@ -76,6 +77,15 @@ class Manifest:
     def database(self) -> str:
         """Return the name of the database that was backed up."""
         return str(self.server.get("database", ""))
+
+    @property
+    def database_identity(self) -> DatabaseIdentity | None:
+        """Return the source database's encoding and locale (``server.identity``).
+
+        Returns None for a backup made before opskit recorded them: it restores as before,
+        with the destination server's defaults.
+        """
+        return DatabaseIdentity.from_dict(self.server.get("identity"))
 
     def artifact(self, name: str) -> Artifact:
         """Return the artifact named ``db`` or ``globals``. Raises ManifestError when absent."""
