@@ -40,3 +40,6 @@ if [ ! -x "$azurite" ]; then
     echo "npm is missing; the Azure tests will be skipped" >&2
   fi
 fi
+
+# The PostgreSQL version matrix (servers 13-18, client tools 17 and 18) for tests/versions/.
+scripts/setup-pg-versions.sh || echo "the PostgreSQL version matrix could not be installed; its tests will be skipped" >&2

@@ -57,6 +57,14 @@ class Manifest:
     objects: Mapping[str, int] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # How ``tables`` counted rows (opskit.pg.facts.ROW_COUNTS_*): "only" each table's own rows;
+    # manifests written before the field counted inheritance children too ("inclusive").
+    row_counts: str = "inclusive"
+
+    @property
+    def counts_children(self) -> bool:
+        """Return True when ``tables`` counted each table with its inheritance children (an old manifest)."""
+        return self.row_counts != "only"
 
     @property
     def size(self) -> int:
@@ -137,6 +145,7 @@ class Manifest:
                 migration_version=data.get("migration_version"),
                 objects=_dict(data, "objects", required=False),
                 extra=_dict(data, "extra", required=False),
+                row_counts=str(data.get("row_counts", "inclusive")),
             )
         except ManifestError:
             raise

@@ -166,9 +166,20 @@ def _parse_encryption(section: Section) -> EncryptionConfig:
     return result
 
 
+def _bin_dirs(section: Section) -> str | tuple[str, ...] | None:
+    """Return ``pg_bin_dir``: one directory (a string) or several (a list, searched in order)."""
+    value = section.get("pg_bin_dir", (str, list), None, "a directory or a list of directories")
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            section.errors.add(section.key_path("pg_bin_dir"), "must contain only strings")
+            return None
+        return tuple(value)
+    return value
+
+
 def _parse_tools(section: Section) -> ToolsConfig:
     result = ToolsConfig(
-        pg_bin_dir=section.str("pg_bin_dir", None),
+        pg_bin_dir=_bin_dirs(section),
         state_dir=Path(section.str("state_dir", ".opskit-state")),
     )
     section.finish()
@@ -239,7 +250,7 @@ def _parse_target(
         retention=policy,
         fingerprint_tables=section.str_list("fingerprint_tables"),
         fingerprint_max_bytes=section.size("fingerprint_max_bytes", 1024**3),
-        pg_bin_dir=section.str("pg_bin_dir", None),
+        pg_bin_dir=_bin_dirs(section),
         control_dsn=section.str("control_dsn", None),
     )
     section.finish()

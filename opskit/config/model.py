@@ -48,7 +48,7 @@ class TargetConfig:
     retention: str | None = None
     fingerprint_tables: tuple[str, ...] = ()
     fingerprint_max_bytes: int = 1024**3
-    pg_bin_dir: str | None = None
+    pg_bin_dir: str | tuple[str, ...] | None = None  # one directory or several, searched in order
     control_dsn: str | None = None
 
     @property
@@ -82,7 +82,7 @@ class EncryptionConfig:
 class ToolsConfig:
     """Where PostgreSQL client tools are looked for, and where opskit keeps local state."""
 
-    pg_bin_dir: str | None = None
+    pg_bin_dir: str | tuple[str, ...] | None = None  # one directory or several, searched in order
     state_dir: Path = Path(".opskit-state")
 
 

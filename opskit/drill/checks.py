@@ -313,7 +313,12 @@ def run_post_checks(
     """
     fingerprinted = [(t.schema, t.name) for t in manifest.tables if t.fingerprint]
     tables = facts.list_tables(conn)
-    actual = facts.collect(conn, tables=tables, fingerprint_tables=[f"{s}.{n}" for s, n in fingerprinted])
+    actual = facts.collect(
+        conn,
+        tables=tables,
+        fingerprint_tables=[f"{s}.{n}" for s, n in fingerprinted],
+        inclusive=manifest.counts_children,  # like with like: an old manifest counted children too
+    )
     conn.rollback()  # ends the transaction SET LOCAL needed
     context = PostCheckContext(ctx, settings, manifest, conn, actual, fingerprinted)
     for post_check in POST_CHECKS:

@@ -225,13 +225,28 @@ def _check_target(ctx: AppContext, target: TargetConfig, report: CheckReport) ->
         return
     server = facts[0]
     bin_dir = target.pg_bin_dir or ctx.config.tools.pg_bin_dir
+    # The same choice a backup and a restore make: the lowest major >= the server's. A backup of
+    # this target is read by the lowest pg_restore >= its pg_dump, which must suit the server too.
+    chosen: dict[str, tools.Tool] = {}
     for name in TOOLS:
+        use = "backup" if name != "pg_restore" else "restore into it"
 
-        def find(name: str = name) -> str:
-            tool = tools.find_tool(name, server.major, bin_dir)
-            return f"{name} {tool.version} ({tool.path}) for server major {server.major}"
+        def find(name: str = name, use: str = use) -> str:
+            tool = chosen[name] = tools.find_tool(name, server.major, bin_dir)
+            return f"{use}: {name} {tool.version} ({tool.path}) for server major {server.major}"
 
         _guard(report, f"target {target.name} {name}", find)
+    if "pg_dump" in chosen and "pg_restore" in chosen:
+
+        def restorable() -> str:
+            pg_restore = tools.find_tool("pg_restore", chosen["pg_dump"].major, bin_dir)
+            tools.check_restore_into(pg_restore, server.major, chosen["pg_dump"].major)
+            return (
+                f"its backups (pg_dump {chosen['pg_dump'].version}) restore into it with pg_restore "
+                f"{pg_restore.version} ({pg_restore.path})"
+            )
+
+        _guard(report, f"target {target.name} restore of its backups", restorable)
 
 
 def _check_control_database(config: Config) -> str:

@@ -53,7 +53,11 @@ class ScriptSplitter:
         on_sql: Callable[[bytes], None],
         block_size: int | None = None,
     ) -> None:
-        self._statements = {s.strip() for s in copy_statements}
+        # A COPY statement spans several lines when a quoted table or column name holds a newline,
+        # so statements are looked up by their first line and then matched whole.
+        self._statements: dict[bytes, list[bytes]] = {}
+        for statement in {s.strip() for s in copy_statements}:
+            self._statements.setdefault(statement.split(b"\n", 1)[0], []).append(statement)
         self._on_block = on_block
         self._on_sql = on_sql
         self._block_size = block_size or BLOCK_SIZE
@@ -86,18 +90,36 @@ class ScriptSplitter:
                 del self._buf[:cut]
             self._scan_from = len(self._buf)
             return False
-        end = self._buf.find(b"\n", at + 1)
-        if end < 0:
+        statement = self._statement_at(at + 1)
+        if statement is None:
             self._scan_from = at
             return False
-        statement = bytes(self._buf[at + 1 : end]).strip()
-        if statement not in self._statements:
-            raise ScriptError(f"unexpected COPY statement in pg_restore's output: {_show(statement)}")
         self._emit_sql(bytes(self._buf[: at + 1]))
-        del self._buf[: end + 1]
+        del self._buf[: at + 1 + len(statement) + 1]
         self._copying = statement
         self._scan_from = 0
         return True
+
+    def _statement_at(self, start: int) -> bytes | None:
+        """Return the TOC's COPY statement that the buffer holds whole at ``start``, or None until it has arrived.
+
+        Raises ScriptError when no statement of the TOC is there (an unknown table's data).
+        """
+        first_end = self._buf.find(b"\n", start)
+        if first_end < 0:
+            return None
+        first_line = bytes(self._buf[start:first_end]).strip()
+        candidates = self._statements.get(first_line.split(b"\n", 1)[0], [])
+        # The longest first: "a\nb" must not stop at a statement that is only its first line.
+        for statement in sorted(candidates, key=len, reverse=True):
+            end = start + len(statement)
+            if len(self._buf) <= end:
+                if self._buf.startswith(statement[: len(self._buf) - start], start):
+                    return None  # it may be this one: wait for the rest of it
+                continue
+            if self._buf.startswith(statement, start) and self._buf[end] == 0x0A:
+                return statement
+        raise ScriptError(f"unexpected COPY statement in pg_restore's output: {_show(first_line)}")
 
     def _take_rows(self) -> bool:
         """Emit complete rows of the current COPY. Return True when its end marker was reached."""

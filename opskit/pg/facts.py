@@ -54,6 +54,12 @@ SELECT
 
 
 DEFAULT_FINGERPRINT_MAX_BYTES = 1024**3
+
+# How a manifest's row counts were taken (its ``row_counts`` field): "only" each table's own rows
+# (``count(*) FROM ONLY``, what pg_dump's COPY of the table holds), or "inclusive" with the rows of
+# its inheritance children (``count(*)``), as manifests written before the field existed did.
+ROW_COUNTS_ONLY = "only"
+ROW_COUNTS_INCLUSIVE = "inclusive"
 FINGERPRINT_PREFIX = "sha256:"
 
 # Every setting that changes how a value is printed is pinned, so the same rows give the same
@@ -106,12 +112,53 @@ def list_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in cur.fetchall()]
 
 
-def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
-    """Return ``count(*)`` of one table (identifiers quoted by psycopg.sql)."""
+def count_rows(conn: psycopg.Connection[Any], schema: str, table: str, inclusive: bool = False) -> int:
+    """Return the rows of one table: its own (``FROM ONLY``), or with its inheritance children's when ``inclusive``.
+
+    A table's own rows are what pg_dump writes in its COPY, so they are what a restore loads and
+    can compare; ``inclusive`` counts as opskit did before :data:`ROW_COUNTS_ONLY` (old manifests).
+    """
+    only = sql.SQL("") if inclusive else sql.SQL("ONLY ")
+    query = sql.SQL("SELECT count(*) FROM {}{}.{}").format(only, sql.Identifier(schema), sql.Identifier(table))
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table)))
+        cur.execute(query)
         row = cur.fetchone()
         return int(row[0]) if row else 0
+
+
+# Every (parent, child) pair of table inheritance among user tables; partitions are listed as
+# tables of their own (relkind 'r'), and their partitioned parents (relkind 'p') are not counted.
+_INHERITS_SQL = """
+SELECT pn.nspname, p.relname, cn.nspname, c.relname
+FROM pg_inherits i
+JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace
+WHERE p.relkind = 'r'
+"""
+
+
+def inheritance_children(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    """Return ``schema.table`` -> the ``schema.table`` of its direct inheritance children (tables with none are absent)."""
+    children: dict[str, list[str]] = {}
+    with conn.cursor() as cur:
+        cur.execute(_INHERITS_SQL)
+        for parent_schema, parent, child_schema, child in cur.fetchall():
+            children.setdefault(f"{parent_schema}.{parent}", []).append(f"{child_schema}.{child}")
+    return children
+
+
+def include_children(own_rows: dict[str, int], children: dict[str, list[str]]) -> dict[str, int]:
+    """Return ``count(*)``-style counts from each table's own rows: a table's plus all its descendants'.
+
+    How an old manifest's inclusive counts are compared with the rows a restore loaded table by
+    table. A child inheriting from two parents counts under both, as ``count(*)`` counts it.
+    """
+
+    def total(table: str, seen: frozenset[str]) -> int:
+        below = (total(child, seen | {child}) for child in children.get(table, ()) if child not in seen)
+        return own_rows.get(table, 0) + sum(below)
+
+    return {table: total(table, frozenset({table})) for table in own_rows}
 
 
 def object_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -128,12 +175,14 @@ def collect(
     tables: Sequence[tuple[str, str]] | None = None,
     fingerprint_tables: Sequence[str] = (),
     fingerprint_max_bytes: int = DEFAULT_FINGERPRINT_MAX_BYTES,
+    inclusive: bool = False,
 ) -> SnapshotFacts:
-    """Collect row counts, fingerprints and object counts on ``conn``'s snapshot.
+    """Collect row counts, fingerprints and object counts on ``conn``'s snapshot; return them.
 
-    ``fingerprint_tables`` are patterns (see :func:`select_fingerprint_tables`); fingerprints
-    need a transaction (``SET LOCAL``), which the backup's snapshot connection and a
-    non-autocommit connection both have.
+    Rows are each table's own (see :func:`count_rows`), or with its children's when
+    ``inclusive`` (to compare with a manifest that counted so). ``fingerprint_tables`` are
+    patterns (see :func:`select_fingerprint_tables`); fingerprints need a transaction
+    (``SET LOCAL``), which the backup's snapshot connection and a non-autocommit connection both have.
     """
     names = list(tables) if tables is not None else list_tables(conn)
     chosen = set(select_fingerprint_tables(conn, names, fingerprint_tables, fingerprint_max_bytes))
@@ -141,7 +190,7 @@ def collect(
     for schema, table in names:
         fingerprint = fingerprint_table(conn, schema, table) if (schema, table) in chosen else None
         facts.tables.append(
-            TableFacts(schema=schema, name=table, rows=count_rows(conn, schema, table), fingerprint=fingerprint)
+            TableFacts(schema, table, rows=count_rows(conn, schema, table, inclusive), fingerprint=fingerprint)
         )
     facts.objects = object_counts(conn)
     return facts

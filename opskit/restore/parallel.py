@@ -33,7 +33,7 @@ from opskit.core.errors import RestoreFailed
 from opskit.core.execute import Child, spawn
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
-from opskit.pg import connection
+from opskit.pg import connection, facts
 from opskit.pg import toc as dump_toc
 from opskit.pg.commands import PgRestoreCommand
 from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSplitter, session_settings
@@ -197,8 +197,20 @@ class ParallelRestore:
                 blocks=stats.blocks,
                 rows=sum(stats.rows.values()),
             )
+        if self.manifest.counts_children:
+            self.rows_loaded = self._with_children(self.rows_loaded)
         self._run_sql()
         self.phases["data"] = time.monotonic() - self._started - self.phases.get("schema", 0.0)
+
+    def _with_children(self, own_rows: dict[str, int]) -> dict[str, int]:
+        """Return ``own_rows`` counted as an old manifest counted them: each table with its inheritance children.
+
+        Each COPY holds one table's own rows; a manifest written before ``row_counts`` existed
+        counted ``count(*)``, children included, so the loaded rows are summed the same way.
+        """
+        with self._connect() as conn:
+            children = facts.inheritance_children(conn)
+        return facts.include_children(own_rows, children)
 
     def _raise_data_failure(self) -> None:
         """Raise what stopped the data section, the first cause first: a COPY, pg_restore, or its output."""

@@ -40,6 +40,13 @@ def dump_major(manifest: Manifest) -> int:
     return max((int(m) for m in majors if isinstance(m, int)), default=0)
 
 
+def archive_origin(manifest: Manifest) -> str:
+    """Return what made the backup's archive, for messages: "an archive of pg_dump 18.1 from a PostgreSQL 13 server"."""
+    dumped_by = (manifest.tools.get("pg_dump") or {}).get("version")
+    server = manifest.server.get("major")
+    return f"an archive of pg_dump {dumped_by or 'unknown'} from a PostgreSQL {server or 'unknown'} server"
+
+
 class BackupReader:
     """Opens the backups of one storage; the configured age identity is parsed on first need, once.
 
@@ -47,7 +54,7 @@ class BackupReader:
     or ``[tools] pg_bin_dir``); None searches the PATH only.
     """
 
-    def __init__(self, ctx: AppContext, storage: Storage, bin_dir: str | None = None) -> None:
+    def __init__(self, ctx: AppContext, storage: Storage, bin_dir: tools.BinDirs = None) -> None:
         self.ctx = ctx
         self.storage = storage
         self.bin_dir = bin_dir
@@ -90,7 +97,9 @@ class OpenedBackup:
         Raises UnreachableError when no such pg_restore is installed.
         """
         if self._pg_restore is None:
-            self._pg_restore = tools.find_tool("pg_restore", self.dump_major, self.reader.bin_dir)
+            self._pg_restore = tools.find_tool(
+                "pg_restore", self.dump_major, self.reader.bin_dir, needed_for=archive_origin(self.manifest)
+            )
         return self._pg_restore
 
     def check_can_decrypt(self, name: str = DUMP_ARTIFACT) -> None:
@@ -136,6 +145,6 @@ class OpenedBackup:
             )
 
 
-def open_backup(ctx: AppContext, storage: Storage, manifest: Manifest, bin_dir: str | None = None) -> OpenedBackup:
+def open_backup(ctx: AppContext, storage: Storage, manifest: Manifest, bin_dir: tools.BinDirs = None) -> OpenedBackup:
     """Return ``manifest``'s backup in ``storage`` opened with a reader of its own (see :class:`BackupReader`)."""
     return BackupReader(ctx, storage, bin_dir).open(manifest)

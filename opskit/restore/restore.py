@@ -238,6 +238,9 @@ def restore_backup(
         backup = open_backup(ctx, storage, manifest, server.pg_bin_dir or ctx.config.tools.pg_bin_dir)
     backup.check_can_decrypt()
     pg_restore = backup.pg_restore()
+    # The maintenance database: the destination may not exist yet.
+    with connection.connect(server, dbname="postgres", application_name="opskit restore") as conn:
+        tools.check_restore_into(pg_restore, connection.server_facts(conn).major, backup.dump_major)
 
     created = False
     if databases.database_exists(server, database):

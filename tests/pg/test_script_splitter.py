@@ -143,3 +143,30 @@ def test_a_row_larger_than_a_block_travels_whole_in_a_block_of_its_own() -> None
 
     assert collected.rows_of(ACCOUNTS) == b"".join(rows)
     assert any(block == b"1\tsmall\n" + big or block == big for _, block in collected.blocks)
+
+
+NEWLINE_TABLE = b'COPY public."new\nline" ("a\nb", c) FROM stdin;'
+# A table whose name is the first line of the other's: only the whole statement tells them apart.
+PREFIX_TABLE = b'COPY public."new'
+PREFIX_TABLE_STATEMENT = b'COPY public."new" (x) FROM stdin;'
+
+
+def test_a_copy_statement_spanning_lines_is_matched_whole_however_the_script_is_cut() -> None:
+    data = PREAMBLE + NEWLINE_TABLE + b"\n1\tone\n2\ttwo\n\\.\n\n" + PREFIX_TABLE_STATEMENT + b"\n7\n\\.\n\nSELECT 1;\n"
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+        collected = Collected()
+        splitter = ScriptSplitter([NEWLINE_TABLE, PREFIX_TABLE_STATEMENT], collected.add_block, collected.sql.append)
+        for piece in pieces:
+            splitter.feed(piece)
+        splitter.finish()
+
+        assert collected.rows_of(NEWLINE_TABLE) == b"1\tone\n2\ttwo\n"
+        assert collected.rows_of(PREFIX_TABLE_STATEMENT) == b"7\n"
+        assert b"line" not in b"".join(collected.sql)
+
+
+def test_a_multi_line_copy_statement_the_archive_does_not_list_is_an_error() -> None:
+    splitter = ScriptSplitter([NEWLINE_TABLE], lambda s, r: None, lambda t: None)
+
+    with pytest.raises(ScriptError, match="unexpected COPY statement"):
+        splitter.feed(PREAMBLE + b'COPY public."new\nother" (x) FROM stdin;\n1\n\\.\n')

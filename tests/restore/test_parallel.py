@@ -8,6 +8,7 @@ Either way the restored database equals the source, and the state directory is l
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from opskit.backup import backup
+from opskit.catalog import Manifest
 from opskit.core.errors import RestoreFailed
 from opskit.pg import copy_loader
 from opskit.restore import restore
@@ -264,3 +267,97 @@ def test_a_server_that_demands_a_password_gets_it_on_every_loading_connection(
     restored = restore.run(ctx, target="app", jobs=2)
 
     assert restored.ok and restored.route == "loader" and restored.tables_checked == 1
+
+
+# --------------------------------------------------------------------------- real schemas (issue 15, case 3)
+
+AWKWARD_LOADER_SQL = (REPO_ROOT / "tests" / "data" / "awkward_loader.sql").read_text(encoding="utf-8")
+INHERITANCE = "CREATE TABLE parent(a int); CREATE TABLE child() INHERITS (parent); INSERT INTO child VALUES (1);"
+
+
+def rewrite_as_old_manifest(pg_database: str, tmp_path: Path) -> None:
+    """Make the latest backup's manifest look written before ``row_counts``: inclusive counts, no field."""
+    (manifest_path,) = (tmp_path / "backups").glob("app/*/manifest.json")
+    data = json.loads(manifest_path.read_text())
+    assert data.pop("row_counts") == "only"
+    with psycopg.connect(dsn_for(pg_database)) as conn:
+        for table in data["tables"]:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(table["schema"]), sql.Identifier(table["name"])
+            )
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            table["rows"] = row[0]
+    manifest_path.write_text(json.dumps(data))
+
+
+def test_a_child_table_s_rows_are_counted_once_so_an_inherited_schema_restores_with_jobs(
+    pg_database: str, tmp_path: Path, make_context: Any
+) -> None:
+    ctx = backed_up(pg_database, tmp_path, make_context, INHERITANCE)
+
+    restored = restore.run(ctx, target="app", jobs=2)
+
+    assert restored.route == "loader"
+    assert restored.ok, restored.mismatches
+    assert restored.rows_loaded == {"public.parent": 0, "public.child": 1}
+    assert content_hashes(restored.database) == content_hashes(pg_database)
+
+
+def test_the_backup_counts_each_table_s_own_rows_and_says_so(
+    pg_database: str, tmp_path: Path, make_context: Any
+) -> None:
+    backed_up(pg_database, tmp_path, make_context, INHERITANCE)
+
+    (manifest_path,) = (tmp_path / "backups").glob("app/*/manifest.json")
+    manifest = Manifest.from_json(manifest_path.read_bytes())
+
+    assert manifest.row_counts == "only" and not manifest.counts_children
+    assert {t.qualified: t.rows for t in manifest.tables} == {"public.parent": 0, "public.child": 1}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_old_manifest_that_counted_children_still_matches_after_a_restore(
+    pg_database: str, tmp_path: Path, make_context: Any, jobs: int
+) -> None:
+    ctx = backed_up(pg_database, tmp_path, make_context, AWKWARD_LOADER_SQL)
+    rewrite_as_old_manifest(pg_database, tmp_path)
+
+    restored = restore.run(ctx, target="app", jobs=jobs)
+
+    assert restored.ok, restored.mismatches
+    if jobs == 2:
+        assert restored.route == "loader"
+        assert restored.rows_loaded is not None
+        assert restored.rows_loaded["public.parent"] == 2 + 3 + 1 + 1  # its own, child, grandchild, two_parents
+
+
+def test_a_table_whose_name_holds_a_newline_is_loaded_with_jobs(
+    pg_database: str, tmp_path: Path, make_context: Any
+) -> None:
+    ctx = backed_up(
+        pg_database,
+        tmp_path,
+        make_context,
+        'CREATE TABLE "new\nline" ("a\nb" int); INSERT INTO "new\nline" VALUES (1);',
+    )
+
+    restored = restore.run(ctx, target="app", jobs=2)
+
+    assert restored.ok and restored.route == "loader"
+    assert restored.rows_loaded == {"public.new\nline": 1}
+
+
+def test_the_loader_reproduces_a_database_of_awkward_schemas(
+    pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None
+) -> None:
+    ctx = backed_up(pg_database, tmp_path, make_context, AWKWARD_LOADER_SQL + WITHOUT_LARGE_OBJECTS)
+
+    restored = restore.run(ctx, target="app", jobs=3)
+
+    assert restored.route == "loader"
+    assert restored.ok, restored.mismatches
+    assert schema_dump(restored.database) == schema_dump(pg_database)
+    assert content_hashes(restored.database) == content_hashes(pg_database)
+    assert sequence_values(restored.database) == sequence_values(pg_database)
+    assert list((tmp_path / "state").iterdir()) == []
