@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,13 +13,22 @@ from opskit.core.errors import ConfigError
 from opskit.runbooks.model import Runbook, Step, Variable
 from opskit.runbooks.steps import KINDS, check_step, default_name
 
+# Where an installed opskit keeps the shipped runbooks (the container image copies runbooks/ here).
+SHARE_DIRS: tuple[Path, ...] = (Path("/usr/local/share/opskit/runbooks"), Path("/usr/share/opskit/runbooks"))
+
 
 def runbooks_dir(ctx: AppContext, directory: str | Path | None = None) -> Path:
-    """Return ``directory``, else ``runbooks/`` beside the config file, else ``./runbooks``."""
+    """Return where runbooks are read from: the first directory that exists, in this order.
+
+    ``directory`` (``--dir``), ``runbooks/`` beside the config file, ``./runbooks``, then the
+    installed share directories (:data:`SHARE_DIRS`); ``./runbooks`` when none exists, so the
+    error names a path the operator can create.
+    """
     if directory is not None:
         return Path(directory)
-    if ctx.config.source is not None:
-        candidate = ctx.config.source.parent / "runbooks"
+    candidates = [ctx.config.source.parent / "runbooks"] if ctx.config.source is not None else []
+    candidates += [Path("runbooks"), *SHARE_DIRS]
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
     return Path("runbooks")
@@ -70,7 +80,7 @@ def load(path: Path) -> Runbook:
 
 
 def _variables(root: Section, errors: ConfigErrors) -> list[Variable]:
-    """Return the ``[vars]`` table's variables: ``name = default`` or ``name = {default, help, required}``."""
+    """Return the ``[vars]`` table's variables: ``name = default`` or ``name = {default, help, required, pattern}``."""
     variables = []
     for name, value in root.table("vars").raw.items():
         if isinstance(value, str | int | float | bool):
@@ -80,7 +90,15 @@ def _variables(root: Section, errors: ConfigErrors) -> list[Variable]:
             default = spec.get("default", (str, int, float, bool), None, "a string or number")
             required = spec.bool("required", False)
             text = None if default is None else str(default)
-            variables.append(Variable(name, None if required and text is None else (text or ""), spec.str("help", "")))
+            pattern = spec.get("pattern", str, None, "a regular expression the whole value must match")
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    errors.add(f"vars.{name}.pattern", f"is not a regular expression: {exc}")
+                    pattern = None
+            value = None if required and text is None else (text or "")
+            variables.append(Variable(name, value, spec.str("help", ""), pattern))
             spec.finish()
         else:
             errors.add(f"vars.{name}", "must be a default value or a table {default, help, required}")

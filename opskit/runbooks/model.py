@@ -22,11 +22,12 @@ Echo = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Variable:
-    """A runbook variable: its default (None when required) and what it means."""
+    """A runbook variable: its default (None when required), what it means, and the ``pattern`` a value must match."""
 
     name: str
     default: str | None
     help: str = ""
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)

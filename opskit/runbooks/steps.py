@@ -13,7 +13,9 @@ a new kind is one entry here. The kinds:
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,9 +98,11 @@ def _run_opskit(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
         argv += ["--config", str(run.ctx.config.source)]
     argv += list(rendered["command"])
     allowed = [int(code) for code in rendered.get("allow_exit", [0])]
-    # The child is opskit itself: it gets the OPSKIT_* settings execute.child_env() strips for others.
-    env = {k: v for k, v in os.environ.items() if k.startswith("OPSKIT_")}
-    return _process_step(step, rendered, argv, allowed, env)
+    # The child is opskit itself, reading the same config: it must resolve the same secrets
+    # (env: references such as APP_DB_PASSWORD, OPSKIT_*) that execute.child_env() strips for
+    # other programs, so it gets this process's whole environment back.
+    env = dict(os.environ)
+    return _process_step(step, rendered, argv, allowed, env, opskit_child=True)
 
 
 def _action_step(ctx: AppContext, step: Step, rendered: Rendered) -> StepResult:
@@ -136,11 +140,19 @@ def _process_step(
     argv: list[str],
     allowed: Sequence[int],
     env: Mapping[str, str] | None,
+    opskit_child: bool = False,
 ) -> StepResult:
-    """Run ``argv``; ok when its exit code is in ``allowed``. Keeps the last lines of its output, redacted."""
+    """Run ``argv``; ok when its exit code is in ``allowed``. Keeps the last lines of its output, redacted.
+
+    An opskit child's JSON log lines (its stderr) stay out of the output: its results and its
+    one error line are what the runbook shows.
+    """
     timeout = parse_duration(str(rendered["timeout"])) if "timeout" in rendered else DEFAULT_TIMEOUT
     completed = run_command(argv, env=env, timeout=timeout.total_seconds())
-    text = (completed.stdout + completed.stderr).decode("utf-8", "replace")
+    stderr = completed.stderr.decode("utf-8", "replace")
+    if opskit_child:
+        stderr = "".join(line for line in stderr.splitlines(keepends=True) if not _is_log_line(line))
+    text = completed.stdout.decode("utf-8", "replace") + stderr
     output = "\n".join(redact_text(text).splitlines()[-OUTPUT_LINES:])
     if completed.returncode in allowed:
         note = "" if completed.returncode == 0 else f" (exit {completed.returncode}, allowed)"
@@ -155,6 +167,17 @@ def _process_step(
     )
 
 
+def _is_log_line(line: str) -> bool:
+    """Return True for one of opskit's structured log lines (a JSON object with an ``event``)."""
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "event" in record
+
+
 def _shell_name(fields: Mapping[str, Any]) -> str:
     return " ".join(fields.get("argv", []))
 
@@ -167,14 +190,50 @@ def _describe_sql(rendered: Rendered, prefix: str) -> str:
     return f"{prefix}run on target {where}: {' '.join(str(rendered['query']).split())}"
 
 
+_VARIABLE_RE = re.compile(r"\$\{(\w+)\}")
+
+
+def parameterized(query: str, variables: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """Return ``query`` with each ``${name}`` turned into a bound parameter, and the parameters.
+
+    A variable's value is never spliced into SQL text (``--var tables=...`` is data, whatever it
+    holds); every other ``%`` is doubled for psycopg's placeholder syntax. Raises ConfigError for
+    an undefined variable.
+    """
+    params: dict[str, str] = {}
+
+    def bind(name: str) -> str:
+        if name not in variables:
+            raise ConfigError(f"the query uses an undefined variable ${{{name}}}", hint="define it under [vars]")
+        params[name] = variables[name]
+        return f"%({name})s"
+
+    # split() with one group alternates text and variable names: escape the text, bind the names.
+    pieces = _VARIABLE_RE.split(query)
+    text = "".join(bind(piece) if i % 2 else piece.replace("%", "%%") for i, piece in enumerate(pieces))
+    return text, params
+
+
+def _check_sql(section: Section, fields: Mapping[str, Any]) -> None:
+    query = fields.get("query")
+    # Inside a quoted literal a bound parameter would be the text "$1": refuse it (an odd number
+    # of quotes before the variable means it sits inside one).
+    if isinstance(query, str) and any(query[: m.start()].count("'") % 2 for m in _VARIABLE_RE.finditer(query)):
+        section.errors.add(
+            section.key_path("query"),
+            "a variable in a query is a bound parameter: write ${name}, not '${name}' (no quotes)",
+        )
+
+
 def _run_sql(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
     target = run.ctx.target(str(rendered["target"]))
     database = rendered.get("database")
+    query, params = parameterized(str(step.fields["query"]), run.variables)
     with connection.connect(
         target, dbname=str(database) if database else None, autocommit=True, application_name="opskit runbook"
     ) as conn:
         try:
-            cur = conn.execute(str(rendered["query"]))  # the runbook author's SQL, run as written
+            cur = conn.execute(query, params)  # the author's SQL as written; variables bound, never spliced
             rows = cur.fetchall() if cur.description else []
             columns = [c.name for c in cur.description] if cur.description else []
         except psycopg.Error as exc:
@@ -224,7 +283,8 @@ def _run_confirm(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
             rendered=rendered,
         )
     if run.confirm(prompt):
-        return StepResult(step, OK, output=f"{prompt} -> yes", rendered=rendered)
+        # The operator just read the prompt; the transcript keeps it in ``rendered``.
+        return StepResult(step, OK, output="-> yes", rendered=rendered)
     return StepResult(step, FAILED, error="declined", exit_code=ConfigError.exit_code, rendered=rendered)
 
 
@@ -257,6 +317,7 @@ KINDS: dict[str, StepKind] = {
             ("target", "query"),
             _describe_sql,
             _run_sql,
+            check=_check_sql,
         ),
         StepKind(
             "shell",

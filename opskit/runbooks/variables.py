@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +16,8 @@ from opskit.runbooks.model import Runbook
 def resolve_variables(ctx: AppContext, runbook: Runbook, given: Mapping[str, str], run_id: str) -> dict[str, str]:
     """Return every variable's value: ``given`` over defaults, plus ``now``, ``run_id`` and ``config``.
 
-    Raises ConfigError for an unknown ``--var`` or a required variable with no value.
+    Raises ConfigError for an unknown ``--var``, a required variable with no value, or a
+    value that does not match its variable's ``pattern``.
     """
     known = {v.name for v in runbook.variables}
     unknown = sorted(set(given) - known)
@@ -38,6 +40,13 @@ def resolve_variables(ctx: AppContext, runbook: Runbook, given: Mapping[str, str
             values[variable.name] = string.Template(variable.default).safe_substitute(values)
         else:
             missing.append(variable)
+    for variable in runbook.variables:
+        value = values.get(variable.name)
+        if variable.pattern is not None and value is not None and not re.fullmatch(variable.pattern, value):
+            raise ConfigError(
+                f"runbook '{runbook.name}': {variable.name}={value!r} does not match {variable.pattern}",
+                hint=f"{variable.name} is {variable.help or 'checked by its pattern'}",
+            )
     if missing:
         raise ConfigError(
             f"runbook '{runbook.name}' needs " + "; ".join(f"{v.name} ({v.help or 'no default'})" for v in missing),
