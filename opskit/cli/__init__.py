@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import signal
 import sys
 import traceback
@@ -19,13 +20,16 @@ from typing import Any, TypeVar, cast
 import click
 
 from opskit import __version__
+from opskit.cli import complete
 from opskit.config.load import load_config
 from opskit.context import AppContext
+from opskit.core import progress
 from opskit.core.errors import OpskitError
 from opskit.core.log import configure_logging
 from opskit.core.redaction import redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
+JSON_ERRORS = "opskit.json_errors"  # ctx.meta key: --json was given, so errors are JSON too
 
 # Command name -> the module whose `register(group)` adds it. Modules are imported only when
 # their command runs (or help lists them): a backup started from cron pays for no migration code.
@@ -91,7 +95,14 @@ class OpskitGroup(click.Group):
             return None
         holder = click.Group()
         importlib.import_module(module).register(holder)
-        return holder.commands.get(cmd_name)
+        command = holder.commands.get(cmd_name)
+        return complete.attach(command) if command is not None else None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Remembered for the error path, which runs after the verb's own options are gone.
+        options = args[: args.index("--")] if "--" in args else args
+        ctx.meta[JSON_ERRORS] = "--json" in options
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -100,6 +111,7 @@ class OpskitGroup(click.Group):
             if getattr(ctx.obj, "debug", False):
                 _print_traceback(exc)
             click.echo(f"opskit: error: {redact_text(exc.one_line())}", err=True)
+            _echo_json_error(ctx, exc.exit_code, type(exc).__name__, exc.message, exc.hint)
             sys.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
@@ -114,6 +126,7 @@ class OpskitGroup(click.Group):
                 "run again with --debug for the traceback and report it",
                 err=True,
             )
+            _echo_json_error(ctx, 1, type(exc).__name__, str(exc), "run again with --debug and report it")
             sys.exit(1)
 
 
@@ -127,9 +140,10 @@ class OpskitGroup(click.Group):
     show_default=True,
     help="Log format on stderr: console on a terminal, JSON otherwise.",
 )
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr; no progress lines.")
 @click.version_option(__version__, prog_name="opskit")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: str) -> None:
+def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: str, quiet: bool) -> None:
     """Keep PostgreSQL data safe and recoverable: backups, restores, migrations, drills.
 
     Exit codes (the same for every verb): 0 ok, 1 unexpected error, 2 usage/config
@@ -137,7 +151,8 @@ def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: s
     (backup, copy, restore, prune), 5 verification or drill check failed or a corrupt
     object, 6 objective breached, 7 lock held by another run, 130 interrupted.
     """
-    configure_logging(debug=debug, json_logs=None if log_format == "auto" else log_format == "json")
+    configure_logging(debug=debug, json_logs=None if log_format == "auto" else log_format == "json", quiet=quiet)
+    progress.set_quiet(quiet)
     # SIGTERM (docker stop, a CronJob's deadline) unwinds like Ctrl-C, so every open upload is
     # aborted and no manifest is written. The daemon installs its own, gentler handler.
     signal.signal(signal.SIGTERM, _terminate)
@@ -152,6 +167,22 @@ def _print_traceback(exc: BaseException) -> None:
     """
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     click.echo(redact_text(text), err=True, nl=False)
+
+
+def _echo_json_error(ctx: click.Context, code: int, kind: str, message: str, hint: str | None) -> None:
+    """With ``--json``, print the error as one JSON object on stdout, where the script reads the result.
+
+    The shape (docs/cli.md): ``{"error": {"exit_code", "type", "message", "hint"}}``; the one
+    human line still goes to stderr.
+    """
+    if ctx.meta.get(JSON_ERRORS):
+        error = {
+            "exit_code": code,
+            "type": kind,
+            "message": redact_text(message),
+            "hint": redact_text(hint or "") or None,
+        }
+        click.echo(json.dumps({"error": error}))
 
 
 def _terminate(signum: int, _frame: Any) -> None:

@@ -13,6 +13,15 @@ from types import TracebackType
 
 from opskit.core.units import format_size
 
+# `opskit --quiet` turns every progress line off, whatever the caller's `enabled` says.
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (or restore) every :class:`ByteProgress` of this process (``opskit --quiet``)."""
+    global _quiet
+    _quiet = quiet
+
 
 def format_eta(seconds: float) -> str:
     """Return ``seconds`` as ``H:MM:SS`` (``M:SS`` under an hour), the way rsync and pv show it."""
@@ -33,7 +42,7 @@ class ByteProgress:
 
     def __init__(self, label: str, enabled: bool, interval: float = 0.5, expected: int | None = None) -> None:
         self.label = label
-        self.enabled = enabled
+        self.enabled = enabled and not _quiet
         self.interval = interval
         self.expected = expected if expected and expected > 0 else None
         self.total = 0
