@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,43 @@ def test_a_pin_written_behind_the_prunes_back_is_honoured_before_each_delete(
     listed = [str(b["id"]) for b in setup.backups()]
     assert oldest in listed and len(listed) == 11
     assert f"{base}app/{oldest}/pin.json" in s3_objects(setup.storage)
+
+
+# --------------------------------------------------------------------------- opskit unlock
+
+
+def test_unlock_removes_a_dead_runs_lock_keeps_a_live_one_and_all_removes_both(
+    tmp_path: Path, local_storage: StorageConfig
+) -> None:
+    import socket
+
+    from opskit.catalog import LockRecord
+    from opskit.storage.registry import open_storage
+
+    storage = open_storage(local_storage)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = datetime.now(UTC)
+    dead = LockRecord(
+        "20261201T000000Z-00000000dead", "app", "prune", True, socket.gethostname(), int(gone.stdout), now, now
+    )
+    live = LockRecord("20261201T000000Z-00000000a11e", "app", "backup", False, "db2", 4242, now, now)
+    for record in (dead, live):
+        assert storage.create(record.key, record.to_json())
+    setup = write_setup(tmp_path / "cfg", "postgres", local_storage)
+
+    dry = setup.run("unlock", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert [r["key"] for r in json.loads(dry.stdout)["removed"]] == [dead.key]
+    assert storage.exists(dead.key)
+
+    stale = setup.run("unlock")
+    assert stale.returncode == 0, stale.stderr
+    assert f"removed lock {dead.key}" in stale.stdout
+    assert (
+        "kept live lock of target 'app' in storage 'local': backup (shared) by pid 4242 on host 'db2'" in stale.stdout
+    )
+    assert not storage.exists(dead.key) and storage.exists(live.key)
+
+    everything = setup.run("unlock", "--all")
+    assert everything.returncode == 0, everything.stderr
+    assert [info.key for info in storage.list("app/locks/")] == []
