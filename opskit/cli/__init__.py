@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from opskit import __version__
-from opskit.cli import complete
+from opskit.cli import complete, examples
 from opskit.config.load import load_config
 from opskit.context import AppContext
 from opskit.core import progress
@@ -96,7 +96,7 @@ class OpskitGroup(click.Group):
         holder = click.Group()
         importlib.import_module(module).register(holder)
         command = holder.commands.get(cmd_name)
-        return complete.attach(command) if command is not None else None
+        return complete.attach(examples.attach(command)) if command is not None else None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # Remembered for the error path, which runs after the verb's own options are gone.
