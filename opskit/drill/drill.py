@@ -152,7 +152,7 @@ def run(
         result.warnings.append(f"data-loss window {objectives.short(loss)} is at least 80% of the RPO target")
     result.finished_at = started_at + timedelta(seconds=clock.elapsed())
     _write_reports(ctx, store, result, report_dir or settings.report_dir)
-    _record_verdict(store, result)
+    _record_verdict(store, result, ctx.clock)
     log.info(
         "drill finished",
         target=source.name,
@@ -348,10 +348,11 @@ def _write_reports(ctx: AppContext, store: Storage, result: DrillReport, report_
             (directory / f"{result.drill_id}.{ext}").write_bytes(payload)
 
 
-def _record_verdict(store: Storage, result: DrillReport) -> None:
+def _record_verdict(store: Storage, result: DrillReport, clock: Callable[[], datetime]) -> None:
     """Record the drill as a verification of the backup, so retention keeps the newest drilled backup.
 
-    A storage failure here is a warning: the drill's verdict stands.
+    A storage failure here is a warning: the drill's verdict stands (so is a running prune's
+    repository lock: the record is written under a shared lock, never beside a prune).
     """
     if result.manifest is None:
         return
@@ -366,7 +367,8 @@ def _record_verdict(store: Storage, result: DrillReport) -> None:
         checks=tuple(_as_verification_check(c) for c in result.checks),
     )
     try:
-        catalog.record_verification(store, record)
+        with catalog.locked(store, result.target, "drill", clock=clock):
+            catalog.record_verification(store, record)
     except OpskitError as exc:
         result.warnings.append(f"recording the drill verdict next to the backup failed: {exc.message}")
 

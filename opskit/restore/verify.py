@@ -122,7 +122,10 @@ def run(
                 )
             verification = verify_backup(ctx, reader.open(manifest))
             if not ctx.dry_run:
-                record_verification(store, verification)
+                # A shared repository lock: a prune (exclusive) never deletes the backup while its
+                # record is written; during a prune this exits 7 naming it.
+                with catalog.locked(store, manifest.target, "verify", clock=ctx.clock):
+                    record_verification(store, verification)
             report.verifications.append(verification)
             failure = verification.first_failure
             log.info(
