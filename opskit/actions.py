@@ -119,6 +119,40 @@ def resolve(name: str) -> Action:
     return action
 
 
+def call(
+    action_name: str,
+    ctx: Any,
+    /,
+    *,
+    job: str | None = None,
+    slot: str | None = None,
+    raise_outcome: bool = False,
+    function: Action | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run action ``action_name`` with ``kwargs`` as one observed run and return its result.
+
+    The one door both the daemon and the CLI use for a verb a job may schedule, so both send the
+    same hooks, pings, notifications and run records (:mod:`opskit.ops.signals`). ``function``
+    replaces the table's callable (the daemon's test doubles); ``raise_outcome`` makes a result
+    that did not succeed raise its error (the daemon), else it is returned for the CLI to render.
+    Raises what the action or a failing hook raised.
+    """
+    from opskit.ops.signals import observed  # imported on use, like every feature this table names
+
+    action = function or resolve(action_name)
+    target = kwargs.get("target")
+    return observed(
+        ctx,
+        action_name,
+        lambda: action(ctx, **kwargs),
+        target=target if isinstance(target, str) else None,
+        job=job,
+        slot=slot,
+        raise_outcome=raise_outcome,
+    )
+
+
 def resolve_step_summary(name: str) -> StepSummary:
     """Return the function that renders action ``name``'s result as a runbook step's output.
 

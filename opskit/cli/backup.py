@@ -7,12 +7,13 @@ from typing import Any
 
 import click
 
+from opskit import actions
 from opskit.backup import backup as backup_action
 from opskit.catalog import Manifest, format_time, list_backups
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json, echo_table
 from opskit.context import AppContext
-from opskit.core.errors import CopyFailed
+from opskit.core.errors import ConfigError, CopyFailed, OpskitError
 from opskit.core.units import format_duration, format_size
 from opskit.plan.timeline import is_future
 
@@ -33,9 +34,9 @@ def backup_now(app: AppContext, target: str | None, all_targets: bool, labels: t
     if all_targets and target:
         raise click.UsageError("--target and --all exclude each other")
     if all_targets:
-        results, errors = backup_action.run_all(app, labels)
+        results, errors = _backup_all(app, labels)
     else:
-        results, errors = [backup_action.run(app, target=target, labels=labels)], {}
+        results, errors = [actions.call("backup", app, target=target, labels=labels)], {}
     if as_json:
         docs = [r.manifest.to_dict() | {"copies": r.copies} for r in results]
         echo_json(docs if all_targets else docs[0])
@@ -51,6 +52,23 @@ def backup_now(app: AppContext, target: str | None, all_targets: bool, labels: t
         sys.exit(max(e.exit_code for e in errors.values()))
     if failed_copies:
         sys.exit(CopyFailed.exit_code)
+
+
+def _backup_all(
+    app: AppContext, labels: tuple[str, ...]
+) -> tuple[list[backup_action.BackupResult], dict[str, OpskitError]]:
+    """Back up every ``--all`` target as its own observed run (its pings, hooks and run record); carry on past failures."""
+    names = backup_action.backup_targets(app)
+    if not names:
+        raise ConfigError("no targets to back up")
+    results: list[backup_action.BackupResult] = []
+    errors: dict[str, OpskitError] = {}
+    for name in names:
+        try:
+            results.append(actions.call("backup", app, target=name, labels=labels))
+        except OpskitError as exc:
+            errors[name] = exc
+    return results, errors
 
 
 def _summary(result: backup_action.BackupResult) -> str:

@@ -65,12 +65,15 @@ def register_backup_commands(backup_group: click.Group) -> None:
         checks the plain sha256 and lists the archive with pg_restore. Records the result
         next to the manifest. Exits 5 naming the artifact and check that failed.
         """
+        from opskit import actions
         from opskit.restore import verify as action
 
         if bool(backup_id) == all_backups:
             raise click.UsageError("give a backup id (or 'latest') or --all")
         try:
-            report = action.run(app, backup_id, all_backups=all_backups, target=target, storage=storage)
+            report = actions.call(
+                "verify", app, selector=backup_id, all_backups=all_backups, target=target, storage=storage
+            )
         except action.VerifyFailed as exc:
             _render_verify(exc.report, as_json)
             raise

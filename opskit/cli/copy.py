@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from opskit.backup import copy as copy_action
+from opskit import actions
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
@@ -22,7 +22,7 @@ from opskit.core.errors import CopyFailed
 def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool, as_json: bool) -> None:
     """Copy every backup a target's primary storage has and a secondary lacks (idempotent)."""
     app.dry_run = dry_run
-    report = copy_action.run(app, target=target, storage=storage, all_targets=target is None)
+    report = actions.call("copy", app, target=target, storage=storage, all_targets=target is None)
     if as_json:
         echo_json(
             {

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import click
 
+from opskit import actions
 from opskit.catalog import parse_time
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
@@ -67,7 +68,8 @@ def restore(
     chosen = sum(bool(x) for x in (backup_id, random_pick, before))
     if chosen > 1:
         raise ConfigError("--backup, --random and --before exclude each other", hint="pass one of them")
-    report = drill_action.run(
+    report = actions.call(
+        "drill",
         app,
         target=target,
         backup=backup_id,

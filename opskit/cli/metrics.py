@@ -26,6 +26,8 @@ def register(group: click.Group) -> None:
         """Compute the metrics the daemon serves on /metrics from the stored catalog.
 
         For setups that run opskit from cron or a Kubernetes CronJob instead of the daemon.
+        opskit_backup_runs_total counts the run records every backup leaves in its target's
+        primary storage, so a failed CronJob backup shows up here (and fires OpskitBackupRunFailed).
         """
         from opskit.ops.metrics import Metrics
 
@@ -33,6 +35,8 @@ def register(group: click.Group) -> None:
             app.target(name)  # unknown target: ConfigError naming the configured ones
         registry = Metrics()
         registry.refresh(app, list(targets) or None)
+        # One process per call: its run counter is the repository's run records, not this process's runs.
+        registry.count_stored_runs(app, list(targets) or None)
         if textfile is None:
             click.echo(registry.exposition().decode("utf-8"), nl=False)
         else:

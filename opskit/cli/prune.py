@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, timedelta
@@ -43,13 +44,16 @@ def register(group: click.Group) -> None:
         Pinned backups, the min_keep newest and the newest verified backup are always kept.
         Exits 4 naming every target/storage that failed; the others are still pruned.
         """
+        from opskit import actions
         from opskit.ops import prune as action
 
         if target and all_targets:
             raise click.UsageError("give --target or --all, not both")
         grace_period = _parse_grace(grace)
         try:
-            report = action.run(
+            # A dry run is no run: it sends no ping and leaves no run record (actions.call would).
+            run = action.run if dry_run else functools.partial(actions.call, "prune")
+            report = run(
                 app, target=target, all_targets=all_targets, storage=storage, dry_run=dry_run, grace=grace_period
             )
         except action.PruneFailed as exc:

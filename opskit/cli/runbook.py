@@ -6,11 +6,11 @@ import sys
 
 import click
 
+from opskit import actions
 from opskit.cli import pass_app
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError
 from opskit.runbooks import loader
-from opskit.runbooks import runbook as runbook_action
 
 _DIR = click.option(
     "--dir",
@@ -87,9 +87,10 @@ def run(
     def ask(prompt: str) -> bool:
         return bool(click.confirm(prompt, default=False, err=True))
 
-    result = runbook_action.run(
+    result = actions.call(
+        "runbook",
         app,
-        name,
+        name=name,
         variables=_parse_vars(pairs),
         dry_run=dry_run,
         yes=yes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from opskit import actions
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
@@ -18,7 +19,7 @@ from opskit.plan.objectives import short
 @pass_app
 def status(app: AppContext, target: str | None, as_json: bool) -> None:
     """Show whether each target meets its objectives. Exit 6 when an objective is breached."""
-    report = status_action.run(app, target=target)
+    report = actions.call("status", app, target=target)
     if as_json:
         echo_json(report.to_dict())
     else:

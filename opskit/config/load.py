@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opskit.config import daemon, drill, migrations, names, notify, retention
+from opskit.config import daemon, drill, hooks, migrations, names, notify, retention
 from opskit.config.model import (
     CompressionConfig,
     Config,
@@ -113,6 +113,7 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     drill_settings = _parse_optional(root, "drill", drill.parse_settings)
     notify_settings = _parse_optional(root, "notify", notify.parse_settings)
     daemon_settings = _parse_optional(root, "daemon", daemon.parse_settings)
+    hook_settings = _parse_optional(root, "hooks", hooks.parse_settings)
     root.finish()
     errors.raise_if_any(source)
     return Config(
@@ -127,6 +128,7 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         drill=drill_settings,
         notify=notify_settings,
         daemon=daemon_settings,
+        hooks=hook_settings,
         source=source,
     )
 

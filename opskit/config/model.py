@@ -9,6 +9,7 @@ from pathlib import Path
 
 from opskit.config.daemon import DaemonSettings
 from opskit.config.drill import DrillSettings
+from opskit.config.hooks import HookSettings
 from opskit.config.migrations import MigrationSettings
 from opskit.config.notify import NotifySettings
 from opskit.config.retention import RetentionPolicy
@@ -102,6 +103,7 @@ class Config:
     drill: DrillSettings | None = None
     notify: NotifySettings | None = None
     daemon: DaemonSettings | None = None
+    hooks: HookSettings | None = None
     source: Path | None = None
 
     def target(self, name: str | None) -> TargetConfig:

@@ -23,6 +23,7 @@ import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from opskit import actions
 from opskit.config.model import Config
 from opskit.config.notify import NotifySettings
 from opskit.context import AppContext
@@ -33,7 +34,7 @@ from opskit.daemon import ledger as ledger_mod
 from opskit.daemon.jobs import Job, previous_fire_time, resolve_action
 from opskit.daemon.ledger import Ledger
 from opskit.ops.metrics import Metrics
-from opskit.ops.notify import ABORTED, FAILURE, START, SUCCESS, Event, notify
+from opskit.ops.notify import ABORTED, FAILURE, SUCCESS, Event, notify
 
 log = get_logger(__name__)
 
@@ -137,7 +138,7 @@ class Runner:
     def _run_claimed(self, job: Job, slot: datetime, catch_up: bool, attempt: int) -> RunOutcome:
         slot_text = slot.isoformat()
         with structlog.contextvars.bound_contextvars(job=job.name, target=job.target, slot=slot_text):
-            notify(Event(START, job.name, job.action, job.target, slot_text), self.notify_settings)
+            # Pings, webhooks, hooks and the run record are sent by actions.call, as for a CLI run.
             log.info("job started", action=job.action, catch_up=catch_up, attempt=attempt)
             started = time.monotonic()
             details: dict[str, Any] = {}
@@ -145,12 +146,19 @@ class Runner:
             try:
                 action = resolve_action(job.action)
                 ctx = AppContext(config=self.config, clock=self.clock, cancel=self.cancel)
-                result = action(ctx, target=job.target, **dict(job.args))
+                # Some actions report a failed outcome in their result (a drill check, a failed copy):
+                # raise_outcome turns it into the error, after the run's signals went out.
+                result = actions.call(
+                    job.action,
+                    ctx,
+                    job=job.name,
+                    slot=slot_text,
+                    raise_outcome=True,
+                    function=action,
+                    target=job.target,
+                    **dict(job.args),
+                )
                 details = _details_of(result)
-                # Some actions report a failed outcome in their result (a drill check, a failed copy).
-                raise_for_outcome = getattr(result, "raise_for_outcome", None)
-                if callable(raise_for_outcome):
-                    raise_for_outcome()
                 outcome = ledger_mod.SUCCESS
             except OpskitError as exc:
                 error = exc.one_line()
@@ -183,19 +191,6 @@ class Runner:
             self.metrics.refresh(self.metrics_ctx, targets)
         except Exception as exc:  # metrics are best effort; the run already happened
             log.warning("metrics not refreshed", job=job.name, error=f"{type(exc).__name__}: {exc}")
-        notify(
-            Event(
-                kind,
-                job.name,
-                job.action,
-                job.target,
-                outcome.slot.isoformat(),
-                duration_seconds=round(outcome.duration_seconds, 3),
-                error=outcome.error,
-                details=outcome.details,
-            ),
-            self.notify_settings,
-        )
 
 
 def _details_of(result: Any) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from opskit.catalog import (
     manifest_key,
     read_manifest,
 )
+from opskit.catalog.runs import count_runs
 from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
 from opskit.plan import timeline
@@ -165,6 +166,26 @@ class Metrics:
     def record_run(self, target: str, result: str) -> None:
         """Count one backup run of ``target`` ending in ``result`` (success, failure or aborted)."""
         self.backup_runs.labels(target=target, result=result).inc()
+
+    def count_stored_runs(self, ctx: AppContext, targets: Iterable[str] | None = None) -> None:
+        """Add the backup runs recorded in each target's primary storage (``catalog.runs``) to the run counter.
+
+        For ``opskit metrics`` (a fresh registry per call): its counter then says how many backup
+        runs the repository has seen, from cron, a CronJob or the daemon alike, so
+        ``increase(opskit_backup_runs_total{result="failure"}[1h])`` rises after a failed CronJob
+        run. Never raises: an unlistable storage is a warning and leaves that target's counts at 0.
+        """
+        names = list(ctx.config.targets) if targets is None else list(targets)
+        with self._lock:
+            for name in names:
+                storage_name = ctx.config.target(name).primary_storage
+                try:
+                    counts = count_runs(ctx.storage(storage_name), name, "backup")
+                except OpskitError as exc:
+                    log.warning("metrics: run records unreadable", storage=storage_name, target=name, error=exc.message)
+                    continue
+                for result in RUN_RESULTS:
+                    self.backup_runs.labels(target=name, result=result).inc(counts.get(result, 0))
 
     def refresh(self, ctx: AppContext, targets: Iterable[str] | None = None) -> None:
         """Recompute every catalog-derived value of ``targets`` (default: all) from storage.

@@ -6,9 +6,20 @@
     webhooks = ["env:OPSKIT_WEBHOOK_URL"]   # URLs or secret references; JSON payload by default
     slack = false                          # true: post Slack-compatible {"text": "..."} instead
     on_success = false                     # webhooks fire on failure; true adds successes
-    pings = ["file:/run/secrets/hc_url"]   # <url>/start before a run, <url> on success, <url>/fail on failure
+    pings = ["file:/run/secrets/hc_url"]   # every run: <url>/start before, <url> on success, <url>/fail on failure
+    ping_urls = { backup = "env:HC_BACKUP", "nightly-prune" = "file:/run/secrets/hc_prune" }
+                                           # one check per job name (first) or verb: no two jobs flap one check
     timeout = "10s"                        # per HTTP request
     attempts = 3                           # tries per URL (tenacity, exponential backoff)
+
+A ping follows the convention of the service its URL names, each with the exit code and a
+short log (the summary line and the error):
+
+- healthchecks.io and anything else: POST ``<url>/start``, ``<url>``, ``<url>/fail``, the
+  log in the body (healthchecks.io shows it; Uptime Kuma's and Cronitor's hosts are told apart);
+- Uptime Kuma (``/api/push/`` in the path): ``?status=up|down&msg=...`` at the end only (a push
+  monitor has no start signal);
+- Cronitor (``cronitor.link`` / ``cronitor.io``): ``?state=run|complete|fail&status_code=N&message=...``.
 
 A notification is a side channel: whatever happens while sending it is logged as a
 warning and never changes the result of the job it describes. Only the standard library
@@ -19,10 +30,11 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -31,9 +43,6 @@ from opskit.core.errors import OpskitError
 from opskit.core.log import get_logger
 from opskit.core.redaction import redact_text
 from opskit.secrets.references import SecretRef
-
-if TYPE_CHECKING:
-    pass
 
 START, SUCCESS, FAILURE, ABORTED = "start", "success", "failure", "aborted"
 
@@ -53,14 +62,29 @@ class Event:
     duration_seconds: float | None = None
     error: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
 
     def summary(self) -> str:
-        """Return one human line: ``opskit backup 'hourly-backup' (target app) failed: why``."""
+        """Return one human line: ``opskit backup job 'hourly-backup' (target app) FAILED: why``.
+
+        A run from the command line has no job name (``job`` is empty): ``opskit backup (target app) ...``.
+        """
         verb = {START: "started", SUCCESS: "succeeded", FAILURE: "FAILED", ABORTED: "was aborted"}[self.kind]
         where = f" (target {self.target})" if self.target else ""
         took = f" after {self.duration_seconds:.1f}s" if self.duration_seconds is not None else ""
         why = f": {self.error}" if self.error else ""
-        return f"opskit {self.action} job '{self.job}'{where} {verb}{took}{why}"
+        job = f" job '{self.job}'" if self.job else ""
+        return f"opskit {self.action}{job}{where} {verb}{took}{why}"
+
+    def log_text(self) -> str:
+        """Return the short log a ping carries: the summary line, then the exit code when the run ended."""
+        lines = [self.summary()]
+        if self.exit_code is not None:
+            lines.append(f"exit code: {self.exit_code}")
+        backup_id = self.details.get("backup_id")
+        if backup_id:
+            lines.append(f"backup: {backup_id}")
+        return "\n".join(lines) + "\n"
 
     def payload(self) -> dict[str, Any]:
         """Return the JSON document a webhook receives."""
@@ -74,6 +98,7 @@ class Event:
             "duration_seconds": self.duration_seconds,
             "error": self.error,
             "details": dict(self.details),
+            "exit_code": self.exit_code,
             "summary": self.summary(),
         }
 
@@ -144,19 +169,60 @@ def ping_url(base: str, kind: str) -> str:
     return f"{base}/fail"
 
 
+def ping_request(base: str, event: Event) -> str | None:
+    """Return the URL that tells the check at ``base`` about ``event``, or None when its service has no such signal.
+
+    The convention is chosen from the URL (see the module docstring); the body is always :meth:`Event.log_text`.
+    """
+    parsed = urllib.parse.urlsplit(base)
+    host = parsed.hostname or ""
+    message = event.summary()[:200]
+    if "/api/push/" in parsed.path:  # Uptime Kuma push monitor: up or down, nothing at the start
+        if event.kind == START:
+            return None
+        status = "up" if event.kind == SUCCESS else "down"
+        return _with_query(base, {"status": status, "msg": message})
+    if host == "cronitor.link" or host.endswith((".cronitor.link", ".cronitor.io")):
+        state = {START: "run", SUCCESS: "complete"}.get(event.kind, "fail")
+        query = {"state": state, "message": message}
+        if event.exit_code is not None:
+            query["status_code"] = str(event.exit_code)
+        return _with_query(base, query)
+    return ping_url(base, event.kind)
+
+
+def _with_query(base: str, extra: Mapping[str, str]) -> str:
+    parts = urllib.parse.urlsplit(base)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query if k not in extra] + list(extra.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def ping_refs(event: Event, settings: NotifySettings) -> list[SecretRef]:
+    """Return the ping URLs of ``event``'s run: every ``pings`` entry, plus its job's (else its verb's) ``ping_urls`` one."""
+    refs = list(settings.pings)
+    own = settings.ping_urls.get(event.job) if event.job else None
+    if own is None:
+        own = settings.ping_urls.get(event.action)
+    if own is not None:
+        refs.append(own)
+    return refs
+
+
 def notify(event: Event, settings: NotifySettings | None) -> None:
-    """Send ``event`` to every configured ping URL and (for failures, or all with ``on_success``) webhook.
+    """Send ``event`` to every ping URL of its run and (for failures, or all with ``on_success``) webhook.
 
     Never raises and never changes the job's result; failures are logged as warnings.
     """
     if settings is None:
         return
     try:
-        text = event.summary().encode("utf-8")
-        for ref in settings.pings:
-            url = _resolve(ref)
+        text = event.log_text().encode("utf-8")
+        for ref in ping_refs(event, settings):
+            base = _resolve(ref)
+            url = ping_request(base, event) if base is not None else None
             if url is not None:
-                send(ping_url(url, event.kind), text, "text/plain; charset=utf-8", settings)
+                send(url, text, "text/plain; charset=utf-8", settings)
         wanted = event.kind in (FAILURE, ABORTED) or (event.kind == SUCCESS and settings.on_success)
         if not wanted:
             return
