@@ -1,3 +1,5 @@
-"""The version matrix's session fixture (``pg_servers``) comes from tests/versions/servers.py."""
+"""The version matrix's session fixture (``pg_servers``), defined in tests/versions/servers.py."""
 
-pytest_plugins = ["tests.versions.servers"]
+from tests.versions.servers import pg_servers
+
+__all__ = ["pg_servers"]

@@ -18,6 +18,7 @@ from opskit.config.load import build_config
 from opskit.context import AppContext
 from opskit.core.errors import UnreachableError
 from opskit.drill import drill
+from opskit.ops import config_check
 from opskit.restore import restore, verify
 from tests.servers import REPO_ROOT
 from tests.versions.servers import CLIENT_MAJORS, SERVER_MAJORS, PgServer, client_bin_dir, require
@@ -119,3 +120,25 @@ def test_pg_restore_18_into_a_postgresql_13_server_is_refused_up_front_with_the_
     assert manifest.tools["pg_dump"]["major"] == 18
     with server.connect() as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (destination,)).fetchone() is None
+
+
+def test_config_check_says_which_tools_back_up_and_restore_a_postgresql_13_target(
+    pg_servers: dict[int, Any], tmp_path: Path
+) -> None:
+    server = require(pg_servers, 13)
+    if client_bin_dir(18) is None:
+        pytest.skip("client tools 18 are not installed (run scripts/setup-pg-versions.sh)")
+    every = context(tmp_path, {"app": server.dsn(), "staging": server.dsn()}, bin_dirs(*CLIENT_MAJORS))
+    only_18 = context(tmp_path, {"app": server.dsn(), "staging": server.dsn()}, bin_dirs(18))
+
+    good = {r.check: r for r in config_check.run(every).results}
+    bad = {r.check: r for r in config_check.run(only_18).results}
+
+    assert good["target app pg_dump"].detail.startswith("backup: pg_dump 15.")
+    assert good["target app pg_restore"].detail.startswith("restore into it: pg_restore 15.")
+    assert good["target app restore of its backups"].status == "OK"
+    assert bad["target app restore of its backups"].status == "FAIL"
+    assert (
+        "sends SET transaction_timeout, which a PostgreSQL 13 server rejects"
+        in bad["target app restore of its backups"].detail
+    )
