@@ -41,7 +41,7 @@ def textfile_runs(setup: Setup, tmp_path: Path) -> dict[str, float]:
     assert result.returncode == 0, result.stderr
     values: dict[str, float] = {}
     for line in path.read_text().splitlines():
-        if line.startswith('opskit_backup_runs_total{') and 'target="app"' in line:
+        if line.startswith("opskit_backup_runs_total{") and 'target="app"' in line:
             outcome = line.split('result="', 1)[1].split('"', 1)[0]
             values[outcome] = float(line.rsplit(" ", 1)[1])
     return values
