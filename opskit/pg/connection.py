@@ -162,7 +162,8 @@ def connect(
     kwargs: dict[str, Any] = {
         "application_name": application_name,
         "connect_timeout": 10,
-        "options": session_options(parts.get("options")),
+        # An explicit ``options`` replaces libpq's PGOPTIONS, so the environment's settings are carried over.
+        "options": session_options(parts.get("options") or os.environ.get("PGOPTIONS")),
     }
     kwargs.update(secret_params(target))
     secret = password(target)
