@@ -14,6 +14,7 @@ from opskit.catalog.artifacts import hash_stored
 from opskit.context import AppContext
 from opskit.core.errors import CopyFailed, LockHeld, OpskitError, VerificationFailed
 from opskit.core.log import get_logger
+from opskit.core.progress import ByteProgress
 from opskit.pipeline import HashingReader, pump
 from opskit.storage.base import ServerSideCopy, Storage
 
@@ -52,8 +53,10 @@ def _copy_objects(ctx: AppContext, manifest: Manifest, source: Storage, dest: St
                 raise VerificationFailed(f"server-side copy of '{artifact.key}' does not match the manifest")
             continue
         with source.reader(artifact.key) as raw, dest.writer(artifact.key) as out:
-            reader = HashingReader(raw, cancel=ctx.cancel)
-            pump(reader, out)
+            label = f"copy {manifest.id} {artifact.name}"
+            with ByteProgress(label, ctx.interactive, expected=artifact.size) as progress:
+                reader = HashingReader(raw, cancel=ctx.cancel, progress=progress)
+                pump(reader, out)
             stats = reader.stats()
             if (stats.size, stats.sha256) != (artifact.size, artifact.sha256):
                 # Raising inside the writer aborts it: the bad copy is never committed.
