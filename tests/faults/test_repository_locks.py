@@ -252,3 +252,30 @@ def test_unlock_removes_a_dead_runs_lock_keeps_a_live_one_and_all_removes_both(
     everything = setup.run("unlock", "--all")
     assert everything.returncode == 0, everything.stderr
     assert [info.key for info in storage.list("app/locks/")] == []
+
+
+def test_the_sweep_never_touches_the_folder_of_a_run_whose_lock_is_alive_whatever_the_grace(
+    tmp_path: Path, local_storage: StorageConfig
+) -> None:
+    from opskit.catalog import LockRecord
+    from opskit.storage.registry import open_storage
+
+    storage = open_storage(local_storage)
+    running = "20261201T000000Z-beef"
+    with storage.writer(f"app/{running}/db.dump.zst") as out:
+        out.write(b"a dump whose manifest is not written yet")
+    now = datetime.now(UTC)
+    lock = LockRecord("20261201T000000Z-0000000b4c4f", "app", "backup", False, "db2", 4242, now, now, running)
+    assert storage.create(lock.key, lock.to_json())
+    setup = write_setup(tmp_path / "cfg", "postgres", local_storage)
+
+    dry = setup.run("prune", "--dry-run", "--grace", "0s", "--json")
+    real = setup.run("prune", "--grace", "0s")
+    assert setup.run("unlock", "--all").returncode == 0
+    after = setup.run("prune", "--grace", "0s", "--json")
+
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["results"][0]["swept"] == []
+    assert real.returncode == 7 and "locked by backup (shared) by pid 4242 on host 'db2'" in one_line_error(real.stderr)
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["results"][0]["swept"] == [f"app/{running}/db.dump.zst"]
