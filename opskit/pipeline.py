@@ -193,7 +193,7 @@ def compress_and_store(
     compressor = zstandard.ZstdCompressor(level=level, threads=threads if threads else -1, write_checksum=True)
     compressed = compressor.stream_reader(cast(BinaryIO, plain), read_size=CHUNK_SIZE, closefd=False)
     age_recipients = parse_recipients(recipients) if recipients else []
-    with storage.writer(key) as out:
+    with storage.writer(key, immutable=True) as out:
         stored = HashingWriter(out)
         if age_recipients:
             try:

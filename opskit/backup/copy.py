@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from opskit.catalog import Manifest, check_artifacts_stored, list_backups, locked, manifest_key, pin_key, write_manifest
 from opskit.catalog.artifacts import hash_stored
 from opskit.context import AppContext
-from opskit.core.errors import CopyFailed, LockHeld, OpskitError, VerificationFailed
+from opskit.core.errors import CopyFailed, LockHeld, OpskitError, UnreachableError, VerificationFailed
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
 from opskit.pipeline import HashingReader, pump
@@ -34,8 +34,8 @@ def copy_backup(ctx: AppContext, manifest: Manifest, source: Storage, dest: Stor
         with locked(dest, manifest.target, "copy", clock=ctx.clock, backup_id=manifest.id):
             _copy_objects(ctx, manifest, source, dest)
     except OpskitError as exc:
-        if isinstance(exc, LockHeld):
-            raise
+        if isinstance(exc, LockHeld) or exc.exit_code == UnreachableError.exit_code:
+            raise  # the report counts lock conflicts and unreachable stores apart (their own exit codes)
         raise CopyFailed(
             f"copy of backup {manifest.id} to storage '{dest.name}' failed: {exc.message}",
             hint="it is retried by the next 'opskit copy'",
@@ -52,7 +52,7 @@ def _copy_objects(ctx: AppContext, manifest: Manifest, source: Storage, dest: St
                 dest.delete(artifact.key)
                 raise VerificationFailed(f"server-side copy of '{artifact.key}' does not match the manifest")
             continue
-        with source.reader(artifact.key) as raw, dest.writer(artifact.key) as out:
+        with source.reader(artifact.key) as raw, dest.writer(artifact.key, immutable=True) as out:
             label = f"copy {manifest.id} {artifact.name}"
             with ByteProgress(label, ctx.interactive, expected=artifact.size) as progress:
                 reader = HashingReader(raw, cancel=ctx.cancel, progress=progress)
@@ -86,16 +86,36 @@ class CopyReport:
     skipped: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, error)
     locked: list[LockHeld] = field(default_factory=list)  # the failures that were lock conflicts
+    unreachable: int = 0  # how many failures were a storage that could not be reached
+
+    @property
+    def exit_code(self) -> int:
+        """Return 0 without failures, 7 when all were lock conflicts, 3 when all were unreachable, else 4."""
+        if not self.failed:
+            return 0
+        if len(self.locked) == len(self.failed):
+            return LockHeld.exit_code
+        if self.unreachable == len(self.failed):
+            return UnreachableError.exit_code
+        return CopyFailed.exit_code
 
     def raise_for_outcome(self) -> None:
-        """Raise CopyFailed (exit 4) naming every copy that failed; LockHeld (7) when all were lock conflicts."""
-        if self.failed and len(self.locked) == len(self.failed):
+        """Raise for the failed copies, with the code they share (core/errors.py's rule).
+
+        LockHeld (7) when every failure was a lock conflict, UnreachableError (3) when every one
+        was an unreachable storage, else CopyFailed (4) naming every copy that failed.
+        """
+        code = self.exit_code
+        if code == LockHeld.exit_code:
             raise self.locked[0]
-        if self.failed:
-            raise CopyFailed(
-                "copy failed: " + "; ".join(f"target '{t}' to '{s}': {e}" for t, s, e in self.failed),
-                hint="fix the storage and run 'opskit copy' again",
+        if code == 0:
+            return
+        message = "copy failed: " + "; ".join(f"target '{t}' to '{s}': {e}" for t, s, e in self.failed)
+        if code == UnreachableError.exit_code:
+            raise UnreachableError(
+                message, hint="fix the network, the credentials or the URL, then run 'opskit copy' again"
             )
+        raise CopyFailed(message, hint="fix the storage and run 'opskit copy' again")
 
 
 def run(
@@ -103,7 +123,7 @@ def run(
 ) -> CopyReport:
     """Copy every backup the primary has and a secondary lacks; carry on past failures.
 
-    Returns the report; the caller turns ``failed`` into exit 4.
+    Returns the report; ``raise_for_outcome()`` turns its failures into an exit code.
     """
     names = (
         list(ctx.config.targets)
@@ -121,6 +141,7 @@ def run(
             backups = list_backups(primary, name)
         except OpskitError as exc:
             report.failed.append((name, config.primary_storage, exc.one_line()))
+            report.unreachable += exc.exit_code == UnreachableError.exit_code
             continue
         for dest_name in secondaries:
             try:
@@ -138,4 +159,5 @@ def run(
                 report.failed.append((name, dest_name, exc.one_line()))
                 if isinstance(exc, LockHeld):
                     report.locked.append(exc)
+                report.unreachable += exc.exit_code == UnreachableError.exit_code
     return report

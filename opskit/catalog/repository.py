@@ -37,7 +37,7 @@ LIST_CONCURRENCY = 16  # manifests read at once by list_backups
 
 def write_manifest(storage: Storage, manifest: Manifest) -> None:
     """Write the manifest, which commits the backup. Call it only after every artifact is stored."""
-    with storage.writer(manifest_key(manifest.target, manifest.id)) as out:
+    with storage.writer(manifest_key(manifest.target, manifest.id), immutable=True) as out:
         out.write(manifest.to_json())
 
 

@@ -30,7 +30,7 @@ from opskit.config.model import (
 from opskit.config.retention import RetentionPolicy
 from opskit.config.schema import ConfigErrors, Section
 from opskit.core.errors import ConfigError
-from opskit.storage.base import StorageConfig
+from opskit.storage.base import IMMUTABLE_MODES, Immutability, StorageConfig
 from opskit.storage.registry import BACKENDS, COMMON_OPTIONS, scheme_of
 
 _Settings = TypeVar("_Settings")
@@ -235,6 +235,8 @@ def _parse_target(
                 section.key_path("storages"),
                 f"names storage '{storage_name}', which is not configured under [storages]",
             )
+                elif key == "immutable":
+                    options[key] = _parse_immutable(section.table(key))
     if not names:
         section.errors.add(section.key_path("storages"), "must name at least one storage")
     if len(set(names)) != len(names):
@@ -246,6 +248,17 @@ def _parse_target(
         name=name,
         dsn=dsn,
         password=section.secret("password"),
+def _parse_immutable(section: Section) -> Immutability | None:
+    """Return the ``immutable = { mode, days }`` table of a storage (None when it has errors)."""
+    mode = section.str("mode", "governance")
+    days = section.int("days", minimum=1, maximum=36500)
+    section.finish()
+    if mode not in IMMUTABLE_MODES:
+        section.errors.add(section.key_path("mode"), f"must be one of {', '.join(IMMUTABLE_MODES)}, not '{mode}'")
+        return None
+    return Immutability(mode=mode, days=days) if days is not None else None
+
+
         storages=names,
         staging=section.str("staging", None),
         protected=section.bool("protected", False),

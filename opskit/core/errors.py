@@ -38,7 +38,8 @@ The tree, with exit codes::
     │                                                             .restore_command .restored
     ├── StorageError            4  a storage request failed mid-run, after retries        .bucket_missing
     │                           3  ... when the store could not be reached or refused us  .unreachable
-    │   └── ObjectNotFound      4  the object asked for does not exist
+    │   ├── ObjectNotFound      4  the object asked for does not exist
+    │   └── ObjectLocked        4  the object is immutable (S3 Object Lock) and cannot be deleted yet .until
     ├── VerificationFailed      5  a checksum, manifest or drill check failed
     │   ├── ManifestError       5  a manifest is missing fields, malformed or of an unknown format
     │   ├── VerifyFailed        5  at least one backup failed verification                .report
@@ -226,6 +227,17 @@ class VerificationFailed(OpskitError):
 
 class ManifestError(VerificationFailed):
     """A manifest is missing fields, malformed or of an unknown format (exit 5)."""
+
+class ObjectLocked(StorageError):
+    """The storage refused to delete an object under retention (S3 Object Lock); ``until`` is when it ends.
+
+    Expected on an immutable storage, not a fault: prune reports it and keeps going.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, until: Any = None) -> None:
+        super().__init__(message, hint=hint)
+        self.until = until
+
 
 
 class VerifyFailed(VerificationFailed):

@@ -13,6 +13,12 @@ running backup, copy, pin or drill makes the prune of that storage exit 7 instea
 it. Just before each delete the prune re-reads the backup's pin and checks its lock is still
 its own; the sweep leaves alone any directory a live lock names, whatever ``grace`` says.
 
+On a storage whose objects can be immutable (``storage.base.ObjectLocks``: S3 with Object
+Lock), the retain-until date of every object of a backup the plan would delete is read
+first, and a backup still locked is kept with the reason ``immutable until <date>`` (dry
+runs show it too). A delete the storage refuses all the same (a retention extended since)
+is recorded in ``locked`` and logged, not a failure: the object is where it should be.
+
 One failing (target, storage) does not stop the others; ``PruneFailed`` at the end names
 them all and carries the report so the CLI can still print every plan.
 """
@@ -30,11 +36,11 @@ from opskit import catalog
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, ConfigError, LockHeld, OpskitError, PruneFailed
+from opskit.core.errors import BackupFailed, ConfigError, LockHeld, ObjectLocked, OpskitError, PruneFailed
 from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
 from opskit.plan import retention, timeline
-from opskit.storage.base import IncompleteUploads, ObjectInfo, Storage
+from opskit.storage.base import IncompleteUploads, ObjectInfo, ObjectLocks, Storage
 
 log = get_logger(__name__)
 DEFAULT_GRACE = timedelta(hours=24)
@@ -52,6 +58,7 @@ class StorageResult:
     aborted_uploads: list[str] = field(default_factory=list)
     bad_manifests: list[str] = field(default_factory=list)
     pinned_since_plan: list[str] = field(default_factory=list)  # planned for deletion, pinned before it came
+    locked: list[str] = field(default_factory=list)  # "key: immutable until ...": deletes the storage refused
     error: str | None = None
     lock_held: LockHeld | None = None  # set when another run held the repository lock
 
@@ -67,6 +74,7 @@ class StorageResult:
             "bad_manifests": self.bad_manifests,
             "pinned_since_plan": self.pinned_since_plan,
             "error": self.error,
+            "locked": self.locked,
         }
 
 
@@ -221,6 +229,16 @@ def _plan_and_delete(
     if result.plan.deletes_every_present_backup:
         # The plan's min_keep and "newest verified" rules should make this impossible; refuse anyway.
         # A future-dated backup is kept but does not count: it cannot stand in for the last real one.
+    locked = _locked_until(store, target, [d.id for d in result.plan.deleted], keys)
+    if locked:
+        result.plan = retention.plan(
+            backups,
+            policy,
+            now,
+            pinned=catalog.pinned_ids(store, target, keys),
+            verified=frozenset({verified}) if verified else frozenset(),
+            locked=locked,
+        )
         raise BackupFailed(
             f"the plan would delete all {len(doomed)} backups of '{target}' in storage '{store.name}' "
             "that are not future-dated; "
@@ -239,7 +257,12 @@ def _plan_and_delete(
                 result.pinned_since_plan.append(backup_id)
                 log.info("backup pinned since the plan was made: kept", backup_id=backup_id)
                 continue
-            _delete_backup(store, by_id[backup_id])
+            try:
+                _delete_backup(store, by_id[backup_id])
+            except ObjectLocked as exc:
+                result.locked.append(exc.one_line())
+                log.warning("the storage refused to delete an immutable object: kept", backup_id=backup_id)
+                continue
         result.deleted.append(backup_id)
 
 
@@ -247,6 +270,23 @@ def _delete_backup(store: Storage, manifest: catalog.Manifest) -> None:
     """Delete the manifest first (the backup stops existing), then every other object under its prefix."""
     store.delete(catalog.manifest_key(manifest.target, manifest.id))
     for info in list(store.list(manifest.prefix + "/")):
+def _locked_until(store: Storage, target: str, backup_ids: list[str], keys: list[str]) -> dict[str, datetime]:
+    """Return the latest retain-until date of the objects of each backup in ``backup_ids`` that has one.
+
+    Asked only of a storage that supports retention and whose bucket may enforce it (one
+    HEAD per object of a backup about to be deleted). Raises StorageError.
+    """
+    if not isinstance(store, ObjectLocks) or not backup_ids or store.lock_state().enabled is False:
+        return {}
+    found: dict[str, datetime] = {}
+    for backup_id in backup_ids:
+        prefix = catalog.backup_prefix(target, backup_id) + "/"
+        dates = [until for key in keys if key.startswith(prefix) and (until := store.retained_until(key))]
+        if dates:
+            found[backup_id] = max(dates)
+    return found
+
+
         store.delete(info.key)
     log.info("backup deleted", backup_id=manifest.id)
 
@@ -285,7 +325,12 @@ def _sweep(
             lock.check()
         for info in objects:
             if not dry_run:
-                store.delete(info.key)
+                try:
+                    store.delete(info.key)
+                except ObjectLocked as exc:
+                    # A failed backup's artifacts are written immutable too: they wait out their lock.
+                    result.locked.append(exc.one_line())
+                    continue
             result.swept.append(info.key)
         log.info("leftover swept", backup_id=backup_id, objects=len(objects), dry_run=dry_run)
     if isinstance(store, IncompleteUploads):

@@ -23,11 +23,16 @@ no part in the rules: their age is unknown, so deleting them could lose the newe
 and counting them would let one bad clock push real backups out of ``keep_last``/``min_keep``.
 Nor do they count for "never delete everything": :attr:`Plan.deletes_every_present_backup`
 ignores them. An operator removes them by hand once the clock is fixed.
+
+Immutable backups (S3 Object Lock): ``locked`` maps a backup id to the latest retain-until
+date of its objects. A backup locked past ``now`` is kept with the reason ``"immutable until
+<date>"``, whatever the rules say: the storage would refuse to delete it anyway, and a plan
+that said "delete" would be a lie ``--dry-run`` shows. It counts as kept for every floor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -41,6 +46,7 @@ FUTURE = "future-dated"
 MIN_KEEP = "min_keep"
 PINNED = "pinned"
 NEWEST_VERIFIED = "newest verified"
+IMMUTABLE = "immutable until"
 
 
 class Backup(Protocol):
@@ -120,12 +126,14 @@ def plan(
     now: datetime,
     pinned: frozenset[str] = frozenset(),
     verified: frozenset[str] = frozenset(),
+    locked: Mapping[str, datetime] | None = None,
 ) -> Plan:
     """Return the plan for ``backups`` under ``policy`` at ``now``: keep or delete each, with reasons.
 
     ``pinned`` holds the ids of pinned backups, ``verified`` the ids that passed a
-    verification or a drill (only the newest of them is protected). Raises ValueError
-    when ``now`` or a snapshot time is naive (no time zone).
+    verification or a drill (only the newest of them is protected), ``locked`` the
+    retain-until date of immutable backups. Raises ValueError when ``now`` or a snapshot
+    time is naive (no time zone).
     """
     if now.tzinfo is None:
         raise ValueError("plan() needs an aware 'now'")
@@ -154,11 +162,20 @@ def plan(
     newest_verified = next((b for b in past if b.id in verified), None)
     if newest_verified is not None:
         reasons[newest_verified.id].append(NEWEST_VERIFIED)
+    for backup in ordered:
+        until = (locked or {}).get(backup.id)
+        if until is not None and until > now:
+            reasons[backup.id].append(immutable_reason(until))
 
     decisions = tuple(
         Decision(b.id, b.snapshot_time, keep=bool(reasons[b.id]), reasons=tuple(reasons[b.id])) for b in ordered
     )
     return Plan(policy=policy, now=now, decisions=decisions)
+
+
+def immutable_reason(until: datetime) -> str:
+    """Return the reason a backup locked until ``until`` is kept: ``immutable until 2026-12-31T10:00:00Z``."""
+    return f"{IMMUTABLE} {_iso_utc(until.replace(microsecond=0))}"
 
 
 def _apply_count_rules(

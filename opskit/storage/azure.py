@@ -192,8 +192,11 @@ class AzureStorage:
     # ------------------------------------------------------------------ writing
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, immutable: bool = False) -> Iterator[BinaryIO]:
         """Yield a stream staged as blocks of ``key``; commit the block list on a clean exit.
+
+        ``immutable`` is accepted and has no effect here: Azure immutability is a container
+        policy set by the account's owner (see :meth:`lock_state`).
 
         Nothing is committed on an exception. Raises StorageError when a block or the commit
         fails (after retries).

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 # Chunk size used by every streaming stage: large enough for throughput, small enough
@@ -63,8 +63,13 @@ class Storage(Protocol):
     url: str
     kind: str  # "file", "s3", "gs", "az": used for the 3-2-1 "two kinds of storage" check
 
-    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
-        """Return a context manager yielding a writable stream; commit on clean exit, abort on error."""
+    def writer(self, key: str, *, immutable: bool = False) -> AbstractContextManager[BinaryIO]:
+        """Return a context manager yielding a writable stream; commit on clean exit, abort on error.
+
+        ``immutable`` marks a backup artifact or manifest: on a storage configured with
+        ``immutable`` (see :class:`Immutability`) it is stored under retention. Records that
+        opskit rewrites or removes (locks, pins, verifications) are written without it.
+        """
         ...
 
     def reader(self, key: str) -> AbstractContextManager[BinaryIO]:
@@ -98,6 +103,57 @@ class Storage(Protocol):
         Raises UnreachableError naming the storage and the cause (missing bucket, bad
         credentials, read-only credential, permission denied).
         """
+        ...
+
+
+IMMUTABLE_MODES = ("governance", "compliance")
+
+
+@dataclass(frozen=True)
+class Immutability:
+    """A storage's ``immutable`` option: every backup object is locked for ``days`` in ``mode``.
+
+    ``mode`` is ``governance`` (a principal with s3:BypassGovernanceRetention may still
+    delete) or ``compliance`` (nobody can, not even the account root, until the date).
+    """
+
+    mode: str
+    days: int
+
+    def retain_until(self, now: datetime) -> datetime:
+        """Return the retain-until date of an object written at ``now``."""
+        return now + timedelta(days=self.days)
+
+    def describe(self) -> str:
+        """Return ``governance, 30 days`` for messages."""
+        return f"{self.mode}, {self.days} day{'s' if self.days != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Whether a storage's bucket enforces immutability, as the store itself reports it.
+
+    ``enabled`` is None when the store would not say (no permission to read the setting).
+    ``detail`` is one line for ``status`` and ``config check``.
+    """
+
+    enabled: bool | None
+    detail: str
+    configured: Immutability | None = None
+
+
+@runtime_checkable
+class ObjectLocks(Protocol):
+    """Optional: a storage whose objects can be under retention (S3 Object Lock)."""
+
+    immutability: Immutability | None
+
+    def lock_state(self) -> LockState:
+        """Return whether the bucket enforces retention. Raises StorageError."""
+        ...
+
+    def retained_until(self, key: str) -> datetime | None:
+        """Return the retain-until date of ``key`` (None when it has none). Raises StorageError."""
         ...
 
 

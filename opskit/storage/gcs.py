@@ -202,8 +202,11 @@ class GCSStorage:
     # ------------------------------------------------------------------ writing
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, immutable: bool = False) -> Iterator[BinaryIO]:
         """Yield a stream that uploads ``key`` as a resumable upload; finalize on clean exit.
+
+        ``immutable`` is accepted and has no effect here: GCS retention is the bucket's
+        retention policy, which applies to every object (see :meth:`lock_state`).
 
         On an exception the upload session is cancelled and nothing is visible. Raises
         StorageError when a chunk or the finalization fails (after retries).

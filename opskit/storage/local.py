@@ -67,8 +67,11 @@ class LocalStorage:
         return self.root / clean
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
-        """Yield a file open for writing; rename it to ``key`` on success, delete it on error."""
+    def writer(self, key: str, *, immutable: bool = False) -> Iterator[BinaryIO]:
+        """Yield a file open for writing; rename it to ``key`` on success, delete it on error.
+
+        ``immutable`` is accepted for the contract and ignored: a local disk has no retention.
+        """
         final = self._path(key)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,9 @@ BACKENDS: dict[str, Backend] = {
                 "secret_access_key",
                 "session_token",
                 "max_attempts",
+                # A table { mode = "governance" | "compliance", days = N }: S3 Object Lock
+                # retention on every backup artifact and manifest (storage.base.Immutability).
+                "immutable",
             }
         ),
         secret_options=frozenset({"access_key_id", "secret_access_key", "session_token"}),

@@ -10,6 +10,17 @@ than one part is stored with a single PutObject. Parts start at ``part_size`` (d
 boto3's own retries are switched off; every request is retried by
 :mod:`opskit.storage.retry` so that retries are bounded, logged, and per part.
 Buckets are never created: a missing bucket is an error for the operator to fix.
+
+Immutability (the ``immutable = { mode, days }`` option): every backup artifact and manifest
+is written with S3 Object Lock retention (``ObjectLockMode`` and ``ObjectLockRetainUntilDate``
+on PutObject / CreateMultipartUpload / the server-side copy), and the retention is checked
+(and set with PutObjectRetention when a store ignored the headers) before the writer returns,
+so a backup is never reported stored without its lock. Locks, pins and verification records
+are written without retention: opskit rewrites and removes them. On a bucket with Object
+Lock (always versioned), ``delete`` removes the key's versions, since a plain DeleteObject
+only adds a delete marker and keeps every byte; a version still under retention is refused
+by S3 and raised as ObjectLocked. opskit never sends ``BypassGovernanceRetention``.
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock.html)
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -28,8 +39,15 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config as BotoConfig
 
-from opskit.core.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
-from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage
+from opskit.core.errors import (
+    ConfigError,
+    ObjectLocked,
+    ObjectNotFound,
+    OpskitError,
+    StorageError,
+    UnreachableError,
+)
+from opskit.storage.base import CHUNK_SIZE, Immutability, LockState, ObjectInfo, Storage
 from opskit.storage.cloud import KeySpace, MiB, PartSchedule, PartWriter, resuming_stream, split_url
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
 
@@ -97,6 +115,9 @@ class S3Storage:
             storage=self.name, max_attempts=max_attempts_option(self.options), is_transient=is_transient
         )
         self.schedule = PartSchedule(base=self._part_size(config.part_size))
+        immutable = self.options.get("immutable")
+        self.immutability: Immutability | None = immutable if isinstance(immutable, Immutability) else None
+        self._lock_state: LockState | None = None
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -140,9 +161,10 @@ class S3Storage:
         }
         if opts.get("path_style"):
             config_args["s3"] = {"addressing_style": "path"}
-        if self.endpoint_url:
+        if self.endpoint_url and self.immutability is None:
             # Stores other than AWS (older MinIO and Ceph releases) reject the CRC checksums
-            # boto3 >= 1.36 sends by default; opskit checks sha256 end to end anyway.
+            # boto3 >= 1.36 sends by default; opskit checks sha256 end to end anyway. Not with
+            # Object Lock: S3 requires a checksum on every write that carries a retention.
             config_args["request_checksum_calculation"] = "when_required"
             config_args["response_checksum_validation"] = "when_required"
         try:
@@ -197,16 +219,49 @@ class S3Storage:
             args["StorageClass"] = self.options["storage_class"]
         return args
 
+    def _lock_args(self, immutable: bool) -> dict[str, Any]:
+        """Return the Object Lock arguments of a write (empty unless ``immutable`` and configured)."""
+        if not immutable or self.immutability is None:
+            return {}
+        return {
+            "ObjectLockMode": self.immutability.mode.upper(),
+            "ObjectLockRetainUntilDate": self.immutability.retain_until(datetime.now(UTC)),
+        }
+
+    def _ensure_retained(self, name: str, key: str, lock: dict[str, Any]) -> None:
+        """Check that the object just written carries its retention; set it when the store ignored it.
+
+        Some stores (moto, older S3-compatible servers) drop the headers on multipart uploads
+        or copies. Raises StorageError when the retention cannot be set (the object stays, unlocked).
+        """
+        if not lock:
+            return
+        head = self._call(
+            "checking the retention of", key, lambda: self.client.head_object(Bucket=self.bucket, Key=name)
+        )
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until >= lock["ObjectLockRetainUntilDate"].replace(microsecond=0):
+            return
+        retention = {"Mode": lock["ObjectLockMode"], "RetainUntilDate": lock["ObjectLockRetainUntilDate"]}
+        version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+        self._call(
+            "setting the retention of",
+            key,
+            lambda: self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention, **version),
+        )
+
     # ------------------------------------------------------------------ writing
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, immutable: bool = False) -> Iterator[BinaryIO]:
         """Yield a stream that uploads ``key`` in parts; complete on clean exit, abort on error.
 
-        Raises StorageError when a part or the completion fails (after retries).
+        With ``immutable`` on a storage configured so, the object is stored under Object Lock
+        retention. Raises StorageError when a part or the completion fails (after retries).
         """
         name = self.keys.full(key)
-        upload = _MultipartUpload(self, name, key)
+        lock = self._lock_args(immutable)
+        upload = _MultipartUpload(self, name, key, lock)
         parts: PartWriter[dict[str, Any]] = PartWriter(self.schedule, upload.upload_part, upload.put_whole)
         try:
             yield cast(BinaryIO, parts)
@@ -217,6 +272,7 @@ class S3Storage:
             parts.cancel()
             upload.abort()
             raise
+        self._ensure_retained(name, key, lock)
 
     def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` under ``key`` unless an object is there; return False when one was.
@@ -284,9 +340,101 @@ class S3Storage:
             token = page.get("NextContinuationToken")
 
     def delete(self, key: str) -> None:
-        """Delete the object; a missing object is not an error (S3 DeleteObject is idempotent)."""
+        """Delete the object; a missing object is not an error (S3 DeleteObject is idempotent).
+
+        On a bucket with Object Lock every version of the key is deleted (a plain delete would
+        only hide it behind a delete marker). Raises ObjectLocked when a version is still
+        under retention (that version stays, readable), StorageError otherwise.
+        """
         name = self.keys.full(key)
+        if self.lock_state().enabled:
+            self._delete_versions(name, key)
+            return
         self._call("deleting", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
+
+    def _delete_versions(self, name: str, key: str) -> None:
+        markers: dict[str, str] = {}
+        while True:
+            list_page = partial(self.client.list_object_versions, Bucket=self.bucket, Prefix=name, **markers)
+            page = self._call("listing versions of", key, list_page)
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if item["Key"] == name:
+                    self._delete_version(name, key, item["VersionId"])
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+
+    def _delete_version(self, name: str, key: str, version: str) -> None:
+        try:
+            self.retry.call(
+                lambda: self.client.delete_object(Bucket=self.bucket, Key=name, VersionId=version), "deleting", key
+            )
+        except OpskitError:
+            raise
+        except Exception as exc:
+            until = self._retention_of(name, version) if _status(exc) == 403 else None
+            if until is not None and until > datetime.now(UTC):
+                raise ObjectLocked(
+                    f"storage '{self.name}': '{key}' is immutable until {_iso(until)} (S3 Object Lock); "
+                    "it cannot be deleted before",
+                    hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
+                    until=until,
+                ) from exc
+            raise self._error("deleting", key, exc) from exc
+
+    def _retention_of(self, name: str, version: str | None = None) -> datetime | None:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+        if version:
+            args["VersionId"] = version
+        try:
+            head = self.retry.call(lambda: self.client.head_object(**args), "checking", name)
+        except Exception:
+            return None
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if isinstance(until, datetime) else None
+
+    # ------------------------------------------------------------------ immutability
+
+    def lock_state(self) -> LockState:
+        """Return whether the bucket has Object Lock enabled (asked once per storage object).
+
+        ``enabled`` is None when the credentials may not read the setting
+        (s3:GetBucketObjectLockConfiguration). Raises StorageError for other failures.
+        """
+        if self._lock_state is not None:
+            return self._lock_state
+        try:
+            answer = self.retry.call(
+                lambda: self.client.get_object_lock_configuration(Bucket=self.bucket), "reading Object Lock of", "/"
+            )
+        except OpskitError:
+            raise
+        except Exception as exc:
+            code = _code(exc)
+            if code in {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}:
+                state = LockState(False, f"bucket '{self.bucket}' has no Object Lock", self.immutability)
+            elif code in {"AccessDenied", "MethodNotAllowed", "NotImplemented"} or _status(exc) in (403, 405, 501):
+                state = LockState(
+                    None, f"bucket '{self.bucket}': its Object Lock setting cannot be read ({code})", self.immutability
+                )
+            else:
+                raise self._error("reading Object Lock of the bucket", None, exc) from exc
+        else:
+            config = answer.get("ObjectLockConfiguration", {})
+            enabled = config.get("ObjectLockEnabled") == "Enabled"
+            state = LockState(enabled, _describe_lock(self.bucket, enabled, config), self.immutability)
+        self._lock_state = state
+        return state
+
+    def retained_until(self, key: str) -> datetime | None:
+        """Return the Object Lock retain-until date of ``key``'s current version (None: not locked).
+
+        Raises ObjectNotFound / StorageError.
+        """
+        name = self.keys.full(key)
+        head = self._call("checking", key, lambda: self.client.head_object(Bucket=self.bucket, Key=name))
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if isinstance(until, datetime) else None
 
     def exists(self, key: str) -> bool:
         """Return True when ``key`` exists (HeadObject)."""
@@ -309,9 +457,12 @@ class S3Storage:
         probe = self.keys.full(f".opskit-probe-{secrets.token_hex(6)}")
         try:
             client = self.client
-            client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **self._write_args())
+            put = client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **self._write_args())
             client.get_object(Bucket=self.bucket, Key=probe)["Body"].read()
-            client.delete_object(Bucket=self.bucket, Key=probe)
+            # On a versioned bucket (any with Object Lock) delete the version itself: a plain
+            # delete would leave the probe's bytes behind a delete marker on every check.
+            version = {"VersionId": put["VersionId"]} if put.get("VersionId") else {}
+            client.delete_object(Bucket=self.bucket, Key=probe, **version)
         except ConfigError:
             raise
         except Exception as exc:
@@ -332,13 +483,18 @@ class S3Storage:
         src = {"Bucket": source.bucket, "Key": source.keys.full(key)}
         dst = self.keys.full(key)
         # client.copy is the managed transfer: it switches to UploadPartCopy above 8 MiB,
-        # which S3 requires for objects over 5 GiB.
+        # which S3 requires for objects over 5 GiB. Only artifacts are copied this way, so the
+        # copy gets this storage's retention: set by PutObjectRetention right after the copy,
+        # since a copy with the lock headers needs a checksum header the managed copy cannot
+        # send on every store (moto: MissingUploadObjectWithObjectLockHeaders).
+        lock = self._lock_args(immutable=True)
         extra = self._write_args()
         self._call(
             "copying",
             key,
             lambda: self.client.copy(src, self.bucket, dst, ExtraArgs=extra or None),
         )
+        self._ensure_retained(dst, key, lock)
         return True
 
     def abort_incomplete_uploads(self, prefix: str, older_than: datetime, dry_run: bool) -> builtins.list[str]:
@@ -374,10 +530,11 @@ class S3Storage:
 class _MultipartUpload:
     """One object being written: created lazily on the first full part, then completed or aborted."""
 
-    def __init__(self, storage: S3Storage, name: str, key: str) -> None:
+    def __init__(self, storage: S3Storage, name: str, key: str, lock: dict[str, Any]) -> None:
         self.storage = storage
         self.name = name
         self.key = key
+        self.lock = lock  # ObjectLockMode / ObjectLockRetainUntilDate, or empty
         self.upload_id: str | None = None
         self._lock = threading.Lock()
 
@@ -385,7 +542,9 @@ class _MultipartUpload:
         with self._lock:
             if self.upload_id is None:
                 s = self.storage
-                start = partial(s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args())
+                start = partial(
+                    s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args(), **self.lock
+                )
                 response = s._call("starting upload of", self.key, start)
                 self.upload_id = str(response["UploadId"])
             return self.upload_id
@@ -409,7 +568,7 @@ class _MultipartUpload:
         s._call(
             "uploading",
             self.key,
-            lambda: s.client.put_object(Bucket=s.bucket, Key=self.name, Body=data, **s._write_args()),
+            lambda: s.client.put_object(Bucket=s.bucket, Key=self.name, Body=data, **s._write_args(), **self.lock),
         )
 
     def complete(self, parts: list[dict[str, Any]]) -> None:
@@ -460,6 +619,21 @@ def _describe(exc: BaseException, bucket: str) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _describe_lock(bucket: str, enabled: bool, config: dict[str, Any]) -> str:
+    """Return one line on a bucket's Object Lock: enabled or not, and its default retention."""
+    if not enabled:
+        return f"bucket '{bucket}' has no Object Lock"
+    default = config.get("Rule", {}).get("DefaultRetention", {})
+    if not default:
+        return f"bucket '{bucket}' has Object Lock enabled (no default retention)"
+    period = f"{default['Days']} days" if "Days" in default else f"{default.get('Years')} years"
+    return f"bucket '{bucket}' has Object Lock enabled (default retention {default.get('Mode', '').lower()}, {period})"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def _refused(exc: BaseException) -> bool:
     """Return True when the store could not be reached or refused us (exit 3, core/errors.py's rule)."""
     code = _code(exc)
@@ -473,6 +647,11 @@ def _hint(exc: BaseException) -> str | None:
     code = _code(exc)
     if code == "NoSuchBucket":
         return "create the bucket (opskit never creates buckets) or fix the storage URL"
+    if code == "InvalidRequest" and "ObjectLock" in str(exc):
+        return (
+            "the bucket has no Object Lock: enable it on the bucket (versioning on, then "
+            "put-object-lock-configuration) or remove the storage's 'immutable' option"
+        )
     if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"} or isinstance(
         exc, bex.NoCredentialsError
     ):
