@@ -120,9 +120,11 @@ def check_stats(artifact: Artifact, result: StoreResult, backup_id: str = "") ->
             )
 
 
-def hash_stored(storage: Storage, artifact: Artifact, cancel: threading.Event | None = None) -> StreamStats:
-    """Stream an artifact and return its stored size and sha256 (needs no key)."""
+def hash_stored(
+    storage: Storage, artifact: Artifact, cancel: threading.Event | None = None, progress: Progress | None = None
+) -> StreamStats:
+    """Stream an artifact and return its stored size and sha256 (needs no key); ``progress`` counts the bytes."""
     with storage.reader(artifact.key) as raw:
-        reader = HashingReader(raw, cancel=cancel)
+        reader = HashingReader(raw, cancel=cancel, progress=progress)
         pump(reader, Discard())
     return reader.stats()

@@ -40,13 +40,18 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return event_dict
 
 
-_LOGGER_KEY = "_opskit_logger"
+class NamedPrintLogger(structlog.PrintLogger):
+    """structlog's PrintLogger with the name given to :func:`get_logger` (for the ``logger`` field)."""
+
+    def __init__(self, file: Any = None, name: str | None = None) -> None:
+        super().__init__(file=file)
+        self.name = name
 
 
-def logger_name_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def logger_name_processor(logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: put the module name given to :func:`get_logger` in the ``logger`` field."""
-    name = event_dict.pop(_LOGGER_KEY, None)
-    if name is not None:
+    name = getattr(logger, "name", None)
+    if name:
         event_dict.setdefault("logger", name)
     return event_dict
 
@@ -86,7 +91,8 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None, quiet:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # get_logger(name) hands `name` to the factory: the logger keeps it for logger_name_processor.
+        logger_factory=lambda *args: NamedPrintLogger(file=sys.stderr, name=args[0] if args else None),
         cache_logger_on_first_use=False,
     )
     # Library loggers (boto3, urllib3, azure) stay quiet unless debugging.
@@ -98,7 +104,5 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None, quiet:
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
     """Return a structlog logger whose lines carry ``logger=name`` (lazy: it picks up
     :func:`configure_logging` whenever that runs)."""
-    # `logger` itself cannot be an initial value (it is wrap_logger's own parameter): the
-    # name travels under _LOGGER_KEY and logger_name_processor renames it.
-    logger: FilteringBoundLogger = structlog.get_logger(name, **({_LOGGER_KEY: name} if name else {}))
+    logger: FilteringBoundLogger = structlog.get_logger(name)
     return logger

@@ -122,12 +122,14 @@ class OpenedBackup:
             cancel=self.reader.ctx.cancel,
         )
 
-    def hash_stored(self, name: str = DUMP_ARTIFACT) -> StreamStats:
+    def hash_stored(self, name: str = DUMP_ARTIFACT, progress: Progress | None = None) -> StreamStats:
         """Stream artifact ``name``'s stored bytes and return their size and sha256 (no key needed).
 
         Raises ObjectNotFound when the object is missing, StorageError on other storage failures.
         """
-        return artifacts.hash_stored(self.storage, self.manifest.artifact(name), cancel=self.reader.ctx.cancel)
+        return artifacts.hash_stored(
+            self.storage, self.manifest.artifact(name), cancel=self.reader.ctx.cancel, progress=progress
+        )
 
     def check_stored_bytes(self, name: str = DUMP_ARTIFACT) -> None:
         """Raise VerificationFailed (5) when artifact ``name``'s stored size or sha256 differs from the manifest.

@@ -42,8 +42,9 @@ from opskit.core.errors import (
     VerifyFailed,
 )
 from opskit.core.log import get_logger
+from opskit.core.progress import ByteProgress
 from opskit.pg.archive import TocReader
-from opskit.pipeline import Discard
+from opskit.pipeline import Discard, Progress
 from opskit.plan import timeline
 from opskit.restore.reader import BackupReader, OpenedBackup
 
@@ -168,10 +169,13 @@ def verify_backup(ctx: AppContext, backup: OpenedBackup) -> Verification:
     checks: list[Check] = []
     full = not manifest.encrypted or bool(backup.identities)
     for artifact in manifest.artifacts:
-        if full:
-            checks.extend(_check_full(backup, artifact))
-        else:
-            checks.extend(_check_stored(backup, artifact))
+        # The progress counts plain bytes when decoding, stored bytes otherwise.
+        expected = artifact.plain_size if full else artifact.size
+        with ByteProgress(f"verify {manifest.id} {artifact.name}", ctx.interactive, expected=expected) as progress:
+            if full:
+                checks.extend(_check_full(backup, artifact, progress))
+            else:
+                checks.extend(_check_stored(backup, artifact, progress))
     verdict = PASS if checks and all(c.ok for c in checks) else FAIL
     return Verification(
         target=manifest.target,
@@ -185,10 +189,10 @@ def verify_backup(ctx: AppContext, backup: OpenedBackup) -> Verification:
     )
 
 
-def _check_stored(backup: OpenedBackup, artifact: Artifact) -> list[Check]:
+def _check_stored(backup: OpenedBackup, artifact: Artifact, progress: Progress | None = None) -> list[Check]:
     """Stream the object and compare its stored size and sha256 with the manifest."""
     try:
-        stats = backup.hash_stored(artifact.name)
+        stats = backup.hash_stored(artifact.name, progress=progress)
     except ObjectNotFound:
         return [_missing(artifact)]
     return [
@@ -197,7 +201,7 @@ def _check_stored(backup: OpenedBackup, artifact: Artifact) -> list[Check]:
     ]
 
 
-def _check_full(backup: OpenedBackup, artifact: Artifact) -> list[Check]:
+def _check_full(backup: OpenedBackup, artifact: Artifact, progress: Progress | None = None) -> list[Check]:
     """Decrypt + decompress with both hashes checked; feed the db artifact to ``pg_restore --list``."""
     if not backup.storage.exists(artifact.key):
         return [_missing(artifact)]
@@ -206,9 +210,9 @@ def _check_full(backup: OpenedBackup, artifact: Artifact) -> list[Check]:
         if artifact.name == catalog.DUMP_ARTIFACT:
             toc = TocReader(backup.pg_restore())
             with toc:
-                result = backup.read(artifact.name, toc)
+                result = backup.read(artifact.name, toc, progress=progress)
         else:
-            result = backup.read(artifact.name, Discard())
+            result = backup.read(artifact.name, Discard(), progress=progress)
     except ObjectNotFound:
         return [_missing(artifact)]
     except RestoreFailed as exc:
