@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -143,4 +144,22 @@ def test_unlock_removes_stale_locks_only_unless_all_and_a_dry_run_removes_nothin
     assert set(catalog.remove_locks(storage, "app", now=LATER)) == {stale.key, "app/locks/garbage.json"}
     assert lock_keys(storage) == [live.key]
     assert catalog.remove_locks(storage, "app", now=LATER, stale_only=False) == [live.key]
+    assert lock_keys(storage) == []
+
+
+def test_a_held_lock_is_refreshed_by_its_thread_while_the_run_goes_on(storage: Storage) -> None:
+    ticks = iter(NOW + timedelta(seconds=n) for n in range(10_000))
+    held = catalog.acquire_lock(
+        storage, "app", "backup", clock=lambda: next(ticks), refresh_every=timedelta(seconds=0.05)
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            [record] = catalog.list_locks(storage, "app")
+            if record.refreshed > record.created:
+                break
+            time.sleep(0.05)
+        assert record.refreshed > record.created
+    finally:
+        held.release()
     assert lock_keys(storage) == []

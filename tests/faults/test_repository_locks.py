@@ -11,6 +11,7 @@ a writer that takes no lock).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -279,3 +280,17 @@ def test_the_sweep_never_touches_the_folder_of_a_run_whose_lock_is_alive_whateve
     assert real.returncode == 7 and "locked by backup (shared) by pid 4242 on host 'db2'" in one_line_error(real.stderr)
     assert after.returncode == 0, after.stderr
     assert json.loads(after.stdout)["results"][0]["swept"] == [f"app/{running}/db.dump.zst"]
+
+
+def test_a_backup_stopped_by_sigterm_before_its_manifest_exits_130_and_leaves_no_lock(
+    held_backup: tuple[Setup, subprocess.Popen[str], Path],
+) -> None:
+    setup, backup, _go = held_backup
+
+    backup.send_signal(signal.SIGTERM)
+    _out, err = backup.communicate(timeout=60)
+
+    assert backup.returncode == 130, err
+    assert not list(local_root(setup.storage).glob("app/locks/*")), "the lock was released on SIGTERM"
+    assert setup.backups() == []
+    assert setup.run("prune", "--grace", "0s").returncode == 0, "nothing blocks the next prune"
