@@ -12,13 +12,14 @@ a test loads, so the example can never rot.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opskit.config import daemon, drill, hooks, migrations, names, notify, retention
+from opskit.config import daemon, drill, environ, hooks, migrations, names, notify, retention
 from opskit.config.model import (
     CompressionConfig,
     Config,
@@ -64,7 +65,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     """
     path = find_config_path(explicit)
     if path is None:
-        return default_config()
+        # A container configured only by OPSKIT_* variables (config/environ.py) has no file at all.
+        return build_config({}) if environ.config_variables(os.environ) else default_config()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -88,9 +90,21 @@ def default_config() -> Config:
     return Config(targets={"default": target}, storages={"local": storage})
 
 
-def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
-    """Validate a parsed TOML document and return the Config. Raises ConfigError listing every problem."""
-    errors = ConfigErrors()
+def build_config(
+    raw: Mapping[str, Any],
+    source: Path | None = None,
+    *,
+    environment: bool = True,
+    errors: ConfigErrors | None = None,
+) -> Config:
+    """Validate a parsed TOML document, with the ``OPSKIT_*`` keys of the environment set in it, and return the Config.
+
+    ``environment=False`` reads the document alone. Raises ConfigError listing every problem,
+    an unknown ``OPSKIT_*`` variable among them.
+    """
+    errors = ConfigErrors() if errors is None else errors
+    if environment:
+        raw = environ.overlay(raw, os.environ, errors, _probe)
     root = Section(raw, "", errors)
 
     objectives = _parse_objectives(root.table("objectives"))
@@ -131,6 +145,12 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         hooks=hook_settings,
         source=source,
     )
+
+
+def _probe(errors: ConfigErrors) -> None:
+    """Parse config/environ.py's probe document on ``errors`` (which records every key asked for)."""
+    with contextlib.suppress(ConfigError):
+        build_config(environ.PROBE_DOC, environment=False, errors=errors)
 
 
 def _parse_objectives(section: Section) -> Objectives:
@@ -213,6 +233,8 @@ def _parse_storage(name: str, section: Section) -> StorageConfig:
                     options[key] = section.bool(key)
                 elif key == "max_attempts":
                     options[key] = section.int(key, 5, minimum=1, maximum=50)
+                elif key == "immutable":
+                    options[key] = _parse_immutable(section.table(key))
                 else:
                     options[key] = section.str(key)
             # A secret may come only from OPSKIT_STORAGES_<NAME>_<KEY>[_FILE], absent from the file.
@@ -222,6 +244,17 @@ def _parse_storage(name: str, section: Section) -> StorageConfig:
                     options[key] = ref
     section.finish()
     return StorageConfig(name=name, url=url or "", offsite=offsite, part_size=part_size, options=options)
+
+
+def _parse_immutable(section: Section) -> Immutability | None:
+    """Return the ``immutable = { mode, days }`` table of a storage (None when it has errors)."""
+    mode = section.str("mode", "governance")
+    days = section.int("days", minimum=1, maximum=36500)
+    section.finish()
+    if mode not in IMMUTABLE_MODES:
+        section.errors.add(section.key_path("mode"), f"must be one of {', '.join(IMMUTABLE_MODES)}, not '{mode}'")
+        return None
+    return Immutability(mode=mode, days=days) if days is not None else None
 
 
 def _parse_target(
@@ -235,8 +268,6 @@ def _parse_target(
                 section.key_path("storages"),
                 f"names storage '{storage_name}', which is not configured under [storages]",
             )
-                elif key == "immutable":
-                    options[key] = _parse_immutable(section.table(key))
     if not names:
         section.errors.add(section.key_path("storages"), "must name at least one storage")
     if len(set(names)) != len(names):
@@ -248,17 +279,6 @@ def _parse_target(
         name=name,
         dsn=dsn,
         password=section.secret("password"),
-def _parse_immutable(section: Section) -> Immutability | None:
-    """Return the ``immutable = { mode, days }`` table of a storage (None when it has errors)."""
-    mode = section.str("mode", "governance")
-    days = section.int("days", minimum=1, maximum=36500)
-    section.finish()
-    if mode not in IMMUTABLE_MODES:
-        section.errors.add(section.key_path("mode"), f"must be one of {', '.join(IMMUTABLE_MODES)}, not '{mode}'")
-        return None
-    return Immutability(mode=mode, days=days) if days is not None else None
-
-
         storages=names,
         staging=section.str("staging", None),
         protected=section.bool("protected", False),

@@ -39,6 +39,14 @@ class ConfigErrors:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        # {path: value | secret | table} of every key a getter asked for, when set to a dict:
+        # how config/environ.py learns the keys without a second list of them.
+        self.asked: dict[str, str] | None = None
+
+    def note(self, path: str, kind: str) -> None:
+        """Remember that a parser asked for the key at ``path`` (only while ``asked`` records)."""
+        if self.asked is not None:
+            self.asked.setdefault(path, kind)
 
     def add(self, path: str, message: str) -> None:
         """Record ``message`` for the key at ``path``."""
@@ -82,6 +90,7 @@ class Section:
     def has(self, key: builtins.str) -> builtins.bool:
         """Return True when the key is present (and mark it seen)."""
         self.seen.add(key)
+        self.errors.note(self.key_path(key), "value")
         return key in self.raw
 
     @overload
@@ -116,6 +125,7 @@ class Section:
         With ``default`` ``_REQUIRED`` a missing key is an error too, and None stands in for the value.
         """
         self.seen.add(key)
+        self.errors.note(self.key_path(key), "value")
         if key not in self.raw:
             if default is _REQUIRED:
                 self.errors.add(self.key_path(key), f"is required ({what})")
@@ -223,6 +233,8 @@ class Section:
         :func:`secret_env_name`) override the file's value; both set is an error.
         """
         value = self.get(key, builtins.str, None, "a secret reference such as 'env:NAME' or 'file:/run/secrets/x'")
+        if self.errors.asked is not None:
+            self.errors.asked[self.key_path(key)] = "secret"
         ref = SecretRef(value) if isinstance(value, builtins.str) else None
         name = secret_env_name(self.key_path(key))
         direct, from_file = os.environ.get(name), os.environ.get(f"{name}_FILE")
@@ -243,6 +255,8 @@ class Section:
     def table(self, key: builtins.str) -> Section:
         """Return the sub-table ``key`` as a Section (empty when absent)."""
         self.seen.add(key)
+        if self.errors.asked is not None:
+            self.errors.asked[self.key_path(key)] = "table"
         return Section(self.raw.get(key, {}), self.key_path(key), self.errors)
 
     def tables(self, key: builtins.str) -> Iterator[tuple[builtins.str, Section]]:

@@ -218,9 +218,15 @@ def local_root(storage: StorageConfig) -> Path:
 
 
 def local_files(storage: StorageConfig) -> list[Path]:
-    """Return every file under a local storage (temporary files included)."""
+    """Return every file under a local storage (temporary files included), run records excepted.
+
+    A run record (``<target>/runs/``, catalog.runs) is the signal a run leaves, failed or not,
+    never its data: "nothing left" means no artifact, manifest or temporary file.
+    """
     root = local_root(storage)
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name != "runs")
 
 
 def s3_objects(storage: StorageConfig) -> list[str]:
@@ -230,7 +236,8 @@ def s3_objects(storage: StorageConfig) -> list[str]:
     bucket = storage.url.removeprefix("s3://").split("/", 1)[0]
     client = s3_client(str(storage.options["endpoint_url"]))
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)  # type: ignore[attr-defined]
-    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+    # Run records (catalog.runs) are a run's signal, not its data; see local_files.
+    return [item["Key"] for page in pages for item in page.get("Contents", []) if "/runs/" not in item["Key"]]
 
 
 def s3_uploads(storage: StorageConfig) -> list[str]:
