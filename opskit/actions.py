@@ -53,7 +53,7 @@ def _table(*specs: ActionSpec) -> dict[str, ActionSpec]:
 
 # The schedulable rows come first, in the order a job's error message lists them.
 ACTIONS: dict[str, ActionSpec] = _table(
-    ActionSpec("backup", "opskit.backup.backup", cli=("backup", "now"), schedulable=True),
+    ActionSpec("backup", "opskit.backup.kinds", cli=("backup", "now"), schedulable=True),
     ActionSpec("copy", "opskit.backup.copy", cli=("copy",), schedulable=True),
     ActionSpec("prune", "opskit.ops.prune", cli=("prune",), schedulable=True),
     ActionSpec(
@@ -79,6 +79,9 @@ ACTIONS: dict[str, ActionSpec] = _table(
     ActionSpec("migrate", "opskit.migrate.migrate", cli=("migrate",)),
     ActionSpec("config_check", "opskit.ops.config_check", cli=("config", "check")),
     ActionSpec("unlock", "opskit.ops.unlock", cli=("unlock",)),
+    # PostgreSQL's archive_command and restore_command (point-in-time recovery).
+    ActionSpec("wal-push", "opskit.wal.archive", cli=("wal", "push")),
+    ActionSpec("wal-fetch", "opskit.wal.archive", function="fetch", cli=("wal", "fetch")),
     # Only runbooks replay globals on their own (opskit restore does it as part of a restore).
     ActionSpec(
         "restore-globals",

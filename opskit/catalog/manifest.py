@@ -57,6 +57,12 @@ class Manifest:
     objects: Mapping[str, int] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # "logical" (pg_dump) or "base" (pg_basebackup, for point-in-time recovery); manifests
+    # written before base backups existed have no kind and are logical.
+    kind: str = "logical"
+    # Base backups only: timeline, start/stop LSN and time, the WAL segments the backup needs,
+    # system identifier (see opskit.backup.base).
+    base: Mapping[str, Any] = field(default_factory=dict)
     # How ``tables`` counted rows (opskit.pg.facts.ROW_COUNTS_*): "only" each table's own rows;
     # manifests written before the field counted inheritance children too ("inclusive").
     row_counts: str = "inclusive"
@@ -145,8 +151,12 @@ class Manifest:
                 migration_version=data.get("migration_version"),
                 objects=_dict(data, "objects", required=False),
                 extra=_dict(data, "extra", required=False),
+                kind=str(data.get("kind", "logical")),
+                base=_dict(data, "base", required=False),
                 row_counts=str(data.get("row_counts", "inclusive")),
             )
+            if manifest.kind not in ("logical", "base"):
+                raise ManifestError(f"manifest field 'kind' ({manifest.kind!r}) is not 'logical' or 'base'")
         except ManifestError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:

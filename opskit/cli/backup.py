@@ -9,6 +9,7 @@ import click
 
 from opskit import actions
 from opskit.backup import backup as backup_action
+from opskit.backup import kinds as backup_kinds
 from opskit.catalog import Manifest, format_time, list_backups
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json, echo_table
@@ -27,16 +28,26 @@ def backup_group() -> None:
 @click.option("--target", "-t", help="Target to back up (default: the only one).")
 @click.option("--all", "all_targets", is_flag=True, help="Back up every target that is not a staging target.")
 @click.option("--label", "labels", multiple=True, help="Label recorded in the manifest (repeatable).")
+@click.option(
+    "--kind",
+    type=click.Choice(backup_kinds.KINDS),
+    default="logical",
+    show_default=True,
+    help="logical: pg_dump of the database; base: pg_basebackup of the cluster (for --pitr restores).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @pass_app
-def backup_now(app: AppContext, target: str | None, all_targets: bool, labels: tuple[str, ...], as_json: bool) -> None:
-    """Take a consistent backup now: pg_dump streamed through zstd [and age] into the storages."""
+def backup_now(
+    app: AppContext, target: str | None, all_targets: bool, labels: tuple[str, ...], kind: str, as_json: bool
+) -> None:
+    """Take a consistent backup now: pg_dump (or pg_basebackup) streamed through zstd [and age] into the storages."""
     if all_targets and target:
         raise click.UsageError("--target and --all exclude each other")
     if all_targets:
-        results, errors = _backup_all(app, labels)
+        results, errors = _backup_all(app, labels, kind)
     else:
-        results, errors = [actions.call("backup", app, target=target, labels=labels)], {}
+        results = [actions.call("backup", app, function=backup_kinds.run, target=target, labels=labels, kind=kind)]
+        errors = {}
     if as_json:
         docs = [r.manifest.to_dict() | {"copies": r.copies} for r in results]
         echo_json(docs if all_targets else docs[0])
@@ -55,7 +66,7 @@ def backup_now(app: AppContext, target: str | None, all_targets: bool, labels: t
 
 
 def _backup_all(
-    app: AppContext, labels: tuple[str, ...]
+    app: AppContext, labels: tuple[str, ...], kind: str
 ) -> tuple[list[backup_action.BackupResult], dict[str, OpskitError]]:
     """Back up every ``--all`` target as its own observed run (its pings, hooks and run record); carry on past failures."""
     names = backup_action.backup_targets(app)
@@ -65,7 +76,9 @@ def _backup_all(
     errors: dict[str, OpskitError] = {}
     for name in names:
         try:
-            results.append(actions.call("backup", app, target=name, labels=labels))
+            results.append(
+                actions.call("backup", app, function=backup_kinds.run, target=name, labels=labels, kind=kind)
+            )
         except OpskitError as exc:
             errors[name] = exc
     return results, errors
@@ -77,6 +90,13 @@ def _summary(result: backup_action.BackupResult) -> str:
     seconds = (m.finished_at - m.started_at).total_seconds()
     copies = "".join(f", copied to '{name}'" for name, err in result.copies.items() if err is None)
     encrypted = ", encrypted" if m.encrypted else ""
+    if m.kind == "base":
+        return (
+            f"base backup {m.id} of target '{m.target}' committed to '{result.storage}'{copies}: "
+            f"{format_size(m.size)} stored ({format_size(dump.plain_size)} tar{encrypted}), "
+            f"timeline {m.base.get('timeline')}, WAL {m.base.get('wal_start')}..{m.base.get('wal_stop')}, "
+            f"{seconds:.1f} s"
+        )
     return (
         f"backup {m.id} of target '{m.target}' committed to '{result.storage}'{copies}: "
         f"{format_size(m.size)} stored ({format_size(dump.plain_size)} dump{encrypted}), "
@@ -110,6 +130,7 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
             [
                 m.id,
                 m.target,
+                m.kind,
                 format_time(m.snapshot_time),
                 # A wrong host clock: say so instead of a negative age (never picked as "latest").
                 "FUTURE-DATED" if is_future(m.snapshot_time, now) else format_duration(now - m.snapshot_time),
@@ -118,7 +139,7 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
                 ",".join(m.labels),
             ]
         )
-    echo_table(["ID", "TARGET", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"], table)
+    echo_table(["ID", "TARGET", "KIND", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"], table)
 
 
 def register(group: click.Group) -> None:

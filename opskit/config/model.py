@@ -13,6 +13,7 @@ from opskit.config.hooks import HookSettings
 from opskit.config.migrations import MigrationSettings
 from opskit.config.notify import NotifySettings
 from opskit.config.retention import RetentionPolicy
+from opskit.config.wal import WalSettings
 from opskit.core.errors import ConfigError
 from opskit.secrets.references import SecretRef
 from opskit.storage.base import StorageConfig
@@ -104,6 +105,7 @@ class Config:
     notify: NotifySettings | None = None
     daemon: DaemonSettings | None = None
     hooks: HookSettings | None = None
+    wal: WalSettings | None = None
     source: Path | None = None
 
     def target(self, name: str | None) -> TargetConfig:

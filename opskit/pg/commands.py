@@ -19,6 +19,10 @@ pg_dumpall (roles and tablespaces)
     ``--globals-only``         no databases, only what ``CREATE DATABASE`` cannot recreate
     ``--no-role-passwords``    for a role that is not a superuser: pg_authid, where the password
                                hashes live, is unreadable to it (10+)
+pg_basebackup (a base backup for point-in-time recovery, 13+ for ``backup_manifest``)
+    ``--format=tar --pgdata=-``  one tar stream on stdout (single tablespace only)
+    ``--wal-method=none``      the WAL comes from the archive (``opskit wal push``)
+    ``--checkpoint=fast``      do not wait for the next scheduled checkpoint
 pg_restore
     ``--exit-on-error``, ``--clean --if-exists``, ``--no-owner --no-privileges``, ``--section``,
     ``--jobs`` (a file only, never stdin), ``--file=-`` (the SQL script instead of a database),
@@ -71,6 +75,25 @@ def pg_dumpall_globals_argv(tool: Tool, target: TargetConfig, *, database: str, 
     if not superuser:
         argv.append("--no-role-passwords")
     return argv
+
+
+def pg_basebackup_argv(tool: Tool, target: TargetConfig) -> list[str]:
+    """Return the pg_basebackup command line that streams ``target``'s cluster as one tar to stdout.
+
+    ``-Ft -D -`` writes the base tar (with ``backup_manifest``, 13+) to stdout, which only works
+    for a cluster with a single tablespace; ``-X none`` leaves the WAL to the archive (the
+    server waits until the backup's last segment is archived before it returns);
+    ``--checkpoint=fast`` starts at once instead of after the next scheduled checkpoint.
+    """
+    return [
+        tool.path,
+        dbname_arg(target),
+        "--format=tar",
+        "--pgdata=-",
+        "--wal-method=none",
+        "--checkpoint=fast",
+        "--no-password",
+    ]
 
 
 def without_connection(argv: list[str]) -> list[str]:

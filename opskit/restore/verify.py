@@ -207,7 +207,8 @@ def _check_full(backup: OpenedBackup, artifact: Artifact, progress: Progress | N
         return [_missing(artifact)]
     toc: TocReader | None = None
     try:
-        if artifact.name == catalog.DUMP_ARTIFACT:
+        # A base backup's db artifact is a tar stream, not a pg_dump archive: its hashes are the check.
+        if artifact.name == catalog.DUMP_ARTIFACT and backup.manifest.kind == "logical":
             toc = TocReader(backup.pg_restore())
             with toc:
                 result = backup.read(artifact.name, toc, progress=progress)

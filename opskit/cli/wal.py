@@ -1,0 +1,56 @@
+"""``opskit wal push`` and ``opskit wal fetch``: the archive_command and restore_command of point-in-time recovery."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from opskit.cli import pass_app
+from opskit.cli.render import echo_json
+from opskit.context import AppContext
+
+
+@click.group("wal")
+def wal_group() -> None:
+    """Archive WAL and fetch it back (PostgreSQL's archive_command and restore_command)."""
+
+
+@wal_group.command("push")
+@click.argument("path")
+@click.option("--target", "-t", help="Target whose archive receives the file (default: the only one).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was stored as JSON.")
+@pass_app
+def wal_push(app: AppContext, path: str, target: str | None, as_json: bool) -> None:
+    """Archive the WAL file PATH: archive_command = 'opskit wal push %p'.
+
+    Pushing a file that is already archived with the same content succeeds; different
+    content under the same name fails (exit 4) and overwrites nothing.
+    """
+    from opskit.wal import archive
+
+    result = archive.run(app, path, target=target)
+    if as_json:
+        echo_json(result.to_dict())
+
+
+@wal_group.command("fetch")
+@click.argument("name")
+@click.argument("destination")
+@click.option("--target", "-t", help="Target whose archive holds the file (default: the only one).")
+@pass_app
+def wal_fetch(app: AppContext, name: str, destination: str, target: str | None) -> None:
+    """Restore the archived WAL file NAME to DESTINATION: restore_command = 'opskit wal fetch %f %p'.
+
+    Exits 1 without a message when the archive has no such file, as PostgreSQL expects at
+    the end of the archive.
+    """
+    from opskit.wal import archive
+
+    if not archive.fetch(app, name, destination, target=target):
+        sys.exit(1)
+
+
+def register(group: click.Group) -> None:
+    """Add the ``wal`` command group."""
+    group.add_command(wal_group)

@@ -1,0 +1,48 @@
+"""The optional ``[wal]`` table of the configuration: continuous WAL archiving.
+
+::
+
+    [wal]
+    partial_interval = "60s"   # wal stream: ship the segment being written this often (bounds the RPO)
+    max_spool = "1GiB"         # wal stream: local spool of segments not yet stored; past it, stop with an error
+    spool_dir = "wal-spool"    # wal stream: where pg_receivewal writes (relative to tools.state_dir)
+    slot = "opskit"            # wal stream: the replication slot that keeps the server from recycling WAL
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from opskit.config.schema import Section
+
+DEFAULT_PARTIAL_INTERVAL = timedelta(seconds=60)
+DEFAULT_MAX_SPOOL = 1024**3
+
+
+@dataclass(frozen=True)
+class WalSettings:
+    """Validated ``[wal]`` settings (these defaults when the table is absent)."""
+
+    partial_interval: timedelta = DEFAULT_PARTIAL_INTERVAL
+    max_spool: int = DEFAULT_MAX_SPOOL
+    spool_dir: str = "wal-spool"
+    slot: str = "opskit"
+
+
+def parse_settings(section: Section) -> WalSettings:
+    """Return the WalSettings of ``section``; problems are recorded on the section's error list."""
+    interval = section.duration("partial_interval", DEFAULT_PARTIAL_INTERVAL)
+    if interval.total_seconds() < 1:
+        section.errors.add(section.key_path("partial_interval"), "must be at least 1s")
+    max_spool = section.size("max_spool", DEFAULT_MAX_SPOOL)
+    if max_spool < 64 * 1024 * 1024:
+        section.errors.add(section.key_path("max_spool"), "must be at least 64MiB (four WAL segments)")
+    result = WalSettings(
+        partial_interval=interval,
+        max_spool=max_spool,
+        spool_dir=section.str("spool_dir", "wal-spool"),
+        slot=section.str("slot", "opskit"),
+    )
+    section.finish()
+    return result

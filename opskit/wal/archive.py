@@ -1,0 +1,219 @@
+"""``opskit wal push`` and ``opskit wal fetch``: PostgreSQL's archive_command and restore_command.
+
+PostgreSQL's rules for both (https://www.postgresql.org/docs/current/continuous-archiving.html):
+an ``archive_command`` must return 0 only once the file is safely stored, must refuse to
+overwrite a different file of the same name, and may be called again for a file it already
+archived (after a crash), so the same bytes twice must succeed. A ``restore_command`` must
+exit non-zero, quietly, for a file the archive does not have: recovery asks for files past
+the end of the archive (and for history files that may not exist) to learn where WAL ends.
+
+How push keeps those rules on any storage, without reading an encrypted object back:
+
+1. ``<name>.sha256`` (the plain bytes' sha256 and size) is created if absent. If it was
+   there already, its hash is compared: the same bytes continue (a retry after a crash),
+   different bytes fail with exit 4 and nothing is overwritten.
+2. ``<name>.zst[.age]`` is created if absent (zstd with frame checksums, then age when
+   recipients are configured). A push killed between the two steps leaves the record
+   alone; the retry finds the same hash and writes the object.
+
+A segment is 16 MiB by default, so it is compressed in memory and stored with
+``Storage.create`` (one atomic create-if-absent request on every backend).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyrage
+import zstandard
+
+from opskit.config.model import TargetConfig
+from opskit.context import AppContext
+from opskit.core.errors import BackupFailed, ConfigError, ObjectNotFound, RestoreFailed, VerificationFailed
+from opskit.core.log import get_logger
+from opskit.pipeline import parse_identities, parse_recipients
+from opskit.storage.base import Storage
+from opskit.wal import layout
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """One WAL file in the archive: its name, key, sizes, and whether an earlier push had stored it."""
+
+    name: str
+    key: str
+    plain_size: int
+    stored_size: int
+    sha256: str
+    already_archived: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form of the result."""
+        return {
+            "name": self.name,
+            "key": self.key,
+            "plain_size": self.plain_size,
+            "stored_size": self.stored_size,
+            "sha256": self.sha256,
+            "already_archived": self.already_archived,
+        }
+
+
+def archive_storage(ctx: AppContext, target: TargetConfig) -> Storage:
+    """Return the storage WAL of ``target`` is archived to: its primary storage."""
+    return ctx.storage(target.primary_storage)
+
+
+def run(ctx: AppContext, path: str, target: str | None = None) -> PushResult:
+    """Archive the WAL file at ``path`` (PostgreSQL's ``%p``) and return what was stored.
+
+    Raises ConfigError (2) for a file that is not WAL or cannot be read, BackupFailed (4)
+    when a different file of the same name is already archived, StorageError (4) or
+    UnreachableError (3) when the storage fails. PostgreSQL retries a failed push.
+    """
+    target_config = ctx.target(target)
+    name = os.path.basename(path)
+    if not layout.is_archivable_name(name):
+        raise ConfigError(
+            f"'{path}' is not a WAL file (expected a segment, .history, .backup or .partial name)",
+            hint="set archive_command = 'opskit wal push %p' (PostgreSQL passes the path as %p)",
+        )
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read WAL file '{path}': {exc.strerror or exc}") from exc
+    return push_bytes(ctx, target_config, name, data)
+
+
+def push_bytes(ctx: AppContext, target: TargetConfig, name: str, data: bytes) -> PushResult:
+    """Store the WAL file ``name`` with content ``data`` in ``target``'s archive (see the module docstring).
+
+    Returns the PushResult; raises BackupFailed (4) on a conflicting earlier file, StorageError on storage failures.
+    """
+    storage = archive_storage(ctx, target)
+    digest = hashlib.sha256(data).hexdigest()
+    record = json.dumps({"name": name, "sha256": digest, "size": len(data)}, sort_keys=True).encode() + b"\n"
+    hash_key = layout.hash_key(target.name, name)
+    first = storage.create(hash_key, record)
+    if not first:
+        stored = read_hash_record(storage, target.name, name)
+        if stored is not None and stored.get("sha256") != digest:
+            raise BackupFailed(
+                f"WAL file {name} is already archived for target '{target.name}' with different content "
+                f"(stored sha256 {stored.get('sha256')}, this file {digest}); nothing was overwritten",
+                hint="two clusters may archive to one target: give each cluster its own target",
+            )
+    recipients = ctx.config.encryption.recipients
+    key = layout.object_key(target.name, name, bool(recipients))
+    already = not first and storage.exists(key)
+    stored_size = 0
+    if not already:
+        compressor = zstandard.ZstdCompressor(level=ctx.config.compression.level, write_checksum=True)
+        payload = compressor.compress(data)
+        if recipients:
+            payload = pyrage.encrypt(payload, parse_recipients(recipients))
+        stored_size = len(payload)
+        if not storage.create(key, payload):
+            already = True  # a concurrent push of the same file won the create; its hash matched ours
+    log.info("wal archived", target=target.name, wal=name, already_archived=already, size=len(data))
+    return PushResult(name, key, len(data), stored_size, digest, already)
+
+
+def read_hash_record(storage: Storage, target: str, name: str) -> dict[str, Any] | None:
+    """Return the stored ``{"sha256", "size"}`` record of WAL file ``name``, or None when it has none.
+
+    Raises VerificationFailed (5) when the record is not valid JSON, StorageError on storage failures.
+    """
+    try:
+        with storage.reader(layout.hash_key(target, name)) as inp:
+            payload = inp.read()
+    except ObjectNotFound:
+        return None
+    try:
+        record = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerificationFailed(f"the sha256 record of WAL file {name} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise VerificationFailed(f"the sha256 record of WAL file {name} is not an object")
+    return record
+
+
+def fetch(ctx: AppContext, name: str, destination: str, target: str | None = None) -> bool:
+    """Restore the archived WAL file ``name`` (``%f``) to ``destination`` (``%p``); return False when absent.
+
+    The file appears at ``destination`` complete or not at all (written beside it, then
+    renamed). Raises RestoreFailed (4) when it is encrypted and no identity fits,
+    VerificationFailed (5) when its bytes differ from the recorded sha256, StorageError on
+    storage failures.
+    """
+    target_config = ctx.target(target)
+    storage = archive_storage(ctx, target_config)
+    data = read_wal(ctx, storage, target_config.name, name)
+    if data is None:
+        return False
+    dest = Path(destination)
+    tmp = dest.with_name(f".{dest.name}.opskit-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RestoreFailed(f"cannot write WAL file {name} to '{destination}': {exc.strerror or exc}") from exc
+    log.debug("wal fetched", target=target_config.name, wal=name, size=len(data))
+    return True
+
+
+def read_wal(ctx: AppContext, storage: Storage, target: str, name: str) -> bytes | None:
+    """Return the plain bytes of the archived WAL file ``name``, or None when the archive lacks it.
+
+    Raises RestoreFailed (4) when it is encrypted and no identity fits, VerificationFailed (5)
+    when it does not decompress or differs from its recorded sha256.
+    """
+    for encrypted in (True, False):
+        key = layout.object_key(target, name, encrypted)
+        try:
+            with storage.reader(key) as inp:
+                payload = inp.read()
+        except ObjectNotFound:
+            continue
+        if encrypted:
+            payload = _decrypt(ctx, name, payload)
+        try:
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
+        except zstandard.ZstdError as exc:
+            raise VerificationFailed(f"archived WAL file {name} does not decompress: {exc}") from exc
+        record = read_hash_record(storage, target, name)
+        if record is not None and record.get("sha256") != hashlib.sha256(data).hexdigest():
+            raise VerificationFailed(
+                f"archived WAL file {name} does not match its recorded sha256",
+                hint="the object is corrupt; recovery cannot continue past it",
+            )
+        return data
+    return None
+
+
+def _decrypt(ctx: AppContext, name: str, payload: bytes) -> bytes:
+    ref = ctx.config.encryption.identity
+    if ref is None:
+        raise RestoreFailed(
+            f"archived WAL file {name} is encrypted; no identity is configured",
+            hint="set [encryption] identity to a reference to the age private key",
+        )
+    try:
+        return bytes(pyrage.decrypt(payload, parse_identities(ref.resolve())))
+    except pyrage.DecryptError as exc:
+        raise RestoreFailed(
+            f"archived WAL file {name} cannot be decrypted with the configured identity: {exc}",
+            hint="configure the age identity whose public key was a recipient when the WAL was archived",
+        ) from exc

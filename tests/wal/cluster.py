@@ -1,0 +1,232 @@
+"""A throwaway PostgreSQL cluster that archives its WAL with ``opskit wal push`` (fixture ``archiving_cluster``).
+
+Like ``tests/pgcluster.py``: ``initdb`` into a temporary directory as the ``postgres`` user
+(initdb refuses root), a free loopback port, fsync off. On top: ``wal_level = replica``,
+``archive_mode = on`` with ``archive_command`` running the real CLI against a config file and
+a ``file://`` storage in the same directory, and trust authentication for replication
+connections, so ``pg_basebackup`` works. The archive_command runs as ``postgres``, which
+cannot enter root's home where the test interpreter lives: it uses the system's Python of the
+same minor version with the virtualenv's site-packages on PYTHONPATH (the compiled wheels are
+built for that ABI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.servers import REPO_ROOT
+
+PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
+
+
+def _pg_bin_dir() -> str | None:
+    for candidate in PG_BIN_CANDIDATES:
+        if os.access(os.path.join(candidate, "initdb"), os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    """Return ``argv`` run as the postgres user when the tests run as root (the server refuses root)."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def run_as_postgres(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as the server's user; raise RuntimeError with its stderr when it fails."""
+    result = subprocess.run(as_postgres(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result
+
+
+def opskit_command() -> list[str]:
+    """Return the argv prefix that runs this checkout's opskit as the server's user."""
+    if os.geteuid() != 0:
+        return [sys.executable, "-m", "opskit"]
+    system_python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(system_python, os.X_OK):
+        pytest.skip(f"{system_python} is needed to run opskit as the postgres user")
+    site = sysconfig.get_paths()["purelib"]
+    return ["env", f"PYTHONPATH={REPO_ROOT}:{site}", system_python, "-m", "opskit"]
+
+
+def give_to_postgres(path: Path) -> None:
+    """Make ``path`` (and everything under it) owned by postgres when the tests run as root."""
+    if os.geteuid() != 0:
+        return
+    for dirpath, _dirs, files in os.walk(path):
+        shutil.chown(dirpath, "postgres", "postgres")
+        for name in files:
+            shutil.chown(os.path.join(dirpath, name), "postgres", "postgres")
+
+
+@dataclass
+class ArchivingCluster:
+    """A running cluster whose archive_command is ``opskit wal push``, and the opskit config it uses."""
+
+    root: Path
+    port: int
+    bin_dir: str
+    data_dir: Path
+    config_path: Path
+    archive_dir: Path
+    running: bool = True
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """Return the libpq DSN of ``dbname`` on this cluster (trust auth, user postgres)."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
+        """Return an autocommit connection as the superuser."""
+        return psycopg.connect(self.dsn(dbname), autocommit=True)
+
+    def switch_wal(self) -> str:
+        """Close the current WAL segment (so it is archived) and return the name of the closed one."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def wait_archived(self, name: str, timeout: float = 60) -> None:
+        """Wait until the server reports WAL file ``name`` (or a later one) archived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.connect() as conn:
+                row = conn.execute("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver").fetchone()
+            assert row is not None
+            if row[0] is not None and row[0] >= name:
+                return
+            if time.monotonic() > deadline:
+                log = (self.root / "server.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{name} was not archived (last {row[0]}, failed {row[1]}):\n{log}")
+            time.sleep(0.1)
+
+    def opskit(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI (as the test user) with this cluster's config and return its result."""
+        return subprocess.run(
+            [sys.executable, "-m", "opskit", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=120,
+        )
+
+    def stop(self) -> None:
+        """Stop the server at once (no shutdown checkpoint) if it runs."""
+        if self.running:
+            with contextlib.suppress(RuntimeError):
+                run_as_postgres([f"{self.bin_dir}/pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"])
+            self.running = False
+
+
+def config_text(cluster_dsn: str, archive_dir: Path, state_dir: Path, encryption: str = "") -> str:
+    """Return an opskit config with target ``app`` on the cluster and the ``file://`` storage ``archive_dir``."""
+    return (
+        f'[targets.app]\ndsn = "{cluster_dsn}"\nstorages = ["local"]\n\n'
+        f'[storages.local]\nurl = "file://{archive_dir}"\n\n'
+        f'[tools]\nstate_dir = "{state_dir}"\n\n' + encryption
+    )
+
+
+def start_archiving_cluster(encryption: str = "") -> ArchivingCluster:
+    """Create and start one archiving cluster (see the module docstring); the caller stops it."""
+    bin_dir = _pg_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb) are not installed")
+    root = Path(tempfile.mkdtemp(prefix="opskit-pitr-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    data_dir = root / "data"
+    archive_dir = root / "archive"
+    state_dir = root / "state"
+    # Made now so that it belongs to postgres: the archive_command (postgres) writes in it, and
+    # folders the test's own opskit runs (root) create would not be writable for it.
+    (archive_dir / "app" / "wal").mkdir(parents=True)
+    state_dir.mkdir()
+    port = free_port()
+    config_path = root / "opskit.toml"
+    config_path.write_text(
+        config_text(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", archive_dir, state_dir, encryption)
+    )
+    give_to_postgres(root)
+    run_as_postgres(
+        [
+            f"{bin_dir}/initdb",
+            "-D",
+            str(data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]
+    )
+    push = " ".join([*opskit_command(), "--config", str(config_path), "wal", "push", "--target", "app", "%p"])
+    settings = {
+        "port": str(port),
+        "listen_addresses": "'127.0.0.1'",
+        "unix_socket_directories": f"'{root}'",
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": "'" + push.replace("'", "''") + "'",
+        "max_wal_senders": "4",
+        "log_line_prefix": "'%m '",
+    }
+    with open(data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
+        conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+    run_as_postgres(
+        [f"{bin_dir}/pg_ctl", "-D", str(data_dir), "-l", str(root / "server.log"), "-w", "-t", "60", "start"]
+    )
+    cluster = ArchivingCluster(root, port, bin_dir, data_dir, config_path, archive_dir)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cluster.connect().close()
+            return cluster
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                cluster.stop()
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def archiving_cluster() -> Iterator[Callable[..., ArchivingCluster]]:
+    """Yield a factory ``(encryption="") -> ArchivingCluster``; every cluster it made is stopped and removed after."""
+    made: list[ArchivingCluster] = []
+
+    def factory(encryption: str = "") -> ArchivingCluster:
+        cluster = start_archiving_cluster(encryption)
+        made.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in made:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
