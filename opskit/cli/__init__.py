@@ -21,6 +21,7 @@ import click
 
 from opskit import __version__
 from opskit.cli import complete, examples
+from opskit.cli.render import JSON_DOCUMENT_PRINTED
 from opskit.config.load import load_config
 from opskit.context import AppContext
 from opskit.core import progress
@@ -51,6 +52,7 @@ COMMAND_MODULES = {
     "runbook": "opskit.cli.runbook",
     "status": "opskit.cli.status",
     "unlock": "opskit.cli.unlock",
+    "wal": "opskit.cli.wal",
 }
 
 
@@ -173,9 +175,10 @@ def _echo_json_error(ctx: click.Context, code: int, kind: str, message: str, hin
     """With ``--json``, print the error as one JSON object on stdout, where the script reads the result.
 
     The shape (docs/cli.md): ``{"error": {"exit_code", "type", "message", "hint"}}``; the one
-    human line still goes to stderr.
+    human line still goes to stderr. A command that printed its own document before failing
+    (a failed drill's or verify's report) keeps stdout to that one document.
     """
-    if ctx.meta.get(JSON_ERRORS):
+    if ctx.meta.get(JSON_ERRORS) and not ctx.find_root().meta.get(JSON_DOCUMENT_PRINTED):
         error = {
             "exit_code": code,
             "type": kind,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from datetime import UTC, timedelta
 
 import click
 
+from opskit.cli.render import echo_json
 from opskit.context import AppContext
 from opskit.core.units import parse_duration
 
@@ -18,7 +18,7 @@ def register(group: click.Group) -> None:
     from opskit.cli import pass_app
 
     @group.command("prune")
-    @click.option("--target", default=None, help="The target to prune (default: the only one).")
+    @click.option("--target", "-t", default=None, help="The target to prune (default: the only one).")
     @click.option("--all", "all_targets", is_flag=True, help="Prune every target that has a retention policy.")
     @click.option("--storage", default=None, help="Only this storage (default: all of the target's storages).")
     @click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
@@ -74,7 +74,7 @@ def _render(report: object, as_json: bool) -> None:
 
     assert isinstance(report, PruneReport)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        echo_json(report.to_dict())
         return
     verb = "would delete" if report.dry_run else "deleted"
     for result in report.results:
@@ -93,6 +93,8 @@ def _render(report: object, as_json: bool) -> None:
             _table(("ID", "SNAPSHOT (UTC)", "ACTION", "REASONS"), rows)
         for bad in result.bad_manifests:
             click.echo(f"unreadable manifest left alone: {bad}")
+        for refused in result.locked:
+            click.echo(f"kept, the storage refused the delete: {refused}")
         kept = len(result.plan.kept) if result.plan else 0
         summary = (
             f"{result.target}/{result.storage}: kept {kept}, {verb} {len(result.deleted)}, "
