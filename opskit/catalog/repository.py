@@ -117,15 +117,20 @@ def latest_backup(backups: list[Manifest], now: datetime) -> Manifest | None:
     return None
 
 
-def find_backup(storage: Storage, target: str, selector: str, now: datetime | None = None) -> Manifest:
+def find_backup(
+    storage: Storage, target: str, selector: str, now: datetime | None = None, kind: str | None = None
+) -> Manifest:
     """Return the backup ``selector`` names: an id, a unique id prefix, or ``latest``.
+
+    With ``kind`` (``logical`` or ``base``), ``latest`` is the newest backup of that kind and
+    a backup of another kind named by id is refused with ConfigError.
 
     ``latest`` is the newest backup that is not future-dated at ``now`` (the caller's
     injected clock; the system clock when None). Raises ConfigError when nothing (or more
     than one backup) matches.
     """
     if selector == "latest":
-        backups = list_backups(storage, target)
+        backups = [m for m in list_backups(storage, target) if kind is None or m.kind == kind]
         newest = latest_backup(backups, now if now is not None else utc_now())
         if newest is None:
             detail = f" (only {len(backups)} future-dated: fix the clock of the host that took them)" if backups else ""
@@ -136,7 +141,7 @@ def find_backup(storage: Storage, target: str, selector: str, now: datetime | No
         return newest
     if is_backup_id(selector):
         try:
-            return read_manifest(storage, target, selector)
+            return _of_kind(read_manifest(storage, target, selector), kind)
         except ObjectNotFound:
             raise ConfigError(
                 f"backup {selector} of target '{target}' is not in storage '{storage.name}'",
@@ -144,10 +149,18 @@ def find_backup(storage: Storage, target: str, selector: str, now: datetime | No
             ) from None
     matches = [backup_id for _, backup_id in list_manifest_keys(storage, target) if backup_id.startswith(selector)]
     if len(matches) == 1:
-        return read_manifest(storage, target, matches[0])
+        return _of_kind(read_manifest(storage, target, matches[0]), kind)
     if not matches:
         raise ConfigError(
             f"no backup of target '{target}' matches '{selector}' in storage '{storage.name}'",
             hint="see 'opskit backup list'",
         )
     raise ConfigError(f"'{selector}' matches {len(matches)} backups", hint="give more of the id")
+
+
+def _of_kind(manifest: Manifest, kind: str | None) -> Manifest:
+    """Return ``manifest`` when it is of ``kind`` (or no kind is asked for); raise ConfigError otherwise."""
+    if kind is None or manifest.kind == kind:
+        return manifest
+    how = "with 'opskit restore --pitr'" if manifest.kind == "base" else "with 'opskit restore' (no --pitr)"
+    raise ConfigError(f"backup {manifest.id} is a {manifest.kind} backup, not a {kind} one", hint=f"restore it {how}")

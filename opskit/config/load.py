@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opskit.config import daemon, drill, environ, hooks, migrations, names, notify, retention
+from opskit.config import daemon, drill, environ, hooks, migrations, names, notify, retention, wal
 from opskit.config.model import (
     CompressionConfig,
     Config,
@@ -127,6 +127,7 @@ def build_config(
     drill_settings = _parse_optional(root, "drill", drill.parse_settings)
     notify_settings = _parse_optional(root, "notify", notify.parse_settings)
     daemon_settings = _parse_optional(root, "daemon", daemon.parse_settings)
+    wal_settings = _parse_optional(root, "wal", wal.parse_settings)
     hook_settings = _parse_optional(root, "hooks", hooks.parse_settings)
     root.finish()
     errors.raise_if_any(source)
@@ -142,6 +143,7 @@ def build_config(
         drill=drill_settings,
         notify=notify_settings,
         daemon=daemon_settings,
+        wal=wal_settings,
         hooks=hook_settings,
         source=source,
     )
