@@ -88,6 +88,7 @@ class Sample:
     peak_rss: int = 0
     extra: dict[str, float] = field(default_factory=dict)
     stdout: str = ""
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def _vm_hwm(pid: int) -> int:
@@ -102,13 +103,20 @@ def _vm_hwm(pid: int) -> int:
 
 
 def run_measured(
-    argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, capture: bool = True
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    capture: bool = True,
+    cpu_database: str | None = None,
+    stdin: object = None,
 ) -> Sample:
     """Run ``argv``; return its wall time and ITS OWN peak RSS (not its children's).
 
     ``wait4``'s rusage would fold in pg_dump's and pg_restore's peaks, so VmHWM of the
     process itself is polled from /proc instead (it only grows, so the last reading
-    before exit is the peak, up to the polling interval). Raises RuntimeError when it fails.
+    before exit is the peak, up to the polling interval). With ``cpu_database``, the CPU
+    seconds of the process, its children and that database's backends are in
+    ``Sample.cpu`` (see CpuSampler). Raises RuntimeError when it fails.
     """
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -118,7 +126,11 @@ def run_measured(
         env=env,
         cwd=cwd,
         text=True,
+        stdin=stdin,  # type: ignore[arg-type]
     )
+    sampler = CpuSampler(cpu_database) if cpu_database is not None else None
+    if sampler is not None:
+        sampler.start(process.pid)
     peak = 0
     done = threading.Event()
 
@@ -134,9 +146,112 @@ def run_measured(
     elapsed = time.perf_counter() - started
     done.set()
     poller.join()
+    cpu = sampler.stop() if sampler is not None else {}
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])}... exited {process.returncode}:\n{stderr[-3000:]}")
-    return Sample(elapsed, peak, stdout=stdout or "")
+    return Sample(elapsed, peak, stdout=stdout or "", cpu=cpu)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> tuple[str, float] | None:
+    """Return (comm, utime + stime in seconds) of ``pid`` from /proc/<pid>/stat, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm is in parentheses and may hold spaces: the fields after the last ')' are fixed.
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _descendants(pid: int) -> list[int]:
+    """Return every descendant pid of ``pid`` (from /proc/<pid>/task/*/children), best effort."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            stack.extend(children)
+    return found
+
+
+class CpuSampler:
+    """Polls the CPU time of a process tree and of the PostgreSQL backends serving a database.
+
+    Every 50 ms: utime+stime of the measured process, of each descendant (pg_dump,
+    pg_restore, psql; grouped by program name), and of each backend of ``database`` from
+    ``pg_stat_activity`` (grouped as ``backend:<application_name>``; parallel workers
+    count for their leader's application). A process's last reading before it exits is
+    kept, so a total is short by at most one polling interval per process.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self.database = database
+        self.last: dict[int, tuple[str, float]] = {}
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._root = 0
+
+    def start(self, root: int) -> None:
+        """Start polling the tree under ``root`` (and the backends) in a thread."""
+        self._root = root
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Stop polling; return CPU seconds by group (``opskit``, ``pg_dump``, ``backend:pg_dump``, ...)."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        groups: dict[str, float] = {}
+        for group, seconds in self.last.values():
+            groups[group] = groups.get(group, 0.0) + seconds
+        return groups
+
+    def _poll(self) -> None:
+        conn = None
+        if self.database is not None:
+            conn = psycopg.connect(ADMIN_DSN, autocommit=True)
+        try:
+            while not self._done.is_set():
+                self._sample(conn)
+                self._done.wait(0.05)
+            self._sample(conn)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _sample(self, conn: psycopg.Connection | None) -> None:  # type: ignore[type-arg]
+        for pid in [self._root, *_descendants(self._root)]:
+            reading = _cpu_seconds(pid)
+            if reading is not None:
+                # The CLI shows up as its interpreter; every other program under its own name.
+                name = "opskit" if reading[0].startswith("python") else reading[0]
+                self.last[pid] = (name, reading[1])
+        if conn is None:
+            return
+        rows = conn.execute(
+            "SELECT a.pid, coalesce(nullif(l.application_name, ''), nullif(a.application_name, ''), a.backend_type)"
+            " FROM pg_stat_activity a LEFT JOIN pg_stat_activity l ON l.pid = a.leader_pid"
+            " WHERE a.datname LIKE %s AND a.pid <> pg_backend_pid()",
+            (self.database + "%",),
+        ).fetchall()
+        for pid, application in rows:
+            reading = _cpu_seconds(int(pid))
+            if reading is not None:
+                self.last[int(pid)] = (f"backend:{application}", reading[1])
 
 
 def timed(fn: Callable[[], object]) -> Sample:
@@ -149,11 +264,30 @@ def timed(fn: Callable[[], object]) -> Sample:
 def median(samples: Sequence[Sample]) -> Sample:
     """Return the median wall time and the median peak RSS of ``samples`` (extras: medians too)."""
     keys = samples[0].extra.keys()
+    cpu_keys = sorted({k for s in samples for k in s.cpu})
     return Sample(
         statistics.median(s.seconds for s in samples),
         int(statistics.median(s.peak_rss for s in samples)),
-        {k: statistics.median(s.extra[k] for s in samples) for k in keys},
+        {k: statistics.median(s.extra.get(k, 0.0) for s in samples) for k in keys},
+        cpu={k: statistics.median(s.cpu.get(k, 0.0) for s in samples) for k in cpu_keys},
     )
+
+
+def spread(samples: Sequence[Sample]) -> str:
+    """Return the wall-time range of ``samples`` as ``min-max`` seconds (how noisy the runs were)."""
+    walls = [s.seconds for s in samples]
+    return f"{min(walls):.2f}-{max(walls):.2f}"
+
+
+def print_cpu(title: str, sample: Sample, stages: dict[str, float] | None = None) -> None:
+    """Print where the CPU went in one case: per process group, and opskit's own stages when known."""
+    if not sample.cpu and not stages:
+        return
+    total = sum(sample.cpu.values())
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(sample.cpu.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+    print(f"  cpu s, {title} (wall {sample.seconds:.2f}): total {total:.2f}: {parts}")
+    if stages:
+        print("    opskit stages: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
 
 def fmt_bytes(count: float) -> str:
@@ -178,23 +312,53 @@ def verdict(value: float, limit: float) -> str:
 # --------------------------------------------------------------------------- databases
 
 
-def database_arguments(doc: str | None) -> argparse.Namespace:
-    """Parse the options the backup and restore benchmarks share (--scale, --rss-scale, --runs, ...)."""
+DEFAULT_SCALES = {"prod": (0.5, 0.1), "pgbench": (70, 20)}
+
+
+def database_arguments(
+    doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """Parse the options the backup and restore benchmarks share (--data, --scale, --rss-scale, --runs, ...).
+
+    ``--data prod`` (the default) is ``bench/dataset.py``'s production-like database,
+    ``--scale`` in GB on disk; ``--data pgbench`` is ``pgbench -i -s SCALE``.
+    """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=int, default=70, help="pgbench scale of the main database (70 = ~1 GB)")
-    parser.add_argument("--rss-scale", type=int, default=20, help="a second scale, to show peak RSS stays flat")
+    parser.add_argument("--data", choices=sorted(DEFAULT_SCALES), default="prod", help="which database (default prod)")
+    parser.add_argument("--scale", type=float, help="prod: GB on disk (default 0.5); pgbench: scale (default 70)")
+    parser.add_argument("--rss-scale", type=float, help="a second, smaller scale, to show peak RSS stays flat")
+    parser.add_argument("--seed", type=int, default=1, help="prod: the generator's seed")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--text-mib",
         type=int,
         default=0,
-        help="add MiB of hex text to both databases (less compressible than pgbench's rows)",
+        help="pgbench: add MiB of hex text to both databases (less compressible than pgbench's rows)",
     )
-    parser.add_argument("--quick", action="store_true", help="scale 2 and 1, one run: checks the script works")
+    parser.add_argument("--quick", action="store_true", help="a tiny database, one run: checks the script works")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
+    scale, rss_scale = DEFAULT_SCALES[args.data]
+    args.scale = args.scale if args.scale is not None else scale
+    args.rss_scale = args.rss_scale if args.rss_scale is not None else rss_scale
     if args.quick:
-        args.scale, args.rss_scale, args.runs = 2, 1, 1
+        args.scale, args.rss_scale, args.runs = (0.05, 0.02, 1) if args.data == "prod" else (2, 1, 1)
     return args
+
+
+def ensure_database(args: argparse.Namespace, scale: float) -> str:
+    """Return the cached benchmark database ``args.data`` at ``scale``, building it when missing."""
+    if args.data == "prod":
+        import dataset
+
+        return dataset.ensure(scale, args.seed)
+    return ensure_pgbench_database(int(scale), args.text_mib)
+
+
+def describe_data(args: argparse.Namespace) -> str:
+    """Return the data set as a table caption says it: ``prod 0.5 GB`` or ``pgbench -s 70``."""
+    return f"prod {args.scale:g} GB (seed {args.seed})" if args.data == "prod" else f"pgbench -s {args.scale:g}"
 
 
 def ensure_pgbench_database(scale: int, text_mib: int = 0) -> str:
@@ -333,6 +497,7 @@ def write_config(
     endpoint: S3Endpoint | None = None,
     recipients: Sequence[str] = (),
     identity_file: Path | None = None,
+    level: int | None = None,
 ) -> Path:
     """Write an opskit.toml for target ``bench`` on ``database`` with storage ``local`` or ``s3``; return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -360,6 +525,8 @@ def write_config(
             secret_access_key = "{S3_SECRET_KEY}"
             """
         )
+    if level is not None:
+        text += f"\n[compression]\nlevel = {level}\n"
     if recipients:
         text += "\n[encryption]\nrecipients = [" + ", ".join(f'"{r}"' for r in recipients) + "]\n"
         if identity_file is not None:

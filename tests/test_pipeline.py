@@ -117,3 +117,40 @@ def test_an_identity_file_with_comments_parses(tmp_path: Path) -> None:
     parsed = parse_identities(Secret(text, "file:/k"))
 
     assert [str(p.to_public()) for p in parsed] == [str(identity.to_public())]
+
+
+def test_a_pipe_is_stored_whole_and_its_hashes_match_the_bytes(storage: LocalStorage) -> None:
+    import hashlib
+    import subprocess
+
+    # A real pipe, as pg_dump's stdout is: read with readinto and grown to 1 MiB.
+    with subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        assert child.stdin is not None
+        feeder = threading.Thread(target=lambda: (child.stdin.write(PAYLOAD), child.stdin.close()))  # type: ignore[union-attr]
+        feeder.start()
+        result = compress_and_store(child.stdout, storage, "t/p/db.dump.zst")
+        feeder.join()
+    sink = io.BytesIO()
+    artifact = Artifact(
+        "db", "t/p/db.dump.zst", result.stored.size, result.stored.sha256, result.plain.size, result.plain.sha256
+    )
+
+    read_artifact(storage, artifact, sink)
+
+    assert sink.getvalue() == PAYLOAD
+    assert result.plain.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    assert result.plain.size == len(PAYLOAD)
+
+
+def test_a_store_reports_the_cpu_seconds_of_every_stage(storage: LocalStorage) -> None:
+    identity = pyrage.x25519.Identity.generate()
+
+    plain = compress_and_store(io.BytesIO(PAYLOAD), storage, "t/c/db.dump.zst")
+    encrypted = compress_and_store(
+        io.BytesIO(PAYLOAD), storage, "t/e/db.dump.zst.age", recipients=(str(identity.to_public()),)
+    )
+
+    assert {"read", "sha256 plain", "zstd", "sha256 stored", "write", "other threads"} <= set(plain.cpu)
+    assert "age" in encrypted.cpu
+    assert all(seconds >= 0 for seconds in [*plain.cpu.values(), *encrypted.cpu.values()])
+    assert sum(plain.cpu.values()) > 0
