@@ -340,7 +340,9 @@ def _dump_and_commit(
         labels=tuple(labels),
         migration_version=snapshot_facts.migration_version,
         objects=snapshot_facts.objects,
-        extra=dict(extra) | {"phases": {k: round(v, 3) for k, v in phases.items()}, "storage": storage.name},
+        # cpu: where the database dump's CPU went, per pipeline stage (docs/benchmarks.md).
+        extra=dict(extra)
+        | {"phases": {k: round(v, 3) for k, v in phases.items()}, "cpu": dump.cpu, "storage": storage.name},
     )
     if ctx.cancel.is_set():
         raise BackupFailed("the run was cancelled (shutdown requested) before its manifest was written")
