@@ -45,6 +45,13 @@ def _render(item: status_action.TargetStatus) -> None:
     for state in item.storages:
         where = f"{state.backups} backups, newest {state.newest_id}" if not state.error else f"ERROR {state.error}"
         click.echo(f"  storage {state.name} ({state.kind}{', offsite' if state.offsite else ''}): {where}")
+        if state.object_lock_detail is not None:
+            locked = (
+                f"newest immutable until {state.immutable_until:%Y-%m-%d %H:%M:%SZ}"
+                if state.immutable_until
+                else "newest NOT immutable"
+            )
+            click.echo(f"    immutability: {locked} ({state.object_lock_detail})")
     verdict = "holds" if item.three_two_one else "does NOT hold"
     click.echo(
         f"  3-2-1 {verdict}: {item.copies} copies, kinds {', '.join(item.kinds) or 'none'}, "

@@ -3,7 +3,8 @@
 Like ``pgbackrest check`` and ``barman check``, but for everything configured: the config
 validates; every secret resolves (its value is never shown); every target accepts a
 connection; the chosen pg_dump, pg_dumpall and pg_restore are at least the server's major
-version; every storage takes a probe object (write, read, delete); and the age identity
+version; every storage takes a probe object (write, read, delete), and a storage that can
+hold immutable objects says whether its bucket enforces them (S3 Object Lock); and the age identity
 decrypts for the configured recipients. Literal secrets written into the file are warned
 about. Each check is independent: one failure does not hide the others.
 """
@@ -24,6 +25,7 @@ from opskit.core.log import get_logger
 from opskit.core.redaction import redact_text
 from opskit.pg import connection, tools
 from opskit.secrets.references import SecretRef
+from opskit.storage.base import ObjectLocks
 
 log = get_logger(__name__)
 
@@ -104,7 +106,8 @@ def run(ctx: AppContext) -> CheckReport:
     for target in config.targets.values():
         _check_target(ctx, target, report)
     for name in config.storages:
-        _guard(report, f"storage {name}", functools.partial(_check_storage, ctx, name))
+        if _guard(report, f"storage {name}", functools.partial(_check_storage, ctx, name)):
+            _check_immutability(ctx, name, report)
     _check_encryption(config, report)
     if config.daemon is not None and config.daemon.control_dsn:
         _guard(report, "daemon control database", functools.partial(_check_control_database, config))
@@ -265,6 +268,34 @@ def _check_control_database(config: Config) -> str:
 def _check_storage(ctx: AppContext, name: str) -> str:
     ctx.storage(name).check_writable()
     return f"{ctx.storage_config(name).url}: wrote, read back and deleted a probe object"
+
+
+def _check_immutability(ctx: AppContext, name: str, report: CheckReport) -> None:
+    """Say whether the storage's bucket enforces retention, and FAIL when ``immutable`` is set on one that does not."""
+    store = ctx.storage(name)
+    if not isinstance(store, ObjectLocks):
+        return
+    check = f"storage {name} immutability"
+    try:
+        state = store.lock_state()
+    except OpskitError as exc:
+        report.add(check, FAIL, exc.one_line(), exc.exit_code)
+        return
+    configured = store.immutability
+    if configured is None:
+        report.add(check, OK, f"{state.detail}; opskit sets no retention (no 'immutable' option)")
+    elif state.enabled:
+        report.add(check, OK, f"{state.detail}; every backup object is locked ({configured.describe()})")
+    elif state.enabled is None:
+        report.add(check, WARN, f"{state.detail}; 'immutable' ({configured.describe()}) is set: a backup proves it")
+    else:
+        report.add(
+            check,
+            FAIL,
+            f"{state.detail}, but 'immutable' is set: every backup to it would fail; enable Object Lock on "
+            "the bucket or remove the option",
+            ConfigError.exit_code,
+        )
 
 
 def _check_encryption(config: Config, report: CheckReport) -> None:

@@ -7,7 +7,11 @@ For each target (every target that is not another's staging target, or the one a
   and, said plainly, when the schedule itself cannot meet the target;
 - 3-2-1 for the newest backup: >= 3 copies counting the live database, >= 2 distinct storage
   kinds (``file``, ``s3``, ``gs``, ``az``), >= 1 storage marked ``offsite = true``;
-- the last verification record and the last drill (verdict, measured and estimated RTO).
+- the last verification record and the last drill (verdict, measured and estimated RTO);
+- per storage that can hold immutable objects (S3 Object Lock): whether its bucket enforces
+  them, and until when the newest backup there is locked (its manifest's retain-until date,
+  the latest of its objects: it is written last), so the primary and the offsite copies can
+  each be seen to be immutable or not.
 
 Breached (exit 6): the current RPO is above the target, the backup interval alone exceeds it,
 the last drill's estimated RTO is above the RTO target, or a backup is future-dated (its
@@ -30,7 +34,7 @@ from opskit.context import AppContext
 from opskit.core.errors import ObjectiveBreached, OpskitError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
-from opskit.storage.base import Storage
+from opskit.storage.base import ObjectLocks, Storage
 
 log = get_logger(__name__)
 
@@ -49,6 +53,14 @@ class StorageState:
     newest_time: datetime | None = None
     error: str | None = None
 
+    object_lock: bool | None = None  # the bucket enforces retention (None: unknown or not applicable)
+    object_lock_detail: str | None = None
+    immutable_until: datetime | None = None  # the newest backup here is locked until then (future only)
+
+    @property
+    def immutable(self) -> bool:
+        """Return True when the newest backup in this storage is under retention."""
+        return self.immutable_until is not None
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
         return {
@@ -60,6 +72,12 @@ class StorageState:
             "newest_time": catalog.format_time(self.newest_time) if self.newest_time else None,
             "error": self.error,
         }
+            "immutability": {
+                "object_lock": self.object_lock,
+                "detail": self.object_lock_detail,
+                "newest_immutable": self.immutable,
+                "newest_immutable_until": catalog.format_time(self.immutable_until) if self.immutable_until else None,
+            },
 
 
 @dataclass
@@ -237,6 +255,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         rto_target=ctx.config.objectives.rto,
         storages=states,
         future=sorted(timeline.future(by_id.values(), now), key=lambda m: (m.snapshot_time, m.id), reverse=True),
+        _read_immutability(store, state, target.name, now)
     )
     if present:
         newest = max(present, key=lambda m: (m.snapshot_time, m.id))
@@ -290,6 +309,23 @@ def _newest_drill(stores: Iterable[Storage], target: str, status: TargetStatus) 
 
 def last_verification(store: Storage, target: str) -> dict[str, object] | None:
     """Return the summary of the newest ``verify`` record of any backup of ``target`` in ``store`` (None when none).
+
+def _read_immutability(store: Storage, state: StorageState, target: str, now: datetime) -> None:
+    """Fill in whether ``store`` enforces retention and until when its newest backup is locked.
+
+    A failure to read it is left in the detail, not raised: the rest of the status still holds.
+    """
+    if not isinstance(store, ObjectLocks):
+        return
+    try:
+        lock = store.lock_state()
+        state.object_lock, state.object_lock_detail = lock.enabled, lock.detail
+        if state.newest_id is not None and lock.enabled is not False:
+            until = store.retained_until(catalog.manifest_key(target, state.newest_id))
+            state.immutable_until = until if until is not None and until > now else None
+    except OpskitError as exc:
+        state.object_lock_detail = f"cannot read its retention: {exc.one_line()}"
+
 
     Drills record their verdict the same way (kind ``drill``); those are skipped here.
     Raises StorageError when the storage cannot be listed.
