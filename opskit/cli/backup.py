@@ -25,7 +25,7 @@ def backup_group() -> None:
 
 
 @backup_group.command("now")
-@click.option("--target", "-t", help="Target to back up (default: the only one).")
+@click.option("--target", "-t", help="Target to back up (default: the default target).")
 @click.option("--all", "all_targets", is_flag=True, help="Back up every target that is not a staging target.")
 @click.option("--label", "labels", multiple=True, help="Label recorded in the manifest (repeatable).")
 @click.option(
@@ -106,20 +106,23 @@ def _summary(result: backup_action.BackupResult) -> str:
 
 @backup_group.command("list")
 @click.option("--target", "-t", help="Only this target (default: every target).")
-@click.option("--storage", "-s", help="Storage to list (default: each target's primary).")
+@click.option("--storage", "-s", help="Only this storage (default: every storage of each target).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
 @pass_app
 def backup_list(app: AppContext, target: str | None, storage: str | None, as_json: bool) -> None:
     """List complete backups, newest first."""
     names = [app.target(target).name] if target else list(app.config.targets)
-    rows: list[tuple[str, Manifest]] = []
+    rows: list[tuple[list[str], Manifest]] = []
     for name in names:
-        config = app.target(name)
-        storage_name = storage or config.primary_storage
-        rows.extend((storage_name, m) for m in list_backups(app.storage(storage_name), name))
+        rows.extend(_held_backups(app, name, storage))
     now = app.clock()
     if as_json:
-        echo_json([m.to_dict() | {"storage": s, "future_dated": is_future(m.snapshot_time, now)} for s, m in rows])
+        echo_json(
+            [
+                m.to_dict() | {"storage": s[0], "storages": s, "future_dated": is_future(m.snapshot_time, now)}
+                for s, m in rows
+            ]
+        )
         return
     if not rows:
         click.echo("no backups" + (f" of target '{target}'" if target else ""))
@@ -135,11 +138,32 @@ def backup_list(app: AppContext, target: str | None, storage: str | None, as_jso
                 # A wrong host clock: say so instead of a negative age (never picked as "latest").
                 "FUTURE-DATED" if is_future(m.snapshot_time, now) else format_duration(now - m.snapshot_time),
                 format_size(m.size),
-                storage_name,
+                ",".join(storage_name),
                 ",".join(m.labels),
             ]
         )
     echo_table(["ID", "TARGET", "KIND", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"], table)
+
+
+def _held_backups(app: AppContext, target: str, only: str | None) -> list[tuple[list[str], Manifest]]:
+    """Return (every storage holding it, primary first; its manifest) per backup of ``target``, newest first.
+
+    The primary (or ``only``) must be readable (its error propagates); a secondary that cannot be
+    listed is a warning on stderr, so an offsite outage never hides the primary's list.
+    """
+    config = app.target(target)
+    held: dict[str, tuple[list[str], Manifest]] = {}
+    for storage_name in [only] if only else config.storages:
+        try:
+            manifests = list_backups(app.storage(storage_name), target)
+        except OpskitError as exc:
+            if only or storage_name == config.primary_storage:
+                raise
+            click.echo(f"opskit: warning: storage '{storage_name}' not listed: {exc.one_line()}", err=True)
+            continue
+        for m in manifests:
+            held.setdefault(m.id, ([], m))[0].append(storage_name)
+    return sorted(held.values(), key=lambda item: (item[1].snapshot_time, item[1].id), reverse=True)
 
 
 def register(group: click.Group) -> None:

@@ -14,7 +14,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
 
     @backup_group.command("pin")
     @click.argument("backup_id")
-    @click.option("--target", "-t", default=None, help="The backup's target (default: the only one).")
+    @click.option("--target", "-t", default=None, help="The backup's target (default: the default target).")
     @click.option("--storage", default=None, help="Only in this storage (default: every storage holding it).")
     @click.option("--note", default=None, help="Why it is pinned; stored in the pin marker.")
     @pass_app
@@ -29,7 +29,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
 
     @backup_group.command("unpin")
     @click.argument("backup_id")
-    @click.option("--target", "-t", default=None, help="The backup's target (default: the only one).")
+    @click.option("--target", "-t", default=None, help="The backup's target (default: the default target).")
     @click.option("--storage", default=None, help="Only in this storage (default: every storage holding it).")
     @pass_app
     def unpin(app: AppContext, backup_id: str, target: str | None, storage: str | None) -> None:
@@ -45,7 +45,7 @@ def register_backup_commands(backup_group: click.Group) -> None:
     @backup_group.command("verify")
     @click.argument("backup_id", required=False)
     @click.option("--all", "all_backups", is_flag=True, help="Verify every backup of the target.")
-    @click.option("--target", "-t", default=None, help="The backup's target (default: the only one).")
+    @click.option("--target", "-t", default=None, help="The backup's target (default: the default target).")
     @click.option("--storage", default=None, help="The storage to read (default: the target's first).")
     @click.option("--json", "as_json", is_flag=True, help="Print the verification records as JSON.")
     @pass_app

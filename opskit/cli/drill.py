@@ -33,7 +33,7 @@ def drill() -> None:
 
 
 @drill.command("restore")
-@click.option("--target", "-t", help="Target whose backup to drill (default: the only one).")
+@click.option("--target", "-t", help="Target whose backup to drill (default: the default target).")
 @click.option("--backup", "backup_id", metavar="ID", help="Backup id or id prefix (default: the latest).")
 @click.option("--random", "random_pick", is_flag=True, help="Pick a random complete backup.")
 @click.option("--before", metavar="TIME", help="Pick the newest backup whose snapshot is before TIME (UTC ISO 8601).")

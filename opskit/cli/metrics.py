@@ -20,7 +20,7 @@ def register(group: click.Group) -> None:
         default=None,
         help="Write to this file atomically (e.g. /var/lib/node_exporter/textfile/opskit.prom) instead of printing.",
     )
-    @click.option("--target", "targets", multiple=True, help="Only these targets (repeatable; default: all).")
+    @click.option("--target", "-t", "targets", multiple=True, help="Only these targets (repeatable; default: all).")
     @pass_app
     def metrics(app: AppContext, textfile: Path | None, targets: tuple[str, ...]) -> None:
         """Compute the metrics the daemon serves on /metrics from the stored catalog.

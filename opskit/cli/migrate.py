@@ -34,7 +34,7 @@ def _print_applied(applied: Applied) -> None:
 
 
 target_option = click.option(
-    "--target", "-t", "target_name", metavar="NAME", help="Target database (default: the only one)."
+    "--target", "-t", "target_name", metavar="NAME", help="Target database (default: the default target)."
 )
 
 

@@ -18,7 +18,7 @@ def register(group: click.Group) -> None:
     from opskit.cli import pass_app
 
     @group.command("prune")
-    @click.option("--target", "-t", default=None, help="The target to prune (default: the only one).")
+    @click.option("--target", "-t", default=None, help="The target to prune (default: the default target).")
     @click.option("--all", "all_targets", is_flag=True, help="Prune every target that has a retention policy.")
     @click.option("--storage", default=None, help="Only this storage (default: all of the target's storages).")
     @click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")

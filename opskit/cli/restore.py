@@ -26,7 +26,7 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 
 @click.command("restore")
 @click.argument("backup_id", metavar="ID|latest")
-@click.option("--target", "-t", help="Target whose backup to restore (default: the only one).")
+@click.option("--target", "-t", help="Target whose backup to restore (default: the default target).")
 @click.option("--to", "to", metavar="TARGET|DSN", help="Destination (default: a NEW database <db>_restore_<id>).")
 @click.option("--storage", "-s", help="Storage to read from (default: the target's primary).")
 @click.option(

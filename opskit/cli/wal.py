@@ -18,7 +18,7 @@ def wal_group() -> None:
 
 @wal_group.command("push")
 @click.argument("path")
-@click.option("--target", "-t", help="Target whose archive receives the file (default: the only one).")
+@click.option("--target", "-t", help="Target whose archive receives the file (default: the default target).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was stored as JSON.")
 @pass_app
 def wal_push(app: AppContext, path: str, target: str | None, as_json: bool) -> None:
@@ -37,7 +37,7 @@ def wal_push(app: AppContext, path: str, target: str | None, as_json: bool) -> N
 @wal_group.command("fetch")
 @click.argument("name")
 @click.argument("destination")
-@click.option("--target", "-t", help="Target whose archive holds the file (default: the only one).")
+@click.option("--target", "-t", help="Target whose archive holds the file (default: the default target).")
 @pass_app
 def wal_fetch(app: AppContext, name: str, destination: str, target: str | None) -> None:
     """Restore the archived WAL file NAME to DESTINATION: restore_command = 'opskit wal fetch %f %p'.

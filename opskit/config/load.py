@@ -119,6 +119,10 @@ def build_config(
     if not targets:
         targets = {"default": TargetConfig(name="default", dsn="", storages=(next(iter(storages)),))}
     _check_staging(targets, errors)
+    default_target = root.str("default_target", None)
+    if default_target is not None and default_target not in targets:
+        errors.add("default_target", f"names target '{default_target}', which is not configured under [targets]")
+        default_target = None
     names.check_names("storages", storages, errors)
     names.check_names("targets", targets, errors)
 
@@ -145,6 +149,7 @@ def build_config(
         daemon=daemon_settings,
         wal=wal_settings,
         hooks=hook_settings,
+        default_target=default_target,
         source=source,
     )
 

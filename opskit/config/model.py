@@ -105,21 +105,36 @@ class Config:
     notify: NotifySettings | None = None
     daemon: DaemonSettings | None = None
     hooks: HookSettings | None = None
+    default_target: str | None = None  # the target commands use without -t (see default_target_name)
     wal: WalSettings | None = None
     source: Path | None = None
 
+    def default_target_name(self) -> str | None:
+        """Return the target a command means without ``-t``: ``default_target``, else the only one, else the only non-staging one.
+
+        None when the choice is not obvious (several targets that are not another's staging).
+        """
+        if self.default_target is not None:
+            return self.default_target
+        if len(self.targets) == 1:
+            return next(iter(self.targets))
+        staging = {t.staging for t in self.targets.values() if t.staging}
+        protected = [name for name in self.targets if name not in staging]
+        return protected[0] if len(protected) == 1 else None
+
     def target(self, name: str | None) -> TargetConfig:
-        """Return the named target, or the only one when ``name`` is None.
+        """Return the named target, or :meth:`default_target_name`'s when ``name`` is None.
 
         Raises ConfigError naming the known targets.
         """
         if name is None:
-            if len(self.targets) == 1:
-                return next(iter(self.targets.values()))
-            raise ConfigError(
-                "several targets are configured and none was chosen",
-                hint=f"pass --target with one of: {', '.join(sorted(self.targets))}",
-            )
+            name = self.default_target_name()
+            if name is None:
+                raise ConfigError(
+                    "several targets are configured and none was chosen",
+                    hint=f"pass -t/--target with one of: {', '.join(sorted(self.targets))}, "
+                    "or set default_target at the top of the config",
+                )
         try:
             return self.targets[name]
         except KeyError:
