@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
+from opskit.cli.restore_pitr import pitr_options, run_pitr
 from opskit.context import AppContext
 from opskit.core.errors import VerificationFailed
 from opskit.core.units import format_size
@@ -25,7 +27,7 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 
 
 @click.command("restore")
-@click.argument("backup_id", metavar="ID|latest")
+@click.argument("backup_id", metavar="ID|latest", required=False)
 @click.option("--target", "-t", help="Target whose backup to restore (default: the default target).")
 @click.option("--to", "to", metavar="TARGET|DSN", help="Destination (default: a NEW database <db>_restore_<id>).")
 @click.option("--storage", "-s", help="Storage to read from (default: the target's primary).")
@@ -56,10 +58,11 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 @click.option("--no-owner", is_flag=True, help="Skip ownership and privileges (restoring onto another server).")
 @click.option("--yes", "-y", is_flag=True, help="Confirm a restore into a protected target without a prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pitr_options
 @pass_app
 def restore(
     app: AppContext,
-    backup_id: str,
+    backup_id: str | None,
     target: str | None,
     to: str | None,
     storage: str | None,
@@ -72,8 +75,22 @@ def restore(
     no_owner: bool,
     yes: bool,
     as_json: bool,
+    pitr: bool,
+    **pitr_options: Any,
 ) -> None:
-    """Restore a backup (ID, an ID prefix, or 'latest') and check row counts against its manifest."""
+    """Restore a backup (ID, an ID prefix, or 'latest') and check row counts against its manifest.
+
+    With --pitr: restore a base backup into --pgdata and recover it with archived WAL to
+    --to-time, --to-lsn, --to-name or --latest.
+    """
+    if pitr:
+        run_pitr(app, backup_id, target, storage, as_json, pitr_options)
+        return
+    if backup_id is None:
+        raise click.UsageError("missing the backup to restore: ID, an ID prefix or 'latest'")
+    given = sorted(f"--{name.replace('_', '-')}" for name, value in pitr_options.items() if value)
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply to --pitr")
     result = restore_action.run(
         app,
         selector=backup_id,

@@ -1,0 +1,113 @@
+"""``opskit restore --pitr`` against a real archiving cluster with a writer: recovery stops at the moment asked for."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.wal.cluster import ArchivingCluster, opskit_command
+
+
+@pytest.fixture
+def restored_dirs() -> Iterator[list[tuple[str, Path]]]:
+    """Data directories restored servers run from; each is stopped at the end."""
+    made: list[tuple[str, Path]] = []
+    yield made
+    for bin_dir, pgdata in made:
+        if (pgdata / "postmaster.pid").exists():
+            subprocess.run(
+                ["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(pgdata), "-m", "immediate", "stop"],
+                capture_output=True,
+                check=False,
+            )
+
+
+def write_markers(cluster: ArchivingCluster, count: int) -> list[tuple[int, datetime]]:
+    """Insert one timestamped marker row every 100 ms; return (id, commit time as the server saw it)."""
+    markers = []
+    with cluster.connect() as conn:
+        for _ in range(count):
+            row = conn.execute("INSERT INTO markers DEFAULT VALUES RETURNING id, clock_timestamp()").fetchone()
+            assert row is not None
+            markers.append((row[0], row[1]))
+            time.sleep(0.1)
+    return markers
+
+
+def test_restore_to_a_time_between_two_markers_keeps_the_earlier_and_not_the_later(
+    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
+) -> None:
+    cluster = archiving_cluster()
+    with cluster.connect() as conn:
+        conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    write_markers(cluster, 5)
+    backup = cluster.opskit("backup", "now", "--kind", "base")
+    assert backup.returncode == 0, backup.stderr
+    markers = write_markers(cluster, 20)
+    cluster.wait_archived(cluster.switch_wal())
+    before, after = markers[9], markers[10]
+    moment = before[1] + (after[1] - before[1]) / 2
+    pgdata = cluster.root / "restored"
+    restored_dirs.append((cluster.bin_dir, pgdata))
+
+    result = cluster.opskit(
+        "restore",
+        "--pitr",
+        "--to-time",
+        moment.isoformat(),
+        "--pgdata",
+        str(pgdata),
+        "--start",
+        "--opskit-command",
+        shlex.join(opskit_command()),
+        "--json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
+        in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    assert ids[-1] == before[0]
+    assert after[0] not in ids
+    assert ids == list(range(1, before[0] + 1))
+    assert in_recovery == (False,)
+    assert report["timeline"] == 2
+    assert datetime.fromisoformat(report["last_transaction_time"].replace("Z", "+00:00")) <= moment
+
+
+def test_a_moment_before_the_oldest_base_backup_is_refused_and_the_directory_stays_empty(
+    archiving_cluster: Callable[..., ArchivingCluster],
+) -> None:
+    cluster = archiving_cluster()
+    backup = cluster.opskit("backup", "now", "--kind", "base", "--json")
+    assert backup.returncode == 0, backup.stderr
+    early = datetime.fromisoformat(json.loads(backup.stdout)["started_at"].replace("Z", "+00:00")) - timedelta(hours=1)
+    pgdata = cluster.root / "restored"
+
+    result = cluster.opskit("restore", "--pitr", "--to-time", early.isoformat(), "--pgdata", str(pgdata))
+
+    assert result.returncode == 2
+    assert "has no base backup consistent before time" in result.stderr
+    assert not pgdata.exists() or not any(pgdata.iterdir())
+
+
+def test_a_data_directory_that_is_not_empty_is_refused(archiving_cluster: Callable[..., ArchivingCluster]) -> None:
+    cluster = archiving_cluster()
+    pgdata = cluster.root / "restored"
+    pgdata.mkdir()
+    (pgdata / "PG_VERSION").write_text("15\n")
+
+    result = cluster.opskit("restore", "--pitr", "--latest", "--pgdata", str(pgdata))
+
+    assert result.returncode == 2
+    assert "is not an empty directory" in result.stderr
+    assert [p.name for p in pgdata.iterdir()] == ["PG_VERSION"]
