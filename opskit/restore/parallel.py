@@ -20,6 +20,7 @@ caller drops a database it created.
 from __future__ import annotations
 
 import errno
+import os
 import secrets as random_tokens
 import subprocess
 import threading
@@ -44,6 +45,26 @@ log = get_logger(__name__)
 
 LOADER_DATA_ENTRIES = {"TABLE DATA", "SEQUENCE SET"}
 READ_SIZE = 1024 * 1024
+
+# The load's sessions do not wait for their WAL to reach disk at every COPY's commit: a crash
+# mid-restore fails the run and drops the database anyway, and the run ends with one durable
+# commit (flush_wal) before it reports success, which flushes every earlier record with it.
+LOAD_SETTINGS = [b"SET synchronous_commit = off"]
+MiB = 1024 * 1024
+# maintenance_work_mem per index-building connection: a quarter of the plain dump's share
+# per connection, between PostgreSQL's default and a bound that leaves the server its memory.
+INDEX_MEMORY_MIN, INDEX_MEMORY_MAX = 64 * MiB, 512 * MiB
+
+
+def index_build_options(plain_size: int, jobs: int) -> str:
+    """Return the PGOPTIONS for ``pg_restore --section=post-data -j jobs``: the index builds' session settings.
+
+    ``maintenance_work_mem`` is sized from the dump (an index sorts at most its table's
+    rows), bounded so N connections cannot take the server's memory; parallel maintenance
+    workers are left to the server's setting, since ``-j N`` already builds N at once.
+    """
+    memory = min(INDEX_MEMORY_MAX, max(INDEX_MEMORY_MIN, plain_size // (4 * max(jobs, 1))))
+    return f"-c synchronous_commit=off -c maintenance_work_mem={memory // MiB}MB"
 
 
 def loader_refusal(toc: dump_toc.ArchiveToc, clean: bool) -> str | None:
@@ -164,7 +185,7 @@ class ParallelRestore:
 
     def _load_block(self, statement: bytes, rows: bytes) -> None:
         if self._loader is None:
-            settings = session_settings(b"".join(self._sql))
+            settings = session_settings(b"".join(self._sql)) + LOAD_SETTINGS
             names = {statement: entry.tag for statement, entry in self._tables.items()}
             self._loader = CopyLoader(
                 self._connect, self.jobs, settings, exit_on_error=self.exit_on_error, table_names=names
@@ -261,9 +282,21 @@ class ParallelRestore:
     def _restore_indexes(self) -> None:
         started = time.monotonic()
         argv = self.command.section_from_file("post-data", self.toc_path, jobs=self.jobs)
-        with spawn(argv, env=self.env) as child:
+        options = index_build_options(self.manifest.artifact("db").plain_size, self.jobs)
+        # After the caller's own PGOPTIONS (the child's environment is ours plus self.env): ours win.
+        existing = self.env.get("PGOPTIONS", os.environ.get("PGOPTIONS", ""))
+        env = self.env | {"PGOPTIONS": f"{existing} {options}".strip()}
+        with spawn(argv, env=env) as child:
             self._finish_pg_restore(child, "building indexes and constraints")
         self.phases["indexes"] = time.monotonic() - started
+
+    def _flush_wal(self) -> None:
+        """Make the load durable: one synchronous commit that writes a record flushes all WAL before it."""
+        with self._connect() as conn:
+            conn.execute("SET synchronous_commit = on")
+            conn.execute("BEGIN")
+            conn.execute("SELECT pg_current_xact_id()")  # an xid, so the commit writes (and flushes) a record
+            conn.execute("COMMIT")
 
     # -- the spool route --------------------------------------------------------------------------
 
@@ -331,6 +364,7 @@ class ParallelRestore:
         if self.route == "loader":
             self._finish_data()
             self._restore_indexes()
+            self._flush_wal()
         else:
             self._restore_from_spool()
 

@@ -361,3 +361,13 @@ def test_the_loader_reproduces_a_database_of_awkward_schemas(
     assert content_hashes(restored.database) == content_hashes(pg_database)
     assert sequence_values(restored.database) == sequence_values(pg_database)
     assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_index_builds_get_memory_sized_from_the_dump_within_bounds() -> None:
+    from opskit.restore.parallel import index_build_options
+
+    mib = 1024 * 1024
+
+    assert index_build_options(10 * mib, 2) == "-c synchronous_commit=off -c maintenance_work_mem=64MB"
+    assert index_build_options(2048 * mib, 2) == "-c synchronous_commit=off -c maintenance_work_mem=256MB"
+    assert index_build_options(100_000 * mib, 2) == "-c synchronous_commit=off -c maintenance_work_mem=512MB"
