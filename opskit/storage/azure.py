@@ -12,6 +12,15 @@ Authentication, in order: ``connection_string``; ``account_url`` (or ``account_n
 with ``account_key`` or ``sas_token``; else ``DefaultAzureCredential`` when
 azure-identity is installed. The SDK's retry policy is switched off; requests are
 retried by :mod:`opskit.storage.retry`, one block or one page at a time.
+
+Immutability is the container's in Azure: a time-based retention policy or version-level
+immutability (WORM) is set by the account's owner, never by opskit. opskit reads it
+(:meth:`AzureStorage.lock_state`, and a blob's ``immutability_policy`` expiry in
+:meth:`AzureStorage.retained_until`) so retention plans and ``status`` know, and a delete
+Azure refuses for it (409 BlobImmutableDueToPolicy / a legal hold) is ObjectLocked.
+Azurite does not implement immutability (its handlers answer NotImplemented), so only the
+"not immutable" answers are exercised against a real server here.
+(https://learn.microsoft.com/azure/storage/blobs/immutable-storage-overview)
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -29,8 +39,8 @@ from azure.core import MatchConditions
 from azure.core import exceptions as az_exceptions
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
-from opskit.core.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
-from opskit.storage.base import ObjectInfo, probe_round_trip
+from opskit.core.errors import ConfigError, ObjectLocked, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.storage.base import Immutability, LockState, ObjectInfo, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
     MiB,
@@ -104,6 +114,8 @@ class AzureStorage:
             max_parts=MAX_BLOCKS,
             grow_every=2500,
         )
+        self.immutability: Immutability | None = None  # the container's policy, never set by opskit
+        self._lock_state: LockState | None = None
         self._container: ContainerClient | None = None
         self._lock = threading.Lock()
 
@@ -291,10 +303,72 @@ class AzureStorage:
         return items, pager.continuation_token  # type: ignore[attr-defined]
 
     def delete(self, key: str) -> None:
-        """Delete the blob and its snapshots; a missing blob is not an error."""
+        """Delete the blob and its snapshots; a missing blob is not an error.
+
+        Raises ObjectLocked when Azure refuses because of an immutability policy or a legal
+        hold; StorageError otherwise.
+        """
         blob = self.container.get_blob_client(self.keys.full(key))
-        with contextlib.suppress(ObjectNotFound):
-            self._call("deleting", key, lambda: blob.delete_blob(delete_snapshots="include"))
+        try:
+            with contextlib.suppress(ObjectNotFound):
+                self._call("deleting", key, lambda: blob.delete_blob(delete_snapshots="include"))
+        except StorageError as exc:
+            cause = exc.__cause__
+            if cause is not None and _status(cause) == 409 and "Immutab" in _code(cause) + str(cause):
+                until = self.retained_until(key)
+                raise ObjectLocked(
+                    f"storage '{self.name}': '{key}' is immutable"
+                    + (f" until {until:%Y-%m-%dT%H:%M:%SZ}" if until else " (a legal hold)")
+                    + " (Azure immutability policy); it cannot be deleted before",
+                    hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
+                    until=until,
+                ) from exc
+            raise
+
+    # ------------------------------------------------------------------ immutability
+
+    def lock_state(self) -> LockState:
+        """Return whether the container enforces immutability (asked once per storage object).
+
+        ``enabled`` is None when the credentials may not read the container's properties.
+        Raises StorageError for other failures.
+        """
+        if self._lock_state is not None:
+            return self._lock_state
+        try:
+            props = self.retry.call(self.container.get_container_properties, "reading the properties of", "/")
+        except OpskitError:
+            raise
+        except Exception as exc:
+            if _status(exc) not in (401, 403):
+                raise self._error("reading the container's properties", None, exc) from exc
+            detail = f"container '{self.container_name}': its immutability cannot be read"
+            self._lock_state = LockState(None, detail)
+            return self._lock_state
+        policy = bool(getattr(props, "has_immutability_policy", False))
+        versioned = bool(getattr(props, "immutable_storage_with_versioning_enabled", False))
+        hold = bool(getattr(props, "has_legal_hold", False))
+        if policy or versioned or hold:
+            kinds = [
+                k
+                for k, on in (("a retention policy", policy), ("version-level WORM", versioned), ("a legal hold", hold))
+                if on
+            ]
+            detail = f"container '{self.container_name}' has {' and '.join(kinds)}"
+        else:
+            detail = f"container '{self.container_name}' has no immutability policy"
+        self._lock_state = LockState(policy or versioned or hold, detail)
+        return self._lock_state
+
+    def retained_until(self, key: str) -> datetime | None:
+        """Return the expiry of the blob's immutability policy (None when it has none).
+
+        Raises ObjectNotFound / StorageError.
+        """
+        blob = self.container.get_blob_client(self.keys.full(key))
+        props = self._call("checking", key, blob.get_blob_properties)
+        expiry = getattr(getattr(props, "immutability_policy", None), "expiry_time", None)
+        return expiry if isinstance(expiry, datetime) else None
 
     def exists(self, key: str) -> bool:
         """Return True when a committed blob exists under ``key``."""

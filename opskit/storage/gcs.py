@@ -14,6 +14,13 @@ Application Default Credentials. With an emulator (``endpoint_url`` or
 
 The library's own retries are replaced by :mod:`opskit.storage.retry` (bounded and
 logged); inside a resumable upload that policy retries one chunk at a time.
+
+Immutability is the bucket's in GCS: a retention policy (``retentionPolicy.retentionPeriod``,
+optionally locked) keeps every object for that long after its creation, and object retention
+(``retention.retainUntilTime``) or holds keep single objects. opskit sets nothing per object;
+it reads them (:meth:`GCSStorage.lock_state`, :meth:`GCSStorage.retained_until`) so retention
+plans and ``status`` know, and a delete GCS refuses (403, retention or hold) is ObjectLocked.
+(https://cloud.google.com/storage/docs/bucket-lock)
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -37,8 +45,9 @@ from google.cloud import storage as gcs  # type: ignore[attr-defined]
 from google.cloud.storage.exceptions import InvalidResponse
 from google.oauth2 import service_account
 
-from opskit.core.errors import ObjectNotFound, OpskitError, StorageError, UnreachableError
-from opskit.storage.base import CHUNK_SIZE, ObjectInfo, Storage, probe_round_trip
+from opskit.core.errors import ObjectLocked, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.core.units import format_span
+from opskit.storage.base import CHUNK_SIZE, Immutability, LockState, ObjectInfo, Storage, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
     MiB,
@@ -109,6 +118,9 @@ class GCSStorage:
         # Resumable chunks are sent one after another; there is no part-count limit to grow for.
         self.schedule = PartSchedule(base=self.chunk_size, max_part=self.chunk_size, max_parts=2**62)
         self.max_object = 5 * TiB
+        self.immutability: Immutability | None = None  # GCS retention is the bucket's, nothing to set
+        self._lock_state: LockState | None = None
+        self._retention_period: int | None = None
         self._client: gcs.Client | None = None
         self._client_lock = threading.Lock()
 
@@ -316,11 +328,78 @@ class GCSStorage:
         return items, iterator.next_page_token
 
     def delete(self, key: str) -> None:
-        """Delete the object; a missing object is not an error."""
+        """Delete the object; a missing object is not an error.
+
+        Raises ObjectLocked when GCS refuses because of a retention policy, object retention
+        or a hold; StorageError otherwise.
+        """
         name = self.keys.full(key)
         blob = self.client.bucket(self.bucket_name).blob(name)
-        with contextlib.suppress(ObjectNotFound):
-            self._call("deleting", key, lambda: blob.delete(retry=None))
+        try:
+            with contextlib.suppress(ObjectNotFound):
+                self._call("deleting", key, lambda: blob.delete(retry=None))
+        except StorageError as exc:
+            cause = exc.__cause__
+            if cause is not None and _status(cause) == 403 and ("retention" in str(cause) or "hold" in str(cause)):
+                until = self.retained_until(key)
+                raise ObjectLocked(
+                    f"storage '{self.name}': '{key}' is immutable"
+                    + (f" until {until:%Y-%m-%dT%H:%M:%SZ}" if until else " (a hold)")
+                    + " (GCS retention); it cannot be deleted before",
+                    hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
+                    until=until,
+                ) from exc
+            raise
+
+    # ------------------------------------------------------------------ immutability
+
+    def lock_state(self) -> LockState:
+        """Return whether the bucket keeps objects under retention (asked once per storage object).
+
+        ``enabled`` is None when the credentials may not read the bucket (storage.buckets.get).
+        Raises StorageError for other failures.
+        """
+        if self._lock_state is not None:
+            return self._lock_state
+        bucket = self.client.bucket(self.bucket_name)
+        try:
+            self.retry.call(lambda: bucket.reload(retry=None), "reading the retention policy of", "/")
+        except OpskitError:
+            raise
+        except Exception as exc:
+            if _status(exc) not in (401, 403):
+                raise self._error("reading the retention policy of the bucket", None, exc) from exc
+            self._lock_state = LockState(None, f"bucket '{self.bucket_name}': its retention policy cannot be read")
+            return self._lock_state
+        period = int(bucket.retention_period or 0)
+        object_retention = getattr(bucket, "object_retention_mode", None) == "Enabled"
+        if period:
+            locked = " (locked)" if bucket.retention_policy_locked else " (not locked: an owner may remove it)"
+            detail = f"bucket '{self.bucket_name}' has a retention policy of {format_span(timedelta(seconds=period))}"
+            detail += locked
+        elif object_retention:
+            detail = f"bucket '{self.bucket_name}' has object retention enabled (no bucket retention policy)"
+        else:
+            detail = f"bucket '{self.bucket_name}' has no retention policy"
+        self._retention_period = period or None
+        self._lock_state = LockState(bool(period) or object_retention, detail)
+        return self._lock_state
+
+    def retained_until(self, key: str) -> datetime | None:
+        """Return when ``key``'s retention ends: the latest of its object retention and the bucket policy.
+
+        The bucket policy's end is the object's ``retentionExpirationTime``, or its creation
+        time plus the period when the server does not send that field (the emulator).
+        Raises ObjectNotFound / StorageError.
+        """
+        state = self.lock_state()
+        blob = self.client.bucket(self.bucket_name).blob(self.keys.full(key))
+        self._call("checking", key, lambda: blob.reload(retry=None))
+        dates = [blob.retention_expiration_time, getattr(blob.retention, "retain_until_time", None)]
+        if dates[0] is None and state.enabled and self._retention_period and blob.time_created:
+            dates[0] = blob.time_created + timedelta(seconds=self._retention_period)
+        found = [d for d in dates if isinstance(d, datetime)]
+        return max(found) if found else None
 
     def exists(self, key: str) -> bool:
         """Return True when ``key`` exists."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -346,3 +347,69 @@ def toml_of(storages: dict[str, Any], dbname: str, tmp_path: Path) -> str:
             else:
                 lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- GCS retention policy, Azure immutability
+
+
+def set_gcs_retention(config: StorageConfig, seconds: int) -> None:
+    """Give the emulator's bucket a retention policy (it keeps one set by PATCH, not at creation)."""
+    endpoint = str(config.options["endpoint_url"])
+    bucket = config.url.removeprefix("gs://").split("/", 1)[0]
+    body = json.dumps({"retentionPolicy": {"retentionPeriod": str(seconds)}}).encode()
+    request = urllib.request.Request(
+        f"{endpoint}/storage/v1/b/{bucket}", data=body, headers={"Content-Type": "application/json"}, method="PATCH"
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def test_a_gcs_bucket_retention_policy_keeps_a_backup_in_the_plan_until_it_ends(
+    make_context: Callable[..., AppContext], pg_database: str, gcs_bucket: StorageConfig
+) -> None:
+    set_gcs_retention(gcs_bucket, 86400)
+    ctx = immutable_context(make_context, pg_database, {"gcs": storage_table(gcs_bucket)})
+    older = backup.run(ctx, "app").manifest
+    backup.run(ctx, "app")
+    store = ctx.storage("gcs")
+    assert isinstance(store, ObjectLocks)
+
+    state = store.lock_state()
+    until = store.retained_until(catalog.manifest_key("app", older.id))
+    dry = prune.run(ctx, target="app", dry_run=True)
+
+    assert state.enabled is True
+    assert state.detail.startswith(f"bucket '{bucket_of_gs(gcs_bucket)}' has a retention policy of 1d")
+    assert until is not None and datetime.now(UTC) + timedelta(hours=23) < until
+    (result,) = dry.results
+    assert result.plan is not None and result.plan.deleted == ()
+    (kept,) = [d for d in result.plan.decisions if d.id == older.id]
+    assert kept.reasons == (f"immutable until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%S}Z",)
+    # The emulator stores the policy but does not enforce it: a delete it would refuse on GCS
+    # succeeds here, so the refusal itself (403 -> ObjectLocked) is not exercised.
+
+
+def test_a_gcs_bucket_without_retention_and_an_azurite_container_are_reported_not_immutable(
+    gcs_bucket: StorageConfig, azure_container: StorageConfig
+) -> None:
+    gcs, azure = open_storage(gcs_bucket), open_storage(azure_container)
+    assert isinstance(gcs, ObjectLocks) and isinstance(azure, ObjectLocks)
+    with gcs.writer("app/b1/manifest.json", immutable=True) as out:
+        out.write(b"{}")
+    with azure.writer("app/b1/manifest.json", immutable=True) as out:
+        out.write(b"{}")
+
+    assert gcs.lock_state().enabled is False
+    assert gcs.lock_state().detail == f"bucket '{bucket_of_gs(gcs_bucket)}' has no retention policy"
+    assert gcs.retained_until("app/b1/manifest.json") is None
+    assert azure.lock_state().enabled is False
+    assert "has no immutability policy" in azure.lock_state().detail
+    assert azure.retained_until("app/b1/manifest.json") is None
+    # Azurite answers NotImplemented to immutability policies and legal holds, so a locked blob
+    # (and Azure's 409 refusal, raised as ObjectLocked) cannot be made here.
+    azure.delete("app/b1/manifest.json")
+    assert not azure.exists("app/b1/manifest.json")
+
+
+def bucket_of_gs(config: StorageConfig) -> str:
+    return config.url.removeprefix("gs://").split("/", 1)[0]
