@@ -16,6 +16,7 @@ from opskit.catalog.commit import check_artifacts_stored
 from opskit.catalog.drills import (
     DRILL_FAIL,
     DRILL_PASS,
+    RTO_UNMEASURED,
     DrillRecord,
     latest_drill,
     list_drills,
@@ -94,6 +95,7 @@ __all__ = [
     "MANIFEST_NAME",
     "PASS",
     "PIN_NAME",
+    "RTO_UNMEASURED",
     "VERIFY_PREFIX",
     "Artifact",
     "BadManifest",

@@ -19,6 +19,7 @@ from opskit.storage.base import Storage
 DRILL_PASS = "pass"
 DRILL_FAIL = "fail"
 REPORT_KIND = "drill"
+RTO_UNMEASURED = "not measured"  # rto.status of a drill whose restore did not finish
 
 # Verdicts written by early drill reports and by hand-made or imported ones; read as "pass" here,
 # once, so no reader compares spellings. opskit itself has only ever written "pass" and "fail".
@@ -30,7 +31,8 @@ class DrillRecord:
     """What a stored drill report says, as status and metrics read it.
 
     Times are None when the report lacks them (a report has at least one of the two);
-    durations are seconds, None when the report did not measure them.
+    durations are seconds, None when the report did not measure them (the RTO figures are
+    None, and ``rto_status`` is ``not measured``, for a drill whose restore did not finish).
     """
 
     drill_id: str
@@ -99,7 +101,9 @@ class DrillRecord:
         time as ``ended_at``, the verdict as a boolean ``passed`` or ``passed``/``ok``/
         ``success``/``succeeded``, the estimated RTO as ``estimated_rto_seconds`` or
         ``objectives.rto.estimated_seconds``, the data-loss window under ``rpo`` or
-        ``objectives.rpo``.
+        ``objectives.rpo``. Reports written before opskit knew that only a finished restore
+        measures an RTO stored figures for drills that restored nothing: a report whose phases
+        lack ``verify`` (the phase after a finished restore) is read as measuring no RTO.
         """
         if not isinstance(report, Mapping) or report.get("kind", REPORT_KIND) != REPORT_KIND:
             return None
@@ -113,6 +117,21 @@ class DrillRecord:
         backup_id = backup.get("id") if isinstance(backup, Mapping) else None
         objectives_met = report.get("objectives_met")
         rto_status = _path(report, "rto.status")
+        phases = report.get("phases")
+        restored = not isinstance(phases, list) or any(
+            isinstance(p, Mapping) and p.get("name") == "verify" for p in phases
+        )
+        if not restored or rto_status == RTO_UNMEASURED:
+            rto_status, measured, estimated = RTO_UNMEASURED, None, None
+        else:
+            measured = _number(report, "rto.measured_seconds")
+            estimated = _number(
+                report,
+                "rto.estimated_seconds",
+                "estimated_rto_seconds",
+                "rto.estimated",
+                "objectives.rto.estimated_seconds",
+            )
         return cls(
             drill_id=str(report.get("drill_id") or key.rsplit("/", 1)[-1].removesuffix(".json")),
             target=str(report.get("target", "")),
@@ -121,15 +140,9 @@ class DrillRecord:
             finished_at=finished_at,
             verdict=DRILL_PASS if passed else DRILL_FAIL,
             objectives_met=objectives_met if isinstance(objectives_met, bool) else None,
-            measured_rto_seconds=_number(report, "rto.measured_seconds"),
+            measured_rto_seconds=measured,
             rto_allowances_seconds=_number(report, "rto.allowances_seconds"),
-            estimated_rto_seconds=_number(
-                report,
-                "rto.estimated_seconds",
-                "estimated_rto_seconds",
-                "rto.estimated",
-                "objectives.rto.estimated_seconds",
-            ),
+            estimated_rto_seconds=estimated,
             rto_target_seconds=_number(report, "rto.target_seconds"),
             rto_status=rto_status if isinstance(rto_status, str) else None,
             data_loss_seconds=_number(

@@ -10,7 +10,6 @@ from opskit import actions
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
-from opskit.core.errors import CopyFailed
 
 
 @click.command("copy")
@@ -39,7 +38,7 @@ def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool
     for target_name, storage_name, error in report.failed:
         click.echo(f"opskit: error: copy of target '{target_name}' to '{storage_name}' failed: {error}", err=True)
     if report.failed:
-        sys.exit(CopyFailed.exit_code)
+        sys.exit(report.exit_code)  # 3, 4 or 7: core/errors.py's rule for verbs that carry on
 
 
 def register(group: click.Group) -> None:

@@ -105,6 +105,8 @@ def _summary(report: drill_action.DrillReport) -> None:
             f"  RTO measured {short(report.rto.measured)}, estimated {short(report.rto.estimated)} "
             f"(target {short(report.rto.target)}): {report.rto.status}"
         )
+    else:
+        click.echo("  RTO not measured: the restore did not finish")
     for text in report.breaches + report.warnings:
         click.echo(f"  {text}")
     click.echo(f"  staging database: {report.cleanup.get('action', 'none')}")

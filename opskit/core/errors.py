@@ -19,6 +19,11 @@ the operator must do next, whatever the verb.
   stream cut mid-object, a full disk, a failed pg_restore); nothing half-written stays visible.
 - 5, *the data is wrong*: a checksum, a manifest, a verification or a drill check says the
   backup cannot be trusted, including a restore stopped by a corrupt object.
+- A verb that works through several (target, storage) pairs and carries on past a failing one
+  (``prune``, ``copy``) exits with the code its failures share: 3 when every failed pair was
+  unreachable, 7 when every one was a lock conflict, 4 for any other failure or a mix.
+  ``status`` exits 3 when a storage it had to read was unreachable (its objectives cannot be
+  judged without it), before 6 for a breach; the full report is printed either way.
 - 2 the input is wrong, 6 an objective is breached, 7 another run holds the lock, 130 the run
   was interrupted (SIGINT or SIGTERM), 1 anything else (a bug).
 
@@ -34,6 +39,7 @@ The tree, with exit codes::
     │   ├── RestoreFailed       4  a restore failed
     │   ├── CopyFailed          4  copying a backup to a secondary storage failed
     │   ├── PruneFailed         4  pruning failed for a (target, storage)                 .report
+    │   │                       3  ... when every failed pair was unreachable             .unreachable
     │   └── MigrationFailed     4  a schema migration failed      .migration .database_error
     │                                                             .restore_command .restored
     ├── StorageError            4  a storage request failed mid-run, after retries        .bucket_missing
@@ -154,12 +160,18 @@ class CopyFailed(BackupFailed):
 class PruneFailed(BackupFailed):
     """Pruning failed for at least one (target, storage); ``report`` holds everything done (exit 4).
 
-    ``report`` is the prune feature's ``PruneReport``.
+    ``report`` is the prune feature's ``PruneReport``. ``unreachable`` says every failed pair
+    was a storage that could not be reached: the exit code is then 3, as the module's rule says.
     """
 
-    def __init__(self, message: str, hint: str | None = None, *, report: FeatureReport) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, report: FeatureReport, unreachable: bool = False
+    ) -> None:
         super().__init__(message, hint=hint)
         self.report = report
+        self.unreachable = unreachable
+        if unreachable:
+            self.exit_code = UnreachableError.exit_code
 
 
 class MigrationFailed(BackupFailed):

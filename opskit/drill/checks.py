@@ -11,6 +11,7 @@ connection to the restored database; an error of the database itself propagates.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import psycopg
 
 from opskit import catalog
 from opskit.catalog import Check, Manifest
-from opskit.config.drill import DrillSettings
+from opskit.config.drill import SIZE_JUMP_FAIL, DrillSettings
 from opskit.context import AppContext
 from opskit.core.errors import ObjectNotFound, OpskitError
 from opskit.drill.timing import PhaseClock, PhaseTiming
@@ -31,18 +32,21 @@ from opskit.restore.reader import OpenedBackup
 
 PRE = "pre"
 POST = "post"
-RECENT_BACKUPS = 10  # how many earlier backups the size check compares with
-SIZE_FACTOR = 2.0  # a dump smaller than half or larger than twice the recent range is suspicious
 
 
 @dataclass
 class PreCheckContext:
-    """What the checks before restoring look at: the opened backup, the target's recent backups, the clock."""
+    """What the checks before restoring look at: the opened backup, the target's recent backups, the clock.
+
+    ``warnings`` collects what a check found odd without failing (the drill report shows them).
+    """
 
     backup: OpenedBackup
     recent: Sequence[Manifest]
     clock: PhaseClock
     phases: list[PhaseTiming]
+    settings: DrillSettings = field(default_factory=DrillSettings)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def manifest(self) -> Manifest:
@@ -81,32 +85,75 @@ def stored_object(context: PreCheckContext) -> list[Check]:
         timing.bytes = stats.size
     return [
         Check(PRE, "object exists", artifact.key, f"{stats.size} bytes", True),
-        _size_check(manifest, stats.size, context.recent),
+        _size_check(context, stats.size),
         Check(PRE, "stored sha256", artifact.sha256, stats.sha256, stats.sha256 == artifact.sha256),
     ]
 
 
-def _size_check(manifest: Manifest, size: int, recent: Sequence[Manifest]) -> Check:
-    """Compare the object's size with the manifest and with the target's recent backups."""
+@dataclass(frozen=True)
+class SizeRange:
+    """The sizes a backup may have to count as normal, from the sizes of the target's recent backups."""
+
+    low: int
+    high: int
+    median: float
+    spread: float  # median absolute deviation
+    count: int  # how many backups the range is computed from
+
+    def describe(self) -> str:
+        """Return ``low..high bytes (median M, spread S of the last N backups)``."""
+        return (
+            f"{self.low}..{self.high} bytes (median {int(self.median)}, spread {int(self.spread)} "
+            f"of the last {self.count} backups)"
+        )
+
+
+def size_range(sizes: Sequence[int], settings: DrillSettings) -> SizeRange:
+    """Return the normal range of a dump's size given the ``sizes`` of earlier dumps (at least one).
+
+    The centre is their median, so one odd backup moves it little. The range is the wider of
+    ``median / size_factor .. median * size_factor`` and ``median +- size_spread`` median
+    absolute deviations: a database that grows at a steady pace widens its own range, and one
+    whose backups were all the same size may still grow by ``size_factor``.
+    """
+    centre = statistics.median(sizes)
+    spread = statistics.median(abs(s - centre) for s in sizes)
+    low = min(centre / settings.size_factor, centre - settings.size_spread * spread)
+    high = max(centre * settings.size_factor, centre + settings.size_spread * spread)
+    return SizeRange(max(int(low), 0), int(high), centre, spread, len(sizes))
+
+
+def _size_check(context: PreCheckContext, size: int) -> Check:
+    """Compare the object's size with the manifest (must match) and with the target's recent backups.
+
+    A size outside the recent range fails the check only with ``[drill] size_jump = "fail"``;
+    by default it passes with a warning in ``context.warnings`` (a data load is not a broken backup,
+    and the checksums and the restore that follow say whether the backup is good).
+    """
+    manifest, settings = context.manifest, context.settings
     expected_size = manifest.artifact(catalog.DUMP_ARTIFACT).size
-    others = [
+    earlier = [
         m.artifact(catalog.DUMP_ARTIFACT).size
-        for m in recent
-        if m.id != manifest.id and any(a.name == catalog.DUMP_ARTIFACT for a in m.artifacts)
-    ][:RECENT_BACKUPS]
+        for m in sorted(context.recent, key=lambda m: m.snapshot_time, reverse=True)
+        if m.id != manifest.id
+        and m.snapshot_time < manifest.snapshot_time
+        and any(a.name == catalog.DUMP_ARTIFACT for a in m.artifacts)
+    ][: settings.size_window]
     name = "size within recent range"
     if size != expected_size:
         return Check(PRE, name, f"{expected_size} bytes (manifest)", f"{size} bytes", False)
-    if not others:
+    if not earlier:
         return Check(PRE, name, "no earlier backup to compare with", f"{size} bytes", True)
-    low, high = min(others) / SIZE_FACTOR, max(others) * SIZE_FACTOR
-    return Check(
-        PRE,
-        name,
-        f"{int(low)}..{int(high)} bytes (recent {min(others)}..{max(others)})",
-        f"{size} bytes",
-        low <= size <= high,
+    normal = size_range(earlier, settings)
+    if normal.low <= size <= normal.high:
+        return Check(PRE, name, normal.describe(), f"{size} bytes", True)
+    if settings.size_jump == SIZE_JUMP_FAIL:
+        return Check(PRE, name, normal.describe(), f"{size} bytes", False)
+    context.warnings.append(
+        f"size jump: the dump is {size} bytes, outside the recent range {normal.describe()}; "
+        'the drill went on (set [drill] size_jump = "fail" to fail it)'
     )
+    return Check(PRE, name, normal.describe(), f"{size} bytes (outside the range: a warning)", True)
 
 
 def pg_restore_version(context: PreCheckContext) -> list[Check]:

@@ -11,7 +11,9 @@ with the facts the manifest took inside pg_dump's own snapshot, runs the smoke q
 Phases timed, and what the measured RTO adds up: ``fetch`` (stream and hash the stored
 object), ``decrypt`` (decrypt, decompress, check the plain hash, read the TOC), ``restore``
 (pg_restore) and ``verify`` (the checks afterwards). Estimated RTO = measured + the
-configured allowances. The data-loss window is drill start - the backup's recovery point.
+configured allowances. Only a restore that finished measures an RTO: a drill stopped before
+or during the restore reports it as not measured (never as met). The data-loss window is
+drill start - the backup's recovery point.
 
 Reports go next to the backups, ``<target>/drills/<drill_id>.json|.md|.html``, and to
 ``--report-dir``. The verdict is also recorded as a verification of the backup (kind
@@ -111,12 +113,15 @@ def run(
     if manifest is not None:
         result.manifest = manifest
         backup_reader = BackupReader(ctx, store, staging_target.pg_bin_dir or ctx.config.tools.pg_bin_dir)
-        pre = PreCheckContext(backup_reader.open(manifest), recent, clock, result.phases)
+        pre = PreCheckContext(
+            backup_reader.open(manifest), recent, clock, result.phases, settings=settings, warnings=result.warnings
+        )
         if run_pre_checks(pre, result.checks):
             restored = _restore(
                 ctx, manifest, storage_name, staging_target, db_name, settings, result, clock, pre.backup
             )
             if restored:
+                result.restored = True
                 if before_checks is not None:
                     before_checks(staging_target, db_name)
                 with (
@@ -137,12 +142,16 @@ def run(
             }
     else:
         result.cleanup = {"action": "none", "reason": "no backup was restored"}
-    result.rto = objectives.RtoAssessment(
-        measured=result.measured_rto,
-        allowances=ctx.config.objectives.allowances,
-        target=ctx.config.objectives.rto,
+    measured = result.measured_rto
+    # Only a restore that finished measures an RTO; without one there is nothing to compare.
+    result.rto = (
+        None
+        if measured is None
+        else objectives.RtoAssessment(
+            measured=measured, allowances=ctx.config.objectives.allowances, target=ctx.config.objectives.rto
+        )
     )
-    if result.rto.status == objectives.WARN:
+    if result.rto is not None and result.rto.status == objectives.WARN:
         result.warnings.append(
             f"estimated RTO {objectives.short(result.rto.estimated)} is at least 80% of the target "
             f"{objectives.short(result.rto.target)}"
@@ -159,7 +168,7 @@ def run(
         drill_id=drill_id,
         verdict=result.verdict,
         breaches=len(result.breaches),
-        measured_rto=round(result.measured_rto.total_seconds(), 2),
+        measured_rto=round(measured.total_seconds(), 2) if measured is not None else None,
     )
     return result
 

@@ -107,10 +107,21 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Cleanup",
         "",
-        f"- {_cell(report.get('cleanup') or {})}",
+        *(f"- {key}: {_cell(value)}" for key, value in (report.get("cleanup") or {"action": "none"}).items()),
         "",
     ]
     return "\n".join(lines)
+
+
+def _cleanup_table(cleanup: Mapping[str, Any]) -> str:
+    """Return the cleanup record as a two-column table (what was done to the staging database, and why)."""
+    if not cleanup:
+        return "<p>nothing recorded</p>"
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_cell(value))}</td></tr>"
+        for key, value in cleanup.items()
+    )
+    return f'<table class="cleanup">{rows}</table>'
 
 
 def to_html(report: Mapping[str, Any]) -> str:
@@ -144,11 +155,14 @@ def to_html(report: Mapping[str, Any]) -> str:
     )
     verdict = str(report.get("verdict"))
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>Restore drill {esc(str(report.get("drill_id")))}</title>
 <style>
-body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:100%;overflow-wrap:anywhere}}
+table{{border-collapse:collapse;margin:1em 0;max-width:100%}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;word-break:break-word;overflow-wrap:anywhere}}
+table.wide{{table-layout:fixed;width:100%}} table.wide td{{max-width:0}}
+col.mark{{width:3.5em}} col.phase{{width:5em}} col.name{{width:22%}}
 .verdict-pass{{color:#2e7d32}} .verdict-fail{{color:#c62828}} tr.bad{{background:#fdecea}}
 .timeline{{display:flex;width:100%;height:2em;border:1px solid #999;margin:1em 0}}
 .seg{{color:#fff;font-size:.8em;line-height:2em;overflow:hidden;white-space:nowrap;padding-left:4px}}
@@ -175,7 +189,9 @@ Started {esc(str(report.get("started_at")))}, finished {esc(str(report.get("fini
 <table><tr><th>phase</th><th>start</th><th>end</th><th>seconds</th><th>bytes</th><th>throughput</th></tr>
 {phase_rows}</table>
 <h2>Checks</h2>
-<table><tr><th></th><th>phase</th><th>check</th><th>expected</th><th>actual</th></tr>{check_rows}</table>
-<h2>Cleanup</h2><p>{esc(_cell(report.get("cleanup") or {}))}</p>
+<table class="wide"><colgroup><col class="mark"><col class="phase"><col class="name"><col><col></colgroup>
+<tr><th></th><th>phase</th><th>check</th><th>expected</th><th>actual</th></tr>{check_rows}</table>
+<h2>Cleanup</h2>
+{_cleanup_table(report.get("cleanup") or {})}
 </body></html>
 """

@@ -19,7 +19,12 @@ FAIL = "fail"
 
 @dataclass
 class DrillReport:
-    """Everything one drill found. ``to_dict()`` is the stored JSON report."""
+    """Everything one drill found. ``to_dict()`` is the stored JSON report.
+
+    ``restored`` says the restore finished (a database to check exists): only then was an RTO
+    measured, and only then is ``rto`` set. A drill stopped by a pre-check or a failed restore
+    reports its RTO as not measured, never as met.
+    """
 
     drill_id: str
     trigger: str
@@ -39,6 +44,7 @@ class DrillReport:
     cleanup: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     reports: dict[str, str] = field(default_factory=dict)
+    restored: bool = False
 
     @property
     def passed(self) -> bool:
@@ -56,9 +62,9 @@ class DrillReport:
         return self.started_at - self.manifest.snapshot_time if self.manifest else None
 
     @property
-    def measured_rto(self) -> timedelta:
-        """Return fetch + decrypt + restore + verify wall time."""
-        return measured_rto(self.phases)
+    def measured_rto(self) -> timedelta | None:
+        """Return fetch + decrypt + restore + verify wall time, or None when the restore did not finish."""
+        return measured_rto(self.phases) if self.restored else None
 
     @property
     def breaches(self) -> list[str]:
@@ -107,11 +113,10 @@ class DrillReport:
         self.raise_for_verdict()
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON report: every field of the operations spec, section 3."""
+        """Return the JSON report: every field of docs/operations.md §3."""
         manifest = self.manifest
         db = manifest.artifact(catalog.DUMP_ARTIFACT) if manifest else None
         loss = self.data_loss
-        rto = self.rto
         return {
             "format_version": REPORT_FORMAT,
             "kind": "drill",
@@ -140,17 +145,31 @@ class DrillReport:
                 "target_seconds": self.rpo_target.total_seconds(),
                 "status": objectives.rpo_status(loss, self.rpo_target) if loss is not None else None,
             },
-            "rto": {
-                "measured_seconds": round(self.measured_rto.total_seconds(), 3),
-                "allowances_seconds": rto.allowances.total_seconds() if rto else None,
-                "estimated_seconds": round(rto.estimated.total_seconds(), 3) if rto else None,
-                "target_seconds": rto.target.total_seconds() if rto else None,
-                "status": rto.status if rto else None,
-            },
+            "rto": self._rto_dict(),
             "verdict": self.verdict,
             "objectives_met": not self.breaches,
             "breaches": self.breaches,
             "warnings": self.warnings,
             "cleanup": self.cleanup,
             "reports": self.reports,
+        }
+
+    def _rto_dict(self) -> dict[str, Any]:
+        """Return the report's ``rto`` object; without a finished restore, no figures and status "not measured"."""
+        rto = self.rto
+        if rto is None or not self.restored:
+            return {
+                "measured_seconds": None,
+                "allowances_seconds": rto.allowances.total_seconds() if rto else None,
+                "estimated_seconds": None,
+                "target_seconds": rto.target.total_seconds() if rto else None,
+                "status": catalog.RTO_UNMEASURED,
+                "reason": "the restore did not finish: no RTO was measured",
+            }
+        return {
+            "measured_seconds": round(rto.measured.total_seconds(), 3),
+            "allowances_seconds": rto.allowances.total_seconds(),
+            "estimated_seconds": round(rto.estimated.total_seconds(), 3),
+            "target_seconds": rto.target.total_seconds(),
+            "status": rto.status,
         }

@@ -140,7 +140,8 @@ class Metrics:
         )
         self.drill_estimated_rto = Gauge(
             "opskit_drill_estimated_rto_seconds",
-            "Estimated RTO of the newest drill: measured restore time plus configured allowances.",
+            "Estimated RTO of the newest drill: measured restore time plus configured allowances "
+            "(absent when that drill's restore did not finish: it measured no RTO).",
             ["target"],
             registry=r,
         )
@@ -276,6 +277,10 @@ class Metrics:
             self.drill_last_success.labels(target=target).set(passed[-1].finished.timestamp())
         if newest.estimated_rto_seconds is not None:
             self.drill_estimated_rto.labels(target=target).set(newest.estimated_rto_seconds)
+        else:
+            # A drill that restored nothing measured no RTO: an older drill's figure must not stand
+            # in for it (the daemon's registry would otherwise keep exporting it).
+            _remove(self.drill_estimated_rto, target)
         if newest.data_loss_seconds is not None:
             self.drill_data_loss.labels(target=target).set(newest.data_loss_seconds)
 

@@ -36,7 +36,15 @@ from opskit import catalog
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, ConfigError, LockHeld, ObjectLocked, OpskitError, PruneFailed
+from opskit.core.errors import (
+    BackupFailed,
+    ConfigError,
+    LockHeld,
+    ObjectLocked,
+    OpskitError,
+    PruneFailed,
+    UnreachableError,
+)
 from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
 from opskit.plan import retention, timeline
@@ -61,6 +69,7 @@ class StorageResult:
     locked: list[str] = field(default_factory=list)  # "key: immutable until ...": deletes the storage refused
     error: str | None = None
     lock_held: LockHeld | None = None  # set when another run held the repository lock
+    unreachable: bool = False  # the error was a storage that could not be reached (exit 3)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
@@ -115,8 +124,9 @@ def run(
     """Prune one target (or every target with ``all_targets``), in every storage or only ``storage``.
 
     ``grace`` is how old a leftover must be before it is swept (a timedelta, or text such as ``24h``).
-    Returns the PruneReport. Raises ConfigError for unknown names, PruneFailed (exit 4)
-    naming every (target, storage) that failed, after trying all of them.
+    Returns the PruneReport. Raises ConfigError for unknown names, PruneFailed naming every
+    (target, storage) that failed, after trying all of them (exit 4; 3 when every failed pair
+    was unreachable), LockHeld (7) when every failure was a lock conflict.
     """
     if isinstance(grace, str):  # daemon jobs pass "24h" from TOML
         try:
@@ -165,6 +175,7 @@ def run(
             f"prune failed for {len(report.failures)} target/storage pair(s): {names}",
             hint="fix the cause and run prune again; the other targets and storages were pruned",
             report=report,
+            unreachable=all(r.unreachable for r in report.failures),  # core/errors.py's rule: then exit 3
         )
     return report
 
@@ -197,6 +208,7 @@ def _prune_one(
             log.warning("prune skipped: the repository is locked", error=result.error)
         except OpskitError as exc:
             result.error = exc.one_line()
+            result.unreachable = exc.exit_code == UnreachableError.exit_code
             log.error("prune failed", error=result.error)
     return result
 

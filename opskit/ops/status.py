@@ -13,7 +13,8 @@ For each target (every target that is not another's staging target, or the one a
   the latest of its objects: it is written last), so the primary and the offsite copies can
   each be seen to be immutable or not.
 
-Breached (exit 6): the current RPO is above the target, the backup interval alone exceeds it,
+A storage that cannot be reached makes status exit 3 (after the whole report is shown),
+before any breach. Breached (exit 6): the current RPO is above the target, the backup interval alone exceeds it,
 the last drill's estimated RTO is above the RTO target, or a backup is future-dated (its
 snapshot time is beyond ``timeline.CLOCK_SKEW`` ahead of the clock: a host with a wrong
 clock). A future-dated backup is never "the newest": the RPO is measured without it. A worst-over-7-days above the target
@@ -31,7 +32,7 @@ from opskit import catalog
 from opskit.catalog import Manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import ObjectiveBreached, OpskitError
+from opskit.core.errors import ObjectiveBreached, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
 from opskit.storage.base import ObjectLocks, Storage
@@ -52,6 +53,7 @@ class StorageState:
     newest_id: str | None = None
     newest_time: datetime | None = None
     error: str | None = None
+    unreachable: bool = False  # the error was a store that could not be reached (status exits 3)
 
     object_lock: bool | None = None  # the bucket enforces retention (None: unknown or not applicable)
     object_lock_detail: str | None = None
@@ -185,7 +187,18 @@ class StatusReport:
         return {"targets": [t.to_dict() for t in self.targets], "breached": bool(self.breaches)}
 
     def raise_for_breach(self) -> None:
-        """Raise ObjectiveBreached (exit 6) when any target breaches an objective."""
+        """Raise UnreachableError (3) when a storage could not be reached, else ObjectiveBreached (6) for a breach.
+
+        Unreachable comes first (core/errors.py's rule): without that storage's backups, a breach
+        may be only what the other storages lack, and the fix is the network or the credentials.
+        """
+        unreachable = [(t.target, s) for t in self.targets for s in t.storages if s.unreachable]
+        if unreachable:
+            raise UnreachableError(
+                "status: "
+                + "; ".join(f"storage '{s.name}' of target '{target}': {s.error}" for target, s in unreachable),
+                hint="fix the network, the credentials or the URL; the objectives cannot be judged without it",
+            )
         if self.breaches:
             raise ObjectiveBreached(
                 "objective breached: " + "; ".join(self.breaches),
@@ -237,6 +250,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
             backups = catalog.list_backups(store, target.name)
         except OpskitError as exc:
             state.error = exc.one_line()
+            state.unreachable = exc.exit_code == UnreachableError.exit_code
             continue
         opened[name] = store
         state.backups = len(backups)
@@ -289,6 +303,8 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
                 allowances=ctx.config.objectives.allowances,
                 target=ctx.config.objectives.rto,
             )
+        elif drill.rto_status == catalog.RTO_UNMEASURED:
+            status.warnings.append(f"the last drill ({drill.drill_id}) restored nothing: the RTO is unmeasured")
         if not drill.passed:
             status.warnings.append(f"the last drill ({drill.drill_id}) failed")
     else:

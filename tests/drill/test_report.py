@@ -1,10 +1,19 @@
-"""The drill report renderers show every check, passing and failing, in the HTML and Markdown tables."""
+"""The drill report renderers show every check, passing and failing, in the HTML and Markdown tables.
+
+The HTML page is also rendered by headless Chromium at 1200 px: long values wrap inside the page.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
 
 from opskit.catalog import Check
 from opskit.drill import report
@@ -121,3 +130,78 @@ def test_a_drill_with_failing_checks_is_reported_as_failed() -> None:
         "expected": [],
         "actual": ["ERROR: boom | pipe"],
     }
+
+
+# --------------------------------------------------------------------------- layout at 1200 px
+
+LONG = "x" * 400  # one unbroken word, as a sha256 list or a long table name is
+WIDE_CHECKS = [
+    Check("pre", "stored sha256", "ab" * 64, "cd" * 64, False),
+    Check(
+        "post",
+        "row counts",
+        "12 tables as in the manifest",
+        [f"public.{LONG}_{i}: expected 3, got 2" for i in range(5)],
+        False,
+    ),
+    Check("post", "object counts", {"tables": 12, "views": 3, "functions": 40}, {LONG: 1}, False),
+]
+
+
+def wide_report() -> dict[str, object]:
+    """Return a report whose checks carry long unbroken expected and actual values, and a cleanup record."""
+    data = drill_report()
+    data["checks"] = [c.to_drill_dict() for c in WIDE_CHECKS]
+    data["cleanup"] = {"action": "drop failed", "database": "opskit_drill_" + LONG, "error": "ERROR: " + LONG}
+    return data
+
+
+def test_the_cleanup_is_a_table_of_its_fields_not_raw_json() -> None:
+    page = report.to_html(wide_report())
+    parser = TableCollector()
+    parser.feed(page)
+
+    (cleanup,) = [t for t in parser.tables if t and t[0][1][0] == "action"]
+    assert [cells for _, cells in cleanup] == [
+        ["action", "drop failed"],
+        ["database", "opskit_drill_" + LONG],
+        ["error", "ERROR: " + LONG],
+    ]
+    assert '{"action"' not in page
+    assert "- action: drop failed" in report.to_markdown(wide_report()).splitlines()
+
+
+def test_the_checks_table_wraps_long_values_at_1200_px(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    page = report.to_html(wide_report())
+    assert "<script" not in page  # the report itself stays script-free; the probe is added below
+    probe = (
+        "<script>window.addEventListener('load', () => {"
+        "const p = document.createElement('pre'); p.id = 'scroll-width';"
+        "p.textContent = String(document.documentElement.scrollWidth);"
+        "document.body.appendChild(p);});</script></body>"
+    )
+    path = tmp_path / "report.html"
+    path.write_text(page.replace("</body>", probe), encoding="utf-8")
+
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1200,900",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+    width = re.search(r'<pre id="scroll-width">(\d+)</pre>', dom)
+    assert width is not None, dom[-500:]
+    assert int(width.group(1)) <= 1200
