@@ -18,8 +18,8 @@ daemons, a CronJob and a person at a terminal)::
   ``opskit unlock --all`` may have removed it).
 - **Stale**: a lock not refreshed for :data:`STALE_AFTER` (by its own time and by the storage's
   modification time, so one host's slow clock does not make a live lock look dead), or one
-  written on this host by a process that no longer exists. Stale locks never block anyone and
-  ``opskit unlock`` removes them.
+  written on this host by a process that no longer exists. Stale locks never block anyone;
+  the next run on the same host removes those of its dead processes, ``opskit unlock`` the rest.
 - **Releasing** deletes the lock at the end of the run, also on an error and on SIGTERM (the
   CLI turns SIGTERM into an unwinding exception; the daemon sets the cancel event).
 """
@@ -293,11 +293,15 @@ def acquire_lock(
         if storage.create(record.key, record.to_json()):
             break  # a random id taken already is astronomically rare; draw again if so
     try:
-        conflicts = [
-            other
-            for other in list_locks(storage, target)
-            if other.id != record.id and (exclusive or other.exclusive) and not other.is_stale(now)
-        ]
+        others = [other for other in list_locks(storage, target) if other.id != record.id]
+        # A lock of a process gone from this host is certainly dead (restic removes these too):
+        # remove it now, so a killed run leaves nothing behind once the next run starts.
+        for other in others:
+            if other.host == record.host and not _pid_alive(other.pid):
+                with suppress(OpskitError):
+                    storage.delete(other.key)
+                log.info("removed the lock of a run that is gone", key=other.key, operation=other.operation)
+        conflicts = [other for other in others if (exclusive or other.exclusive) and not other.is_stale(now)]
     except BaseException:
         with suppress(OpskitError):
             storage.delete(record.key)
