@@ -55,6 +55,7 @@ from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
 from opskit.plan import timeline
 from opskit.storage.base import Storage
+from opskit.wal.archive import newest_archived
 
 if TYPE_CHECKING:
     from opskit.context import AppContext
@@ -159,6 +160,13 @@ class Metrics:
             ["storage"],
             registry=r,
         )
+        self.wal_last_archived = Gauge(
+            "opskit_wal_last_archived_timestamp_seconds",
+            "When the newest archived WAL segment reached the primary storage (absent without WAL archiving); "
+            "time() minus it is the point-in-time recovery RPO.",
+            ["target"],
+            registry=r,
+        )
         self.build_info = Gauge("opskit_build_info", "opskit version running.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
@@ -216,6 +224,7 @@ class Metrics:
                 if index > 0:
                     copied = _manifest_mtime(storage, backups[0]) if backups else None
                 drills.extend(list_drills(storage, name))
+                wal = newest_archived(storage, name) if index == 0 else None
             except OpskitError as exc:
                 log.warning("metrics: storage unreadable", storage=storage_name, target=name, error=exc.message)
                 self.storage_up.labels(storage=storage_name).set(0)
@@ -225,6 +234,8 @@ class Metrics:
             self.backups_future_dated.labels(target=name, storage=storage_name).set(len(future))
             if index == 0:
                 self._set_backup(name, backups[0] if backups else None)
+                if wal is not None:
+                    self.wal_last_archived.labels(target=name).set(wal[1].timestamp())
             elif copied is not None:
                 self.copy_last_success.labels(target=name, storage=storage_name).set(copied.timestamp())
         self._set_drills(name, drills)

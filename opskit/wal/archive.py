@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,19 @@ def _decrypt(ctx: AppContext, name: str, payload: bytes) -> bytes:
             f"archived WAL file {name} cannot be decrypted with the configured identity: {exc}",
             hint="configure the age identity whose public key was a recipient when the WAL was archived",
         ) from exc
+
+
+def newest_archived(storage: Storage, target: str) -> tuple[str, datetime] | None:
+    """Return (name, stored time) of the newest archived WAL segment of ``target``, or None when there is none.
+
+    The stored time is when the segment reached the storage: ``now - it`` is the RPO that
+    point-in-time recovery offers. Raises StorageError when the archive cannot be listed.
+    """
+    newest: tuple[str, datetime] | None = None
+    for info in storage.list(layout.wal_prefix(target)):
+        name = layout.name_of_key(info.key)
+        if name is None or not layout.is_segment_name(name):
+            continue
+        if newest is None or info.modified > newest[1]:
+            newest = (name, info.modified)
+    return newest

@@ -34,6 +34,7 @@ SPEC_NAMES = {
     "opskit_rto_target_seconds",
     "opskit_storage_up",
     "opskit_build_info",
+    "opskit_wal_last_archived_timestamp_seconds",
 }
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
