@@ -64,6 +64,7 @@ calling feature maps into this tree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -228,6 +229,17 @@ class ObjectNotFound(StorageError):
     """The object asked for does not exist in the storage (exit 4)."""
 
 
+class ObjectLocked(StorageError):
+    """The storage refused to delete an object under retention (S3 Object Lock); ``until`` is when it ends.
+
+    Expected on an immutable storage, not a fault: prune reports it and keeps going.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, until: datetime | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.until = until
+
+
 # --------------------------------------------------------------------------- exit 5: a check failed
 
 
@@ -239,17 +251,6 @@ class VerificationFailed(OpskitError):
 
 class ManifestError(VerificationFailed):
     """A manifest is missing fields, malformed or of an unknown format (exit 5)."""
-
-class ObjectLocked(StorageError):
-    """The storage refused to delete an object under retention (S3 Object Lock); ``until`` is when it ends.
-
-    Expected on an immutable storage, not a fault: prune reports it and keeps going.
-    """
-
-    def __init__(self, message: str, hint: str | None = None, *, until: Any = None) -> None:
-        super().__init__(message, hint=hint)
-        self.until = until
-
 
 
 class VerifyFailed(VerificationFailed):

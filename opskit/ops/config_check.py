@@ -26,6 +26,7 @@ from opskit.core.redaction import redact_text
 from opskit.pg import connection, tools
 from opskit.secrets.references import SecretRef
 from opskit.storage.base import ObjectLocks
+from opskit.storage.registry import BACKENDS
 
 log = get_logger(__name__)
 
@@ -282,7 +283,9 @@ def _check_immutability(ctx: AppContext, name: str, report: CheckReport) -> None
         report.add(check, FAIL, exc.one_line(), exc.exit_code)
         return
     configured = store.immutability
-    if configured is None:
+    if configured is None and "immutable" not in BACKENDS[ctx.storage_config(name).kind].options:
+        report.add(check, OK, f"{state.detail} (the bucket's own setting: opskit sets no retention on {store.kind}://)")
+    elif configured is None:
         report.add(check, OK, f"{state.detail}; opskit sets no retention (no 'immutable' option)")
     elif state.enabled:
         report.add(check, OK, f"{state.detail}; every backup object is locked ({configured.describe()})")

@@ -385,6 +385,8 @@ def test_a_gcs_bucket_retention_policy_keeps_a_backup_in_the_plan_until_it_ends(
     assert result.plan is not None and result.plan.deleted == ()
     (kept,) = [d for d in result.plan.decisions if d.id == older.id]
     assert kept.reasons == (f"immutable until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%S}Z",)
+    check = {r.check: r for r in config_check.run(ctx).results}["storage gcs immutability"]
+    assert check.status == "OK" and "has a retention policy of 1d" in check.detail
     # The emulator stores the policy but does not enforce it: a delete it would refuse on GCS
     # succeeds here, so the refusal itself (403 -> ObjectLocked) is not exercised.
 
