@@ -82,8 +82,8 @@ class StorageResult:
             "aborted_uploads": self.aborted_uploads,
             "bad_manifests": self.bad_manifests,
             "pinned_since_plan": self.pinned_since_plan,
-            "error": self.error,
             "locked": self.locked,
+            "error": self.error,
         }
 
 
@@ -237,10 +237,6 @@ def _plan_and_delete(
         pinned=catalog.pinned_ids(store, target, keys),
         verified=frozenset({verified}) if verified else frozenset(),
     )
-    doomed = [d.id for d in result.plan.deleted]
-    if result.plan.deletes_every_present_backup:
-        # The plan's min_keep and "newest verified" rules should make this impossible; refuse anyway.
-        # A future-dated backup is kept but does not count: it cannot stand in for the last real one.
     locked = _locked_until(store, target, [d.id for d in result.plan.deleted], keys)
     if locked:
         result.plan = retention.plan(
@@ -251,6 +247,10 @@ def _plan_and_delete(
             verified=frozenset({verified}) if verified else frozenset(),
             locked=locked,
         )
+    doomed = [d.id for d in result.plan.deleted]
+    if result.plan.deletes_every_present_backup:
+        # The plan's min_keep and "newest verified" rules should make this impossible; refuse anyway.
+        # A future-dated backup is kept but does not count: it cannot stand in for the last real one.
         raise BackupFailed(
             f"the plan would delete all {len(doomed)} backups of '{target}' in storage '{store.name}' "
             "that are not future-dated; "
@@ -278,10 +278,6 @@ def _plan_and_delete(
         result.deleted.append(backup_id)
 
 
-def _delete_backup(store: Storage, manifest: catalog.Manifest) -> None:
-    """Delete the manifest first (the backup stops existing), then every other object under its prefix."""
-    store.delete(catalog.manifest_key(manifest.target, manifest.id))
-    for info in list(store.list(manifest.prefix + "/")):
 def _locked_until(store: Storage, target: str, backup_ids: list[str], keys: list[str]) -> dict[str, datetime]:
     """Return the latest retain-until date of the objects of each backup in ``backup_ids`` that has one.
 
@@ -299,6 +295,10 @@ def _locked_until(store: Storage, target: str, backup_ids: list[str], keys: list
     return found
 
 
+def _delete_backup(store: Storage, manifest: catalog.Manifest) -> None:
+    """Delete the manifest first (the backup stops existing), then every other object under its prefix."""
+    store.delete(catalog.manifest_key(manifest.target, manifest.id))
+    for info in list(store.list(manifest.prefix + "/")):
         store.delete(info.key)
     log.info("backup deleted", backup_id=manifest.id)
 

@@ -54,7 +54,6 @@ class StorageState:
     newest_time: datetime | None = None
     error: str | None = None
     unreachable: bool = False  # the error was a store that could not be reached (status exits 3)
-
     object_lock: bool | None = None  # the bucket enforces retention (None: unknown or not applicable)
     object_lock_detail: str | None = None
     immutable_until: datetime | None = None  # the newest backup here is locked until then (future only)
@@ -63,6 +62,7 @@ class StorageState:
     def immutable(self) -> bool:
         """Return True when the newest backup in this storage is under retention."""
         return self.immutable_until is not None
+
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
         return {
@@ -72,14 +72,14 @@ class StorageState:
             "backups": self.backups,
             "newest_id": self.newest_id,
             "newest_time": catalog.format_time(self.newest_time) if self.newest_time else None,
-            "error": self.error,
-        }
             "immutability": {
                 "object_lock": self.object_lock,
                 "detail": self.object_lock_detail,
                 "newest_immutable": self.immutable,
                 "newest_immutable_until": catalog.format_time(self.immutable_until) if self.immutable_until else None,
             },
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -163,9 +163,7 @@ class TargetStatus:
                 "target_seconds": self.rto.target.total_seconds(),
                 "status": self.rto.status,
             },
-            "future_dated": [
-                {"id": m.id, "snapshot_time": catalog.format_time(m.snapshot_time)} for m in self.future
-            ],
+            "future_dated": [{"id": m.id, "snapshot_time": catalog.format_time(m.snapshot_time)} for m in self.future],
             "breaches": self.breaches,
             "warnings": self.warnings,
         }
@@ -257,6 +255,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         newest_here = catalog.latest_backup(backups, now)
         if newest_here is not None:
             state.newest_id, state.newest_time = newest_here.id, newest_here.snapshot_time
+        _read_immutability(store, state, target.name, now)
         for manifest in backups:
             by_id.setdefault(manifest.id, manifest)
             held.setdefault(manifest.id, []).append(name)
@@ -269,7 +268,6 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         rto_target=ctx.config.objectives.rto,
         storages=states,
         future=sorted(timeline.future(by_id.values(), now), key=lambda m: (m.snapshot_time, m.id), reverse=True),
-        _read_immutability(store, state, target.name, now)
     )
     if present:
         newest = max(present, key=lambda m: (m.snapshot_time, m.id))
@@ -312,20 +310,6 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
     return status
 
 
-def _newest_drill(stores: Iterable[Storage], target: str, status: TargetStatus) -> catalog.DrillRecord | None:
-    """Return the newest drill of ``target`` in any of ``stores``; a storage that cannot be read is a warning."""
-    found: list[catalog.DrillRecord | None] = []
-    for store in stores:
-        try:
-            found.append(catalog.latest_drill(store, target))
-        except OpskitError as exc:
-            status.warnings.append(f"cannot read drill reports in '{store.name}': {exc.one_line()}")
-    return catalog.newest_drill(found)
-
-
-def last_verification(store: Storage, target: str) -> dict[str, object] | None:
-    """Return the summary of the newest ``verify`` record of any backup of ``target`` in ``store`` (None when none).
-
 def _read_immutability(store: Storage, state: StorageState, target: str, now: datetime) -> None:
     """Fill in whether ``store`` enforces retention and until when its newest backup is locked.
 
@@ -342,6 +326,20 @@ def _read_immutability(store: Storage, state: StorageState, target: str, now: da
     except OpskitError as exc:
         state.object_lock_detail = f"cannot read its retention: {exc.one_line()}"
 
+
+def _newest_drill(stores: Iterable[Storage], target: str, status: TargetStatus) -> catalog.DrillRecord | None:
+    """Return the newest drill of ``target`` in any of ``stores``; a storage that cannot be read is a warning."""
+    found: list[catalog.DrillRecord | None] = []
+    for store in stores:
+        try:
+            found.append(catalog.latest_drill(store, target))
+        except OpskitError as exc:
+            status.warnings.append(f"cannot read drill reports in '{store.name}': {exc.one_line()}")
+    return catalog.newest_drill(found)
+
+
+def last_verification(store: Storage, target: str) -> dict[str, object] | None:
+    """Return the summary of the newest ``verify`` record of any backup of ``target`` in ``store`` (None when none).
 
     Drills record their verdict the same way (kind ``drill``); those are skipped here.
     Raises StorageError when the storage cannot be listed.
