@@ -320,18 +320,27 @@ def test_config_check_says_whether_each_bucket_has_object_lock(
     assert report.exit_code == 2
 
 
-def test_the_status_command_prints_the_immutability_of_each_storage(
+def test_the_status_and_prune_commands_show_what_is_immutable(
     make_context: Callable[..., AppContext], pg_database: str, two_buckets: dict[str, Any], tmp_path: Path
 ) -> None:
     ctx = immutable_context(make_context, pg_database, two_buckets)
+    older = backup.run(ctx, "app").manifest
     backup.run(ctx, "app")
     config_path = tmp_path / "opskit.toml"
     config_path.write_text(toml_of(two_buckets, pg_database, tmp_path))
 
-    result = CliRunner().invoke(main, ["--config", str(config_path), "status", "--target", "app"])
+    shown = CliRunner().invoke(main, ["--config", str(config_path), "status", "--target", "app"])
+    dry = CliRunner().invoke(main, ["--config", str(config_path), "prune", "--target", "app", "--dry-run"])
 
-    assert "    immutability: newest immutable until " in result.stdout
-    assert "    immutability: newest NOT immutable (bucket " in result.stdout
+    assert "    immutability: newest immutable until " in shown.stdout
+    assert "    immutability: newest NOT immutable (bucket " in shown.stdout
+    assert dry.exit_code == 0, dry.stdout
+    vault_part = dry.stdout.split("== app in storage plain")[0]
+    (older_row,) = [line for line in vault_part.splitlines() if line.startswith(older.id)]
+    assert "keep" in older_row and "immutable until " in older_row
+    assert "app/vault: kept 2, would delete 0" in dry.stdout
+    assert "app/plain: kept 1, would delete 1" in dry.stdout
+    assert len(catalog.list_backups(ctx.storage("plain"), "app")) == 2  # a dry run deletes nothing
 
 
 def toml_of(storages: dict[str, Any], dbname: str, tmp_path: Path) -> str:
