@@ -76,6 +76,24 @@ def wal_verify(app: AppContext, target: str | None, storage: str | None, as_json
     chain.raise_for_gaps(report)
 
 
+@wal_group.command("stream")
+@click.option("--target", "-t", help="Target whose WAL to stream (default: the only one).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was shipped as JSON when it stops.")
+@pass_app
+def wal_stream(app: AppContext, target: str | None, as_json: bool) -> None:
+    """Stream WAL with pg_receivewal on a replication slot and ship it into the archive until stopped.
+
+    Completed segments are pushed as they finish, the one being written every wal.partial_interval.
+    """
+    from opskit.wal import stream
+
+    result = stream.run(app, target=target)
+    if as_json:
+        echo_json({"target": result.target, "segments": result.segments, "partials": result.partials})
+    else:
+        click.echo(f"wal stream of target '{result.target}' stopped: {result.segments} segments shipped")
+
+
 def register(group: click.Group) -> None:
     """Add the ``wal`` command group."""
     group.add_command(wal_group)

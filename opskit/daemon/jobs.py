@@ -2,7 +2,7 @@
 
 A job file::
 
-    action = "backup"              # backup, copy, prune, verify, drill, status, runbook
+    action = "backup"              # backup, copy, prune, verify, drill, status, runbook, wal-stream
     target = "app"                 # a configured target (optional when there is only one)
     cron = "0 * * * *"             # 5-field crontab, or a table of CronTrigger fields, or:
     # interval = "1h"              # a duration: 2s, 15m, 1h, 1d

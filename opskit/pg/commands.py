@@ -96,6 +96,22 @@ def pg_basebackup_argv(tool: Tool, target: TargetConfig) -> list[str]:
     ]
 
 
+def pg_receivewal_argv(tool: Tool, target: TargetConfig, *, directory: str, slot: str) -> list[str]:
+    """Return the pg_receivewal command line that streams ``target``'s WAL into ``directory`` on ``slot``.
+
+    ``--no-loop`` makes a lost connection an exit the caller sees (and restarts), instead of
+    a silent retry loop; the slot keeps the server from recycling WAL until it is streamed.
+    """
+    return [
+        tool.path,
+        dbname_arg(target),
+        f"--directory={directory}",
+        f"--slot={slot}",
+        "--no-loop",
+        "--no-password",
+    ]
+
+
 def without_connection(argv: list[str]) -> list[str]:
     """Return ``argv`` without its ``--dbname=`` argument, to record in a manifest (it names a host)."""
     return [a for a in argv if not a.startswith("--dbname=")]

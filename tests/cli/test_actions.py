@@ -63,7 +63,7 @@ def test_every_step_action_has_its_summary_and_renamed_arguments_exist(name: str
 
 
 def test_the_daemon_schedules_the_same_actions_as_before() -> None:
-    assert actions.schedulable() == ("backup", "copy", "prune", "verify", "drill", "status", "runbook")
+    assert actions.schedulable() == ("backup", "copy", "prune", "verify", "drill", "status", "runbook", "wal-stream")
 
 
 def test_an_unknown_action_or_a_non_step_action_is_a_config_error() -> None:

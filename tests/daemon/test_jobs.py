@@ -183,9 +183,9 @@ def test_actions_resolve_lazily_and_registered_fakes_take_precedence() -> None:
         assert resolve_action("backup") is fake
     finally:
         unregister_action("backup")
-    from opskit.backup import backup
+    from opskit.backup import kinds  # the backup action: logical or base (issue 16)
 
-    assert resolve_action("backup") is backup.run
+    assert resolve_action("backup") is kinds.run
 
 
 def test_an_unknown_action_cannot_be_resolved() -> None:
