@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 
 from opskit import actions
@@ -42,6 +44,16 @@ def _render(item: status_action.TargetStatus) -> None:
             f"in {', '.join(item.holders)}"
         )
     click.echo(f"  RPO: {item.rpo.explain()} [{item.rpo.status}]")
+    if item.pitr is not None:
+        pitr = item.pitr
+        if "error" in pitr:
+            click.echo(f"  PITR: archive unreadable: {pitr['error']}")
+        else:
+            rpo = f"RPO {short(timedelta(seconds=pitr['rpo_seconds']))}" if pitr["rpo_seconds"] is not None else "no WAL"
+            click.echo(
+                f"  PITR window: {pitr['oldest_restorable']} .. {pitr['newest_wal_archived_at'] or '-'} ({rpo}, "
+                f"{pitr['base_backups']} base backups)"
+            )
     for state in item.storages:
         where = f"{state.backups} backups, newest {state.newest_id}" if not state.error else f"ERROR {state.error}"
         click.echo(f"  storage {state.name} ({state.kind}{', offsite' if state.offsite else ''}): {where}")

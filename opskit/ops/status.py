@@ -36,6 +36,7 @@ from opskit.core.errors import ObjectiveBreached, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
 from opskit.storage.base import ObjectLocks, Storage
+from opskit.wal.archive import newest_archived
 
 log = get_logger(__name__)
 
@@ -101,6 +102,8 @@ class TargetStatus:
     rto: objectives.RtoAssessment | None = None
     future: list[Manifest] = field(default_factory=list)  # future-dated backups, newest first
     warnings: list[str] = field(default_factory=list)
+    # Point-in-time recovery: the oldest base backup .. the newest archived WAL, and the RPO from it.
+    pitr: dict[str, Any] | None = None
 
     @property
     def three_two_one(self) -> bool:
@@ -166,6 +169,7 @@ class TargetStatus:
             "future_dated": [{"id": m.id, "snapshot_time": catalog.format_time(m.snapshot_time)} for m in self.future],
             "breaches": self.breaches,
             "warnings": self.warnings,
+            "pitr": self.pitr,
         }
 
 
@@ -277,6 +281,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         status.copies = 1 + len(configs)
         status.kinds = sorted({c.kind for c in configs})
         status.offsite = [c.name for c in configs if c.offsite]
+    status.pitr = _pitr_window(opened.get(target.primary_storage), target.name, present, now)
     if not status.three_two_one:
         status.warnings.append(
             f"3-2-1 does not hold for the newest backup: {status.copies} copies "
@@ -353,4 +358,22 @@ def last_verification(store: Storage, target: str) -> dict[str, object] | None:
         "storage": store.name,
         "level": record.level,
         "verdict": record.verdict,
+    }
+
+
+def _pitr_window(store: Storage | None, target: str, present: list[Manifest], now: datetime) -> dict[str, Any] | None:
+    """Return the PITR window (oldest base backup .. newest archived WAL) and its RPO, or None without base backups."""
+    bases = [m for m in present if m.kind == "base"]
+    if store is None or not bases:
+        return None
+    try:
+        newest = newest_archived(store, target)
+    except OpskitError as exc:
+        return {"error": exc.one_line()}
+    return {
+        "base_backups": len(bases),
+        "oldest_restorable": catalog.format_time(min(m.snapshot_time for m in bases)),
+        "newest_wal": newest[0] if newest else None,
+        "newest_wal_archived_at": catalog.format_time(newest[1]) if newest else None,
+        "rpo_seconds": (now - newest[1]).total_seconds() if newest else None,
     }
