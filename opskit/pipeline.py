@@ -98,8 +98,11 @@ class HashingReader(io.RawIOBase):
         self._progress = progress
         self._clock = clock
         self._stages = (read_stage, hash_stage)
-        # Read straight into the caller's buffer when the source can: one copy fewer per chunk.
-        self._readinto = getattr(source, "readinto", None)
+        # Read straight into the caller's buffer when the source is a real file or pipe (pg_dump's
+        # stdout): one copy fewer per chunk. Not for any object with a readinto attribute: an
+        # io.RawIOBase that implements only read() has one that raises NotImplementedError.
+        readers = (io.BufferedReader, io.FileIO, io.BytesIO)
+        self._readinto = source.readinto if isinstance(source, readers) else None
 
     def readable(self) -> bool:
         return True

@@ -154,3 +154,22 @@ def test_a_store_reports_the_cpu_seconds_of_every_stage(storage: LocalStorage) -
     assert "age" in encrypted.cpu
     assert all(seconds >= 0 for seconds in [*plain.cpu.values(), *encrypted.cpu.values()])
     assert sum(plain.cpu.values()) > 0
+
+
+def test_a_source_that_only_implements_read_is_stored_whole(storage: LocalStorage) -> None:
+    class ReadOnly(io.RawIOBase):
+        """Like a storage reader: read() only; its inherited readinto raises NotImplementedError."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._data = io.BytesIO(PAYLOAD)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data.read(size)
+
+    result = compress_and_store(ReadOnly(), storage, "t/r/db.dump.zst")
+
+    assert result.plain.size == len(PAYLOAD)
