@@ -11,16 +11,10 @@ boto3's own retries are switched off; every request is retried by
 :mod:`opskit.storage.retry` so that retries are bounded, logged, and per part.
 Buckets are never created: a missing bucket is an error for the operator to fix.
 
-Immutability (the ``immutable = { mode, days }`` option): every backup artifact and manifest
-is written with S3 Object Lock retention (``ObjectLockMode`` and ``ObjectLockRetainUntilDate``
-on PutObject / CreateMultipartUpload / the server-side copy), and the retention is checked
-(and set with PutObjectRetention when a store ignored the headers) before the writer returns,
-so a backup is never reported stored without its lock. Locks, pins and verification records
-are written without retention: opskit rewrites and removes them. On a bucket with Object
-Lock (always versioned), ``delete`` removes the key's versions, since a plain DeleteObject
-only adds a delete marker and keeps every byte; a version still under retention is refused
-by S3 and raised as ObjectLocked. opskit never sends ``BypassGovernanceRetention``.
-(https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock.html)
+Immutability (the ``immutable = { mode, days }`` option): every write with ``immutable=True``
+(backup artifacts and manifests; never locks, pins or verification records, which opskit
+rewrites and removes) carries S3 Object Lock retention, checked before the writer returns. On
+a bucket with Object Lock ``delete`` removes the key's versions. See :mod:`opskit.storage.s3_lock`.
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -41,12 +35,12 @@ from botocore.config import Config as BotoConfig
 
 from opskit.core.errors import (
     ConfigError,
-    ObjectLocked,
     ObjectNotFound,
     OpskitError,
     StorageError,
     UnreachableError,
 )
+from opskit.storage import s3_lock
 from opskit.storage.base import CHUNK_SIZE, Immutability, LockState, ObjectInfo, Storage
 from opskit.storage.cloud import KeySpace, MiB, PartSchedule, PartWriter, resuming_stream, split_url
 from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
@@ -220,35 +214,12 @@ class S3Storage:
         return args
 
     def _lock_args(self, immutable: bool) -> dict[str, Any]:
-        """Return the Object Lock arguments of a write (empty unless ``immutable`` and configured)."""
-        if not immutable or self.immutability is None:
-            return {}
-        return {
-            "ObjectLockMode": self.immutability.mode.upper(),
-            "ObjectLockRetainUntilDate": self.immutability.retain_until(datetime.now(UTC)),
-        }
+        """Return the Object Lock arguments of a write (see :func:`opskit.storage.s3_lock.lock_args`)."""
+        return s3_lock.lock_args(self, immutable)
 
     def _ensure_retained(self, name: str, key: str, lock: dict[str, Any]) -> None:
-        """Check that the object just written carries its retention; set it when the store ignored it.
-
-        Some stores (moto, older S3-compatible servers) drop the headers on multipart uploads
-        or copies. Raises StorageError when the retention cannot be set (the object stays, unlocked).
-        """
-        if not lock:
-            return
-        head = self._call(
-            "checking the retention of", key, lambda: self.client.head_object(Bucket=self.bucket, Key=name)
-        )
-        until = head.get("ObjectLockRetainUntilDate")
-        if until is not None and until >= lock["ObjectLockRetainUntilDate"].replace(microsecond=0):
-            return
-        retention = {"Mode": lock["ObjectLockMode"], "RetainUntilDate": lock["ObjectLockRetainUntilDate"]}
-        version = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
-        self._call(
-            "setting the retention of",
-            key,
-            lambda: self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention, **version),
-        )
+        """Check the object got its retention, setting it when missing. Raises StorageError."""
+        s3_lock.ensure_retained(self, name, key, lock)
 
     # ------------------------------------------------------------------ writing
 
@@ -348,93 +319,24 @@ class S3Storage:
         """
         name = self.keys.full(key)
         if self.lock_state().enabled:
-            self._delete_versions(name, key)
+            s3_lock.delete_versions(self, name, key)
             return
         self._call("deleting", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
-
-    def _delete_versions(self, name: str, key: str) -> None:
-        markers: dict[str, str] = {}
-        while True:
-            list_page = partial(self.client.list_object_versions, Bucket=self.bucket, Prefix=name, **markers)
-            page = self._call("listing versions of", key, list_page)
-            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
-                if item["Key"] == name:
-                    self._delete_version(name, key, item["VersionId"])
-            if not page.get("IsTruncated"):
-                return
-            markers = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
-
-    def _delete_version(self, name: str, key: str, version: str) -> None:
-        try:
-            self.retry.call(
-                lambda: self.client.delete_object(Bucket=self.bucket, Key=name, VersionId=version), "deleting", key
-            )
-        except OpskitError:
-            raise
-        except Exception as exc:
-            until = self._retention_of(name, version) if _status(exc) == 403 else None
-            if until is not None and until > datetime.now(UTC):
-                raise ObjectLocked(
-                    f"storage '{self.name}': '{key}' is immutable until {_iso(until)} (S3 Object Lock); "
-                    "it cannot be deleted before",
-                    hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
-                    until=until,
-                ) from exc
-            raise self._error("deleting", key, exc) from exc
-
-    def _retention_of(self, name: str, version: str | None = None) -> datetime | None:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
-        if version:
-            args["VersionId"] = version
-        try:
-            head = self.retry.call(lambda: self.client.head_object(**args), "checking", name)
-        except Exception:
-            return None
-        until = head.get("ObjectLockRetainUntilDate")
-        return until if isinstance(until, datetime) else None
 
     # ------------------------------------------------------------------ immutability
 
     def lock_state(self) -> LockState:
         """Return whether the bucket has Object Lock enabled (asked once per storage object).
 
-        ``enabled`` is None when the credentials may not read the setting
-        (s3:GetBucketObjectLockConfiguration). Raises StorageError for other failures.
+        ``enabled`` is None when the credentials may not read it. Raises StorageError.
         """
-        if self._lock_state is not None:
-            return self._lock_state
-        try:
-            answer = self.retry.call(
-                lambda: self.client.get_object_lock_configuration(Bucket=self.bucket), "reading Object Lock of", "/"
-            )
-        except OpskitError:
-            raise
-        except Exception as exc:
-            code = _code(exc)
-            if code in {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}:
-                state = LockState(False, f"bucket '{self.bucket}' has no Object Lock", self.immutability)
-            elif code in {"AccessDenied", "MethodNotAllowed", "NotImplemented"} or _status(exc) in (403, 405, 501):
-                state = LockState(
-                    None, f"bucket '{self.bucket}': its Object Lock setting cannot be read ({code})", self.immutability
-                )
-            else:
-                raise self._error("reading Object Lock of the bucket", None, exc) from exc
-        else:
-            config = answer.get("ObjectLockConfiguration", {})
-            enabled = config.get("ObjectLockEnabled") == "Enabled"
-            state = LockState(enabled, _describe_lock(self.bucket, enabled, config), self.immutability)
-        self._lock_state = state
-        return state
+        if self._lock_state is None:
+            self._lock_state = s3_lock.read_lock_state(self)
+        return self._lock_state
 
     def retained_until(self, key: str) -> datetime | None:
-        """Return the Object Lock retain-until date of ``key``'s current version (None: not locked).
-
-        Raises ObjectNotFound / StorageError.
-        """
-        name = self.keys.full(key)
-        head = self._call("checking", key, lambda: self.client.head_object(Bucket=self.bucket, Key=name))
-        until = head.get("ObjectLockRetainUntilDate")
-        return until if isinstance(until, datetime) else None
+        """Return the Object Lock retain-until date of ``key`` (None: not locked). Raises StorageError."""
+        return s3_lock.retained_until(self, self.keys.full(key), key)
 
     def exists(self, key: str) -> bool:
         """Return True when ``key`` exists (HeadObject)."""
@@ -617,21 +519,6 @@ def _describe(exc: BaseException, bucket: str) -> str:
         message = exc.response.get("Error", {}).get("Message", "")
         return f"{code or status}: {message}".rstrip(": ")
     return f"{type(exc).__name__}: {exc}"
-
-
-def _describe_lock(bucket: str, enabled: bool, config: dict[str, Any]) -> str:
-    """Return one line on a bucket's Object Lock: enabled or not, and its default retention."""
-    if not enabled:
-        return f"bucket '{bucket}' has no Object Lock"
-    default = config.get("Rule", {}).get("DefaultRetention", {})
-    if not default:
-        return f"bucket '{bucket}' has Object Lock enabled (no default retention)"
-    period = f"{default['Days']} days" if "Days" in default else f"{default.get('Years')} years"
-    return f"bucket '{bucket}' has Object Lock enabled (default retention {default.get('Mode', '').lower()}, {period})"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _refused(exc: BaseException) -> bool:
