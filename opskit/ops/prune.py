@@ -49,6 +49,7 @@ from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
 from opskit.plan import retention, timeline
 from opskit.storage.base import IncompleteUploads, ObjectInfo, ObjectLocks, Storage
+from opskit.wal.retention import prune_wal
 
 log = get_logger(__name__)
 DEFAULT_GRACE = timedelta(hours=24)
@@ -67,6 +68,7 @@ class StorageResult:
     bad_manifests: list[str] = field(default_factory=list)
     pinned_since_plan: list[str] = field(default_factory=list)  # planned for deletion, pinned before it came
     locked: list[str] = field(default_factory=list)  # "key: immutable until ...": deletes the storage refused
+    wal_deleted: list[str] = field(default_factory=list)  # WAL keys no kept base backup needs (opskit.wal.retention)
     error: str | None = None
     lock_held: LockHeld | None = None  # set when another run held the repository lock
     unreachable: bool = False  # the error was a storage that could not be reached (exit 3)
@@ -83,6 +85,7 @@ class StorageResult:
             "bad_manifests": self.bad_manifests,
             "pinned_since_plan": self.pinned_since_plan,
             "locked": self.locked,
+            "wal_deleted": self.wal_deleted,
             "error": self.error,
         }
 
@@ -198,10 +201,13 @@ def _prune_one(
                 # A dry run deletes nothing, so it takes no lock and blocks no backup.
                 _plan_and_delete(store, target.name, policy, now, dry_run, result, None)
                 _sweep(store, target.name, now, now - grace, dry_run, result, None)
+                result.wal_deleted = prune_wal(store, target.name, _kept(store, target.name, result), dry_run)
             else:
                 with catalog.locked(store, target.name, "prune", clock=ctx.clock) as lock:
                     _plan_and_delete(store, target.name, policy, now, dry_run, result, lock)
                     _sweep(store, target.name, now, now - grace, dry_run, result, lock)
+                    kept = _kept(store, target.name, result)
+                    result.wal_deleted = prune_wal(store, target.name, kept, dry_run, check=lock.check)
         except LockHeld as exc:
             result.error = exc.one_line()
             result.lock_held = exc
@@ -347,3 +353,8 @@ def _sweep(
         log.info("leftover swept", backup_id=backup_id, objects=len(objects), dry_run=dry_run)
     if isinstance(store, IncompleteUploads):
         result.aborted_uploads = store.abort_incomplete_uploads(f"{target}/", older_than, dry_run)
+
+
+def _kept(store: Storage, target: str, result: StorageResult) -> list[catalog.Manifest]:
+    """Return the backups of ``target`` the run keeps: those listed, minus the deleted (or, dry, to be deleted)."""
+    return [m for m in catalog.list_backups(store, target) if m.id not in result.deleted]
