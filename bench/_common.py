@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -108,7 +109,6 @@ def run_measured(
     cwd: Path | None = None,
     capture: bool = True,
     cpu_database: str | None = None,
-    stdin: object = None,
 ) -> Sample:
     """Run ``argv``; return its wall time and ITS OWN peak RSS (not its children's).
 
@@ -126,7 +126,6 @@ def run_measured(
         env=env,
         cwd=cwd,
         text=True,
-        stdin=stdin,  # type: ignore[arg-type]
     )
     sampler = CpuSampler(cpu_database) if cpu_database is not None else None
     if sampler is not None:
@@ -233,14 +232,14 @@ class CpuSampler:
             if conn is not None:
                 conn.close()
 
-    def _sample(self, conn: psycopg.Connection | None) -> None:  # type: ignore[type-arg]
+    def _sample(self, conn: psycopg.Connection[Any] | None) -> None:
         for pid in [self._root, *_descendants(self._root)]:
             reading = _cpu_seconds(pid)
             if reading is not None:
                 # The CLI shows up as its interpreter; every other program under its own name.
                 name = "opskit" if reading[0].startswith("python") else reading[0]
                 self.last[pid] = (name, reading[1])
-        if conn is None:
+        if conn is None or self.database is None:
             return
         rows = conn.execute(
             "SELECT a.pid, coalesce(nullif(l.application_name, ''), nullif(a.application_name, ''), a.backend_type)"

@@ -280,8 +280,12 @@ def compression_report(name: str) -> dict[str, int]:
     sizes = {"disk": c.database_size(name)}
     for label, extra in (("dump", []), ("plain", ["-Z0"])):
         with subprocess.Popen([*base, *extra], stdout=subprocess.PIPE) as dump:
-            assert dump.stdout is not None
-            sizes[label] = sum(len(chunk) for chunk in iter(lambda: dump.stdout.read(1 << 20), b""))  # type: ignore[union-attr]
+            stdout = dump.stdout
+            assert stdout is not None
+            total = 0
+            while chunk := stdout.read(1 << 20):
+                total += len(chunk)
+            sizes[label] = total
     return sizes
 
 
