@@ -354,7 +354,8 @@ class S3Storage:
 
         Raises UnreachableError naming the storage and the cause: missing bucket, unknown
         access key, wrong secret, access denied (e.g. a read-only credential), no route
-        to the endpoint.
+        to the endpoint; ConfigError when ``immutable`` is set on a bucket without Object
+        Lock (every backup would fail at its first upload, after pg_dump started).
         """
         probe = self.keys.full(f".opskit-probe-{secrets.token_hex(6)}")
         try:
@@ -371,6 +372,12 @@ class S3Storage:
             raise UnreachableError(
                 f"storage '{self.name}' ({self.url}): {_describe(exc, self.bucket)}", hint=_hint(exc)
             ) from exc
+        if self.immutability is not None and self.lock_state().enabled is False:
+            raise ConfigError(
+                f"storage '{self.name}' ({self.url}) has 'immutable' set, but {self.lock_state().detail}",
+                hint="enable Object Lock on the bucket (versioning on, then put-object-lock-configuration) "
+                "or remove the storage's 'immutable' option",
+            )
 
     # ------------------------------------------------------------------ optional capabilities
 

@@ -149,6 +149,21 @@ def test_an_immutable_storage_on_a_bucket_without_object_lock_fails_the_write_an
     assert not open_storage(s3_bucket).exists("app/b1/db.dump.zst")
 
 
+def test_a_backup_to_an_immutable_storage_without_object_lock_is_refused_before_pg_dump_runs(
+    make_context: Callable[..., AppContext], pg_database: str, s3_bucket: StorageConfig
+) -> None:
+    storages = {"wrong": {**storage_table(s3_bucket), "immutable": {"days": 7}}}
+    ctx = immutable_context(make_context, pg_database, storages)
+
+    with pytest.raises(ConfigError) as refused:
+        backup.run(ctx, "app")
+
+    assert refused.value.exit_code == 2
+    assert "has 'immutable' set, but bucket '" in refused.value.one_line()
+    assert "has no Object Lock; enable Object Lock on the bucket" in refused.value.one_line()
+    assert [info.key for info in open_storage(s3_bucket).list("app/")] == []
+
+
 def test_a_server_side_copy_to_an_immutable_storage_carries_its_retention(
     locked_bucket: StorageConfig, s3_bucket: StorageConfig
 ) -> None:
@@ -315,8 +330,9 @@ def test_config_check_says_whether_each_bucket_has_object_lock(
     assert "locked (governance, 1 day)" in lines["storage vault immutability"].detail
     assert lines["storage plain immutability"].status == "OK"
     assert "has no Object Lock; opskit sets no retention" in lines["storage plain immutability"].detail
-    assert lines["storage wrong immutability"].status == "FAIL"
-    assert "but 'immutable' is set" in lines["storage wrong immutability"].detail
+    assert lines["storage wrong"].status == "FAIL"
+    assert "has 'immutable' set, but bucket '" in lines["storage wrong"].detail
+    assert "has no Object Lock" in lines["storage wrong"].detail
     assert report.exit_code == 2
 
 
