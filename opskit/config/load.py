@@ -131,8 +131,8 @@ def build_config(
     drill_settings = _parse_optional(root, "drill", drill.parse_settings)
     notify_settings = _parse_optional(root, "notify", notify.parse_settings)
     daemon_settings = _parse_optional(root, "daemon", daemon.parse_settings)
-    wal_settings = _parse_optional(root, "wal", wal.parse_settings)
     hook_settings = _parse_optional(root, "hooks", hooks.parse_settings)
+    wal_settings = _parse_optional(root, "wal", wal.parse_settings)
     root.finish()
     errors.raise_if_any(source)
     return Config(
@@ -147,9 +147,9 @@ def build_config(
         drill=drill_settings,
         notify=notify_settings,
         daemon=daemon_settings,
-        wal=wal_settings,
         hooks=hook_settings,
         default_target=default_target,
+        wal=wal_settings,
         source=source,
     )
 

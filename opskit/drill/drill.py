@@ -1,4 +1,4 @@
-"""``opskit drill restore``: prove a backup restores, and measure RPO and RTO (operations spec, section 3).
+"""``opskit drill restore``: prove a backup restores, and measure RPO and RTO (docs/operations.md §3).
 
 A drill picks a backup (latest, ``--random``, ``--backup ID`` or the newest before a time),
 checks it before restoring (manifest, object size against the target's recent backups,

@@ -1,6 +1,6 @@
 """Prometheus metrics, shared by ``opskit daemon`` (/metrics) and ``opskit metrics --textfile``.
 
-Names follow the operations spec, section 5: timestamps rather than ages (Prometheus
+Names follow docs/operations.md §5: timestamps rather than ages (Prometheus
 computes ``time() - x``), no backup ids in labels. Every value except the run counter is
 computed from what is stored (manifests, drill reports), so a freshly started daemon or a
 one-shot ``opskit metrics`` run tells the truth; the daemon recomputes a target's values
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# The spec names exactly what is exported; a counter's *_created series (the process start
+# docs/operations.md §5 names exactly what is exported; a counter's *_created series (the process start
 # time, in the text format) is noise next to timestamps that come from the catalog.
 disable_created_metrics()
 

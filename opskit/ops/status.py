@@ -3,7 +3,7 @@
 For each target (every target that is not another's staging target, or the one asked for):
 
 - the newest complete backup (time, age, size) and which of the target's storages hold it;
-- current RPO and worst RPO over 7 days against the target (operations spec, section 2),
+- current RPO and worst RPO over 7 days against the target (docs/operations.md §2),
   and, said plainly, when the schedule itself cannot meet the target;
 - 3-2-1 for the newest backup: >= 3 copies counting the live database, >= 2 distinct storage
   kinds (``file``, ``s3``, ``gs``, ``az``), >= 1 storage marked ``offsite = true``;

@@ -1,4 +1,4 @@
-"""RPO and RTO arithmetic (operations spec, section 2). Pure: every function takes ``now``.
+"""RPO and RTO arithmetic (docs/operations.md §2). Pure: every function takes ``now``.
 
 - Recovery point of a backup = its snapshot time (what a restore returns to).
 - Current RPO = now - newest recovery point; breached when above the target.

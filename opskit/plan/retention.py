@@ -11,7 +11,7 @@ every reason, following restic's ``forget`` (``internal/restic/snapshot_policy.g
   in restic, when a rule still has count left after the walk, the oldest backup is kept
   too (reason ``"... (oldest)"``): that keeps the longest history the counts allow.
 - ``keep_within d`` keeps every backup whose snapshot time is within d of ``now``. Restic
-  measures from the newest snapshot instead; the operations spec says ``now``, and the
+  measures from the newest snapshot instead; docs/operations.md §1 says ``now``, and the
   ``min_keep`` and "newest verified" guarantees cover the case restic's choice protects
   (backups that stopped arriving).
 - Always kept: the ``min_keep`` newest backups, every pinned backup, and the newest backup
