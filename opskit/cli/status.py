@@ -49,7 +49,9 @@ def _render(item: status_action.TargetStatus) -> None:
         if "error" in pitr:
             click.echo(f"  PITR: archive unreadable: {pitr['error']}")
         else:
-            rpo = f"RPO {short(timedelta(seconds=pitr['rpo_seconds']))}" if pitr["rpo_seconds"] is not None else "no WAL"
+            rpo = (
+                f"RPO {short(timedelta(seconds=pitr['rpo_seconds']))}" if pitr["rpo_seconds"] is not None else "no WAL"
+            )
             click.echo(
                 f"  PITR window: {pitr['oldest_restorable']} .. {pitr['newest_wal_archived_at'] or '-'} ({rpo}, "
                 f"{pitr['base_backups']} base backups)"

@@ -267,7 +267,7 @@ url = "file://{tmp_path}/backups"
     assert "permission denied" in result.stderr
     assert json.loads(listed.stdout) == []
     assert not list((tmp_path / "backups").rglob("manifest.json"))
-    assert not [p for p in (tmp_path / "backups").rglob("*") if p.is_file()]
+    assert_only_a_failed_run_record(tmp_path / "backups")
 
 
 def test_a_pg_dump_killed_mid_stream_leaves_nothing_visible(pg_database: str, tmp_path: Path) -> None:
@@ -303,7 +303,15 @@ url = "file://{tmp_path}/backups"
 
     assert result.returncode == 4, result.stderr
     assert "killed by signal SIGKILL" in result.stderr
-    assert not [p for p in (tmp_path / "backups").rglob("*") if p.is_file()]
+    assert_only_a_failed_run_record(tmp_path / "backups")
+
+
+def assert_only_a_failed_run_record(backups: Path) -> None:
+    """Nothing of the failed backup is stored: the one file left is the run's own failure record
+    (``<target>/runs/``, which the metrics textfile counts), never an artifact or a temp file."""
+    files = [p for p in backups.rglob("*") if p.is_file()]
+    assert [p.parent.name for p in files] == ["runs"], files
+    assert "-backup-failure-" in files[0].name
 
 
 def test_an_unwritable_storage_fails_with_exit_3_before_pg_dump_starts(pg_database: str, tmp_path: Path) -> None:
