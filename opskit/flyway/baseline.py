@@ -10,8 +10,8 @@ from psycopg import sql
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError, VerificationFailed
 from opskit.flyway.history import SCHEMA_DESCRIPTION, HistoryTable, NewRow, quote_java
+from opskit.flyway.names import Version
 from opskit.flyway.results import BaselineReport
-from opskit.flyway.scripts import Version
 from opskit.flyway.session import schema_exists
 
 

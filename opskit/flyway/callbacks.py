@@ -28,16 +28,11 @@ import psycopg
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError, MigrationFailed
 from opskit.core.log import get_logger
-from opskit.flyway.scripts import (
-    CALLBACK_EVENTS,
-    Script,
-    decode,
-    executable_text,
-    read_script_conf,
-    split_statements,
-    strip_bom,
-    utf16_key,
-)
+from opskit.flyway.checksums import decode, strip_bom
+from opskit.flyway.names import CALLBACK_EVENTS, utf16_key
+from opskit.flyway.placeholders import executable_text
+from opskit.flyway.scripts import Script, read_script_conf
+from opskit.flyway.statements import split_statements
 from opskit.flyway.transactions import runs_in_transaction
 
 log = get_logger(__name__)

@@ -37,19 +37,11 @@ from opskit.flyway.history import (
     quote_java,
     release_lock,
 )
+from opskit.flyway.names import Version, abbreviate_description, abbreviate_script
+from opskit.flyway.placeholders import executable_text, resolved_checksums
 from opskit.flyway.repair import failed_rows, misaligned_rows, missing_rows
 from opskit.flyway.results import Applied, BaselineReport, MigrateReport, RepairReport
-from opskit.flyway.scripts import (
-    Discovery,
-    Script,
-    Version,
-    abbreviate_description,
-    abbreviate_script,
-    discover,
-    executable_text,
-    resolved_checksums,
-    split_statements,
-)
+from opskit.flyway.scripts import Discovery, Script, discover
 from opskit.flyway.session import reset_session, schema_exists, schema_is_empty
 from opskit.flyway.state import (
     Info,
@@ -58,6 +50,7 @@ from opskit.flyway.state import (
     Target,
     build_state,
 )
+from opskit.flyway.statements import split_statements
 from opskit.flyway.transactions import migration_failure, runs_in_transaction
 from opskit.flyway.validation import state_ignored, validation_errors, validation_failed
 

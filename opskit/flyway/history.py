@@ -19,7 +19,7 @@ from psycopg import sql
 
 from opskit.core.errors import LockHeld
 from opskit.core.log import get_logger
-from opskit.flyway.scripts import Version
+from opskit.flyway.names import Version
 from opskit.pg import locks
 
 log = get_logger(__name__)

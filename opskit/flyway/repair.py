@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opskit.flyway.scripts import abbreviate_description
+from opskit.flyway.names import abbreviate_description
 from opskit.flyway.state import (
     DELETED,
     FAILED_STATES,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from opskit.core.errors import ConfigError
 from opskit.flyway.history import AppliedRow
-from opskit.flyway.scripts import Script, Version, order_key
+from opskit.flyway.names import Version
+from opskit.flyway.scripts import Script, order_key
 
 # Display names of Flyway's MigrationState (the JSON "state" values).
 PENDING = "Pending"

@@ -6,7 +6,8 @@ import psycopg
 
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError, MigrationFailed
-from opskit.flyway.scripts import Script, can_run_in_transaction, split_statements
+from opskit.flyway.scripts import Script
+from opskit.flyway.statements import can_run_in_transaction, split_statements
 
 
 def runs_in_transaction(script: Script, settings: MigrationSettings, server_version_num: int) -> bool:

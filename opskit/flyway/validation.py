@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from opskit.core.errors import MigrationValidationFailed
-from opskit.flyway.scripts import abbreviate_description
+from opskit.flyway.names import abbreviate_description
 from opskit.flyway.state import (
     ABOVE_TARGET,
     DELETED,

@@ -9,18 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opskit.core.errors import VerificationFailed
-from opskit.flyway.scripts import (
-    PlaceholderError,
-    PlaceholderSyntax,
-    Script,
-    checksum_bytes,
-    checksum_text,
-    java_lines,
-    replace_placeholders,
-    resolved_checksums,
-    to_int32,
-)
+from opskit.config.migrations import PlaceholderSyntax
+from opskit.core.errors import PlaceholderError, VerificationFailed
+from opskit.flyway.checksums import checksum_bytes, checksum_text, java_lines, to_int32
+from opskit.flyway.placeholders import replace_placeholders, resolved_checksums
+from opskit.flyway.scripts import Script
 
 # tests/flyway/flyway-vectors: files whose checksums Flyway's own tests asserted.
 VECTORS = Path(__file__).parent / "flyway-vectors"
@@ -112,7 +105,7 @@ def test_repeatable_checksum_is_taken_after_placeholder_replacement_with_the_raw
 
 
 def test_versioned_checksum_ignores_placeholders() -> None:
-    from opskit.flyway.scripts import Version
+    from opskit.flyway.names import Version
 
     text = "SELECT '${a}';"
     script = Script("versioned", Version("1"), "x", "V1__x.sql", Path("/x/V1__x.sql"), text, checksum_text(text))

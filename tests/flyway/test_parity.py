@@ -10,7 +10,8 @@ import pytest
 
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError
-from opskit.flyway.scripts import abbreviate_description, discover, parse_name
+from opskit.flyway.names import abbreviate_description, parse_name
+from opskit.flyway.scripts import discover
 from tests.databases import run_sql
 from tests.flyway.test_engine import ROWS, flyway_checksum
 from tests.migrate.support import engine_for, query

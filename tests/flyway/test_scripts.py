@@ -6,18 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from opskit.config.migrations import Naming
 from opskit.core.errors import ConfigError
-from opskit.flyway.scripts import (
-    Naming,
-    ParsedName,
-    Version,
-    abbreviate_description,
-    abbreviate_script,
-    can_run_in_transaction,
-    discover,
-    parse_name,
-    split_statements,
-)
+from opskit.flyway.names import ParsedName, Version, abbreviate_description, abbreviate_script, parse_name
+from opskit.flyway.scripts import discover
+from opskit.flyway.statements import can_run_in_transaction, split_statements
 
 
 def test_versions_compare_numerically_part_by_part() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opskit.flyway.checksums import checksum_text
 from opskit.flyway.history import AppliedRow, java_string_hash, lock_key
-from opskit.flyway.scripts import Script, Version, checksum_text
+from opskit.flyway.names import Version
+from opskit.flyway.scripts import Script
 from opskit.flyway.state import Resolved, Target, build_state
 from opskit.flyway.validation import validation_errors
 
