@@ -12,12 +12,13 @@ The engine works on one autocommit connection it is given:
 * a migration with statements PostgreSQL refuses inside a transaction (``CREATE INDEX
   CONCURRENTLY``, ...) runs statement by statement in autocommit; if it fails, a row with
   ``success = FALSE`` is written, as Flyway does, and ``repair`` removes it.
+
+One script's execution lives in :mod:`opskit.flyway.apply`, repair's writes in
+:mod:`opskit.flyway.repair_run`; the :class:`Engine` is the public face of both.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -28,18 +29,18 @@ import psycopg
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
+from opskit.flyway.apply import applied_entry, apply_script
 from opskit.flyway.baseline import baseline_table, create_schemas
 from opskit.flyway.callbacks import CallbackRunner, load_callbacks
 from opskit.flyway.history import (
     HistoryTable,
-    NewRow,
     acquire_lock,
     quote_java,
     release_lock,
 )
-from opskit.flyway.names import Version, abbreviate_description, abbreviate_script
-from opskit.flyway.placeholders import executable_text, resolved_checksums
-from opskit.flyway.repair import failed_rows, misaligned_rows, missing_rows
+from opskit.flyway.names import Version
+from opskit.flyway.placeholders import executable_text, placeholder_values, resolved_checksums
+from opskit.flyway.repair_run import run_repair
 from opskit.flyway.results import Applied, BaselineReport, MigrateReport, RepairReport
 from opskit.flyway.scripts import Discovery, Script, discover
 from opskit.flyway.session import reset_session, schema_exists, schema_is_empty
@@ -50,9 +51,8 @@ from opskit.flyway.state import (
     Target,
     build_state,
 )
-from opskit.flyway.statements import split_statements
-from opskit.flyway.transactions import migration_failure, runs_in_transaction
-from opskit.flyway.validation import state_ignored, validation_errors, validation_failed
+from opskit.flyway.transactions import runs_in_transaction
+from opskit.flyway.validation import check_target, state_ignored, validation_errors, validation_failed
 
 log = get_logger(__name__)
 
@@ -109,19 +109,7 @@ class Engine:
 
     def placeholder_values(self) -> dict[str, str]:
         """Return user placeholders (lowercase keys) with the ``flyway:*`` built-ins on top."""
-        sep = self.settings.placeholder_syntax.separator
-        values = {k.lower(): v for k, v in self.settings.placeholders.items()}
-        builtins = {
-            "defaultSchema": self.schema,
-            "user": self.original_role,
-            "database": self.database,
-            "timestamp": self.timestamp,
-            "workingDirectory": os.getcwd(),
-            "table": self.settings.table,
-            "environment": self.settings.environment,
-        }
-        values.update({f"flyway{sep}{k}".lower(): v for k, v in builtins.items()})
-        return values
+        return placeholder_values(self.settings, self.schema, self.original_role, self.database, self.timestamp)
 
     def scripts(self) -> tuple[Script, ...]:
         """Return the discovered scripts (scanned once per engine)."""
@@ -251,7 +239,7 @@ class Engine:
         if self.settings.validate_on_migrate:
             self.validate(["*:pending"], fire_callbacks=False)
         state = self.state(target)
-        self._check_target(state, target)
+        check_target(state, target)
         report = MigrateReport(state.schema_version, None, dry_run=True)
         pending = state.pending()
         if not self.history.exists(self.conn):
@@ -269,11 +257,11 @@ class Engine:
         for info in pending:
             script = info.resolved.script  # type: ignore[union-attr]
             try:
-                report.applied.append(self._describe(info, 0, self._transactional(script)))
+                report.applied.append(applied_entry(info, 0, self._transactional(script)))
             except ConfigError as exc:
                 # Reported, not raised: the dry run shows the whole plan and where it stops (a mixed
                 # script with mixed = false); migrate refuses the run up front from this report.
-                report.applied.append(replace(self._describe(info, 0, False), refusal=exc.message))
+                report.applied.append(replace(applied_entry(info, 0, False), refusal=exc.message))
         report.target_version = _last_version(report.applied) or None
         return report
 
@@ -304,7 +292,7 @@ class Engine:
         try:
             state = self.state(target)
             report.initial_version = state.schema_version
-            self._check_target(state, target)
+            check_target(state, target)
             values = self.placeholder_values()
             if self.settings.group:
                 # group = true: every pending migration in one transaction, all or nothing.
@@ -362,32 +350,8 @@ class Engine:
         if previous_versioned:
             self.callbacks.fire("afterVersioned")
 
-    def _check_target(self, state: InfoState, target: Target) -> None:
-        if target.kind != "version" or target.optional or target.version is None:
-            return
-        known = {i.version for i in state.infos if i.version is not None}
-        if target.version not in known:
-            raise ConfigError(
-                f"No migration with a target version {target.version} could be found. Ensure target is specified "
-                "correctly and the migration exists.",
-                hint="fix --target/migrations.target, or append '?' to allow a missing target",
-            )
-
     def _create_schemas(self) -> tuple[str, ...]:
         return create_schemas(self.conn, self.history, self.settings, self.installed_by)
-
-    def _describe(self, info: Info, elapsed_ms: int, transactional: bool) -> Applied:
-        script = info.resolved.script  # type: ignore[union-attr]
-        return Applied(
-            "Versioned" if script.version else "Repeatable",
-            script.version.text if script.version else None,
-            script.version.raw if script.version else None,
-            script.description,
-            script.script,
-            str(script.path),
-            elapsed_ms,
-            transactional,
-        )
 
     def _apply(self, info: Info, values: dict[str, str]) -> Applied:
         resolved = info.resolved
@@ -395,89 +359,16 @@ class Engine:
         script = resolved.script
         text = executable_text(script, values, self.settings.placeholder_syntax)
         transactional = self._transactional(script)
-        row = NewRow(
-            version=script.version.text if script.version else None,
-            description=abbreviate_description(script.description),
-            type="SQL",
-            script=abbreviate_script(script.script),
-            checksum=resolved.checksum,
-            installed_by=self.installed_by,
-            execution_time=0,
-            success=True,
+        return apply_script(
+            self.conn,
+            self.history,
+            self.callbacks,
+            info,
+            text,
+            transactional,
+            self.installed_by,
+            self._reset_session,
         )
-        log.info("applying migration", migration=script.script, transactional=transactional)
-        self._reset_session()
-        started = time.perf_counter_ns()
-
-        def elapsed() -> int:
-            return int((time.perf_counter_ns() - started) / 1_000_000)
-
-        if transactional:
-            try:
-                # Inside a group this is a savepoint of the group's transaction.
-                with self.conn.transaction():
-                    self.callbacks.fire_each("beforeEachMigrate", transactional=True)
-                    if split_statements(text):
-                        self.conn.execute(text)
-                    self.callbacks.fire_each("afterEachMigrate", transactional=True)
-                    ms = elapsed()
-                    self.history.insert(self.conn, _with_time(row, ms))
-            except psycopg.Error as exc:
-                self._after_each_error(transactional=True)
-                raise migration_failure(script, exc, rolled_back=True) from exc
-        else:
-            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                raise ConfigError(
-                    f"migration {script.script} cannot run inside a transaction, and group = true "
-                    "puts every migration in one",
-                    hint="set migrations.group = false",
-                )
-            self.callbacks.fire_each("beforeEachMigrate", transactional=False)
-            for statement in split_statements(text):
-                try:
-                    self.conn.execute(statement)
-                except psycopg.Error as exc:
-                    self._after_each_error(transactional=False)
-                    self._record_failure(_with_time(row, elapsed()))
-                    raise migration_failure(script, exc, rolled_back=False) from exc
-            self.callbacks.fire_each("afterEachMigrate", transactional=False)
-            ms = elapsed()
-            self.history.insert(self.conn, _with_time(row, ms))
-        applied = self._describe(info, ms, transactional)
-        log.info("applied migration", migration=script.script, ms=applied.execution_ms)
-        return applied
-
-    def _after_each_error(self, transactional: bool) -> None:
-        # On PostgreSQL a failed statement aborts the migration's transaction, where Flyway's
-        # afterEachMigrateError could not run a single statement; opskit runs it just after the
-        # rollback, in a transaction of its own (docs/migrations.md). Its failure is only logged.
-        try:
-            if transactional:
-                with self.conn.transaction():
-                    self.callbacks.fire_each("afterEachMigrateError", transactional=True)
-            else:
-                self.callbacks.fire_each("afterEachMigrateError", transactional=False)
-        except (OpskitError, psycopg.Error) as exc:
-            log.error("the afterEachMigrateError callback failed too", error=str(exc))
-
-    def _record_failure(self, row: NewRow) -> None:
-        try:
-            with self.conn.transaction():
-                self.history.insert(
-                    self.conn,
-                    NewRow(
-                        row.version,
-                        row.description,
-                        row.type,
-                        row.script,
-                        row.checksum,
-                        row.installed_by,
-                        row.execution_time,
-                        False,
-                    ),
-                )
-        except psycopg.Error as exc:
-            log.error("could not record the failed migration", error=str(exc))
 
     # ------------------------------------------------------------------ baseline
 
@@ -529,46 +420,14 @@ class Engine:
             release_lock(self.conn, self.history.lock_key)
 
     def _repair_locked(self) -> RepairReport:
-        report = RepairReport()
         latest = Target("latest")
-        state = self.state(latest, out_of_order=True)
-        for info in failed_rows(state):
-            if info.applied is not None:
-                self.history.delete_failed(self.conn, info.applied)
-                report.removed.append(info)
-        if report.removed:
-            report.actions.append("Removed failed migrations")
-            state = self.state(latest, out_of_order=True)
-        for info in missing_rows(state, self.settings.ignore_migration_patterns):
-            row = info.applied
-            assert row is not None  # missing_rows returns applied rows only
-            self.history.insert(
-                self.conn,
-                NewRow(
-                    row.version, row.description, "DELETE", row.script, row.checksum, self.installed_by, 0, row.success
-                ),
-            )
-            report.deleted.append(info)
-        if report.deleted:
-            report.actions.append("Marked missing migrations as deleted")
-        for info in misaligned_rows(state):
-            row, resolved = info.applied, info.resolved
-            assert row is not None and resolved is not None  # misaligned_rows returns paired rows only
-            self.history.realign(
-                self.conn,
-                row.installed_rank,
-                abbreviate_description(resolved.description),
-                row.type if row.is_synthetic else "SQL",
-                resolved.checksum,
-            )
-            report.aligned.append(info)
-        if report.aligned:
-            report.actions.append("Aligned applied migration checksums")
-        return report
-
-
-def _with_time(row: NewRow, ms: int) -> NewRow:
-    return NewRow(row.version, row.description, row.type, row.script, row.checksum, row.installed_by, ms, row.success)
+        return run_repair(
+            self.conn,
+            self.history,
+            lambda: self.state(latest, out_of_order=True),
+            self.settings.ignore_migration_patterns,
+            self.installed_by,
+        )
 
 
 def _last_version(applied: Iterable[Applied]) -> str:

@@ -9,9 +9,10 @@ Nothing in this module touches a database.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
-from opskit.config.migrations import PlaceholderSyntax
+from opskit.config.migrations import MigrationSettings, PlaceholderSyntax
 from opskit.core.errors import PlaceholderError
 from opskit.flyway.checksums import checksum_text
 from opskit.flyway.scripts import Script
@@ -66,6 +67,25 @@ def _placeholder_value(name: str, values: Mapping[str, str], prefix: str, suffix
         f"No value provided for placeholder: {prefix}{name}{suffix}.  Check your configuration!",
         hint=f"set it under [migrations.placeholders] or as FLYWAY_PLACEHOLDERS_{name.upper()}",
     )
+
+
+def placeholder_values(
+    settings: MigrationSettings, schema: str, user: str, database: str, timestamp: str
+) -> dict[str, str]:
+    """Return user placeholders (lowercase keys) with the ``flyway:*`` built-ins on top."""
+    sep = settings.placeholder_syntax.separator
+    values = {k.lower(): v for k, v in settings.placeholders.items()}
+    builtins = {
+        "defaultSchema": schema,
+        "user": user,
+        "database": database,
+        "timestamp": timestamp,
+        "workingDirectory": os.getcwd(),
+        "table": settings.table,
+        "environment": settings.environment,
+    }
+    values.update({f"flyway{sep}{k}".lower(): v for k, v in builtins.items()})
+    return values
 
 
 def script_values(script: Script, values: Mapping[str, str], syntax: PlaceholderSyntax) -> dict[str, str]:

@@ -2,14 +2,14 @@
 
 ``validation_errors`` walks the infos of a state in order and returns the message Flyway gives
 for each invalid one (``docs/flyway-compat.md`` §4.2); ``ignoreMigrationPatterns`` decide which
-states are forgiven.
+states are forgiven. ``check_target`` refuses a target version no migration has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from opskit.core.errors import MigrationValidationFailed
+from opskit.core.errors import ConfigError, MigrationValidationFailed
 from opskit.flyway.names import abbreviate_description
 from opskit.flyway.state import (
     ABOVE_TARGET,
@@ -23,6 +23,7 @@ from opskit.flyway.state import (
     SUPERSEDED,
     Info,
     InfoState,
+    Target,
 )
 
 
@@ -141,3 +142,16 @@ def validation_failed(errors: Sequence[str]) -> MigrationValidationFailed:
         hint="see 'opskit migrate info'",
         errors=errors,
     )
+
+
+def check_target(state: InfoState, target: Target) -> None:
+    """Raise ConfigError when ``target`` names a version no migration has (unless it is optional, ``V?``)."""
+    if target.kind != "version" or target.optional or target.version is None:
+        return
+    known = {i.version for i in state.infos if i.version is not None}
+    if target.version not in known:
+        raise ConfigError(
+            f"No migration with a target version {target.version} could be found. Ensure target is specified "
+            "correctly and the migration exists.",
+            hint="fix --target/migrations.target, or append '?' to allow a missing target",
+        )
