@@ -1,14 +1,15 @@
 """Amazon S3 and S3-compatible storage (``s3://bucket/prefix``) with boto3.
 
-A writer streams a multipart upload: parts are cut from the writes as they arrive (see
-:class:`opskit.storage.cloud.PartWriter`), the upload is completed on a clean exit and
-aborted on an exception, so a failed backup leaves no object behind. An object smaller
-than one part is stored with a single PutObject. Parts start at ``part_size`` (default
+A writer streams a multipart upload (:mod:`opskit.storage.s3_upload`): parts are cut from the
+writes as they arrive (see :class:`opskit.storage.cloud.PartWriter`), the upload is completed
+on a clean exit and aborted on an exception, so a failed backup leaves no object behind. An
+object smaller than one part is stored with a single PutObject. Parts start at ``part_size`` (default
 16 MiB) and double every 900 parts so a 5 TiB object stays under S3's 10,000-part limit
 (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html).
 
 boto3's own retries are switched off; every request is retried by
 :mod:`opskit.storage.retry` so that retries are bounded, logged, and per part.
+Which errors are transient, and how the others read, is :mod:`opskit.storage.s3_errors`.
 Buckets are never created: a missing bucket is an error for the operator to fix.
 
 Immutability (the ``immutable = { mode, days }`` option): every write with ``immutable=True``
@@ -20,7 +21,6 @@ a bucket with Object Lock ``delete`` removes the key's versions. See :mod:`opski
 from __future__ import annotations
 
 import builtins
-import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -40,10 +40,11 @@ from opskit.core.errors import (
     StorageError,
     UnreachableError,
 )
-from opskit.storage import s3_lock
+from opskit.storage import s3_errors, s3_lock
 from opskit.storage.base import CHUNK_SIZE, Immutability, LockState, ObjectInfo, Storage
 from opskit.storage.cloud import KeySpace, MiB, PartSchedule, PartWriter, resuming_stream, split_url
-from opskit.storage.retry import TRANSIENT_HTTP_STATUSES, RetryPolicy, max_attempts_option
+from opskit.storage.retry import RetryPolicy, max_attempts_option
+from opskit.storage.s3_upload import MultipartUpload
 
 if TYPE_CHECKING:
     from opskit.storage.base import StorageConfig
@@ -52,45 +53,6 @@ DEFAULT_PART_SIZE = 16 * MiB
 # S3 rejects non-final parts under 5 MiB (EntityTooSmall). Smaller parts are honoured only
 # with a custom endpoint_url, for test servers and stores without that limit.
 MIN_PART_SIZE = 5 * MiB
-
-_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "503",
-        "500",
-    }
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-
-
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, bex.ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _status(exc: BaseException) -> int:
-    if isinstance(exc, bex.ClientError):
-        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return 0
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Return True for S3 errors worth retrying: 5xx, throttling, timeouts, dropped connections."""
-    if isinstance(exc, bex.ClientError):
-        return _status(exc) in TRANSIENT_HTTP_STATUSES or _code(exc) in _TRANSIENT_CODES
-    return isinstance(
-        exc,
-        bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError | ConnectionError | TimeoutError,
-    )
 
 
 class S3Storage:
@@ -106,7 +68,7 @@ class S3Storage:
         self.options = dict(config.options)
         self.endpoint_url: str | None = self.options.get("endpoint_url") or None
         self.retry = RetryPolicy(
-            storage=self.name, max_attempts=max_attempts_option(self.options), is_transient=is_transient
+            storage=self.name, max_attempts=max_attempts_option(self.options), is_transient=s3_errors.is_transient
         )
         self.schedule = PartSchedule(base=self._part_size(config.part_size))
         immutable = self.options.get("immutable")
@@ -189,17 +151,17 @@ class S3Storage:
     def _error(self, action: str, key: str | None, exc: BaseException) -> StorageError:
         """Return the opskit error for a failed request made while a run is under way."""
         what = f"{action} '{key}'" if key else action
-        if _code(exc) in _NOT_FOUND_CODES and key:
+        if s3_errors.error_code(exc) in s3_errors.NOT_FOUND_CODES and key:
             return ObjectNotFound(f"storage '{self.name}' has no object '{key}'")
-        cause = _describe(exc, self.bucket)
+        cause = s3_errors.describe(exc, self.bucket)
         attempts = self.retry.max_attempts
-        hint = _hint(exc) or "check the store's health and run again"
+        hint = s3_errors.hint(exc) or "check the store's health and run again"
         if action.startswith(("starting upload", "uploading", "completing", "writing", "putting")):
             hint = f"nothing was committed; {hint}"
         return StorageError(
             f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}",
             hint=hint,
-            unreachable=_refused(exc),
+            unreachable=s3_errors.refused(exc),
         )
 
     def _write_args(self) -> dict[str, Any]:
@@ -232,7 +194,7 @@ class S3Storage:
         """
         name = self.keys.full(key)
         lock = self._lock_args(immutable)
-        upload = _MultipartUpload(self, name, key, lock)
+        upload = MultipartUpload(self, name, key, lock)
         parts: PartWriter[dict[str, Any]] = PartWriter(self.schedule, upload.upload_part, upload.put_whole)
         try:
             yield cast(BinaryIO, parts)
@@ -265,7 +227,10 @@ class S3Storage:
         except OpskitError:
             raise
         except Exception as exc:
-            if _status(exc) in (409, 412) or _code(exc) in {"PreconditionFailed", "ConditionalRequestConflict"}:
+            if s3_errors.http_status(exc) in (409, 412) or s3_errors.error_code(exc) in {
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            }:
                 return False
             raise self._error("creating", key, exc) from exc
         return True
@@ -370,7 +335,7 @@ class S3Storage:
             raise
         except Exception as exc:
             raise UnreachableError(
-                f"storage '{self.name}' ({self.url}): {_describe(exc, self.bucket)}", hint=_hint(exc)
+                f"storage '{self.name}' ({self.url}): {s3_errors.describe(exc, self.bucket)}", hint=s3_errors.hint(exc)
             ) from exc
         if self.immutability is not None and self.lock_state().enabled is False:
             raise ConfigError(
@@ -434,127 +399,6 @@ class S3Storage:
             if not page.get("IsTruncated"):
                 return aborted
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
-
-
-class _MultipartUpload:
-    """One object being written: created lazily on the first full part, then completed or aborted."""
-
-    def __init__(self, storage: S3Storage, name: str, key: str, lock: dict[str, Any]) -> None:
-        self.storage = storage
-        self.name = name
-        self.key = key
-        self.lock = lock  # ObjectLockMode / ObjectLockRetainUntilDate, or empty
-        self.upload_id: str | None = None
-        self._lock = threading.Lock()
-
-    def _ensure_started(self) -> str:
-        with self._lock:
-            if self.upload_id is None:
-                s = self.storage
-                start = partial(
-                    s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args(), **self.lock
-                )
-                response = s._call("starting upload of", self.key, start)
-                self.upload_id = str(response["UploadId"])
-            return self.upload_id
-
-    def upload_part(self, number: int, data: bytes) -> dict[str, Any]:
-        """Upload part ``number`` (retried on its own); return what CompleteMultipartUpload needs."""
-        upload_id = self._ensure_started()
-        s = self.storage
-        response = s._call(
-            f"uploading part {number} of",
-            self.key,
-            lambda: s.client.upload_part(
-                Bucket=s.bucket, Key=self.name, UploadId=upload_id, PartNumber=number, Body=data
-            ),
-        )
-        return {"PartNumber": number, "ETag": response["ETag"]}
-
-    def put_whole(self, data: bytes) -> None:
-        """Store an object smaller than one part with a single PutObject."""
-        s = self.storage
-        s._call(
-            "uploading",
-            self.key,
-            lambda: s.client.put_object(Bucket=s.bucket, Key=self.name, Body=data, **s._write_args(), **self.lock),
-        )
-
-    def complete(self, parts: list[dict[str, Any]]) -> None:
-        """Complete the upload: only now does the object become visible."""
-        s = self.storage
-        upload_id = self._ensure_started()
-        s._call(
-            "completing upload of",
-            self.key,
-            lambda: s.client.complete_multipart_upload(
-                Bucket=s.bucket, Key=self.name, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            ),
-        )
-
-    def abort(self) -> None:
-        """Abort the upload so its parts are discarded; failures are left for the prune sweep."""
-        if self.upload_id is None:
-            return
-        s = self.storage
-        abort = partial(s.client.abort_multipart_upload, Bucket=s.bucket, Key=self.name, UploadId=self.upload_id)
-        # The original error matters more; an upload left behind is swept by `opskit prune`
-        # (abort_incomplete_uploads) and is invisible meanwhile.
-        with contextlib.suppress(StorageError):
-            s._call("aborting upload of", self.key, abort)
-
-
-def _describe(exc: BaseException, bucket: str) -> str:
-    """Return a short cause for an S3 failure, naming the bucket where that helps."""
-    code = _code(exc)
-    status = _status(exc)
-    if code == "NoSuchBucket":
-        return f"bucket '{bucket}' does not exist"
-    if code == "InvalidAccessKeyId":
-        return "the access key id is not known to the server (bad credentials)"
-    if code == "SignatureDoesNotMatch":
-        return "the secret access key does not match the access key id (bad credentials)"
-    if code in {"ExpiredToken", "InvalidToken", "TokenRefreshRequired"}:
-        return "the session token is expired or invalid"
-    if code in {"AccessDenied", "AllAccessDisabled"} or status == 403:
-        return f"access denied to bucket '{bucket}' (a read-only credential, or a policy that denies it)"
-    if isinstance(exc, bex.NoCredentialsError):
-        return "no AWS credentials were found"
-    if isinstance(exc, bex.EndpointConnectionError):
-        return f"cannot connect to {exc.kwargs.get('endpoint_url', 'the endpoint')}"
-    if isinstance(exc, bex.ClientError):
-        message = exc.response.get("Error", {}).get("Message", "")
-        return f"{code or status}: {message}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _refused(exc: BaseException) -> bool:
-    """Return True when the store could not be reached or refused us (exit 3, core/errors.py's rule)."""
-    code = _code(exc)
-    refused_codes = {"NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-    if code in refused_codes or code in {"AccessDenied", "AllAccessDisabled"} or _status(exc) == 403:
-        return True
-    return isinstance(exc, bex.NoCredentialsError | bex.EndpointConnectionError)
-
-
-def _hint(exc: BaseException) -> str | None:
-    code = _code(exc)
-    if code == "NoSuchBucket":
-        return "create the bucket (opskit never creates buckets) or fix the storage URL"
-    if code == "InvalidRequest" and "ObjectLock" in str(exc):
-        return (
-            "the bucket has no Object Lock: enable it on the bucket (versioning on, then "
-            "put-object-lock-configuration) or remove the storage's 'immutable' option"
-        )
-    if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"} or isinstance(
-        exc, bex.NoCredentialsError
-    ):
-        return "check access_key_id/secret_access_key, the profile, or the AWS_* environment"
-    if code in {"AccessDenied", "AllAccessDisabled"} or _status(exc) == 403:
-        return "grant s3:PutObject, s3:GetObject, s3:DeleteObject and s3:ListBucket on the bucket and prefix"
-    if isinstance(exc, bex.ConnectionError | bex.HTTPClientError):
-        return "check endpoint_url, region and the network path to the store"
-    return None
 
 
 def open_storage(config: StorageConfig) -> S3Storage:

@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-import botocore.exceptions as bex
-
 from opskit.core.errors import ObjectLocked, OpskitError, StorageError
 from opskit.storage.base import Immutability, LockState
 from opskit.storage.retry import RetryPolicy
+from opskit.storage.s3_errors import error_code as _code
+from opskit.storage.s3_errors import http_status as _status
 
 _NO_LOCK_CODES = frozenset({"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"})
 _UNREADABLE_CODES = frozenset({"AccessDenied", "MethodNotAllowed", "NotImplemented"})
@@ -44,16 +44,6 @@ class S3Like(Protocol):
     def _call(self, action: str, key: str | None, fn: Callable[[], Any]) -> Any: ...
 
     def _error(self, action: str, key: str | None, exc: BaseException) -> StorageError: ...
-
-
-def _code(exc: BaseException) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, bex.ClientError) else ""
-
-
-def _status(exc: BaseException) -> int:
-    if isinstance(exc, bex.ClientError):
-        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return 0
 
 
 def iso(moment: datetime) -> str:

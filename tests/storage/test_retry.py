@@ -11,7 +11,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from google.api_core import exceptions as gexc
 from structlog.testing import capture_logs
 
-from opskit.storage import azure, gcs, s3
+from opskit.storage import azure, gcs, s3_errors
 from opskit.storage.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy, max_attempts_option
 
 
@@ -93,7 +93,7 @@ def s3_error(code: str, status: int) -> bex.ClientError:
     ],
 )
 def test_s3_classifies_errors(error: Exception, transient: bool) -> None:
-    assert s3.is_transient(error) is transient
+    assert s3_errors.is_transient(error) is transient
 
 
 @pytest.mark.parametrize(
