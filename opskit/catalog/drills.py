@@ -220,14 +220,25 @@ def list_drills(storage: Storage, target: str) -> list[DrillRecord]:
 def latest_drill(storage: Storage, target: str) -> DrillRecord | None:
     """Return the newest drill report of ``target`` in ``storage``, or None when it has none.
 
-    A malformed newest report is skipped in favour of the one before it. Raises StorageError
-    when the storage cannot be listed.
+    A malformed newest report is skipped in favour of the one before it. Drill ids carry their
+    start time to the second, then a random suffix, so two drills started in the same second
+    sort by chance: those are compared by their recorded start times. Raises StorageError when
+    the storage cannot be listed.
     """
+    newest: DrillRecord | None = None
+    second = ""
     for key in _report_keys(storage, target):
+        name = key.rsplit("/", 1)[-1]
+        if newest is not None and not name.startswith(second):
+            break
         record = _read_drill(storage, key)
-        if record is not None:
-            return record
-    return None
+        if record is None:
+            continue
+        if newest is None:
+            newest, second = record, name.rsplit("-", 1)[0]
+        elif record.sort_key > newest.sort_key:
+            newest = record
+    return newest
 
 
 def newest_drill(records: Iterable[DrillRecord | None]) -> DrillRecord | None:

@@ -73,6 +73,19 @@ def test_the_latest_drill_is_the_newest_readable_report(tmp_path: Path) -> None:
     assert catalog.newest_drill([None, latest, catalog.list_drills(store, "app")[1]]) == latest
 
 
+def test_of_two_drills_started_in_the_same_second_the_later_start_is_the_latest(tmp_path: Path) -> None:
+    # The ids share their second; the random suffix of the later one sorts first by chance.
+    store = local(tmp_path)
+    first = {"kind": "drill", "drill_id": "20261126T060000Z-ffff", "started_at": "2026-11-26T06:00:00.100000Z"}
+    second = {**first, "drill_id": "20261126T060000Z-0000", "started_at": "2026-11-26T06:00:00.900000Z"}
+    for report in (first, second):
+        catalog.write_json(store, catalog.drill_report_key("app", report["drill_id"], "json"), report)
+
+    latest = catalog.latest_drill(store, "app")
+
+    assert latest is not None and latest.drill_id == "20261126T060000Z-0000"
+
+
 def test_a_drill_report_is_stored_in_every_rendering(tmp_path: Path) -> None:
     store = local(tmp_path)
 
