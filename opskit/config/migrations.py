@@ -11,7 +11,8 @@ A team can point opskit at its Flyway project unchanged. Sources, lowest precede
 4. ``FLYWAY_*`` environment variables, which also win over files in Flyway
    (command line > environment > files), so a deployment can still override per environment.
 
-``jdbc:postgresql://`` URLs are translated to libpq conninfo (:func:`jdbc_to_conninfo`).
+Reading Flyway's files and ``FLYWAY_*`` is :mod:`opskit.config.flyway_sources`; ``jdbc:postgresql://`` URLs
+are translated to libpq conninfo by :func:`opskit.config.jdbc.jdbc_to_conninfo`.
 """
 
 from __future__ import annotations
@@ -23,52 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
-from psycopg.conninfo import make_conninfo
-
+from opskit.config.flyway_sources import KEYS, KIND, SNAKE, flyway_files, from_environment, read_conf, read_toml
+from opskit.config.jdbc import jdbc_to_conninfo
 from opskit.config.schema import Section
 
 ENGINES = ("opskit", "flyway")
-
-# (Flyway key, opskit.toml key, kind). Kind: str, bool, int, list.
-_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("locations", "locations", "list"),
-    ("table", "table", "str"),
-    ("schemas", "schemas", "list"),
-    ("defaultSchema", "default_schema", "str"),
-    ("tablespace", "tablespace", "str"),
-    ("baselineOnMigrate", "baseline_on_migrate", "bool"),
-    ("baselineVersion", "baseline_version", "str"),
-    ("baselineDescription", "baseline_description", "str"),
-    ("validateOnMigrate", "validate_on_migrate", "bool"),
-    ("outOfOrder", "out_of_order", "bool"),
-    ("target", "target", "str"),
-    ("ignoreMigrationPatterns", "ignore_migration_patterns", "list"),
-    ("installedBy", "installed_by", "str"),
-    ("createSchemas", "create_schemas", "bool"),
-    ("mixed", "mixed", "bool"),
-    ("group", "group", "bool"),
-    ("executeInTransaction", "execute_in_transaction", "bool"),
-    ("encoding", "encoding", "str"),
-    ("sqlMigrationPrefix", "sql_migration_prefix", "str"),
-    ("sqlMigrationSeparator", "sql_migration_separator", "str"),
-    ("sqlMigrationSuffixes", "sql_migration_suffixes", "list"),
-    ("repeatableSqlMigrationPrefix", "repeatable_sql_migration_prefix", "str"),
-    ("validateMigrationNaming", "validate_migration_naming", "bool"),
-    ("lockRetryCount", "lock_retry_count", "int"),
-    ("placeholderReplacement", "placeholder_replacement", "bool"),
-    ("placeholderPrefix", "placeholder_prefix", "str"),
-    ("placeholderSuffix", "placeholder_suffix", "str"),
-    ("placeholderSeparator", "placeholder_separator", "str"),
-    ("postgresql.transactional.lock", "transactional_lock", "bool"),
-    ("url", "url", "str"),
-    ("user", "user", "str"),
-    ("password", "password", "str"),
-    ("environment", "flyway_environment", "str"),
-)
-_KIND = {flyway: kind for flyway, _, kind in _KEYS}
-_SNAKE = {flyway: snake for flyway, snake, _ in _KEYS}
 
 
 @dataclass(frozen=True)
@@ -186,13 +147,13 @@ def _build(section: Section, environ: Mapping[str, str], cwd: Path, home: Path) 
 
     # 2. Flyway's own config files.
     explicit = section.str_list("flyway_config", ()) if section.has("flyway_config") else None
-    for path in _flyway_files(explicit, environ, cwd, home):
+    for path in flyway_files(explicit, environ, cwd, home):
         if not path.is_file():
             if explicit is not None:
                 section.errors.add(section.key_path("flyway_config"), f"names {path}, which does not exist")
             continue
         try:
-            loaded = _read_toml(path, environ) if path.suffix == ".toml" else _read_conf(path)
+            loaded = read_toml(path, environ) if path.suffix == ".toml" else read_conf(path)
         except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
             section.errors.add(section.key_path("flyway_config"), f"cannot read {path}: {exc}")
             continue
@@ -201,7 +162,7 @@ def _build(section: Section, environ: Mapping[str, str], cwd: Path, home: Path) 
 
     # 3. [migrations] in opskit.toml.
     own: dict[str, Any] = {}
-    for flyway_key, snake, kind in _KEYS:
+    for flyway_key, snake, kind in KEYS:
         if not section.has(snake):
             continue
         if kind == "bool":
@@ -222,7 +183,7 @@ def _build(section: Section, environ: Mapping[str, str], cwd: Path, home: Path) 
     _merge(values, placeholders, own)
 
     # 4. FLYWAY_* environment variables.
-    from_env = _from_environment(environ)
+    from_env = from_environment(environ)
     if from_env:
         sources.append("FLYWAY_* environment")
     _merge(values, placeholders, from_env)
@@ -254,9 +215,9 @@ def _settings_from(
         if key not in values or values[key] is None:
             return default
         try:
-            return _convert(values[key], _KIND[key])
+            return _convert(values[key], KIND[key])
         except ValueError as exc:
-            problems.append(f"{key} ({_SNAKE[key]}): {exc}")
+            problems.append(f"{key} ({SNAKE[key]}): {exc}")
             return default
 
     locations = tuple(_location_path(loc, problems) for loc in get("locations", list(d.locations)))
@@ -362,161 +323,3 @@ def _valid_pattern(pattern: str) -> bool:
         "ignored",
         "future",
     )
-
-
-# --------------------------------------------------------------------------- Flyway files and env
-
-
-def _flyway_files(explicit: tuple[str, ...] | None, environ: Mapping[str, str], cwd: Path, home: Path) -> list[Path]:
-    if explicit is not None:
-        return [Path(p) for p in explicit]
-    if environ.get("FLYWAY_CONFIG_FILES"):
-        return [Path(p.strip()) for p in environ["FLYWAY_CONFIG_FILES"].split(",") if p.strip()]
-    found: list[Path] = []
-    for directory in dict.fromkeys((home, cwd)):
-        found.append(directory / "flyway.conf")
-    for directory in dict.fromkeys((home, cwd)):
-        found.extend((directory / "flyway.toml", directory / "flyway.user.toml"))
-    return found
-
-
-def _read_conf(path: Path) -> dict[str, Any]:
-    """Read a legacy Java-properties ``flyway.conf``: ``flyway.key=value`` lines, # and ! comments."""
-    result: dict[str, Any] = {}
-    # utf-8-sig: a file saved with a BOM keeps its first key (Flyway reads past a BOM too).
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    index = 0
-    while index < len(lines):
-        line = lines[index].strip()
-        index += 1
-        while line.endswith("\\") and index < len(lines):  # a property continued on the next line
-            line = line[:-1] + lines[index].strip()
-            index += 1
-        if not line or line.startswith(("#", "!")):
-            continue
-        match = re.match(r"([^=:\s]+)\s*[=:]?\s*(.*)", line)
-        if not match:
-            continue
-        key, value = match.group(1), match.group(2)
-        if key.startswith("flyway."):
-            key = key[len("flyway.") :]
-            if key in _KIND or key.startswith("placeholders."):
-                result[key] = value
-    return result
-
-
-def _read_toml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Read a ``flyway.toml``: ``[flyway]``, ``[flyway.placeholders]``, ``[environments.<env>]``."""
-    data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    result: dict[str, Any] = {}
-    flyway = data.get("flyway", {})
-    _flatten_flyway_table(flyway, result)
-    env_name = environ.get("FLYWAY_ENVIRONMENT") or str(flyway.get("environment", "default"))
-    environment = data.get("environments", {}).get(env_name, {})
-    for key in ("url", "user", "password", "schemas"):
-        if key in environment:
-            result[key] = environment[key]
-    _flatten_flyway_table(environment.get("flyway", {}), result)
-    return result
-
-
-def _flatten_flyway_table(table: Mapping[str, Any], result: dict[str, Any]) -> None:
-    for key, value in table.items():
-        if key == "placeholders" and isinstance(value, Mapping):
-            for name, text in value.items():
-                result[f"placeholders.{name}"] = str(text).lower() if isinstance(text, bool) else str(text)
-        elif key == "postgresql" and isinstance(value, Mapping):
-            lock = value.get("transactional", {})
-            if isinstance(lock, Mapping) and "lock" in lock:
-                result["postgresql.transactional.lock"] = lock["lock"]
-            if "transactional.lock" in value:
-                result["postgresql.transactional.lock"] = value["transactional.lock"]
-        elif key in _KIND:
-            result[key] = value
-
-
-def _env_name(flyway_key: str) -> str:
-    return "FLYWAY_" + re.sub(r"(?<!^)(?=[A-Z])", "_", flyway_key).replace(".", "_").upper()
-
-
-def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Return the Flyway settings found in ``FLYWAY_*`` variables (Flyway's ConfigUtils.convertKey)."""
-    result: dict[str, Any] = {}
-    for flyway_key in _KIND:
-        name = _env_name(flyway_key)
-        if name in environ:
-            result[flyway_key] = environ[name]
-    for name, value in environ.items():
-        if name.startswith("FLYWAY_PLACEHOLDERS_") and len(name) > len("FLYWAY_PLACEHOLDERS_"):
-            result["placeholders." + name[len("FLYWAY_PLACEHOLDERS_") :].lower()] = value
-    return result
-
-
-# --------------------------------------------------------------------------- JDBC URLs
-
-# pgJDBC parameter -> libpq keyword, for the parameters with a libpq equivalent.
-_JDBC_PARAMS = {
-    "sslmode": "sslmode",
-    "sslrootcert": "sslrootcert",
-    "sslcert": "sslcert",
-    "sslkey": "sslkey",
-    "applicationname": "application_name",
-    "connecttimeout": "connect_timeout",
-    "targetservertype": "target_session_attrs",
-    "user": "user",
-}
-_TARGET_SERVER_TYPES = {
-    "any": "any",
-    "primary": "read-write",
-    "master": "read-write",
-    "secondary": "read-only",
-    "standby": "read-only",
-    "preferSecondary": "prefer-standby",
-}
-
-
-def jdbc_to_conninfo(url: str, user: str | None = None) -> str:
-    """Translate ``jdbc:postgresql://host[:port][,host2[:port2]]/db?params`` into libpq conninfo.
-
-    ``currentSchema`` becomes ``options=-csearch_path=...``; ``ssl=true`` becomes
-    ``sslmode=require`` unless ``sslmode`` is given. A password in the URL is dropped (give it
-    as ``password``/``FLYWAY_PASSWORD`` or, better, the target's password reference).
-    Raises ValueError for a URL that is not ``jdbc:postgresql:``.
-    """
-    if not url.startswith("jdbc:postgresql:"):
-        raise ValueError(f"not a jdbc:postgresql: URL: {url.split('?')[0]}")
-    rest = url[len("jdbc:postgresql:") :]
-    rest, _, query = rest.partition("?")
-    parts: dict[str, Any] = {}
-    if rest.startswith("//"):
-        netloc, _, dbname = rest[2:].partition("/")
-        hosts, ports = [], []
-        for item in filter(None, netloc.split(",")):
-            match = re.fullmatch(r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d+))?|(?P<h>[^:]+)(?::(?P<p>\d+))?", item)
-            if not match:
-                raise ValueError(f"cannot parse host '{item}'")
-            hosts.append(match.group("v6") or match.group("h"))
-            ports.append(match.group("p6") or match.group("p") or "5432")
-        if hosts:
-            parts["host"] = ",".join(hosts)
-            parts["port"] = ",".join(ports)
-    else:
-        dbname = rest.lstrip("/")
-    if dbname:
-        parts["dbname"] = unquote(dbname)
-    ssl = None
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        lowered = key.lower()
-        if lowered == "currentschema":
-            parts["options"] = f"-csearch_path={value}"
-        elif lowered == "ssl":
-            ssl = value.lower() in ("", "true")
-        elif lowered == "targetservertype":
-            parts["target_session_attrs"] = _TARGET_SERVER_TYPES.get(value, value)
-        elif lowered in _JDBC_PARAMS:
-            parts[_JDBC_PARAMS[lowered]] = value
-    if ssl and "sslmode" not in parts:
-        parts["sslmode"] = "require"
-    if user:
-        parts["user"] = user
-    return make_conninfo(**parts)

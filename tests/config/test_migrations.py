@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from opskit.config.jdbc import jdbc_to_conninfo
 from opskit.config.load import parse_config
-from opskit.config.migrations import MigrationSettings, _build, jdbc_to_conninfo
+from opskit.config.migrations import MigrationSettings, _build
 from opskit.config.schema import ConfigErrors, Section
 from opskit.core.errors import ConfigError
 
