@@ -55,21 +55,24 @@ def _pg_bin_dir() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _as_postgres(argv: list[str]) -> list[str]:
-    # initdb and postgres refuse to run as root.
+def as_postgres(argv: list[str]) -> list[str]:
+    """Return ``argv`` run as the postgres user when the tests run as root (initdb and postgres refuse root)."""
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def _run(argv: list[str]) -> None:
-    result = subprocess.run(_as_postgres(argv), capture_output=True, text=True, timeout=120, check=False)
+def run_as_postgres(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as the server's user; raise RuntimeError with its stderr when it fails."""
+    result = subprocess.run(as_postgres(argv), capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -88,10 +91,10 @@ def scram_cluster() -> Iterator[ScramCluster]:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
     os.chmod(pwfile, 0o600)
-    port = _free_port()
+    port = free_port()
     started = False
     try:
-        _run(
+        run_as_postgres(
             [
                 f"{bin_dir}/initdb",
                 "-D",
@@ -111,7 +114,7 @@ def scram_cluster() -> Iterator[ScramCluster]:
             f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c password_encryption=scram-sha-256"
         )
-        _run(
+        run_as_postgres(
             [
                 f"{bin_dir}/pg_ctl",
                 "-D",
@@ -133,7 +136,7 @@ def scram_cluster() -> Iterator[ScramCluster]:
     finally:
         if started:
             with contextlib.suppress(RuntimeError):
-                _run([f"{bin_dir}/pg_ctl", "-D", str(data_dir), "-m", "immediate", "-w", "stop"])
+                run_as_postgres([f"{bin_dir}/pg_ctl", "-D", str(data_dir), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(root, ignore_errors=True)
 
 

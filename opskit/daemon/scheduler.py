@@ -35,6 +35,7 @@ from opskit.daemon.jobs import Job, previous_fire_time, resolve_action
 from opskit.daemon.ledger import Ledger
 from opskit.ops.metrics import Metrics
 from opskit.ops.notify import ABORTED, FAILURE, SUCCESS, Event, notify
+from opskit.ops.signals import details_of
 
 log = get_logger(__name__)
 
@@ -158,7 +159,7 @@ class Runner:
                     target=job.target,
                     **dict(job.args),
                 )
-                details = _details_of(result)
+                details = details_of(result)
                 outcome = ledger_mod.SUCCESS
             except OpskitError as exc:
                 error = exc.one_line()
@@ -191,18 +192,6 @@ class Runner:
             self.metrics.refresh(self.metrics_ctx, targets)
         except Exception as exc:  # metrics are best effort; the run already happened
             log.warning("metrics not refreshed", job=job.name, error=f"{type(exc).__name__}: {exc}")
-
-
-def _details_of(result: Any) -> dict[str, Any]:
-    """Return loggable facts of an action's result (a backup's id and size)."""
-    manifest = getattr(result, "manifest", None)
-    if manifest is not None:
-        details: dict[str, Any] = {"backup_id": getattr(manifest, "id", None)}
-        size = getattr(manifest, "size", None)
-        if isinstance(size, int):
-            details["size"] = size
-        return details
-    return {}
 
 
 class Scheduler:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from opskit.storage.base import StorageConfig
 from tests.faults.helpers import PG_HOST, REAL_PG_BIN, cli_env, one_line_error, wait_for, write_setup
-from tests.pgcluster import ScramCluster, _as_postgres, _wait_until_ready
+from tests.pgcluster import ScramCluster, _wait_until_ready, as_postgres
 
 PASSWORD_ENV = "OPSKIT_T_RESTART_PASSWORD"
 
@@ -83,13 +83,13 @@ def test_a_server_restart_mid_restore_leaves_no_partial_database(
         wait_for(lambda: restored_databases(scram_cluster, source), what="the restore's new database")
         time.sleep(1)
         subprocess.run(
-            _as_postgres([f"{scram_cluster.bin_dir}/pg_ctl", "-D", str(data_dir), "-m", "fast", "-w", "stop"]),
+            as_postgres([f"{scram_cluster.bin_dir}/pg_ctl", "-D", str(data_dir), "-m", "fast", "-w", "stop"]),
             check=True,
             capture_output=True,
         )
         time.sleep(4)  # the restore fails while the server is down, and its first drop attempt with it
         subprocess.run(
-            _as_postgres(
+            as_postgres(
                 [
                     f"{scram_cluster.bin_dir}/pg_ctl",
                     "-D",

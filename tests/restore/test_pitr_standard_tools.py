@@ -19,8 +19,9 @@ import psycopg
 import pyrage
 import pytest
 
+from tests.pgcluster import as_postgres, free_port, run_as_postgres
 from tests.restore.test_pitr import write_markers
-from tests.wal.cluster import ArchivingCluster, as_postgres, free_port, give_to_postgres, run_as_postgres
+from tests.wal.cluster import ArchivingCluster, give_to_postgres
 
 
 def test_an_encrypted_base_backup_and_wal_recover_to_a_moment_with_age_zstd_and_tar_alone(

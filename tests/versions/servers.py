@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from tests.pgcluster import free_port, run_as_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_MAJORS = (13, 14, 16, 17, 18)
@@ -60,44 +61,29 @@ def client_bin_dir(major: int) -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def _run(argv: list[str]) -> None:
-    result = subprocess.run(_as_postgres(argv), capture_output=True, text=True, timeout=120, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{Path(argv[0]).name} failed ({result.returncode}): {result.stderr[-1500:]}")
-
-
 def _start(major: int, root: Path) -> PgServer:
     """initdb and start server ``major`` under ``root``; return it. Raises RuntimeError saying why it could not."""
     bin_dir = server_bin_dir(major)
     if not os.access(bin_dir / "postgres", os.X_OK):
         raise RuntimeError(f"PostgreSQL {major} is not installed (run scripts/setup-pg-versions.sh)")
     data_dir = root / str(major)
-    _run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
+    run_as_postgres([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
           "--locale=C"])  # fmt: skip
-    port = _free_port()
+    port = free_port()
     options = (
         f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=40"
     )
-    _run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(root / f"{major}.log"), "-w",
+    run_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(root / f"{major}.log"), "-w",
           "-t", "60", "start"])  # fmt: skip
     return PgServer(major, port, str(bin_dir))
 
 
 def _stop(server: PgServer, root: Path) -> None:
     with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-        _run([f"{server.bin_dir}/pg_ctl", "-D", str(root / str(server.major)), "-m", "immediate", "-w", "stop"])
+        run_as_postgres(
+            [f"{server.bin_dir}/pg_ctl", "-D", str(root / str(server.major)), "-m", "immediate", "-w", "stop"]
+        )
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.pgcluster import free_port, run_as_postgres
 from tests.servers import REPO_ROOT
 
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
@@ -39,26 +39,6 @@ def _pg_bin_dir() -> str | None:
         if os.access(os.path.join(candidate, "initdb"), os.X_OK):
             return candidate
     return None
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def as_postgres(argv: list[str]) -> list[str]:
-    """Return ``argv`` run as the postgres user when the tests run as root (the server refuses root)."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def run_as_postgres(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as the server's user; raise RuntimeError with its stderr when it fails."""
-    result = subprocess.run(as_postgres(argv), capture_output=True, text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result
 
 
 def opskit_command() -> list[str]:
