@@ -21,7 +21,6 @@ Order of work, and why:
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -34,16 +33,15 @@ import zstandard
 from psycopg import sql
 
 from opskit import __version__, catalog
-from opskit.catalog import Artifact, Manifest, artifact_key, backup_prefix, new_backup_id, write_manifest
+from opskit.backup import stream
+from opskit.catalog import Manifest, artifact_key, new_backup_id, write_manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, Cancelled, ConfigError, CopyFailed, LockHeld, OpskitError
-from opskit.core.execute import spawn
+from opskit.core.errors import BackupFailed, ConfigError, CopyFailed, LockHeld, OpskitError
 from opskit.core.log import get_logger
-from opskit.core.progress import ByteProgress
 from opskit.flyway import version as flyway_version
 from opskit.pg import commands, connection, databases, facts, locks, tools
-from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
+from opskit.pipeline import recipient_fingerprint
 from opskit.storage.base import Storage
 
 log = get_logger(__name__)
@@ -112,11 +110,11 @@ def run(
                     ctx, target_config, storage, pre, snapshot_id, snapshot_time, backup_id, labels, extra or {}
                 )
             except BaseException:
-                _remove_partial_backup(storage, target_config.name, backup_id)
+                stream.remove_partial_backup(storage, target_config.name, backup_id)
                 raise
     result = BackupResult(manifest=manifest, storage=storage.name)
     for secondary in target_config.storages[1:]:
-        result.copies[secondary] = _copy_to_secondary(ctx, manifest, storage, secondary)
+        result.copies[secondary] = stream.copy_to_secondary(ctx, manifest, storage, secondary)
     log.info(
         "backup committed",
         target=target_config.name,
@@ -126,32 +124,6 @@ def run(
         failed_copies=sorted(result.failed_copies),
     )
     return result
-
-
-def _remove_partial_backup(storage: Storage, target: str, backup_id: str) -> None:
-    """Delete the artifacts a failed run already committed (best effort: prune sweeps what is left).
-
-    No manifest exists for the run, so nothing here is listed as a backup; removing the
-    objects keeps the storage free of orphans right away.
-    """
-    try:
-        for info in list(storage.list(backup_prefix(target, backup_id) + "/")):
-            storage.delete(info.key)
-    except Exception as exc:
-        log.warning(
-            "could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id, error=str(exc)
-        )
-
-
-def _copy_to_secondary(ctx: AppContext, manifest: Manifest, source: Storage, name: str) -> str | None:
-    from opskit.backup.copy import copy_backup
-
-    try:
-        copy_backup(ctx, manifest, source, ctx.storage(name))
-    except OpskitError as exc:
-        log.warning("copy failed", storage=name, backup_id=manifest.id, error=exc.one_line())
-        return exc.one_line()
-    return None
 
 
 class _Preflight:
@@ -275,15 +247,15 @@ def _dump_and_commit(
     with connection.password_env(target, ctx.state_dir) as env:
         dump_argv = commands.pg_dump_argv(pre.pg_dump, target, snapshot=snapshot_id)
         phase_start = time.monotonic()
-        dump = _store_tool_output(
+        dump = stream.store_tool_output(
             ctx,
             target,
             storage,
             dump_argv,
             env,
             artifact_key(target.name, backup_id, "db", bool(recipients)),
-            f"backup {target.name}",
-            "pg_dump",
+            label=f"backup {target.name}",
+            program="pg_dump",
         )
         phases["dump"] = time.monotonic() - phase_start
         snapshot_facts = facts_thread.facts()
@@ -291,22 +263,22 @@ def _dump_and_commit(
             pre.pg_dumpall, target, database=pre.server.database, superuser=pre.server.is_superuser
         )
         phase_start = time.monotonic()
-        globals_result = _store_tool_output(
+        globals_result = stream.store_tool_output(
             ctx,
             target,
             storage,
             globals_argv,
             env,
             artifact_key(target.name, backup_id, "globals", bool(recipients)),
-            f"globals {target.name}",
-            "pg_dumpall",
+            label=f"globals {target.name}",
+            program="pg_dumpall",
         )
         phases["globals"] = time.monotonic() - phase_start
     phases["facts"] = facts_thread.seconds
     level = ctx.config.compression.level
     artifacts = (
-        _artifact("db", artifact_key(target.name, backup_id, "db", bool(recipients)), dump, encryption),
-        _artifact(
+        stream.artifact("db", artifact_key(target.name, backup_id, "db", bool(recipients)), dump, encryption),
+        stream.artifact(
             "globals", artifact_key(target.name, backup_id, "globals", bool(recipients)), globals_result, encryption
         ),
     )
@@ -349,72 +321,6 @@ def _dump_and_commit(
     catalog.check_artifacts_stored(storage, manifest)
     write_manifest(storage, manifest)
     return manifest
-
-
-def _artifact(name: str, key: str, stored: StoreResult, encryption: dict[str, Any] | None) -> Artifact:
-    return Artifact(
-        name=name,
-        key=key,
-        size=stored.stored.size,
-        sha256=stored.stored.sha256,
-        plain_size=stored.plain.size,
-        plain_sha256=stored.plain.sha256,
-        compression="zstd",
-        encryption=encryption,
-    )
-
-
-def _store_tool_output(
-    ctx: AppContext,
-    target: TargetConfig,
-    storage: Storage,
-    argv: list[str],
-    env: dict[str, str],
-    key: str,
-    label: str,
-    program: str,
-) -> StoreResult:
-    """Run a dump program and stream its stdout into ``key``; commit only if it exits 0.
-
-    A cancel (daemon shutdown) kills the program at once, even while it waits on a lock,
-    so the upload ends and is aborted instead of committed.
-    """
-    compression = ctx.config.compression
-    with spawn(argv, env=env, stdout=subprocess.PIPE) as child, ByteProgress(label, ctx.interactive) as progress:
-        done = threading.Event()
-
-        def kill_on_cancel() -> None:
-            while not done.wait(0.2):
-                if ctx.cancel.is_set():
-                    child.kill()
-                    return
-
-        watcher = threading.Thread(target=kill_on_cancel, name="opskit-cancel-watch", daemon=True)
-        watcher.start()
-
-        def check_exit() -> None:
-            if ctx.cancel.is_set():
-                raise Cancelled("the run was cancelled (shutdown requested); nothing was committed")
-            child.check(
-                BackupFailed,
-                f"{program} of target '{target.name}' failed",
-                hint="nothing was committed; fix the cause above and run the backup again",
-            )
-
-        try:
-            return compress_and_store(
-                child.stdout,
-                storage,
-                key,
-                level=compression.level,
-                threads=compression.threads,
-                recipients=ctx.config.encryption.recipients,
-                cancel=ctx.cancel,
-                progress=progress,
-                before_commit=check_exit,
-            )
-        finally:
-            done.set()
 
 
 def run_all(ctx: AppContext, labels: Sequence[str] = ()) -> tuple[list[BackupResult], dict[str, OpskitError]]:

@@ -26,8 +26,6 @@ import contextlib
 import io
 import json
 import re
-import subprocess
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -37,15 +35,14 @@ import psycopg
 import zstandard
 
 from opskit import __version__, catalog
-from opskit.backup.backup import BackupResult, _copy_to_secondary, _remove_partial_backup, lock_key
+from opskit.backup import stream
+from opskit.backup.backup import BackupResult, lock_key
 from opskit.backup.tarscan import TarMemberCapture
-from opskit.catalog import Artifact, Manifest, backup_prefix, new_backup_id, write_manifest
+from opskit.catalog import Manifest, backup_prefix, new_backup_id, write_manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, Cancelled, ConfigError, LockHeld
-from opskit.core.execute import spawn
+from opskit.core.errors import BackupFailed, ConfigError, LockHeld
 from opskit.core.log import get_logger
-from opskit.core.progress import ByteProgress
 from opskit.pg import commands, connection, locks, tools
 from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
 from opskit.storage.base import Storage, join_key
@@ -105,7 +102,7 @@ def run(
                     ctx, target_config, storage, tool, server, segment_size, backup_id, started_at, labels, extra
                 )
             except BaseException:
-                _remove_partial_backup(storage, target_config.name, backup_id)
+                stream.remove_partial_backup(storage, target_config.name, backup_id)
                 raise
     finally:
         with contextlib.suppress(psycopg.Error):  # the session is gone, and its lock with it
@@ -113,7 +110,7 @@ def run(
         conn.close()
     result = BackupResult(manifest=manifest, storage=storage.name)
     for secondary in target_config.storages[1:]:
-        result.copies[secondary] = _copy_to_secondary(ctx, manifest, storage, secondary)
+        result.copies[secondary] = stream.copy_to_secondary(ctx, manifest, storage, secondary)
     log.info(
         "base backup committed",
         target=target_config.name,
@@ -183,8 +180,8 @@ def _stream_and_commit(
         cancel=ctx.cancel,
     )
     artifacts = (
-        _artifact(TAR_ARTIFACT, key, stored, encryption),
-        _artifact(
+        stream.artifact(TAR_ARTIFACT, key, stored, encryption),
+        stream.artifact(
             BACKUP_MANIFEST_ARTIFACT,
             backup_manifest_key(target.name, backup_id, encrypted),
             manifest_stored,
@@ -251,19 +248,6 @@ def base_facts(backup_label: bytes, backup_manifest: bytes, segment_size: int) -
     }
 
 
-def _artifact(name: str, key: str, stored: StoreResult, encryption: dict[str, Any] | None) -> Artifact:
-    return Artifact(
-        name=name,
-        key=key,
-        size=stored.stored.size,
-        sha256=stored.stored.sha256,
-        plain_size=stored.plain.size,
-        plain_sha256=stored.plain.sha256,
-        compression="zstd",
-        encryption=encryption,
-    )
-
-
 def _store_tar(
     ctx: AppContext, target: TargetConfig, storage: Storage, argv: list[str], env: dict[str, str], key: str
 ) -> tuple[StoreResult, dict[str, bytes]]:
@@ -271,43 +255,23 @@ def _store_tar(
 
     Returns the stream's hashes and the captured ``backup_label``/``backup_manifest``.
     """
-    compression = ctx.config.compression
-    with (
-        spawn(argv, env=env, stdout=subprocess.PIPE) as child,
-        ByteProgress(f"base backup {target.name}", ctx.interactive) as progress,
-    ):
-        done = threading.Event()
+    captures: list[TarMemberCapture] = []
 
-        def kill_on_cancel() -> None:
-            while not done.wait(0.2):
-                if ctx.cancel.is_set():
-                    child.kill()
-                    return
+    def capture_members(stdout: Any) -> TarMemberCapture:
+        capture = TarMemberCapture(stdout, {"backup_label", BACKUP_MANIFEST_ARTIFACT})
+        captures.append(capture)
+        return capture
 
-        threading.Thread(target=kill_on_cancel, name="opskit-cancel-watch", daemon=True).start()
-        source = TarMemberCapture(child.stdout, {"backup_label", BACKUP_MANIFEST_ARTIFACT})
-
-        def check_exit() -> None:
-            if ctx.cancel.is_set():
-                raise Cancelled("the run was cancelled (shutdown requested); nothing was committed")
-            child.check(
-                BackupFailed,
-                f"pg_basebackup of target '{target.name}' failed",
-                hint="nothing was committed; the role needs REPLICATION and a pg_hba.conf replication entry",
-            )
-
-        try:
-            stored = compress_and_store(
-                source,
-                storage,
-                key,
-                level=compression.level,
-                threads=compression.threads,
-                recipients=ctx.config.encryption.recipients,
-                cancel=ctx.cancel,
-                progress=progress,
-                before_commit=check_exit,
-            )
-        finally:
-            done.set()
-    return stored, source.captured
+    stored = stream.store_tool_output(
+        ctx,
+        target,
+        storage,
+        argv,
+        env,
+        key,
+        label=f"base backup {target.name}",
+        program="pg_basebackup",
+        hint="nothing was committed; the role needs REPLICATION and a pg_hba.conf replication entry",
+        wrap=capture_members,
+    )
+    return stored, captures[0].captured
