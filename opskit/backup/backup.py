@@ -112,9 +112,8 @@ def run(
             except BaseException:
                 stream.remove_partial_backup(storage, target_config.name, backup_id)
                 raise
-    result = BackupResult(manifest=manifest, storage=storage.name)
-    for secondary in target_config.storages[1:]:
-        result.copies[secondary] = stream.copy_to_secondary(ctx, manifest, storage, secondary)
+    copies = stream.copy_to_secondaries(ctx, manifest, storage, target_config.storages[1:])
+    result = BackupResult(manifest=manifest, storage=storage.name, copies=copies)
     log.info(
         "backup committed",
         target=target_config.name,

@@ -108,9 +108,8 @@ def run(
         with contextlib.suppress(psycopg.Error):  # the session is gone, and its lock with it
             locks.release_all(conn)
         conn.close()
-    result = BackupResult(manifest=manifest, storage=storage.name)
-    for secondary in target_config.storages[1:]:
-        result.copies[secondary] = stream.copy_to_secondary(ctx, manifest, storage, secondary)
+    copies = stream.copy_to_secondaries(ctx, manifest, storage, target_config.storages[1:])
+    result = BackupResult(manifest=manifest, storage=storage.name, copies=copies)
     log.info(
         "base backup committed",
         target=target_config.name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opskit.catalog import Artifact, Manifest, backup_prefix
@@ -109,6 +109,13 @@ def remove_partial_backup(storage: Storage, target: str, backup_id: str) -> None
         log.warning(
             "could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id, error=str(exc)
         )
+
+
+def copy_to_secondaries(
+    ctx: AppContext, manifest: Manifest, source: Storage, names: Sequence[str]
+) -> dict[str, str | None]:
+    """Copy a committed backup to each storage of ``names``; return name -> None, or that copy's one-line error."""
+    return {name: copy_to_secondary(ctx, manifest, source, name) for name in names}
 
 
 def copy_to_secondary(ctx: AppContext, manifest: Manifest, source: Storage, name: str) -> str | None:

@@ -39,8 +39,8 @@ from azure.core import MatchConditions
 from azure.core import exceptions as az_exceptions
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient
 
-from opskit.core.errors import ConfigError, ObjectLocked, ObjectNotFound, OpskitError, StorageError, UnreachableError
-from opskit.storage.base import Immutability, LockState, ObjectInfo, probe_round_trip
+from opskit.core.errors import ConfigError, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.storage.base import Immutability, LockState, ObjectInfo, delete_refused, probe_round_trip
 from opskit.storage.cloud import (
     KeySpace,
     MiB,
@@ -316,13 +316,7 @@ class AzureStorage:
             cause = exc.__cause__
             if cause is not None and _status(cause) == 409 and "Immutab" in _code(cause) + str(cause):
                 until = self.retained_until(key)
-                raise ObjectLocked(
-                    f"storage '{self.name}': '{key}' is immutable"
-                    + (f" until {until:%Y-%m-%dT%H:%M:%SZ}" if until else " (a legal hold)")
-                    + " (Azure immutability policy); it cannot be deleted before",
-                    hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
-                    until=until,
-                ) from exc
+                raise delete_refused(self.name, key, until, "Azure immutability policy", "a legal hold") from exc
             raise
 
     # ------------------------------------------------------------------ immutability

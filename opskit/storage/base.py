@@ -12,8 +12,10 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+from opskit.core.errors import ObjectLocked
 
 # Chunk size used by every streaming stage: large enough for throughput, small enough
 # that memory never grows with the database (ARCHITECTURE.md: 1-16 MiB).
@@ -192,3 +194,24 @@ def probe_round_trip(storage: Storage) -> None:
     with storage.reader(probe) as inp:
         inp.read()
     storage.delete(probe)
+
+
+def delete_refused(
+    storage: str, key: str, until: datetime | None, mechanism: str, undated: str = "a hold"
+) -> ObjectLocked:
+    """Return the error for a delete the store refused because ``key`` is under retention.
+
+    ``mechanism`` names the store's feature (``S3 Object Lock``, ``GCS retention``, ...);
+    ``undated`` says what keeps an object without an end date (a legal hold). Every backend
+    words it the same, so prune's report reads the same whatever the storage.
+    """
+    when = (
+        f"until {until.astimezone(UTC).replace(microsecond=0).isoformat().replace('+00:00', 'Z')}"
+        if until
+        else f"({undated})"
+    )
+    return ObjectLocked(
+        f"storage '{storage}': '{key}' is immutable {when} ({mechanism}); it cannot be deleted before",
+        hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
+        until=until,
+    )

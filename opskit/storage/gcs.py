@@ -45,9 +45,17 @@ from google.cloud import storage as gcs  # type: ignore[attr-defined]
 from google.cloud.storage.exceptions import InvalidResponse
 from google.oauth2 import service_account
 
-from opskit.core.errors import ObjectLocked, ObjectNotFound, OpskitError, StorageError, UnreachableError
+from opskit.core.errors import ObjectNotFound, OpskitError, StorageError, UnreachableError
 from opskit.core.units import format_span
-from opskit.storage.base import CHUNK_SIZE, Immutability, LockState, ObjectInfo, Storage, probe_round_trip
+from opskit.storage.base import (
+    CHUNK_SIZE,
+    Immutability,
+    LockState,
+    ObjectInfo,
+    Storage,
+    delete_refused,
+    probe_round_trip,
+)
 from opskit.storage.cloud import (
     KeySpace,
     MiB,
@@ -342,13 +350,7 @@ class GCSStorage:
             cause = exc.__cause__
             if cause is not None and _status(cause) == 403 and ("retention" in str(cause) or "hold" in str(cause)):
                 until = self.retained_until(key)
-                raise ObjectLocked(
-                    f"storage '{self.name}': '{key}' is immutable"
-                    + (f" until {until:%Y-%m-%dT%H:%M:%SZ}" if until else " (a hold)")
-                    + " (GCS retention); it cannot be deleted before",
-                    hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
-                    until=until,
-                ) from exc
+                raise delete_refused(self.name, key, until, "GCS retention") from exc
             raise
 
     # ------------------------------------------------------------------ immutability

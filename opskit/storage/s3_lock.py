@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from opskit.core.errors import ObjectLocked, OpskitError, StorageError
-from opskit.storage.base import Immutability, LockState
+from opskit.core.errors import OpskitError, StorageError
+from opskit.storage.base import Immutability, LockState, delete_refused
 from opskit.storage.retry import RetryPolicy
 from opskit.storage.s3_errors import error_code as _code
 from opskit.storage.s3_errors import http_status as _status
@@ -107,12 +107,7 @@ def _delete_version(s: S3Like, name: str, key: str, version: str) -> None:
         # S3 answers a locked version with a bare 403: its retention says whether that is the lock.
         until = _retention_of(s, name, version) if _status(exc) == 403 else None
         if until is not None and until > datetime.now(UTC):
-            raise ObjectLocked(
-                f"storage '{s.name}': '{key}' is immutable until {iso(until)} (S3 Object Lock); "
-                "it cannot be deleted before",
-                hint="nothing to do: it is kept until then, and the next prune after that date deletes it",
-                until=until,
-            ) from exc
+            raise delete_refused(s.name, key, until, "S3 Object Lock") from exc
         raise s._error("deleting", key, exc) from exc
 
 
