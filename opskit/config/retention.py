@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from opskit.config.schema import Section
 
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+DEFAULT_KEEP_RUNS = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RetentionPolicy:
     keep_within: timedelta | None = None
     min_keep: int = 1
     timezone: str = "UTC"
+    keep_runs: timedelta = DEFAULT_KEEP_RUNS  # run records (catalog.runs) younger than this stay readable
 
     def count(self, rule: str) -> int:
         """Return the count of the rule ``last``, ``hourly``, ... ``yearly``."""
@@ -54,6 +56,7 @@ class RetentionPolicy:
         data["keep_within"] = format_span(self.keep_within) if self.keep_within else None
         data["min_keep"] = self.min_keep
         data["timezone"] = self.timezone
+        data["keep_runs"] = format_span(self.keep_runs)
         return data
 
 
@@ -73,6 +76,7 @@ def parse_policy(section: Section) -> RetentionPolicy:
         within = None  # "0d" means the rule is off, like restic's zero duration
     min_keep = section.int("min_keep", 1, minimum=0)
     zone = section.str("timezone", "UTC")
+    keep_runs = section.duration("keep_runs", DEFAULT_KEEP_RUNS) or DEFAULT_KEEP_RUNS
     if not _valid_zone(zone):
         section.errors.add(
             section.key_path("timezone"),
@@ -90,6 +94,7 @@ def parse_policy(section: Section) -> RetentionPolicy:
         keep_within=within,
         min_keep=min_keep,
         timezone=zone,
+        keep_runs=keep_runs,
     )
     if policy.keeps_nothing:
         section.errors.add(

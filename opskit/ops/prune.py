@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from opskit import catalog
+from opskit.catalog.runs import fold_runs
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
 from opskit.context import AppContext
@@ -69,6 +70,7 @@ class StorageResult:
     pinned_since_plan: list[str] = field(default_factory=list)  # planned for deletion, pinned before it came
     locked: list[str] = field(default_factory=list)  # "key: immutable until ...": deletes the storage refused
     wal_deleted: list[str] = field(default_factory=list)  # WAL keys no kept base backup needs (opskit.wal.retention)
+    runs_folded: list[str] = field(default_factory=list)  # run records older than keep_runs, folded into the tally
     error: str | None = None
     lock_held: LockHeld | None = None  # set when another run held the repository lock
     unreachable: bool = False  # the error was a storage that could not be reached (exit 3)
@@ -86,6 +88,7 @@ class StorageResult:
             "pinned_since_plan": self.pinned_since_plan,
             "locked": self.locked,
             "wal_deleted": self.wal_deleted,
+            "runs_folded": self.runs_folded,
             "error": self.error,
         }
 
@@ -202,12 +205,14 @@ def _prune_one(
                 _plan_and_delete(store, target.name, policy, now, dry_run, result, None)
                 _sweep(store, target.name, now, now - grace, dry_run, result, None)
                 result.wal_deleted = prune_wal(store, target.name, _kept(store, target.name, result), dry_run)
+                result.runs_folded = fold_runs(store, target.name, now - policy.keep_runs, dry_run)
             else:
                 with catalog.locked(store, target.name, "prune", clock=ctx.clock) as lock:
                     _plan_and_delete(store, target.name, policy, now, dry_run, result, lock)
                     _sweep(store, target.name, now, now - grace, dry_run, result, lock)
                     kept = _kept(store, target.name, result)
                     result.wal_deleted = prune_wal(store, target.name, kept, dry_run, check=lock.check)
+                    result.runs_folded = fold_runs(store, target.name, now - policy.keep_runs, check=lock.check)
         except LockHeld as exc:
             result.error = exc.one_line()
             result.lock_held = exc

@@ -153,3 +153,31 @@ def test_a_failing_before_hook_set_to_warn_lets_the_backup_run(
     result = setup.run("backup", "now")
     assert result.returncode == 0, result.stderr
     assert len(setup.backups()) == 1
+
+
+def test_prune_folds_run_records_older_than_keep_runs_and_the_textfile_count_stays_the_same(
+    tmp_path: Path, database: str, local_storage: StorageConfig
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from opskit.catalog.runs import RunRecord, write_run
+
+    setup = write_setup(tmp_path, database, local_storage)
+    store = open_storage(local_storage)
+    old = datetime.now(UTC) - timedelta(days=120)
+    for result in ("failure", "success"):
+        write_run(
+            store, RunRecord("app", "backup", result, old, old + timedelta(seconds=3), 0 if result == "success" else 4)
+        )
+    assert setup.run("backup", "now").returncode == 0
+    before = textfile_runs(setup, tmp_path)
+
+    result = setup.run("prune", "--json")
+
+    assert result.returncode == 0, result.stderr
+    (pruned,) = json.loads(result.stdout)["results"]
+    assert len(pruned["runs_folded"]) == 2
+    records = [info.key for info in store.list("app/runs/")]
+    assert len([k for k in records if "/tally-" in k]) == 1
+    assert len(records) == 3  # the tally, the backup's record and the prune's own record
+    assert textfile_runs(setup, tmp_path) == before == {"success": 2, "failure": 1, "aborted": 0}
