@@ -94,6 +94,12 @@ def run(
     runs, BackupFailed (4) when pg_dump or the upload fails (nothing is left visible).
     """
     target_config = ctx.target(target)
+    if target_config.is_server:
+        # Its dsn names only the database discovery connects to (backup/server.py backs up the rest).
+        raise ConfigError(
+            f"target '{target_config.name}' is a server target: back it up through 'opskit backup now'",
+            hint=f"or name one database as --target {target_config.name}.<database>",
+        )
     started = time.monotonic()
     with _Preflight(ctx, target_config) as pre:
         storage = ctx.storage(target_config.primary_storage)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opskit.backup import backup, base
+from opskit.backup import backup, base, server
 from opskit.backup.backup import BackupResult
+from opskit.backup.server import ServerBackupResult
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, OpskitError
 from opskit.core.log import get_logger
@@ -27,11 +28,21 @@ def run(
     labels: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
     kind: str = "logical",
-) -> BackupResult:
+) -> BackupResult | ServerBackupResult:
     """Take one backup of ``kind`` (``logical`` or ``base``) of ``target`` and return it once committed.
 
-    Raises ConfigError (2) for an unknown kind, else whatever that kind's run raises.
+    A server target (``databases = [...]``) backs up each database it covers as its own derived
+    target and returns every outcome (backup/server.py). Raises ConfigError (2) for an unknown
+    kind or a base backup of a server target, else whatever that kind's run raises.
     """
+    config = ctx.target(target)
+    if config.is_server:
+        if kind != "logical":
+            raise ConfigError(
+                f"target '{config.name}' is a server target: only logical backups are taken per database",
+                hint="a base backup covers the whole cluster: configure a target without databases for it",
+            )
+        return server.run(ctx, config, labels=labels, extra=extra)
     if kind == "logical":
         return backup.run(ctx, target=target, labels=labels, extra=extra)
     if kind == "base":
@@ -42,9 +53,10 @@ def run(
 def run_all(
     ctx: AppContext, labels: Sequence[str] = (), kind: str = "logical"
 ) -> tuple[list[BackupResult], dict[str, OpskitError]]:
-    """Back up every target ``--all`` covers with ``kind``; return (results, errors by target)."""
-    if kind == "logical":
-        return backup.run_all(ctx, labels)
+    """Back up every target ``--all`` covers with ``kind``; return (results, errors by target).
+
+    A server target contributes one result or error per database (its derived targets).
+    """
     results: list[BackupResult] = []
     errors: dict[str, OpskitError] = {}
     names = backup.backup_targets(ctx)
@@ -52,7 +64,12 @@ def run_all(
         raise ConfigError("no targets to back up")
     for name in names:
         try:
-            results.append(run(ctx, target=name, labels=labels, kind=kind))
+            outcome = run(ctx, target=name, labels=labels, kind=kind)
+            if isinstance(outcome, ServerBackupResult):
+                results.extend(outcome.results.values())
+                errors.update(outcome.errors)
+            else:
+                results.append(outcome)
         except OpskitError as exc:
             log.error("backup failed", target=name, error=exc.one_line())
             errors[name] = exc

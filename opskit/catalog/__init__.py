@@ -8,11 +8,13 @@ records, drill reports); features ask it and never parse keys or JSON themselves
 - ``manifest`` / ``repository``: the manifest model; commit, list, find and latest backups;
 - ``records``: :class:`Check`, the one comparison model of verify records and drill reports;
 - ``verifications``, ``pins``, ``drills``: one module per other record;
+- ``derived``: which derived targets of a server target a storage holds;
 - ``locks``: repository locks that let runs on one repository coordinate;
 - ``objects``: the JSON encoding every record shares.
 """
 
 from opskit.catalog.commit import check_artifacts_stored
+from opskit.catalog.derived import derived_targets, expand_targets
 from opskit.catalog.drills import (
     DRILL_FAIL,
     DRILL_PASS,
@@ -111,8 +113,10 @@ __all__ = [
     "artifact_key",
     "backup_prefix",
     "check_artifacts_stored",
+    "derived_targets",
     "drill_report_key",
     "drills_prefix",
+    "expand_targets",
     "find_backup",
     "format_time",
     "is_backup_id",

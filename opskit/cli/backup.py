@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from opskit import actions
+from opskit import actions, catalog
 from opskit.backup import backup as backup_action
 from opskit.backup import kinds as backup_kinds
+from opskit.backup.server import ServerBackupResult
 from opskit.catalog import Manifest, format_time, list_backups
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json, echo_table
@@ -43,17 +44,22 @@ def backup_now(
     """Take a consistent backup now: pg_dump (or pg_basebackup) streamed through zstd [and age] into the storages."""
     if all_targets and target:
         raise click.UsageError("--target and --all exclude each other")
+    server_run: ServerBackupResult | None = None
     if all_targets:
-        results, errors = _backup_all(app, labels, kind)
+        results, errors, warnings = _backup_all(app, labels, kind)
     else:
-        results = [actions.call("backup", app, function=backup_kinds.run, target=target, labels=labels, kind=kind)]
-        errors = {}
+        outcome = actions.call("backup", app, function=backup_kinds.run, target=target, labels=labels, kind=kind)
+        if isinstance(outcome, ServerBackupResult):  # a server target: one outcome per database
+            server_run = outcome
+        results, errors, warnings = _outcomes(outcome)
     if as_json:
         docs = [r.manifest.to_dict() | {"copies": r.copies} for r in results]
-        echo_json(docs if all_targets else docs[0])
+        echo_json(server_run.to_dict() if server_run else docs if all_targets else docs[0])
     else:
         for result in results:
             click.echo(_summary(result))
+    for warning in warnings:
+        click.echo(f"opskit: warning: {warning}", err=True)
     failed_copies = [(r.manifest.target, name, err) for r in results for name, err in r.failed_copies.items()]
     for target_name, failure in errors.items():
         click.echo(f"opskit: error: backup of target '{target_name}' failed: {failure.one_line()}", err=True)
@@ -65,23 +71,35 @@ def backup_now(
         sys.exit(CopyFailed.exit_code)
 
 
-def _backup_all(
-    app: AppContext, labels: tuple[str, ...], kind: str
-) -> tuple[list[backup_action.BackupResult], dict[str, OpskitError]]:
+_Outcomes = tuple[list[backup_action.BackupResult], dict[str, OpskitError], list[str]]
+
+
+def _outcomes(outcome: backup_action.BackupResult | ServerBackupResult) -> _Outcomes:
+    """Return (backups, errors by derived target, warnings) of one run; a server target's per database."""
+    if isinstance(outcome, ServerBackupResult):
+        return list(outcome.results.values()), dict(outcome.errors), outcome.warnings
+    return [outcome], {}, []
+
+
+def _backup_all(app: AppContext, labels: tuple[str, ...], kind: str) -> _Outcomes:
     """Back up every ``--all`` target as its own observed run (its pings, hooks and run record); carry on past failures."""
     names = backup_action.backup_targets(app)
     if not names:
         raise ConfigError("no targets to back up")
     results: list[backup_action.BackupResult] = []
     errors: dict[str, OpskitError] = {}
+    warnings: list[str] = []
     for name in names:
         try:
-            results.append(
-                actions.call("backup", app, function=backup_kinds.run, target=name, labels=labels, kind=kind)
-            )
+            outcome = actions.call("backup", app, function=backup_kinds.run, target=name, labels=labels, kind=kind)
         except OpskitError as exc:
             errors[name] = exc
-    return results, errors
+            continue
+        done, failed, warned = _outcomes(outcome)
+        results.extend(done)
+        errors.update(failed)
+        warnings.extend(warned)
+    return results, errors, warnings
 
 
 def _summary(result: backup_action.BackupResult) -> str:
@@ -111,7 +129,8 @@ def _summary(result: backup_action.BackupResult) -> str:
 @pass_app
 def backup_list(app: AppContext, target: str | None, storage: str | None, as_json: bool) -> None:
     """List complete backups, newest first."""
-    names = [app.target(target).name] if target else list(app.config.targets)
+    # A server target lists the derived targets (one per database) its storages hold.
+    names = catalog.expand_targets(app.config, app.storage, [target] if target else list(app.config.targets))
     rows: list[tuple[list[str], Manifest]] = []
     for name in names:
         rows.extend(_held_backups(app, name, storage))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opskit.config import daemon, drill, environ, hooks, migrations, names, notify, retention, wal
+from opskit.config import daemon, databases, drill, environ, hooks, migrations, names, notify, retention, wal
 from opskit.config.model import (
     CompressionConfig,
     Config,
@@ -125,6 +125,12 @@ def build_config(
         default_target = None
     names.check_names("storages", storages, errors)
     names.check_names("targets", targets, errors)
+    databases.check_server_targets(
+        targets,
+        {n for n, t in targets.items() if t.is_server},
+        [n for n, t in targets.items() if t.exclude_databases and not t.is_server],
+        errors,
+    )
 
     # The optional sections, each with its own parser; this is the one place that assembles them.
     migration_settings = _parse_optional(root, "migrations", migrations.parse_settings)
@@ -294,6 +300,8 @@ def _parse_target(
         fingerprint_max_bytes=section.size("fingerprint_max_bytes", 1024**3),
         pg_bin_dir=_bin_dirs(section),
         control_dsn=section.str("control_dsn", None),
+        databases=section.str_list("databases"),
+        exclude_databases=section.str_list("exclude_databases"),
     )
     section.finish()
     return result

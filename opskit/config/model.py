@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
+from opskit.config import databases as server_databases
 from opskit.config.daemon import DaemonSettings
 from opskit.config.drill import DrillSettings
 from opskit.config.hooks import HookSettings
@@ -52,11 +53,37 @@ class TargetConfig:
     fingerprint_max_bytes: int = 1024**3
     pg_bin_dir: str | tuple[str, ...] | None = None  # one directory or several, searched in order
     control_dsn: str | None = None
+    # A server target (config/databases.py): the database patterns it backs up, each as a derived target.
+    databases: tuple[str, ...] = ()
+    exclude_databases: tuple[str, ...] = ()
+    # A derived target: its server target's name and its database (None for a configured target).
+    server: str | None = None
+    database: str | None = None
 
     @property
     def primary_storage(self) -> str:
         """Return the name of the storage backups are written to first."""
         return self.storages[0]
+
+    @property
+    def is_server(self) -> bool:
+        """Return True for a server target (it sets ``databases``): it has no backups of its own."""
+        return bool(self.databases)
+
+    def derive(self, database: str) -> TargetConfig:
+        """Return the derived target ``<name>.<database>`` of this server target: the same settings, the dsn's database replaced.
+
+        Raises ConfigError (2) when the derived name cannot be stored.
+        """
+        return replace(
+            self,
+            name=server_databases.derived_name(self.name, database),
+            dsn=server_databases.with_database(self.dsn, database),
+            databases=(),
+            exclude_databases=(),
+            server=self.name,
+            database=database,
+        )
 
 
 @dataclass(frozen=True)
@@ -138,6 +165,11 @@ class Config:
         try:
             return self.targets[name]
         except KeyError:
+            # ``app.orders``: database orders of server target app (config/databases.py).
+            for server, database in server_databases.splits(name):
+                server_target = self.targets.get(server)
+                if server_target is not None and server_target.is_server:
+                    return server_target.derive(database)
             raise ConfigError(
                 f"no target named '{name}'", hint=f"configured targets: {', '.join(sorted(self.targets))}"
             ) from None

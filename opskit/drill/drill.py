@@ -32,6 +32,7 @@ from pathlib import Path
 import psycopg
 
 from opskit import catalog
+from opskit.backup import server as server_backup
 from opskit.catalog import Check, Manifest
 from opskit.config.drill import DrillSettings
 from opskit.config.model import TargetConfig
@@ -181,13 +182,29 @@ def staging_database_name(target: str, drill_id: str) -> str:
 
 
 def _source_target(ctx: AppContext, target: str | None) -> TargetConfig:
-    """Return the named target; with none named, the only target that is not a staging target."""
+    """Return the named target; with none named, the only target that is not a staging target.
+
+    A server target drills one database: a random one of the derived targets its storages hold
+    (``--target app.orders`` chooses), so repeated drills cover every database over time.
+    Raises ConfigError (2) for an unknown name or a server target without any backup.
+    """
     if target is None:
         staging = {t.staging for t in ctx.config.targets.values() if t.staging}
         candidates = [name for name in ctx.config.targets if name not in staging]
         if len(candidates) == 1:
-            return ctx.target(candidates[0])
-    return ctx.target(target)
+            target = candidates[0]
+    chosen = ctx.target(target)
+    if not chosen.is_server:
+        return chosen
+    derived = [t for t in server_backup.covered_targets(ctx, chosen) if not t.is_server]
+    if not derived:
+        raise ConfigError(
+            f"server target '{chosen.name}' has no database backups to drill",
+            hint=f"run 'opskit backup now --target {chosen.name}' first",
+        )
+    pick = random.choice(derived)  # which database to drill, not a secret: random is enough
+    log.info("drill picked a database", target=chosen.name, database=pick.database)
+    return pick
 
 
 def _staging_target(ctx: AppContext, source: TargetConfig, staging: str | None) -> TargetConfig:

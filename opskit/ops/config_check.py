@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opskit import pipeline
+from opskit.backup import server as server_backup
+from opskit.config import databases
 from opskit.config.model import Config, TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, OpskitError
@@ -227,6 +229,8 @@ def _check_target(ctx: AppContext, target: TargetConfig, report: CheckReport) ->
 
     if not _guard(report, f"target {target.name}", connect):
         return
+    if target.is_server:
+        _guard(report, f"target {target.name} databases", functools.partial(_server_databases, target))
     server = facts[0]
     bin_dir = target.pg_bin_dir or ctx.config.tools.pg_bin_dir
     # The same choice a backup and a restore make: the lowest major >= the server's. A backup of
@@ -251,6 +255,15 @@ def _check_target(ctx: AppContext, target: TargetConfig, report: CheckReport) ->
             )
 
         _guard(report, f"target {target.name} restore of its backups", restorable)
+
+
+def _server_databases(target: TargetConfig) -> str:
+    """Return which databases server target ``target`` selects now. Raises ConfigError (2) when none."""
+    selection = databases.select(target.databases, target.exclude_databases, server_backup.discover(target))
+    if not selection.databases:
+        raise ConfigError(f"server target '{target.name}' selects no database")
+    unmatched = "".join(f"; pattern '{p}' matches no database" for p in selection.unmatched)
+    return f"backs up {len(selection.databases)} database(s): {', '.join(selection.databases)}{unmatched}"
 
 
 def _check_control_database(config: Config) -> str:

@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 
 from opskit import __version__
+from opskit.backup import server as server_backup
 from opskit.catalog import (
     DrillRecord,
     Manifest,
@@ -184,7 +185,7 @@ class Metrics:
         ``increase(opskit_backup_runs_total{result="failure"}[1h])`` rises after a failed CronJob
         run. Never raises: an unlistable storage is a warning and leaves that target's counts at 0.
         """
-        names = list(ctx.config.targets) if targets is None else list(targets)
+        names = _metric_targets(ctx, targets)
         with self._lock:
             for name in names:
                 storage_name = ctx.config.target(name).primary_storage
@@ -202,7 +203,7 @@ class Metrics:
         Never raises for storage problems: an unreachable storage sets ``opskit_storage_up`` 0
         and leaves that storage's values as they were.
         """
-        names = list(ctx.config.targets) if targets is None else list(targets)
+        names = _metric_targets(ctx, targets)
         with self._lock:
             for name in names:
                 self._refresh_target(ctx, name)
@@ -315,6 +316,12 @@ class Metrics:
                 f"cannot write metrics to {path}: {exc.strerror or exc}",
                 hint="point --textfile at node_exporter's --collector.textfile.directory, writable by opskit",
             ) from exc
+
+
+def _metric_targets(ctx: AppContext, targets: Iterable[str] | None) -> list[str]:
+    """Return the target labels to export: ``targets`` (default: all), a server target as its derived targets."""
+    names = list(ctx.config.targets) if targets is None else list(targets)
+    return [t.name for name in names for t in server_backup.covered_targets(ctx, ctx.config.target(name))]
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from opskit import catalog
+from opskit.backup import server as server_backup
 from opskit.catalog.runs import fold_runs
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
@@ -144,7 +145,9 @@ def run(
     report = PruneReport(now=now, dry_run=dry_run, grace=grace)
     if storage is not None:
         ctx.config.storage(storage)  # unknown name: ConfigError now, not a silent no-op
-    targets = list(ctx.config.targets.values()) if all_targets else [ctx.target(target)]
+    chosen = list(ctx.config.targets.values()) if all_targets else [ctx.target(target)]
+    # A server target is pruned per database: each derived target its storages hold, with its policy.
+    targets = [t for c in chosen for t in server_backup.covered_targets(ctx, c)]
     for target_config in targets:
         if target_config.retention is None:
             report.skipped[target_config.name] = "no retention policy: never pruned"

@@ -32,6 +32,7 @@ from opskit import catalog
 from opskit.catalog import Manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
+from opskit.backup import server as server_backup
 from opskit.core.errors import ObjectiveBreached, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
@@ -218,11 +219,17 @@ def _seconds(delta: timedelta | None) -> float | None:
 
 
 def status_targets(ctx: AppContext, target: str | None) -> list[TargetConfig]:
-    """Return the targets to report: the one named, else every target that is not a staging target."""
+    """Return the targets to report: the one named, else every target that is not a staging target.
+
+    A server target reports one row per database (backup/server.py ``covered_targets``): those
+    its storages hold and those the server has now, so a new database without a backup breaches.
+    """
     if target is not None:
-        return [ctx.target(target)]
-    staging = {t.staging for t in ctx.config.targets.values() if t.staging}
-    return [t for name, t in ctx.config.targets.items() if name not in staging]
+        chosen = [ctx.target(target)]
+    else:
+        staging = {t.staging for t in ctx.config.targets.values() if t.staging}
+        chosen = [t for name, t in ctx.config.targets.items() if name not in staging]
+    return [row for t in chosen for row in server_backup.covered_targets(ctx, t, live=True)]
 
 
 def run(ctx: AppContext, target: str | None = None) -> StatusReport:

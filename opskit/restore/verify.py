@@ -85,6 +85,31 @@ class VerifyReport:
 # --------------------------------------------------------------------------- the action
 
 
+def _verify_each_database(
+    ctx: AppContext, server: str, selector: str | None, all_backups: bool, storage: str | None
+) -> VerifyReport:
+    """Verify each derived target of server target ``server`` the catalog holds (config/databases.py).
+
+    Returns the merged report; raises VerifyFailed (5) naming every failure once all were tried.
+    """
+    report = VerifyReport()
+    failures: list[str] = []
+    for name in catalog.expand_targets(ctx.config, ctx.storage, [server]):
+        try:
+            part = run(ctx, selector=selector, all_backups=all_backups, target=name, storage=storage)
+        except VerifyFailed as exc:
+            failures.append(exc.message)
+            part = exc.report if isinstance(exc.report, VerifyReport) else VerifyReport()
+        report.verifications.extend(part.verifications)
+    if failures:
+        raise VerifyFailed(
+            f"server target '{server}': {'; '.join(failures)}",
+            hint="do not rely on these backups: restore another one or a copy from another storage",
+            report=report,
+        )
+    return report
+
+
 def run(
     ctx: AppContext,
     selector: str | None = None,
@@ -100,6 +125,8 @@ def run(
     unknown names or backups, UnreachableError when no usable pg_restore exists.
     """
     target_config = ctx.target(target)
+    if target_config.is_server:
+        return _verify_each_database(ctx, target_config.name, selector, all_backups, storage)
     storage_name = storage or target_config.primary_storage
     if storage_name not in target_config.storages:
         raise ConfigError(
