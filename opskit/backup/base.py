@@ -133,7 +133,10 @@ def _preflight(conn: psycopg.Connection[Any], target: TargetConfig) -> int:
         raise ConfigError(
             f"target '{target.name}' has tablespaces besides pg_default ({', '.join(extra)}); "
             "base backups of several tablespaces are not supported yet",
-            hint="take logical backups of this target ('opskit backup now') until they are",
+            # -Ft -D - streams one tar, and PostgreSQL writes one tar per tablespace: only a directory can hold them.
+            hint="run 'pg_basebackup -Ft -D <dir>' (one tar per tablespace) yourself, or move the tables to "
+            "pg_default (ALTER TABLE ... SET TABLESPACE pg_default) and drop the tablespace; "
+            "logical backups ('opskit backup now') work meanwhile",
         )
     if archive is not None and archive[0] == "off":
         log.warning("archive_mode is off: this base backup needs WAL from 'opskit wal stream'", target=target.name)

@@ -56,6 +56,8 @@ def _render(item: status_action.TargetStatus) -> None:
                 f"  PITR window: {pitr['oldest_restorable']} .. {pitr['newest_wal_archived_at'] or '-'} ({rpo}, "
                 f"{pitr['base_backups']} base backups)"
             )
+    if item.wal is not None:
+        click.echo(f"  WAL: {_wal_line(item.wal)}")
     for state in item.storages:
         where = f"{state.backups} backups, newest {state.newest_id}" if not state.error else f"ERROR {state.error}"
         click.echo(f"  storage {state.name} ({state.kind}{', offsite' if state.offsite else ''}): {where}")
@@ -96,6 +98,24 @@ def _render(item: status_action.TargetStatus) -> None:
         click.echo(f"  BREACHED {text}")
     for text in item.warnings:
         click.echo(f"  warning: {text}")
+
+
+def _wal_line(wal: dict[str, object]) -> str:
+    """Return the one line of WAL figures: slot lag, archive lag, spool (what is known)."""
+
+    def size(value: object) -> str:
+        return format_size(value) if isinstance(value, int) else "unknown"
+
+    parts = []
+    if wal.get("slot"):
+        lag = size(wal.get("slot_lag_bytes")) if wal.get("slot_exists") else "no such slot"
+        parts.append(f"slot {wal['slot']} lag {lag}")
+    parts.append(f"archive lag {size(wal.get('archive_lag_bytes'))}")
+    if wal.get("spool_limit_bytes") is not None:
+        parts.append(f"spool {size(wal.get('spool_bytes'))} of {size(wal.get('spool_limit_bytes'))}")
+    if wal.get("error"):
+        parts.append(f"server unreadable: {wal['error']}")
+    return ", ".join(parts)
 
 
 def register(group: click.Group) -> None:

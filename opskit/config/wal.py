@@ -7,6 +7,10 @@
     max_spool = "1GiB"         # wal stream: local spool of segments not yet stored; past it, stop with an error
     spool_dir = "wal-spool"    # wal stream: where pg_receivewal writes (relative to tools.state_dir)
     slot = "opskit"            # wal stream: the replication slot that keeps the server from recycling WAL
+
+A slot nobody reads keeps WAL on the server without bound: set the server's
+``max_slot_wal_keep_size`` (README, "Point-in-time recovery"); ``opskit_wal_slot_lag_bytes``
+and the ``OpskitWalSlotLagHigh`` alert show a slot falling behind.
 """
 
 from __future__ import annotations

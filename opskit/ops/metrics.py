@@ -20,14 +20,26 @@ Where a stored fact comes from:
   true (alert on ``opskit_backups_future_dated > 0``);
 - drill gauges: the newest drill report in any of the target's storages, as the catalog
   reads it (``catalog.DrillRecord``);
-- ``opskit_storage_up``: 1 when the storage could be listed, 0 otherwise.
+- ``opskit_storage_up``: 1 when the storage could be listed, 0 otherwise;
+- WAL (:class:`WalCollector`, computed at scrape time): ``opskit_wal_spool_bytes`` and
+  ``opskit_wal_spool_limit_bytes`` (the streamer's local spool and ``wal.max_spool``),
+  ``opskit_wal_ship_failures_total`` and ``opskit_wal_stream_storage_up`` (only where the
+  streamer runs: the daemon running a ``wal-stream`` job), ``opskit_wal_slot_lag_bytes``
+  (``pg_current_wal_lsn()`` - the slot's ``restart_lsn``) and ``opskit_wal_archive_lag_bytes``
+  (``pg_current_wal_lsn()`` - the end of the newest archived segment), see ``opskit.wal.lag``.
+  A running streamer's own figures (updated every poll) win over those of the last refresh;
+  a refresh reads the spool from disk when it is local and the lags from the target's server
+  (one query, only for a target with a ``[wal]`` section or archived WAL). A streamer running in
+  this process also moves ``opskit_wal_last_archived_timestamp_seconds`` to its newest stored
+  segment at each scrape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +52,7 @@ from prometheus_client import (
     generate_latest,
     write_to_textfile,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from opskit import __version__
 from opskit.backup import server as server_backup
@@ -56,6 +69,7 @@ from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
 from opskit.plan import timeline
 from opskit.storage.base import Storage
+from opskit.wal import lag, stream
 from opskit.wal.archive import newest_archived
 
 if TYPE_CHECKING:
@@ -168,6 +182,8 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.wal = WalCollector()
+        r.register(self.wal)
         self.build_info = Gauge("opskit_build_info", "opskit version running.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
@@ -239,6 +255,8 @@ class Metrics:
                     self.wal_last_archived.labels(target=name).set(wal[1].timestamp())
             elif copied is not None:
                 self.copy_last_success.labels(target=name, storage=storage_name).set(copied.timestamp())
+            if index == 0:
+                self.wal.refreshed[name] = wal_view(ctx, name, wal[0] if wal is not None else None)
         self._set_drills(name, drills)
 
     def _backups(self, storage: Storage, target: str) -> list[Manifest]:
@@ -301,7 +319,18 @@ class Metrics:
     def exposition(self) -> bytes:
         """Return the metrics in the Prometheus text format."""
         with self._lock:
+            self._apply_streamers()
             return generate_latest(self.registry)
+
+    def _apply_streamers(self) -> None:
+        """Move ``opskit_wal_last_archived_timestamp_seconds`` to what a streamer in this process stored last.
+
+        The daemon refreshes a target after each of its runs, and a ``wal-stream`` run does not
+        end: without this the RPO would look as old as the target's last other job.
+        """
+        for state in stream.live_states():
+            if state.newest_shipped_at is not None:
+                self.wal_last_archived.labels(target=state.target).set(state.newest_shipped_at)
 
     def write_textfile(self, path: Path) -> None:
         """Write the metrics for node_exporter's textfile collector, atomically (temp file + rename).
@@ -310,12 +339,119 @@ class Metrics:
         """
         try:
             with self._lock:
+                self._apply_streamers()
                 write_to_textfile(str(path), self.registry)
         except OSError as exc:
             raise OpskitError(
                 f"cannot write metrics to {path}: {exc.strerror or exc}",
                 hint="point --textfile at node_exporter's --collector.textfile.directory, writable by opskit",
             ) from exc
+
+
+@dataclass
+class WalView:
+    """One target's WAL figures (None: not known, so not exported)."""
+
+    spool_bytes: int | None = None
+    spool_limit_bytes: int | None = None
+    slot_lag_bytes: int | None = None
+    archive_lag_bytes: int | None = None
+    ship_failures: int | None = None
+    storage_up: bool | None = None
+
+
+def wal_view(ctx: AppContext, target: str, newest_segment: str | None) -> WalView:
+    """Return ``target``'s WAL figures as this process can see them without a streamer: the spool and the server.
+
+    The spool is read only when ``[wal]`` is configured and its directory exists here; the
+    server is asked (:func:`opskit.wal.lag.server_lag`) only for a target with ``[wal]`` or
+    archived WAL. Never raises: an unreachable server is a warning and leaves the lags unknown.
+    """
+    settings = ctx.config.wal
+    view = WalView()
+    if settings is not None:
+        # tools.state_dir itself, not ctx.state_dir: reading metrics must not create directories.
+        spool = ctx.config.tools.state_dir / settings.spool_dir / target
+        if spool.is_dir():
+            view.spool_bytes = stream.spool_size(spool)
+            view.spool_limit_bytes = settings.max_spool
+    if settings is None and newest_segment is None:
+        return view
+    try:
+        found = lag.server_lag(ctx.config.target(target), settings.slot if settings else None, newest_segment)
+    except OpskitError as exc:
+        log.warning("metrics: WAL positions unreadable", target=target, error=exc.one_line())
+        return view
+    view.slot_lag_bytes = found.slot_lag_bytes
+    view.archive_lag_bytes = found.archive_lag_bytes
+    return view
+
+
+class WalCollector:
+    """Exports the WAL families at scrape time: a running streamer's live state over the last refresh's view."""
+
+    def __init__(self) -> None:
+        self.refreshed: dict[str, WalView] = {}
+
+    def views(self) -> dict[str, WalView]:
+        """Return {target: figures}, a streamer running in this process overriding what it knows."""
+        views = {name: replace(view) for name, view in self.refreshed.items()}
+        for state in stream.live_states():
+            view = views.setdefault(state.target, WalView())
+            view.spool_bytes, view.spool_limit_bytes = state.spool_bytes, state.spool_limit
+            view.ship_failures, view.storage_up = state.ship_failures, state.storage_up
+            if state.slot_lag_bytes is not None:
+                view.slot_lag_bytes = state.slot_lag_bytes
+            if state.archive_lag_bytes is not None:
+                view.archive_lag_bytes = state.archive_lag_bytes
+        return views
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the WAL metric families (empty ones too, so the names are always exposed)."""
+        views = self.views()
+        gauges = {
+            "spool_bytes": GaugeMetricFamily(
+                "opskit_wal_spool_bytes", "Bytes in the WAL streamer's local spool, not yet stored.", labels=["target"]
+            ),
+            "spool_limit_bytes": GaugeMetricFamily(
+                "opskit_wal_spool_limit_bytes",
+                "wal.max_spool: past it the streamer stops with exit 4.",
+                labels=["target"],
+            ),
+            "slot_lag_bytes": GaugeMetricFamily(
+                "opskit_wal_slot_lag_bytes",
+                "WAL the server keeps for the streamer's replication slot (current LSN - restart_lsn); "
+                "bound it with max_slot_wal_keep_size.",
+                labels=["target"],
+            ),
+            "archive_lag_bytes": GaugeMetricFamily(
+                "opskit_wal_archive_lag_bytes",
+                "WAL written but not archived as a whole segment (current LSN - end of the newest archived segment).",
+                labels=["target"],
+            ),
+        }
+        failures = CounterMetricFamily(
+            "opskit_wal_ship_failures",
+            "WAL stores the streamer could not complete (the WAL stays in the spool and is retried).",
+            labels=["target"],
+        )
+        storage_up = GaugeMetricFamily(
+            "opskit_wal_stream_storage_up",
+            "1 when the streamer's last store succeeded, 0 while the storage cannot be reached.",
+            labels=["target"],
+        )
+        for target, view in sorted(views.items()):
+            for attribute, family in gauges.items():
+                value = getattr(view, attribute)
+                if value is not None:
+                    family.add_metric([target], value)
+            if view.ship_failures is not None:
+                failures.add_metric([target], view.ship_failures)
+            if view.storage_up is not None:
+                storage_up.add_metric([target], 1 if view.storage_up else 0)
+        yield from gauges.values()
+        yield failures
+        yield storage_up
 
 
 def _metric_targets(ctx: AppContext, targets: Iterable[str] | None) -> list[str]:

@@ -11,7 +11,10 @@ For each target (every target that is not another's staging target, or the one a
 - per storage that can hold immutable objects (S3 Object Lock): whether its bucket enforces
   them, and until when the newest backup there is locked (its manifest's retain-until date,
   the latest of its objects: it is written last), so the primary and the offsite copies can
-  each be seen to be immutable or not.
+  each be seen to be immutable or not;
+- WAL archiving, where known: the slot lag and the archive lag in bytes (read from the target's
+  server: the streamer may run in another process) and the streamer's spool against
+  ``wal.max_spool`` (only where the spool directory is local); see :mod:`opskit.wal.lag`.
 
 A storage that cannot be reached makes status exit 3 (after the whole report is shown),
 before any breach. Breached (exit 6): the current RPO is above the target, the backup interval alone exceeds it,
@@ -29,14 +32,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from opskit import catalog
+from opskit.backup import server as server_backup
 from opskit.catalog import Manifest
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.backup import server as server_backup
 from opskit.core.errors import ObjectiveBreached, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
 from opskit.storage.base import ObjectLocks, Storage
+from opskit.wal import lag, stream
 from opskit.wal.archive import newest_archived
 
 log = get_logger(__name__)
@@ -105,6 +109,8 @@ class TargetStatus:
     warnings: list[str] = field(default_factory=list)
     # Point-in-time recovery: the oldest base backup .. the newest archived WAL, and the RPO from it.
     pitr: dict[str, Any] | None = None
+    # WAL archiving: slot and archive lag, spool size (None without [wal] and without archived WAL).
+    wal: dict[str, Any] | None = None
 
     @property
     def three_two_one(self) -> bool:
@@ -171,6 +177,7 @@ class TargetStatus:
             "breaches": self.breaches,
             "warnings": self.warnings,
             "pitr": self.pitr,
+            "wal": self.wal,
         }
 
 
@@ -289,6 +296,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         status.kinds = sorted({c.kind for c in configs})
         status.offsite = [c.name for c in configs if c.offsite]
     status.pitr = _pitr_window(opened.get(target.primary_storage), target.name, present, now)
+    status.wal = _wal_state(ctx, target, opened.get(target.primary_storage), status.pitr)
     if not status.three_two_one:
         status.warnings.append(
             f"3-2-1 does not hold for the newest backup: {status.copies} copies "
@@ -384,3 +392,38 @@ def _pitr_window(store: Storage | None, target: str, present: list[Manifest], no
         "newest_wal_archived_at": catalog.format_time(newest[1]) if newest else None,
         "rpo_seconds": (now - newest[1]).total_seconds() if newest else None,
     }
+
+
+def _wal_state(
+    ctx: AppContext, target: TargetConfig, store: Storage | None, pitr: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Return the slot lag, archive lag and spool of ``target`` where known; None when it has no WAL archiving.
+
+    The newest archived segment comes from the PITR window when it was read, else from the
+    archive (only with a ``[wal]`` section). An unreachable server is reported in ``error``,
+    not raised: the backups' status stands without it.
+    """
+    settings = ctx.config.wal
+    newest = pitr.get("newest_wal") if pitr else None
+    if newest is None and settings is not None and store is not None:
+        try:
+            found = newest_archived(store, target.name)
+        except OpskitError:
+            found = None  # the storage's own entry already says why
+        newest = found[0] if found else None
+    if settings is None and newest is None:
+        return None
+    state: dict[str, Any] = {"slot": settings.slot if settings else None, "newest_segment": newest}
+    if settings is not None:
+        # tools.state_dir itself: status must not create the directory it reports on.
+        spool = ctx.config.tools.state_dir / settings.spool_dir / target.name
+        local = spool.is_dir()
+        state["spool_bytes"] = stream.spool_size(spool) if local else None
+        state["spool_limit_bytes"] = settings.max_spool
+    try:
+        found_lag = lag.server_lag(target, settings.slot if settings else None, newest)
+    except OpskitError as exc:
+        state["error"] = exc.one_line()
+        return state
+    state.update(found_lag.to_dict())
+    return state

@@ -9,20 +9,27 @@ RPO is bounded by that interval and not by the segment size. When the storage is
 unreachable, segments stay in the spool; past ``wal.max_spool`` the run stops with exit 4,
 and the slot keeps the server's WAL until streaming resumes (bound it on the server with
 ``max_slot_wal_keep_size``).
+
+While it runs, the streamer publishes a :class:`StreamState` per target (spool size and
+limit, ship failures, whether the storage answered, the slot and archive lag polled every
+``LAG_POLL_SECONDS``); the daemon's ``/metrics`` reads it at scrape time
+(``opskit.ops.metrics``), so the figures move while the job is running.
 """
 
 from __future__ import annotations
 
 import io
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from opskit.config.model import TargetConfig
 from opskit.config.wal import WalSettings
 from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, OpskitError
@@ -30,11 +37,42 @@ from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.pg import commands, connection, tools
 from opskit.pipeline import compress_and_store
-from opskit.wal import archive, layout
+from opskit.wal import archive, lag, layout
 
 log = get_logger(__name__)
 
 POLL_SECONDS = 0.5
+# One small query on its own connection: often enough for an alert with `for: 15m`, rare enough
+# not to be noticed on the server.
+LAG_POLL_SECONDS = 10.0
+
+
+@dataclass
+class StreamState:
+    """What a running streamer of one target knows about itself (read by the metrics at scrape time)."""
+
+    target: str
+    slot: str
+    spool: Path
+    spool_limit: int
+    spool_bytes: int = 0
+    ship_failures: int = 0
+    storage_up: bool = True
+    last_error: str | None = None
+    slot_lag_bytes: int | None = None
+    archive_lag_bytes: int | None = None
+    newest_shipped: str | None = None
+    newest_shipped_at: float | None = None  # Unix time the newest whole segment was stored
+
+
+_LIVE: dict[str, StreamState] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_states() -> list[StreamState]:
+    """Return a copy of the state of every streamer running in this process."""
+    with _LIVE_LOCK:
+        return [replace(state) for state in _LIVE.values()]
 
 
 @dataclass
@@ -63,26 +101,43 @@ def run(ctx: AppContext, target: str | None = None) -> StreamResult:
     tool = tools.find_tool("pg_receivewal", server.major, bin_dir)
     argv = commands.pg_receivewal_argv(tool, source, directory=str(spool), slot=settings.slot)
     result = StreamResult(target=source.name)
-    last_partial = 0.0
+    state = StreamState(source.name, settings.slot, spool, settings.max_spool, spool_bytes=spool_size(spool))
+    with _LIVE_LOCK:
+        _LIVE[source.name] = state
     log.info("wal stream started", target=source.name, slot=settings.slot, spool=str(spool))
+    try:
+        _stream(ctx, argv, settings, state, result)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.pop(source.name, None)
+    log.info("wal stream stopped", target=source.name, segments=result.segments, partials=result.partials)
+    return result
+
+
+def _stream(ctx: AppContext, argv: list[str], settings: WalSettings, state: StreamState, result: StreamResult) -> None:
+    """Run pg_receivewal and ship from the spool until cancelled; raise as :func:`run` says."""
+    source = ctx.target(state.target)
+    last_partial = 0.0
+    last_lag = 0.0
     with (
         connection.password_env(source, ctx.state_dir) as env,
         spawn(argv, env=env, stdout=subprocess.DEVNULL) as child,
     ):
         while not ctx.cancel.is_set():
-            result.segments += _ship_completed(ctx, source.name, spool)
+            result.segments += _ship_completed(ctx, state)
             if time.monotonic() - last_partial >= settings.partial_interval.total_seconds():
-                result.partials += _ship_partial(ctx, source.name, spool)
+                result.partials += _ship_partial(ctx, state)
                 last_partial = time.monotonic()
-            _check_spool(spool, settings.max_spool)
+            if time.monotonic() - last_lag >= LAG_POLL_SECONDS:
+                _poll_lag(source, state)
+                last_lag = time.monotonic()
+            _check_spool(state)
             if child.popen.poll() is not None:
-                result.segments += _ship_completed(ctx, source.name, spool)
+                result.segments += _ship_completed(ctx, state)
                 child.check(BackupFailed, f"pg_receivewal of target '{source.name}' stopped")
                 raise BackupFailed(f"pg_receivewal of target '{source.name}' stopped", hint="the next run resumes")
             ctx.cancel.wait(POLL_SECONDS)
         child.kill()
-    log.info("wal stream stopped", target=source.name, segments=result.segments, partials=result.partials)
-    return result
 
 
 def _ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
@@ -108,14 +163,15 @@ def _ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
             time.sleep(0.1)
 
 
-def _ship_completed(ctx: AppContext, target: str, spool: Path) -> int:
+def _ship_completed(ctx: AppContext, state: StreamState) -> int:
     """Push every finished file in the spool and remove it; return how many were shipped.
 
-    A storage failure leaves the file in the spool for the next round (logged once per round).
+    A storage failure leaves the file in the spool for the next round (logged once per round)
+    and marks the storage down in ``state`` until a push succeeds again.
     """
     shipped = 0
-    target_config = ctx.target(target)
-    for path in sorted(spool.iterdir()):
+    target_config = ctx.target(state.target)
+    for path in sorted(state.spool.iterdir()):
         if not (layout.is_segment_name(path.name) or layout.is_history_name(path.name)):
             continue
         try:
@@ -123,16 +179,17 @@ def _ship_completed(ctx: AppContext, target: str, spool: Path) -> int:
         except OpskitError as exc:
             if "different content" in exc.message:
                 raise
-            log.warning("wal stream: storage failed, segment kept in the spool", wal=path.name, error=exc.one_line())
+            _ship_failed(state, path.name, exc)
             return shipped
         path.unlink()
+        _shipped(state, path.name)
         shipped += 1
     return shipped
 
 
-def _ship_partial(ctx: AppContext, target: str, spool: Path) -> int:
+def _ship_partial(ctx: AppContext, state: StreamState) -> int:
     """Store the segment being written as ``<segment>.partial.zst`` (overwritten); return 1 when one was shipped."""
-    partials = sorted(p for p in spool.iterdir() if p.name.endswith(".partial"))
+    partials = sorted(p for p in state.spool.iterdir() if p.name.endswith(".partial"))
     if not partials:
         return 0
     path = partials[-1]
@@ -140,29 +197,84 @@ def _ship_partial(ctx: AppContext, target: str, spool: Path) -> int:
         data = path.read_bytes()
         compress_and_store(
             io.BytesIO(data),
-            archive.archive_storage(ctx, ctx.target(target)),
-            layout.object_key(target, path.name, bool(ctx.config.encryption.recipients)),
+            archive.archive_storage(ctx, ctx.target(state.target)),
+            layout.object_key(state.target, path.name, bool(ctx.config.encryption.recipients)),
             level=ctx.config.compression.level,
             recipients=ctx.config.encryption.recipients,
         )
     except FileNotFoundError:
         return 0  # pg_receivewal finished the segment meanwhile: it is shipped as a whole next round
     except OpskitError as exc:
-        log.warning("wal stream: could not ship the partial segment", wal=path.name, error=exc.one_line())
+        _ship_failed(state, path.name, exc)
         return 0
+    _shipped(state, None)
     return 1
 
 
-def _check_spool(spool: Path, limit: int) -> None:
-    """Raise BackupFailed when the spool holds more than ``limit`` bytes (the storage is not keeping up)."""
-    size = sum(p.stat().st_size for p in spool.iterdir() if p.is_file())
-    if size > limit:
+def _shipped(state: StreamState, name: str | None) -> None:
+    """Record a successful store (of segment ``name``, or None for a partial or history file)."""
+    with _LIVE_LOCK:
+        if not state.storage_up:
+            log.info("wal stream: the storage answers again", target=state.target)
+        state.storage_up = True
+        state.last_error = None
+        if name is not None and layout.is_segment_name(name):
+            state.newest_shipped = name
+            state.newest_shipped_at = time.time()
+
+
+def _ship_failed(state: StreamState, name: str, exc: OpskitError) -> None:
+    """Record a failed store: counted, the storage marked down, one warning naming the file and the cause."""
+    with _LIVE_LOCK:
+        state.ship_failures += 1
+        state.storage_up = False
+        state.last_error = exc.one_line()
+    log.warning("wal stream: storage failed, WAL kept in the spool", wal=name, error=exc.one_line())
+
+
+def _poll_lag(source: TargetConfig, state: StreamState) -> None:
+    """Read the slot lag and archive lag from the server into ``state``; a failure is logged, never raised.
+
+    The streamer must keep shipping while the server is briefly away (pg_receivewal reconnects
+    on its own terms); the lag is then unknown until the next poll.
+    """
+    try:
+        found = lag.server_lag(source, state.slot, state.newest_shipped)
+    except OpskitError as exc:
+        log.warning("wal stream: cannot read the slot lag", slot=state.slot, error=exc.one_line())
+        found = lag.WalLag(current_lsn=None)
+    with _LIVE_LOCK:
+        state.slot_lag_bytes = found.slot_lag_bytes
+        state.archive_lag_bytes = found.archive_lag_bytes
+
+
+def _check_spool(state: StreamState) -> None:
+    """Record the spool's size; raise BackupFailed when it holds more than the limit (the storage is not keeping up)."""
+    size = spool_size(state.spool)
+    with _LIVE_LOCK:
+        state.spool_bytes = size
+    if size > state.spool_limit:
+        cause = f" (last storage error: {state.last_error})" if state.last_error else ""
         raise BackupFailed(
-            f"the WAL spool '{spool}' holds {size} bytes, over wal.max_spool ({limit}): the storage is not keeping up",
+            f"the WAL spool '{state.spool}' holds {size} bytes, over wal.max_spool ({state.spool_limit}): "
+            f"the storage is not keeping up{cause}",
             hint="fix the storage (the replication slot keeps the server's WAL meanwhile) and start the stream again",
         )
 
 
 def spool_size(spool: Path) -> int:
-    """Return the bytes in the spool (0 when it does not exist)."""
-    return sum(p.stat().st_size for p in spool.iterdir() if p.is_file()) if spool.exists() else 0
+    """Return the bytes in the spool (0 when it does not exist).
+
+    pg_receivewal renames ``<segment>.partial`` when the segment completes, so a file listed a
+    moment ago may be gone: it is skipped (its new name is counted on the next call).
+    """
+    if not spool.exists():
+        return 0
+    total = 0
+    for path in spool.iterdir():
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total

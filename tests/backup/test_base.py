@@ -95,6 +95,8 @@ def test_a_cluster_with_another_tablespace_is_refused_and_nothing_is_stored(
 
     assert result.returncode == 2
     assert "has tablespaces besides pg_default (extra)" in result.stderr
+    assert "base backups of several tablespaces are not supported yet" in result.stderr
+    assert "pg_basebackup -Ft -D <dir>" in result.stderr and "SET TABLESPACE pg_default" in result.stderr
     assert not [p for p in (cluster.archive_dir / "app").glob("*/manifest.json")]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from opskit.config.load import default_config, load_config, parse_config
+from opskit.config.wal import WalSettings
 from opskit.core.errors import ConfigError
 from tests.servers import REPO_ROOT
 
@@ -32,6 +34,15 @@ def test_the_shipped_example_config_loads_and_uses_every_section() -> None:
     assert set(config.retention) == {"gfs"}
     for section in ("migrations", "notify", "daemon", "drill"):
         assert getattr(config, section) is not None, section
+
+
+def test_the_example_wal_section_names_every_key_at_its_default() -> None:
+    config = load_config(REPO / "config.example.toml")
+    section = (REPO / "config.example.toml").read_text().split("\n[wal]\n", 1)[1].split("\n[", 1)[0]
+    keys = {line.split("=", 1)[0].strip() for line in section.splitlines() if "=" in line and not line.startswith("#")}
+
+    assert config.wal == WalSettings()
+    assert keys == {field.name for field in dataclasses.fields(WalSettings)}
 
 
 def test_with_no_config_at_all_there_is_a_default_target_and_a_local_storage(

@@ -35,6 +35,12 @@ SPEC_NAMES = {
     "opskit_storage_up",
     "opskit_build_info",
     "opskit_wal_last_archived_timestamp_seconds",
+    "opskit_wal_archive_lag_bytes",
+    "opskit_wal_slot_lag_bytes",
+    "opskit_wal_spool_bytes",
+    "opskit_wal_spool_limit_bytes",
+    "opskit_wal_ship_failures_total",
+    "opskit_wal_stream_storage_up",
 }
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -144,7 +150,7 @@ def test_values_come_from_the_stored_catalog_so_a_restart_tells_the_truth(config
     assert sample(text, "opskit_backup_runs_total", target="app", result="failure") == 0
     assert sample(text, "opskit_build_info", version=__import__("opskit").__version__) == 1
     names = {m.group(1) for m in re.finditer(r"^# TYPE (\w+) ", text, re.M)}
-    names = {n + "_total" if n == "opskit_backup_runs" else n for n in names}
+    names = {n + "_total" if n in ("opskit_backup_runs", "opskit_wal_ship_failures") else n for n in names}
     assert names == SPEC_NAMES
     assert "backup_id" not in text
 

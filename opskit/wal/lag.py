@@ -1,0 +1,112 @@
+"""How far the WAL archive trails the server, in bytes, read from the server in one query.
+
+- **slot lag**: ``pg_current_wal_lsn()`` minus the replication slot's ``restart_lsn``: the WAL
+  the server keeps for the streamer. A streamer that is stopped or cannot ship leaves the
+  slot behind and this grows until the server's disk fills, unless ``max_slot_wal_keep_size``
+  bounds it (the server then invalidates the slot instead; see README "Point-in-time recovery").
+  A physical slot has no ``confirmed_flush_lsn``: ``restart_lsn`` is what the server retains.
+- **archive lag**: ``pg_current_wal_lsn()`` minus the end of the newest archived segment: WAL
+  written but not yet archived as a whole segment. A shipped ``.partial`` segment is not
+  counted, so with ``archive_command`` or ``wal stream`` alike the lag runs from 0 to one
+  segment (16 MiB) in normal operation and grows beyond that only when archiving is behind.
+
+A standby has no current write position (``pg_current_wal_lsn()`` fails during recovery): both
+lags are None there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from opskit.config.model import TargetConfig
+from opskit.core.errors import UnreachableError
+from opskit.pg import connection
+from opskit.wal import layout
+
+_POSITIONS = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
+"""
+_SLOT = """
+SELECT active,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END
+FROM pg_replication_slots WHERE slot_name = %s
+"""
+
+
+@dataclass(frozen=True)
+class WalLag:
+    """The server's write position and how far the slot and the archive trail it (None: not known)."""
+
+    current_lsn: int | None
+    slot: str | None = None
+    slot_exists: bool = False
+    slot_active: bool | None = None
+    slot_lag_bytes: int | None = None
+    archive_lag_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form (LSNs as PostgreSQL prints them)."""
+        return {
+            "current_lsn": layout.format_lsn(self.current_lsn) if self.current_lsn is not None else None,
+            "slot": self.slot,
+            "slot_exists": self.slot_exists,
+            "slot_active": self.slot_active,
+            "slot_lag_bytes": self.slot_lag_bytes,
+            "archive_lag_bytes": self.archive_lag_bytes,
+        }
+
+
+def segment_end(name: str, segment_size: int) -> int:
+    """Return the LSN just past the WAL segment ``name``. Raises ValueError for a name that is not a segment."""
+    _timeline, number = layout.segment_number(name, segment_size)
+    return (number + 1) * segment_size
+
+
+def read_lag(conn: psycopg.Connection[Any], slot: str | None, newest_segment: str | None) -> WalLag:
+    """Return the lag of ``slot`` (None: no slot to read) and of the archive whose newest segment is ``newest_segment``.
+
+    Raises psycopg errors as they come (the callers' connections translate them).
+    """
+    row = conn.execute(_POSITIONS).fetchone()
+    assert row is not None  # one row, always
+    in_recovery, lsn_text, segment_size = row
+    current = layout.parse_lsn(lsn_text) if lsn_text else None
+    archive_lag = None
+    if current is not None and newest_segment is not None:
+        # A new segment is archived only once it is complete, so its end is at or below the write position;
+        # max() keeps a timeline switch (the new timeline starts mid-segment) from showing a negative lag.
+        archive_lag = max(0, current - segment_end(newest_segment, int(segment_size)))
+    if slot is None:
+        return WalLag(current_lsn=current, archive_lag_bytes=archive_lag)
+    slot_row = conn.execute(_SLOT, (slot,)).fetchone()
+    if slot_row is None:
+        return WalLag(current_lsn=current, slot=slot, archive_lag_bytes=archive_lag)
+    active, slot_lag = slot_row
+    return WalLag(
+        current_lsn=current,
+        slot=slot,
+        slot_exists=True,
+        slot_active=bool(active),
+        slot_lag_bytes=None if in_recovery or slot_lag is None else int(slot_lag),
+        archive_lag_bytes=archive_lag,
+    )
+
+
+def server_lag(target: TargetConfig, slot: str | None, newest_segment: str | None) -> WalLag:
+    """Connect to ``target`` and return :func:`read_lag`'s answer.
+
+    Raises UnreachableError (3) when the server cannot be reached or the query fails.
+    """
+    with connection.connect(target, autocommit=True, application_name="opskit wal lag") as conn:
+        try:
+            return read_lag(conn, slot, newest_segment)
+        except psycopg.Error as exc:
+            raise UnreachableError(
+                f"cannot read the WAL position of target '{target.name}': {connection.libpq_reason(exc)}",
+                hint="check that the server is up and is not a standby",
+            ) from exc
