@@ -107,9 +107,10 @@ def _wal_line(wal: dict[str, object]) -> str:
         return format_size(value) if isinstance(value, int) else "unknown"
 
     parts = []
-    if wal.get("slot"):
-        lag = size(wal.get("slot_lag_bytes")) if wal.get("slot_exists") else "no such slot"
-        parts.append(f"slot {wal['slot']} lag {lag}")
+    if wal.get("slot") and (wal.get("slot_exists") or "error" in wal):
+        parts.append(f"slot {wal['slot']} lag {size(wal.get('slot_lag_bytes'))}")
+    elif wal.get("slot"):
+        parts.append(f"slot {wal['slot']} absent on the server")
     parts.append(f"archive lag {size(wal.get('archive_lag_bytes'))}")
     if wal.get("spool_limit_bytes") is not None:
         parts.append(f"spool {size(wal.get('spool_bytes'))} of {size(wal.get('spool_limit_bytes'))}")

@@ -365,7 +365,7 @@ def wal_view(ctx: AppContext, target: str, newest_segment: str | None) -> WalVie
 
     The spool is read only when ``[wal]`` is configured and its directory exists here; the
     server is asked (:func:`opskit.wal.lag.server_lag`) only for a target with ``[wal]`` or
-    archived WAL. Never raises: an unreachable server is a warning and leaves the lags unknown.
+    archived WAL that is not another target's staging target. Never raises: an unreachable server is a warning and leaves the lags unknown.
     """
     settings = ctx.config.wal
     view = WalView()
@@ -377,6 +377,8 @@ def wal_view(ctx: AppContext, target: str, newest_segment: str | None) -> WalVie
             view.spool_limit_bytes = settings.max_spool
     if settings is None and newest_segment is None:
         return view
+    if any(other.staging == target for other in ctx.config.targets.values()):
+        return view  # a staging target is restored into, never archived: its server is not asked
     try:
         found = lag.server_lag(ctx.config.target(target), settings.slot if settings else None, newest_segment)
     except OpskitError as exc:

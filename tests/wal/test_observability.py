@@ -148,6 +148,8 @@ def test_status_says_when_the_server_cannot_be_read_and_keeps_the_rest(
     assert wal["slot"] == "opskit"
     assert wal["spool_bytes"] is None  # no spool on this host
     assert "cannot connect to target 'app'" in wal["error"]
+    text = cluster.opskit("status", "--target", "app").stdout
+    assert "  WAL: slot opskit lag unknown, archive lag unknown, spool unknown of 1.0 GiB, server unreadable: " in text
 
 
 def s3_table(storage: StorageConfig, endpoint: str) -> str:
