@@ -13,6 +13,7 @@
     size_factor = 2.0                  # normal sizes: at least median / f .. median * f of those
     size_spread = 4.0                  # ... widened to median +- this many median absolute deviations
     size_jump = "warn"                 # a size outside that range: "warn" (the drill goes on) or "fail"
+    scratch_dir = "/var/tmp"           # PITR drills: the scratch server's data directory goes under it (default: TMPDIR)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class DrillSettings:
     size_factor: float = 2.0
     size_spread: float = 4.0
     size_jump: str = SIZE_JUMP_WARN  # one of SIZE_JUMPS
+    scratch_dir: str | None = None  # PITR drills' scratch data directories go under it (None: the system's temp dir)
 
 
 def _number(section: Section, key: str, default: float, minimum: float) -> float:
@@ -76,6 +78,7 @@ def parse_settings(section: Section) -> DrillSettings:
         size_factor=_number(section, "size_factor", 2.0, minimum=1.0),
         size_spread=_number(section, "size_spread", 4.0, minimum=0.0),
         size_jump=size_jump,
+        scratch_dir=section.str("scratch_dir", None),
     )
     section.finish()
     return result

@@ -17,16 +17,16 @@ drill start - the backup's recovery point.
 
 Reports go next to the backups, ``<target>/drills/<drill_id>.json|.md|.html``, and to
 ``--report-dir``. The verdict is also recorded as a verification of the backup (kind
-``drill``), so retention keeps the newest backup that passed one.
+``drill``), so retention keeps the newest backup that passed one (:mod:`opskit.drill.finish`).
+``pitr=True`` runs a point-in-time drill instead (:mod:`opskit.drill.pitr`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -39,15 +39,15 @@ from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, ManifestError, OpskitError
 from opskit.core.log import get_logger
-from opskit.drill import report
+from opskit.drill import finish
 from opskit.drill.checks import PreCheckContext, run_post_checks, run_pre_checks
 from opskit.drill.result import FAIL, PASS, REPORT_FORMAT, DrillReport
 from opskit.drill.timing import PhaseClock
 from opskit.pg import connection, databases
-from opskit.plan import objectives, timeline
+from opskit.plan import timeline
 from opskit.restore.reader import BackupReader, OpenedBackup
 from opskit.restore.restore import restore_to_new_database
-from opskit.storage.base import Storage, join_key
+from opskit.storage.base import Storage
 
 __all__ = [
     "FAIL",
@@ -80,8 +80,17 @@ def run(
     before: datetime | None = None,
     database: str | None = None,
     before_checks: BeforeChecks | None = None,
+    pitr: bool = False,
+    to_time: datetime | None = None,
+    random_time: bool = False,
+    scratch_dir: str | Path | None = None,
+    opskit_command: str | None = None,
 ) -> DrillReport:
     """Run one restore drill of ``target`` and return its report (stored before returning).
+
+    With ``pitr`` it is a point-in-time drill (:mod:`opskit.drill.pitr`: a base backup and the
+    WAL archive recovered to ``to_time``, a ``random_time`` in the window, or the archive's
+    end, on a scratch server under ``scratch_dir``); the logical options do not apply to it.
 
     ``backup`` names a backup (id or prefix); ``random_pick`` picks any complete one;
     ``before`` picks the newest whose recovery point is earlier; otherwise the latest.
@@ -90,6 +99,22 @@ def run(
     turns them into exit 5 / 6). Raises ConfigError (2) when no staging target is configured
     or no backup matches, UnreachableError (3) when staging or the storage cannot be reached.
     """
+    if pitr:
+        from opskit.drill import pitr as pitr_drill  # a logical drill pays for none of it
+
+        return pitr_drill.run(
+            ctx,
+            target=target,
+            to_time=to_time,
+            random_time=random_time,
+            keep=keep,
+            report_dir=report_dir,
+            trigger=trigger,
+            scratch_dir=scratch_dir,
+            opskit_command=opskit_command,
+        )
+    if to_time is not None or random_time:
+        raise ConfigError("--to-time and --random-time need --pitr", hint="add --pitr, or use --before / --random")
     settings: DrillSettings = ctx.config.drill or DrillSettings()
     source = _source_target(ctx, target)
     staging_target = _staging_target(ctx, source, staging)
@@ -144,25 +169,7 @@ def run(
     else:
         result.cleanup = {"action": "none", "reason": "no backup was restored"}
     measured = result.measured_rto
-    # Only a restore that finished measures an RTO; without one there is nothing to compare.
-    result.rto = (
-        None
-        if measured is None
-        else objectives.RtoAssessment(
-            measured=measured, allowances=ctx.config.objectives.allowances, target=ctx.config.objectives.rto
-        )
-    )
-    if result.rto is not None and result.rto.status == objectives.WARN:
-        result.warnings.append(
-            f"estimated RTO {objectives.short(result.rto.estimated)} is at least 80% of the target "
-            f"{objectives.short(result.rto.target)}"
-        )
-    loss = result.data_loss
-    if loss is not None and objectives.rpo_status(loss, result.rpo_target) == objectives.WARN:
-        result.warnings.append(f"data-loss window {objectives.short(loss)} is at least 80% of the RPO target")
-    result.finished_at = started_at + timedelta(seconds=clock.elapsed())
-    _write_reports(ctx, store, result, report_dir or settings.report_dir)
-    _record_verdict(store, result, ctx.clock)
+    finish.finish(ctx, store, result, clock, report_dir or settings.report_dir)
     log.info(
         "drill finished",
         target=source.name,
@@ -339,76 +346,3 @@ def _cleanup(staging: TargetConfig, database: str, keep: bool, settings: DrillSe
         message = exc.message if isinstance(exc, OpskitError) else str(exc)
         result.cleanup = {"action": "drop failed", "database": database, "error": message}
         result.warnings.append(f"could not drop staging database '{database}': {message}")
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _write_reports(ctx: AppContext, store: Storage, result: DrillReport, report_dir: str | Path | None) -> None:
-    """Store JSON, Markdown and HTML next to the backups, and in ``report_dir`` when given.
-
-    A storage failure here is a warning: the drill's verdict stands and is still printed.
-    """
-    base = join_key(catalog.drills_prefix(result.target), result.drill_id)
-    result.reports = {
-        "json": f"{store.name}:{base}.json",
-        "markdown": f"{store.name}:{base}.md",
-        "html": f"{store.name}:{base}.html",
-    }
-    directory = Path(report_dir) if report_dir else None
-    if directory is not None:
-        result.reports["local_dir"] = str(directory)
-    data = result.to_dict()
-    rendered = {
-        "json": report.to_json(data),
-        "md": report.to_markdown(data).encode("utf-8"),
-        "html": report.to_html(data).encode("utf-8"),
-    }
-    try:
-        catalog.write_drill_report(store, result.target, result.drill_id, rendered)
-    except OpskitError as exc:
-        result.warnings.append(f"storing the drill report in '{store.name}' failed: {exc.message}")
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for ext, payload in rendered.items():
-            (directory / f"{result.drill_id}.{ext}").write_bytes(payload)
-
-
-def _record_verdict(store: Storage, result: DrillReport, clock: Callable[[], datetime]) -> None:
-    """Record the drill as a verification of the backup, so retention keeps the newest drilled backup.
-
-    A storage failure here is a warning: the drill's verdict stands (so is a running prune's
-    repository lock: the record is written under a shared lock, never beside a prune).
-    """
-    if result.manifest is None:
-        return
-    record = catalog.Verification(
-        target=result.target,
-        backup_id=result.manifest.id,
-        storage=store.name,
-        time=result.started_at,
-        kind="drill",
-        level="restore",
-        verdict=result.verdict,
-        checks=tuple(_as_verification_check(c) for c in result.checks),
-    )
-    try:
-        with catalog.locked(store, result.target, "drill", clock=clock):
-            catalog.record_verification(store, record)
-    except OpskitError as exc:
-        result.warnings.append(f"recording the drill verdict next to the backup failed: {exc.message}")
-
-
-def _as_verification_check(check: Check) -> Check:
-    """Return ``check`` as verification records have always stored a drill's checks.
-
-    Their subject is the artifact the drill restored (``db``), not the drill's phase, and lists
-    or dicts are stored as their text, so records written before and after read the same.
-    """
-    return dataclasses.replace(
-        check, subject=catalog.DUMP_ARTIFACT, expected=_plain(check.expected), actual=_plain(check.actual)
-    )
-
-
-def _plain(value: object) -> object:
-    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)

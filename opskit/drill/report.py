@@ -14,7 +14,40 @@ from typing import Any
 
 from opskit.plan.objectives import short
 
-_PHASE_COLOURS = {"fetch": "#4e79a7", "decrypt": "#f28e2b", "restore": "#59a14f", "verify": "#af7aa1"}
+_PHASE_COLOURS = {
+    "fetch": "#4e79a7",
+    "decrypt": "#f28e2b",
+    "restore": "#59a14f",
+    "verify": "#af7aa1",
+    "extract": "#59a14f",
+    "verifybackup": "#edc948",
+    "replay": "#e15759",
+}
+
+
+def _pitr_lines(report: Mapping[str, Any]) -> list[str]:
+    """Return the facts of a PITR drill as "label: value" lines ([] for a logical drill)."""
+    pitr = report.get("pitr")
+    if not isinstance(pitr, Mapping):
+        return []
+    window = pitr.get("window") or {}
+    reached = pitr.get("reached") or {}
+    chosen = pitr.get("chosen_time")
+    lines = [
+        f"Recovery target: {pitr.get('target')}" + (" (picked at random)" if pitr.get("random_time") else ""),
+        f"Chosen moment: {chosen if chosen else 'the end of the archive'}",
+        f"PITR window: {window.get('start')} .. {window.get('end')} (newest segment {window.get('newest_segment')})",
+    ]
+    if reached:
+        lines.append(
+            f"Reached: LSN {reached.get('replay_lsn')}, last transaction {reached.get('last_transaction_time')}, "
+            f"timeline {reached.get('timeline')}"
+        )
+    return lines
+
+
+def _skipped_lines(report: Mapping[str, Any]) -> list[str]:
+    return [f"{s.get('name')}: {s.get('reason')}" for s in report.get("skipped_checks") or []]
 
 
 def to_json(report: Mapping[str, Any]) -> bytes:
@@ -90,6 +123,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             f"| {phase['name']} | {phase['started_at']} | {phase['ended_at']} | {phase['seconds']} "
             f"| {phase.get('bytes', 0)} | {_rate(phase.get('throughput_bytes_per_second'))} |"
         )
+    pitr = _pitr_lines(report)
+    if pitr:
+        lines += ["", "## Point-in-time recovery", "", *(f"- {line}" for line in pitr)]
     lines += ["", "## Checks", "", "| | phase | check | expected | actual |", "|---|---|---|---|---|"]
     for check in report.get("checks") or []:
         mark = "pass" if check.get("ok") else "**FAIL**"
@@ -97,6 +133,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             f"| {mark} | {check.get('phase')} | {_cell(check.get('name'))} | {_cell(check.get('expected'))} "
             f"| {_cell(check.get('actual'))} |"
         )
+    skipped = _skipped_lines(report)
+    if skipped:
+        lines += ["", "Skipped (they do not apply):", "", *(f"- {_cell(line)}" for line in skipped)]
     errors = report.get("pg_restore_errors") or {}
     lines += [
         "",
@@ -154,6 +193,10 @@ def to_html(report: Mapping[str, Any]) -> str:
         f"<li>{esc(w)}</li>" for w in report.get("warnings") or []
     )
     verdict = str(report.get("verdict"))
+    pitr = "".join(f"<li>{esc(line)}</li>" for line in _pitr_lines(report))
+    pitr_section = f"<h2>Point-in-time recovery</h2><ul>{pitr}</ul>" if pitr else ""
+    skipped = "".join(f"<li>{esc(line)}</li>" for line in _skipped_lines(report))
+    skipped_section = f"<h3>Skipped (they do not apply)</h3><ul>{skipped}</ul>" if skipped else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>Restore drill {esc(str(report.get("drill_id")))}</title>
@@ -184,6 +227,7 @@ Started {esc(str(report.get("started_at")))}, finished {esc(str(report.get("fini
 <td>{_seconds(rto.get("target_seconds"))}</td>
 <td>{esc(str(rto.get("status")))}</td></tr></table>
 <ul>{notes}</ul>
+{pitr_section}
 <h2>Timeline</h2>
 <div class="timeline">{segments}</div>
 <table><tr><th>phase</th><th>start</th><th>end</th><th>seconds</th><th>bytes</th><th>throughput</th></tr>
@@ -191,6 +235,7 @@ Started {esc(str(report.get("started_at")))}, finished {esc(str(report.get("fini
 <h2>Checks</h2>
 <table class="wide"><colgroup><col class="mark"><col class="phase"><col class="name"><col><col></colgroup>
 <tr><th></th><th>phase</th><th>check</th><th>expected</th><th>actual</th></tr>{check_rows}</table>
+{skipped_section}
 <h2>Cleanup</h2>
 {_cleanup_table(report.get("cleanup") or {})}
 </body></html>

@@ -45,6 +45,12 @@ class DrillReport:
     warnings: list[str] = field(default_factory=list)
     reports: dict[str, str] = field(default_factory=dict)
     restored: bool = False
+    # A PITR drill (opskit/drill/pitr.py): the moment asked for, the window, the point reached,
+    # the scratch server. None for a logical drill.
+    pitr: dict[str, Any] | None = None
+    # Its recovery point is the end of the WAL archive, not the base backup's snapshot.
+    recovery_point: datetime | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: checks that do not apply
 
     @property
     def passed(self) -> bool:
@@ -58,12 +64,14 @@ class DrillReport:
 
     @property
     def data_loss(self) -> timedelta | None:
-        """Return drill start - the backup's recovery point."""
+        """Return drill start - the recovery point (the backup's; for a PITR drill, the newest archived WAL)."""
+        if self.recovery_point is not None:
+            return self.started_at - self.recovery_point
         return self.started_at - self.manifest.snapshot_time if self.manifest else None
 
     @property
     def measured_rto(self) -> timedelta | None:
-        """Return fetch + decrypt + restore + verify wall time, or None when the restore did not finish."""
+        """Return the RTO phases' wall time (timing.RTO_PHASES), or None when the restore did not finish."""
         return measured_rto(self.phases) if self.restored else None
 
     @property
@@ -138,6 +146,9 @@ class DrillReport:
             "finished_at": catalog.format_time(self.finished_at) if self.finished_at else None,
             "phases": [p.to_dict() for p in self.phases],
             "checks": [c.to_drill_dict() for c in self.checks],
+            "skipped_checks": self.skipped,
+            "mode": "pitr" if self.pitr is not None else "logical",
+            "pitr": self.pitr,
             "pg_restore_errors": {"allowed": self.allowed_errors, "unexpected": self.unexpected_errors},
             "data_loss_seconds": loss.total_seconds() if loss is not None else None,
             "rpo": {

@@ -43,8 +43,10 @@ from opskit.core.execute import run as run_command
 from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.pg import connection, tools
+from opskit.plan import timeline
 from opskit.restore.reader import open_backup
 from opskit.wal import layout
+from opskit.wal.archive import newest_archived
 
 log = get_logger(__name__)
 
@@ -120,6 +122,40 @@ class PitrResult:
         }
 
 
+@dataclass(frozen=True)
+class PitrWindow:
+    """The moments a target can be recovered to: its oldest base backup's consistent point .. its newest WAL.
+
+    ``end`` is when the newest archived segment reached the storage (what ``status`` shows as
+    the end of the window); ``newest_segment`` is that segment's name.
+    """
+
+    start: datetime
+    end: datetime
+    newest_segment: str
+
+    def contains(self, moment: datetime) -> bool:
+        """Return True when ``moment`` lies inside the window (both ends included)."""
+        return self.start <= moment <= self.end
+
+    def describe(self) -> str:
+        """Return ``<start> .. <end>`` for messages."""
+        return f"{format_time(self.start)} .. {format_time(self.end)}"
+
+
+def pitr_window(store: Any, target: str, backups: Sequence[Manifest], now: datetime) -> PitrWindow | None:
+    """Return the PITR window of ``target`` in ``store``, or None without a base backup or archived WAL.
+
+    ``backups`` are the target's backups of any kind; future-dated ones are left out.
+    Raises StorageError when the archive cannot be listed.
+    """
+    bases = [m for m in timeline.present(backups, now) if m.kind == "base"]
+    newest = newest_archived(store, target) if bases else None
+    if not bases or newest is None:
+        return None
+    return PitrWindow(start=min(m.snapshot_time for m in bases), end=newest[1], newest_segment=newest[0])
+
+
 def choose_base(backups: Sequence[Manifest], target: RecoveryTarget, now: datetime) -> Manifest | None:
     """Return the base backup to recover ``target`` from: the newest consistent before it, or None.
 
@@ -157,7 +193,7 @@ def run(
     recovery = RecoveryTarget(time=to_time, lsn=to_lsn, name=to_name)
     source = ctx.target(target)
     store = ctx.storage(storage or source.primary_storage)
-    directory = _empty_directory(pgdata)
+    directory = empty_directory(pgdata)
     if selector is not None:
         manifest = find_backup(store, source.name, selector, now=ctx.clock(), kind="base")
     else:
@@ -169,29 +205,40 @@ def run(
                 hint="take one with 'opskit backup now --kind base'; a moment before the oldest one cannot be reached",
             )
         manifest = chosen
-    _check_wal_archived(ctx, store, source.name, manifest)
-    config_path = ctx.config.source
-    if config_path is None:
-        raise ConfigError("restore --pitr needs a config file (--config): the server's restore_command reads it")
+    check_wal_archived(store, source.name, manifest)
+    restore_command(ctx, source, opskit_command)  # no config file: refused before anything is written
     result = PitrResult(manifest=manifest, pgdata=str(directory), target=recovery)
     log.info("pitr restore started", target=source.name, backup_id=manifest.id, to=recovery.describe())
     began = time.monotonic()
-    _extract(ctx, store, manifest, directory)
+    extract(ctx, store, manifest, directory)
     result.phases["extract"] = time.monotonic() - began
-    fetch = opskit_command or shlex.join([sys.executable, "-m", "opskit"])
-    restore_command = f"{fetch} --config {shlex.quote(str(Path(config_path).resolve()))} wal fetch"
-    restore_command += f" --target {shlex.quote(source.name)} %f %p"
-    write_recovery_settings(directory, restore_command, recovery, manifest.id)
-    _give_to_server_user(directory)
+    write_recovery_settings(directory, restore_command(ctx, source, opskit_command), recovery, manifest.id)
+    give_to_server_user(directory)
     if start:
         began = time.monotonic()
-        _start_and_wait(ctx, source, manifest, directory, result)
+        start_server(ctx, source, manifest, directory, result)
+        wait_for_recovery(source, directory, result)
         result.phases["recovery"] = time.monotonic() - began
     log.info("pitr restore done", backup_id=manifest.id, pgdata=str(directory), started=result.started)
     return result
 
 
-def _empty_directory(pgdata: str) -> Path:
+def restore_command(ctx: AppContext, source: TargetConfig, opskit_command: str | None = None) -> str:
+    """Return the server's ``restore_command``: ``opskit --config <file> wal fetch --target <t> %f %p``.
+
+    ``opskit_command`` is how the server's user runs opskit (default: this interpreter).
+    Raises ConfigError when opskit runs without a config file (the fetch must read the same one).
+    """
+    config_path = ctx.config.source
+    if config_path is None:
+        raise ConfigError("restore --pitr needs a config file (--config): the server's restore_command reads it")
+    fetch = opskit_command or shlex.join([sys.executable, "-m", "opskit"])
+    command = f"{fetch} --config {shlex.quote(str(Path(config_path).resolve()))} wal fetch"
+    return command + f" --target {shlex.quote(source.name)} %f %p"
+
+
+def empty_directory(pgdata: str) -> Path:
+    """Return ``pgdata`` resolved, created (mode 0700) when absent. Raises ConfigError when it is not empty."""
     path = Path(pgdata).resolve()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"--pgdata '{pgdata}' is not an empty directory", hint="give a new or empty directory")
@@ -200,7 +247,7 @@ def _empty_directory(pgdata: str) -> Path:
     return path
 
 
-def _check_wal_archived(ctx: AppContext, store: Any, target: str, manifest: Manifest) -> None:
+def check_wal_archived(store: Any, target: str, manifest: Manifest) -> None:
     """Raise ConfigError when the last WAL segment the base backup needs is not in the archive."""
     needed = str(manifest.base.get("wal_stop", ""))
     if not needed:
@@ -212,7 +259,7 @@ def _check_wal_archived(ctx: AppContext, store: Any, target: str, manifest: Mani
         )
 
 
-def _extract(ctx: AppContext, store: Any, manifest: Manifest, directory: Path) -> None:
+def extract(ctx: AppContext, store: Any, manifest: Manifest, directory: Path) -> None:
     """Stream the base backup's tar into ``tar -x`` in ``directory``. Raises RestoreFailed/VerificationFailed."""
     backup = open_backup(ctx, store, manifest)
     backup.check_can_decrypt()
@@ -243,7 +290,7 @@ def write_recovery_settings(directory: Path, restore_command: str, target: Recov
     (directory / "recovery.signal").touch()
 
 
-def _server_user() -> pwd.struct_passwd | None:
+def server_user() -> pwd.struct_passwd | None:
     """Return the user the server runs as when opskit runs as root (PostgreSQL refuses root), else None."""
     if os.geteuid() != 0:
         return None
@@ -253,8 +300,9 @@ def _server_user() -> pwd.struct_passwd | None:
         raise ConfigError("running as root, restore --pitr needs a 'postgres' user to own the data directory") from exc
 
 
-def _give_to_server_user(directory: Path) -> None:
-    user = _server_user()
+def give_to_server_user(directory: Path) -> None:
+    """Make ``directory`` and everything in it the server user's when opskit runs as root (else nothing)."""
+    user = server_user()
     if user is None:
         return
     for dirpath, _dirs, files in os.walk(directory):
@@ -263,8 +311,9 @@ def _give_to_server_user(directory: Path) -> None:
             os.chown(os.path.join(dirpath, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
-def _as_server_user(argv: list[str]) -> list[str]:
-    user = _server_user()
+def as_server_user(argv: list[str]) -> list[str]:
+    """Return ``argv`` run as the server user (``runuser``) when opskit runs as root, else unchanged."""
+    user = server_user()
     return ["runuser", "-u", user.pw_name, "--", *argv] if user is not None else argv
 
 
@@ -274,30 +323,56 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_and_wait(
-    ctx: AppContext, source: TargetConfig, manifest: Manifest, directory: Path, result: PitrResult
-) -> None:
-    """Start the recovered server, wait for it to promote, and record the point reached in ``result``."""
+def server_tool(ctx: AppContext, source: TargetConfig, manifest: Manifest, name: str) -> tools.Tool:
+    """Return the ``name`` binary of the base backup's own major (a server runs only its own major's data).
+
+    Raises UnreachableError (3) when only other majors' binaries are installed.
+    """
     major = int(manifest.server.get("major") or 0)
     bin_dir = source.pg_bin_dir or ctx.config.tools.pg_bin_dir
-    pg_ctl = tools.find_tool("pg_ctl", major, bin_dir)
-    if pg_ctl.major != major:
+    tool = tools.find_tool(name, major, bin_dir)
+    if tool.major != major:
         raise UnreachableError(
-            f"the base backup is of PostgreSQL {major}; only pg_ctl {pg_ctl.version} was found",
+            f"the base backup is of PostgreSQL {major}; only {name} {tool.version} was found",
             hint=f"install postgresql-{major} (the server binaries) or set tools.pg_bin_dir",
         )
+    return tool
+
+
+def start_server(
+    ctx: AppContext, source: TargetConfig, manifest: Manifest, directory: Path, result: PitrResult
+) -> None:
+    """Start the restored server of the backup's major on a free loopback port; record the port in ``result``.
+
+    Raises UnreachableError (3) without that major's pg_ctl, RestoreFailed (4) when it does not start.
+    """
+    pg_ctl = server_tool(ctx, source, manifest, "pg_ctl")
     port = _free_port()
     log_file = directory / "opskit-recovery.log"
     options = f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory}"
     argv = [pg_ctl.path, "-D", str(directory), "-o", options, "-l", str(log_file), "-w", "-t", "600", "start"]
-    started = run_command(_as_server_user(argv), timeout=660)
+    started = run_command(as_server_user(argv), timeout=660)
     if started.returncode != 0:
         raise RestoreFailed(
-            f"the recovered server did not start: {_log_tail(log_file)}",
+            f"the recovered server did not start: {log_tail(log_file)}",
             hint=f"the data directory is left at '{directory}' to look at",
         )
     result.started, result.port = True, port
-    server = replace(source, dsn=connection.conninfo(source, "postgres") + f" host=127.0.0.1 port={port}")
+
+
+def server_target(source: TargetConfig, port: int) -> TargetConfig:
+    """Return ``source`` pointed at the restored server on 127.0.0.1:``port`` (same role and database)."""
+    return replace(source, dsn=connection.conninfo(source, "postgres") + f" host=127.0.0.1 port={port}")
+
+
+def wait_for_recovery(source: TargetConfig, directory: Path, result: PitrResult) -> None:
+    """Wait until the started server has promoted; record the replay LSN, last transaction time and timeline.
+
+    Raises RestoreFailed (4) when the server stops during recovery or recovery outlasts the wait.
+    """
+    assert result.port is not None
+    log_file = directory / "opskit-recovery.log"
+    server = server_target(source, result.port)
     deadline = time.monotonic() + RECOVERY_WAIT_SECONDS
     while True:
         try:
@@ -313,15 +388,30 @@ def _start_and_wait(
             return
         if not (directory / "postmaster.pid").exists():
             raise RestoreFailed(
-                f"recovery to {result.target.describe()} failed: {_log_tail(log_file)}",
+                f"recovery to {result.target.describe()} failed: {log_tail(log_file)}",
                 hint=f"the data directory is left at '{directory}' to look at",
             )
         if time.monotonic() > deadline:
-            raise RestoreFailed(f"recovery did not finish within {RECOVERY_WAIT_SECONDS} s: {_log_tail(log_file)}")
+            raise RestoreFailed(f"recovery did not finish within {RECOVERY_WAIT_SECONDS} s: {log_tail(log_file)}")
         time.sleep(0.2)
 
 
-def _log_tail(log_file: Path, lines: int = 3) -> str:
+def stop_server(ctx: AppContext, source: TargetConfig, manifest: Manifest, directory: Path) -> bool:
+    """Stop the server running from ``directory`` (fast shutdown) and return True once it is down.
+
+    A server that is not running counts as stopped. Raises UnreachableError (3) without pg_ctl.
+    """
+    if not (directory / "postmaster.pid").exists():
+        return True
+    pg_ctl = server_tool(ctx, source, manifest, "pg_ctl")
+    stopped = run_command(
+        as_server_user([pg_ctl.path, "-D", str(directory), "-m", "fast", "-w", "-t", "120", "stop"]), timeout=180
+    )
+    return stopped.returncode == 0 or not (directory / "postmaster.pid").exists()
+
+
+def log_tail(log_file: Path, lines: int = 3) -> str:
+    """Return the last non-empty ``lines`` of a server log joined by ' | ' (for one-line errors)."""
     try:
         text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:

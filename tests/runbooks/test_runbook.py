@@ -204,3 +204,20 @@ def test_the_cli_lists_and_shows_the_shipped_runbooks(ctx: AppContext) -> None:
         ],
     )
     assert "var before: (required)" in shown.output
+
+
+def test_recover_before_incident_shows_the_pitr_command_for_the_incident_time(ctx: AppContext, tmp_path: Path) -> None:
+    result = runbook.run(
+        ctx,
+        "recover-before-incident",
+        variables={"before": "2026-11-26T17:00:00Z"},
+        dry_run=True,
+        directory=RUNBOOKS,
+        transcript_dir=tmp_path,
+    )
+
+    first = result.results[0].output
+    assert "opskit drill restore --pitr --target app --to-time 2026-11-26T17:00:00Z --keep" in first
+    assert any(
+        "would run: opskit drill restore --target app --before 2026-11-26T17:00:00Z" in r.output for r in result.results
+    )

@@ -1,0 +1,467 @@
+"""``opskit drill restore --pitr``: prove the WAL archive recovers a moment, and measure how long it takes.
+
+Order of work, and why:
+
+1. Decide before touching anything: the PITR window (oldest base backup's consistent point
+   .. the newest archived WAL, :func:`opskit.restore.pitr.pitr_window`), the moment (``--to-time``,
+   ``--random-time``: uniform inside the window, or the archive's end), the base backup
+   (:func:`opskit.restore.pitr.choose_base`). A moment outside the window is ConfigError (exit 2).
+2. ``fetch``: stream the stored tar and check its size and sha256 (the logical drill's check).
+3. ``extract``: the tar into a scratch data directory under ``[drill] scratch_dir`` (or the
+   system's temp dir), then PostgreSQL's own ``backup_manifest`` from its stored artifact.
+4. ``verifybackup``: ``pg_verifybackup --no-parse-wal`` on the copy *before* recovery changes
+   it (the WAL comes from the archive, so pg_wal is empty). A failure is a failed check.
+5. ``replay``: recovery settings (``archive_mode = off``: the scratch server never writes to
+   the archive it reads), the server of the backup's major on a free loopback port, wait for
+   the promotion. When the archive holds no transaction after the moment, PostgreSQL stops
+   with "recovery ended before configured recovery target was reached"; the state at the
+   moment is then the archive's end, so the drill recovers to it and says so.
+6. ``verify``: recovery reached the target; ``pg_amcheck --all --install-missing`` (heap and
+   btree of every database); the logical drill's checks that apply to a physical copy
+   (invalid indexes, unvalidated constraints, sequences, failed migrations, smoke queries).
+   A base backup counts no rows, so row counts, fingerprints and object counts are skipped,
+   with the reason in the report. (This phase is named ``verify`` like a logical drill's
+   checks, so status and metrics read both kinds' RTO the same way.)
+7. Stop the scratch server and remove its directory, unless ``--keep`` (or ``keep_on_failure``
+   and a check failed); then write the reports and record the verdict like every drill.
+
+The measured RTO is fetch + extract + verifybackup + replay + verify. The data-loss window
+of a PITR drill is drill start - the newest archived WAL: what point-in-time recovery offers.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from opskit import catalog
+from opskit.catalog import Check, Manifest
+from opskit.config.drill import DrillSettings
+from opskit.config.model import TargetConfig
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError, OpskitError, RestoreFailed, UnreachableError
+from opskit.core.execute import run as run_command
+from opskit.core.log import get_logger
+from opskit.drill import checks, finish
+from opskit.drill.result import DrillReport
+from opskit.drill.timing import PhaseClock
+from opskit.pg import connection, facts, tools
+from opskit.restore import pitr
+from opskit.restore.pitr import PitrResult, PitrWindow, RecoveryTarget
+from opskit.restore.reader import open_backup
+from opskit.storage.base import Storage
+from opskit.wal import layout
+
+log = get_logger(__name__)
+
+SCRATCH = "scratch server"  # the report's staging target: no configured target is touched
+BACKUP_MANIFEST = "backup_manifest"
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+AMCHECK_TIMEOUT = 4 * 3600
+OUTPUT_LINES = 5  # lines of a failing tool's output kept in a check
+
+# (scratch data directory) -> None, called after the extract; tests use it to damage the copy.
+BeforeVerify = Callable[[Path], None]
+
+
+def run(
+    ctx: AppContext,
+    target: str | None = None,
+    to_time: datetime | None = None,
+    random_time: bool = False,
+    keep: bool = False,
+    report_dir: str | Path | None = None,
+    trigger: str = "manual",
+    scratch_dir: str | Path | None = None,
+    opskit_command: str | None = None,
+    before_verify: BeforeVerify | None = None,
+) -> DrillReport:
+    """Run one PITR drill of ``target`` and return its report (stored before returning).
+
+    ``to_time`` recovers to that moment, ``random_time`` to a random one inside the window,
+    neither to the end of the archive. Failed checks and breached objectives are in the report
+    (``raise_for_verdict()``: exit 5 / 6). Raises ConfigError (2) for both moments at once, a
+    moment outside the window, no base backup or no archived WAL, or no config file;
+    UnreachableError (3) when the storage cannot be reached.
+    """
+    if to_time is not None and random_time:
+        raise ConfigError("--to-time and --random-time exclude each other", hint="pass one of them")
+    settings: DrillSettings = ctx.config.drill or DrillSettings()
+    source = _source_target(ctx, target)
+    store = ctx.storage(source.primary_storage)
+    started_at = ctx.clock()
+    backups = catalog.list_backups(store, source.name)
+    window = pitr.pitr_window(store, source.name, backups, started_at)
+    if window is None:
+        raise ConfigError(
+            f"target '{source.name}' has no base backup with archived WAL in storage '{store.name}' to drill",
+            hint="take one with 'opskit backup now --kind base' and archive WAL with 'opskit wal push %p'",
+        )
+    moment = _moment(window, to_time, random_time)
+    recovery = RecoveryTarget(time=moment)
+    manifest = pitr.choose_base(backups, recovery, started_at)
+    if manifest is None:  # the window starts at the oldest base backup: only a race gets here
+        raise ConfigError(f"target '{source.name}' has no base backup consistent before {recovery.describe()}")
+    pitr.check_wal_archived(store, source.name, manifest)
+    command = pitr.restore_command(ctx, source, opskit_command)
+    drill_id = catalog.new_backup_id(started_at)
+    result = DrillReport(
+        drill_id=drill_id,
+        trigger=trigger,
+        target=source.name,
+        staging_target=SCRATCH,
+        staging_database=manifest.database or connection.database_of(source),
+        started_at=started_at,
+        manifest=manifest,
+        storage=store.name,
+        rpo_target=ctx.config.objectives.rpo,
+        recovery_point=window.end,
+    )
+    result.pitr = {
+        "target": recovery.describe(),
+        "chosen_time": catalog.format_time(moment) if moment else None,
+        "random_time": random_time,
+        "window": {
+            "start": catalog.format_time(window.start),
+            "end": catalog.format_time(window.end),
+            "newest_segment": window.newest_segment,
+        },
+    }
+    clock = PhaseClock(started_at)
+    log.info("pitr drill started", target=source.name, drill_id=drill_id, backup_id=manifest.id, to=recovery.describe())
+    scratch = _scratch_root(scratch_dir or settings.scratch_dir, source.name)
+    pgdata = scratch / "pgdata"
+    drill = _Drill(ctx, settings, source, store, manifest, recovery, window, result, clock, pgdata, backups)
+    try:
+        drill.recover(command, before_verify)
+    finally:
+        drill.clean_up(scratch, keep)
+    finish.finish(ctx, store, result, clock, report_dir or settings.report_dir)
+    measured = result.measured_rto
+    log.info(
+        "pitr drill finished",
+        target=source.name,
+        drill_id=drill_id,
+        verdict=result.verdict,
+        breaches=len(result.breaches),
+        measured_rto=round(measured.total_seconds(), 2) if measured is not None else None,
+    )
+    return result
+
+
+def _source_target(ctx: AppContext, target: str | None) -> TargetConfig:
+    """Return the named target; with none named, the only target that is not a staging target.
+
+    A server target is drilled as the cluster its base backups copy (not one of its databases).
+    """
+    if target is None:
+        staging = {t.staging for t in ctx.config.targets.values() if t.staging}
+        candidates = [name for name in ctx.config.targets if name not in staging]
+        if len(candidates) == 1:
+            target = candidates[0]
+    return ctx.target(target)
+
+
+def _moment(window: PitrWindow, to_time: datetime | None, random_time: bool) -> datetime | None:
+    """Return the moment to recover to (None: the archive's end). Raises ConfigError for one outside the window."""
+    if random_time:
+        return window.start + (window.end - window.start) * random.random()
+    if to_time is not None and not window.contains(to_time):
+        raise ConfigError(
+            f"--to-time {catalog.format_time(to_time)} is outside the PITR window ({window.describe()})",
+            hint="pick a moment inside it (see 'opskit status'), or use --random-time",
+        )
+    return to_time
+
+
+def _scratch_root(parent: str | Path | None, target: str) -> Path:
+    """Return a new directory for the scratch server, which the server's user may enter."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f"opskit-pitr-drill-{target}-", dir=parent))
+    pitr.give_to_server_user(root)  # mkdtemp's 0700 directory is root's: postgres could not reach pgdata
+    return root
+
+
+class _Drill:
+    """The steps of one PITR drill on its scratch directory; each appends its phase and its checks to the report."""
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        settings: DrillSettings,
+        source: TargetConfig,
+        store: Storage,
+        manifest: Manifest,
+        recovery: RecoveryTarget,
+        window: PitrWindow,
+        result: DrillReport,
+        clock: PhaseClock,
+        pgdata: Path,
+        backups: list[Manifest],
+    ) -> None:
+        self.ctx, self.settings, self.source, self.store = ctx, settings, source, store
+        self.backups = backups  # every backup of the target: the size check compares with the base ones
+        self.manifest, self.recovery, self.window = manifest, recovery, window
+        self.result, self.clock, self.pgdata = result, clock, pgdata
+        self.server = PitrResult(manifest=manifest, pgdata=str(pgdata), target=recovery)
+
+    # ------------------------------------------------------------------ phases
+
+    def recover(self, restore_command: str, before_verify: BeforeVerify | None) -> None:
+        """Run fetch, extract, verifybackup, replay and verify, stopping at the first phase that fails."""
+        backup = open_backup(self.ctx, self.store, self.manifest)
+        bases = [m for m in self.backups if m.kind == "base"]
+        pre = checks.PreCheckContext(
+            backup, bases, self.clock, self.result.phases, settings=self.settings, warnings=self.result.warnings
+        )
+        if not checks.run_pre_checks_of(pre, [checks.stored_object], self.result.checks):
+            return
+        if not self._extract():
+            return
+        if before_verify is not None:
+            before_verify(self.pgdata)
+        if not self._verifybackup():
+            return
+        pitr.write_recovery_settings(self.pgdata, restore_command, self.recovery, self.manifest.id)
+        pitr.give_to_server_user(self.pgdata)
+        if not self._replay():
+            return
+        self.result.restored = True
+        with self.clock.phase(self.result.phases, "verify"):
+            self.result.checks.append(self._reached_target())
+            self.result.checks.extend(self._amcheck())
+            self._facts_checks()
+
+    def _extract(self) -> bool:
+        with self.clock.phase(self.result.phases, "extract") as timing:
+            try:
+                pitr.empty_directory(str(self.pgdata))
+                pitr.extract(self.ctx, self.store, self.manifest, self.pgdata)
+                with open(self.pgdata / BACKUP_MANIFEST, "wb") as out:
+                    open_backup(self.ctx, self.store, self.manifest).read(BACKUP_MANIFEST, out)
+            except OpskitError as exc:
+                self.result.checks.append(Check("restore", "base backup extracts", "tar -x exit 0", exc.message, False))
+                return False
+            timing.bytes = self.manifest.artifact(catalog.DUMP_ARTIFACT).plain_size or 0
+        self.result.checks.append(
+            Check("restore", "base backup extracts", "tar -x exit 0, plain sha256 as stored", "extracted", True)
+        )
+        return True
+
+    def _verifybackup(self) -> bool:
+        name = "pg_verifybackup"
+        with self.clock.phase(self.result.phases, "verifybackup"):
+            try:
+                tool = tools.find_tool("pg_verifybackup", int(self.manifest.server.get("major") or 0), self._bin_dir())
+            except UnreachableError as exc:
+                self.result.skipped.append({"name": name, "reason": exc.message})
+                return True
+            argv = [
+                tool.path,
+                "--no-parse-wal",
+                "--manifest-path",
+                str(self.pgdata / BACKUP_MANIFEST),
+                str(self.pgdata),
+            ]
+            done = run_command(argv, timeout=AMCHECK_TIMEOUT)
+        ok = done.returncode == 0
+        actual = "backup successfully verified" if ok else _tail(done.stdout + done.stderr)
+        self.result.checks.append(Check("restore", name, "every file as in backup_manifest", actual, ok))
+        return ok
+
+    def _replay(self) -> bool:
+        with self.clock.phase(self.result.phases, "replay"):
+            try:
+                self._start_and_wait()
+            except OpskitError as exc:
+                self.result.checks.append(
+                    Check(
+                        "restore", "recovery completes", f"promoted at {self.recovery.describe()}", exc.message, False
+                    )
+                )
+                return False
+        self.result.checks.append(
+            Check(
+                "restore",
+                "recovery completes",
+                "the server promotes",
+                f"promoted, timeline {self.server.timeline}",
+                True,
+            )
+        )
+        self.result.pitr = (self.result.pitr or {}) | {
+            "reached": {
+                "replay_lsn": self.server.replay_lsn,
+                "last_transaction_time": _time(self.server.last_transaction_time),
+                "timeline": self.server.timeline,
+            },
+            "scratch": {"pgdata": str(self.pgdata), "port": self.server.port},
+        }
+        return True
+
+    def _start_and_wait(self) -> None:
+        """Start the scratch server and wait for the promotion; past the archive's last transaction, retarget to its end."""
+        try:
+            pitr.start_server(self.ctx, self.source, self.manifest, self.pgdata, self.server)
+            pitr.wait_for_recovery(self.source, self.pgdata, self.server)
+            return
+        except RestoreFailed:
+            if self.recovery.time is None or not _recovery_log_says(self.pgdata, NOT_REACHED):
+                raise
+        # No commit after the moment is archived: nothing changed between the last one and it,
+        # so the state at the moment is the archive's end. Recovery resumes from its last
+        # restartpoint, with the target removed (a later setting overrides an earlier one).
+        self.result.warnings.append(
+            f"the archive holds no transaction after {self.recovery.describe()}: recovered to its end, the same state"
+        )
+        with open(self.pgdata / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+            conf.write("# opskit drill: no transaction after the moment is archived; recover to the end\n")
+            conf.write("recovery_target_time = ''\n")
+        self.server.started = False
+        pitr.start_server(self.ctx, self.source, self.manifest, self.pgdata, self.server)
+        pitr.wait_for_recovery(self.source, self.pgdata, self.server)
+
+    # ------------------------------------------------------------------ checks after recovery
+
+    def _reached_target(self) -> Check:
+        """Recovery stopped where it was asked to: at or before the moment, or in the newest archived segment."""
+        reached = self.server.last_transaction_time
+        name = "recovery reached the target"
+        if self.recovery.time is not None:
+            moment = self.recovery.time
+            ok = reached is None or reached <= moment
+            actual = f"last transaction {_time(reached) or 'none replayed'}, LSN {self.server.replay_lsn}"
+            return Check("post", name, f"last transaction at or before {_time(moment)}", actual, ok)
+        size = int(self.manifest.base.get("segment_size") or layout.DEFAULT_SEGMENT_SIZE)
+        timeline, newest = layout.segment_number(self.window.newest_segment, size)
+        lsn = layout.parse_lsn(self.server.replay_lsn or "0/0")
+        # The newest segment may end with its switch record: replay then stops at the next one's start.
+        return Check(
+            "post",
+            name,
+            f"replay into the newest archived segment {self.window.newest_segment}",
+            f"replayed up to LSN {self.server.replay_lsn} (segment {layout.segment_name(timeline, lsn, size)})",
+            lsn // size >= newest,
+        )
+
+    def _amcheck(self) -> list[Check]:
+        """``pg_amcheck --all --install-missing``: heap and btree of every database; skipped without the tool."""
+        name = "pg_amcheck heap and btree, all databases"
+        try:
+            tool = tools.find_tool("pg_amcheck", max(int(self.manifest.server.get("major") or 0), 14), self._bin_dir())
+        except UnreachableError as exc:
+            self.result.skipped.append({"name": name, "reason": exc.message})
+            return []
+        server = self._server_target()
+        argv = [tool.path, "--maintenance-db", connection.conninfo(server, "postgres"), "--all", "--install-missing"]
+        with connection.password_env(server, self.ctx.state_dir) as env:
+            done = run_command(argv, env=env, timeout=AMCHECK_TIMEOUT)
+        ok = done.returncode == 0
+        actual = "no corruption found" if ok else _tail(done.stdout + done.stderr)
+        return [Check("post", name, "exit 0, no corruption", actual, ok)]
+
+    def _facts_checks(self) -> None:
+        """Run the logical drill's checks that hold for a physical copy; record why the others are skipped."""
+        reason = "a base backup counts no rows, and the moment recovered is later than the backup"
+        for skipped in ("row counts", "content fingerprints", "object counts"):
+            self.result.skipped.append({"name": skipped, "reason": reason})
+        database = self.result.staging_database
+        try:
+            with connection.connect(
+                self._server_target(), dbname=database, application_name="opskit pitr drill"
+            ) as conn:
+                context = checks.PostCheckContext(self.ctx, self.settings, self.manifest, conn, facts.SnapshotFacts())
+                for check in checks.PITR_POST_CHECKS:
+                    found = check(context)
+                    self.result.checks.extend(found)
+                    if check is checks.failed_migrations and not found:
+                        self.result.skipped.append(
+                            {"name": "flyway_schema_history", "reason": f"database '{database}' has no history table"}
+                        )
+        except (OpskitError, psycopg.Error) as exc:
+            message = exc.message if isinstance(exc, OpskitError) else str(exc).strip()
+            self.result.checks.append(Check("post", f"database '{database}' answers", "a connection", message, False))
+
+    # ------------------------------------------------------------------ the scratch server
+
+    def clean_up(self, scratch: Path, keep: bool) -> None:
+        """Stop the scratch server and remove its directory, unless kept; record what was done."""
+        failed = not self.result.passed
+        if keep or (failed and self.settings.keep_on_failure):
+            self.result.cleanup = self._kept(scratch, "--keep" if keep else "keep_on_failure: a check failed")
+            return
+        try:
+            stopped = pitr.stop_server(self.ctx, self.source, self.manifest, self.pgdata)
+        except OpskitError as exc:
+            stopped = False
+            self.result.warnings.append(f"could not stop the scratch server: {exc.message}")
+        if not stopped:
+            self.result.cleanup = {"action": "stop failed", "pgdata": str(self.pgdata), "port": self.server.port}
+            self.result.warnings.append(f"the scratch server in '{self.pgdata}' did not stop; it was left as it is")
+            return
+        shutil.rmtree(scratch, ignore_errors=True)
+        self.result.cleanup = {"action": "removed", "pgdata": str(self.pgdata), "port": self.server.port}
+
+    def _kept(self, scratch: Path, reason: str) -> dict[str, Any]:
+        """Return the cleanup record of a kept scratch directory: how to connect, and how to stop and remove it."""
+        port = self.server.port
+        rm = shlex.join(["rm", "-r", str(scratch)])
+        try:
+            pg_ctl = pitr.server_tool(self.ctx, self.source, self.manifest, "pg_ctl").path
+        except OpskitError:
+            pg_ctl = "pg_ctl"
+        stop = shlex.join(pitr.as_server_user([pg_ctl, "-D", str(self.pgdata), "-m", "fast", "stop"]))
+        database = self.result.staging_database
+        user = connection.dsn_parts(self.source).get("user")
+        address = f"host=127.0.0.1 port={port} dbname={database}" + (f" user={user}" if user else "")
+        return {
+            "action": "kept",
+            "pgdata": str(self.pgdata),
+            "port": port,
+            "reason": reason,
+            "connect": shlex.join(["psql", address]) if port else None,
+            "stop": f"{stop} && {rm}" if self.server.started else rm,
+        }
+
+    def _server_target(self) -> TargetConfig:
+        assert self.server.port is not None
+        return pitr.server_target(self.source, self.server.port)
+
+    def _bin_dir(self) -> tools.BinDirs:
+        return self.source.pg_bin_dir or self.ctx.config.tools.pg_bin_dir
+
+
+def _recovery_log_says(pgdata: Path, text: str) -> bool:
+    try:
+        return text in (pgdata / "opskit-recovery.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def _tail(output: bytes) -> str:
+    lines = [line for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    return " | ".join(lines[-OUTPUT_LINES:]) or "no output"
+
+
+def _time(moment: datetime | None) -> str | None:
+    return catalog.format_time(moment) if moment is not None else None
+
+
+def describe_kept(report: dict[str, Any]) -> list[str]:
+    """Return the lines telling how to connect to and stop a kept scratch server ([] when it was removed)."""
+    cleanup = report.get("cleanup") or {}
+    if cleanup.get("action") != "kept":
+        return []
+    return [
+        f"scratch server kept: connect with {cleanup.get('connect')}",
+        f"stop and remove it with: {cleanup.get('stop')}",
+    ]
