@@ -371,3 +371,57 @@ def test_index_builds_get_memory_sized_from_the_dump_within_bounds() -> None:
     assert index_build_options(10 * mib, 2) == "-c synchronous_commit=off -c maintenance_work_mem=64MB"
     assert index_build_options(2048 * mib, 2) == "-c synchronous_commit=off -c maintenance_work_mem=256MB"
     assert index_build_options(100_000 * mib, 2) == "-c synchronous_commit=off -c maintenance_work_mem=512MB"
+
+
+def test_a_table_s_indexes_are_built_while_a_later_table_still_loads_and_the_foreign_key_after_both(
+    pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opskit.restore import parallel, post_data
+
+    ctx = backed_up(
+        pg_database,
+        tmp_path,
+        make_context,
+        """
+        CREATE TABLE a_small (id int PRIMARY KEY, note text);
+        INSERT INTO a_small SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
+        CREATE INDEX a_small_note ON a_small (note);
+        CREATE TABLE z_big (id int PRIMARY KEY, a_id int REFERENCES a_small, pad text);
+        INSERT INTO z_big SELECT g, 1 + g % 1000, md5(g::text) FROM generate_series(1, 300000) g;
+        """,
+    )
+    events: list[tuple[str, str]] = []
+    names: dict[int, str] = {}
+    loaded = post_data.PostDataScheduler.table_loaded
+    run_post_data = parallel.ParallelRestore._run_post_data
+
+    def record_loaded(self: Any, dump_id: int) -> None:
+        events.append(("loaded", names.get(dump_id, str(dump_id))))
+        loaded(self, dump_id)
+
+    def record_batch(self: Any, dump_ids: list[int]) -> None:
+        for dump_id in dump_ids:
+            events.append(("started", names.get(dump_id, str(dump_id))))
+        run_post_data(self, dump_ids)
+
+    def record_names(self: Any, toc: Any) -> None:
+        names.update({e.dump_id: f"{e.desc} {e.tag}" for e in toc.entries})
+        start_data(self, toc)
+
+    start_data = parallel.ParallelRestore._start_data
+    monkeypatch.setattr(post_data.PostDataScheduler, "table_loaded", record_loaded)
+    monkeypatch.setattr(parallel.ParallelRestore, "_run_post_data", record_batch)
+    monkeypatch.setattr(parallel.ParallelRestore, "_start_data", record_names)
+
+    restored = restore.run(ctx, target="app", jobs=2)
+
+    assert restored.ok and restored.route == "loader", restored.mismatches
+    assert schema_dump(restored.database) == schema_dump(pg_database)
+    assert content_hashes(restored.database) == content_hashes(pg_database)
+    z_big_loaded = events.index(("loaded", "TABLE DATA z_big"))
+    # a_small's primary key and index started before z_big's rows were all committed ...
+    assert events.index(("started", "CONSTRAINT a_small a_small_pkey")) < z_big_loaded
+    assert events.index(("started", "INDEX a_small_note")) < z_big_loaded
+    # ... and the foreign key between them only after both.
+    assert events.index(("started", "FK CONSTRAINT z_big z_big_a_id_fkey")) > z_big_loaded
+    assert list((tmp_path / "state").iterdir()) == []
