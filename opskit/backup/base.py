@@ -273,7 +273,10 @@ def _store_tar(
         key,
         label=f"base backup {target.name}",
         program="pg_basebackup",
-        hint="nothing was committed; the role needs REPLICATION and a pg_hba.conf replication entry",
+        hint=(
+            "nothing was committed; refused at once: the role needs REPLICATION and a pg_hba.conf replication entry; "
+            "cut mid-stream: the server stopped, see its log and run again"
+        ),
         wrap=capture_members,
     )
     return stored, captures[0].captured
