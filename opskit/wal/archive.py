@@ -18,6 +18,13 @@ How push keeps those rules on any storage, without reading an encrypted object b
 
 A segment is 16 MiB by default, so it is compressed in memory and stored with
 ``Storage.create`` (one atomic create-if-absent request on every backend).
+
+Fetch reads ahead: after segment N, it fetches (verified, in threads) the next
+``PREFETCH_SEGMENTS`` segments of the same timeline into ``<dir of %p>/opskit-prefetch/``,
+and a later fetch of one of them is a rename. Recovery asks for segments one at a time and
+waits for each; the read-ahead overlaps the storage round trips. The first miss (the end of
+the archive, or a history file probed at promotion) removes the directory, so nothing is left
+in ``pg_wal`` after recovery.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,13 +45,25 @@ import zstandard
 
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, ConfigError, ObjectNotFound, RestoreFailed, VerificationFailed
+from opskit.core.errors import (
+    BackupFailed,
+    ConfigError,
+    ObjectNotFound,
+    OpskitError,
+    RestoreFailed,
+    VerificationFailed,
+)
 from opskit.core.log import get_logger
 from opskit.pipeline import parse_identities, parse_recipients
 from opskit.storage.base import Storage
 from opskit.wal import layout
 
 log = get_logger(__name__)
+
+# How many segments one fetch reads ahead (8 x 16 MiB on disk at most), and in how many threads.
+PREFETCH_SEGMENTS = 8
+PREFETCH_THREADS = 4
+PREFETCH_DIR = "opskit-prefetch"
 
 
 @dataclass(frozen=True)
@@ -147,20 +168,59 @@ def read_hash_record(storage: Storage, target: str, name: str) -> dict[str, Any]
     return record
 
 
-def fetch(ctx: AppContext, name: str, destination: str, target: str | None = None) -> bool:
+def fetch(
+    ctx: AppContext, name: str, destination: str, target: str | None = None, prefetch: int = PREFETCH_SEGMENTS
+) -> bool:
     """Restore the archived WAL file ``name`` (``%f``) to ``destination`` (``%p``); return False when absent.
 
     The file appears at ``destination`` complete or not at all (written beside it, then
-    renamed). Raises RestoreFailed (4) when it is encrypted and no identity fits,
-    VerificationFailed (5) when its bytes differ from the recorded sha256, StorageError on
-    storage failures.
+    renamed). A segment read ahead by an earlier fetch is taken from the prefetch directory;
+    after a segment, the next ``prefetch`` ones are read ahead (see the module docstring).
+    Raises RestoreFailed (4) when it is encrypted and no identity fits, VerificationFailed (5)
+    when its bytes differ from the recorded sha256, StorageError on storage failures.
     """
     target_config = ctx.target(target)
+    dest = Path(destination)
+    spool = dest.parent / PREFETCH_DIR
+    if _take_prefetched(spool, name, dest):
+        # No read-ahead here: the next batch is read (in parallel) by the fetch that finds the
+        # directory empty, not one segment per call, which would be as slow as no read-ahead.
+        log.debug("wal fetched from the read-ahead", target=target_config.name, wal=name)
+        return True
     storage = archive_storage(ctx, target_config)
     data = read_wal(ctx, storage, target_config.name, name)
+    if data is None and layout.is_segment_name(name):
+        # The segment the primary was writing when it was lost exists only as the streamer's
+        # last shipped .partial (a prefix of the segment, padded as pg_receivewal pads it):
+        # replaying it is what makes the RPO the partial interval, as Barman's partial restore does.
+        data = read_wal(ctx, storage, target_config.name, name + ".partial")
+        if data is not None:
+            log.info("wal fetched from its partial segment", target=target_config.name, wal=name)
     if data is None:
+        # Past the end of the archive (or a probe for a timeline that does not exist): recovery
+        # is ending, and what was read ahead will not be asked for.
+        shutil.rmtree(spool, ignore_errors=True)
         return False
-    dest = Path(destination)
+    _write_file(dest, data, name)
+    log.debug("wal fetched", target=target_config.name, wal=name, size=len(data))
+    _prefetch(ctx, target_config.name, name, len(data), spool, prefetch)
+    return True
+
+
+def with_read_ahead(restore_command: str) -> str:
+    """Return ``restore_command`` (``... wal fetch ... %f %p``) behind a shell test that takes a read-ahead segment.
+
+    PostgreSQL runs the restore_command through ``/bin/sh`` once per file and waits for it;
+    starting the interpreter costs about a second of CPU, while a segment an earlier fetch
+    read ahead needs only a rename. So a file waiting in the read-ahead directory is moved
+    into place by the shell, and anything else (a miss, a history file) runs the command.
+    """
+    spool = f'"$(dirname "%p")/{PREFETCH_DIR}/%f"'
+    return f'f={spool}; if [ -f "$f" ] && mv "$f" "%p"; then exit 0; fi; {restore_command}'
+
+
+def _write_file(dest: Path, data: bytes, name: str) -> None:
+    """Write ``data`` to ``dest`` complete or not at all. Raises RestoreFailed when it cannot."""
     tmp = dest.with_name(f".{dest.name}.opskit-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as out:
@@ -170,9 +230,59 @@ def fetch(ctx: AppContext, name: str, destination: str, target: str | None = Non
         os.replace(tmp, dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise RestoreFailed(f"cannot write WAL file {name} to '{destination}': {exc.strerror or exc}") from exc
-    log.debug("wal fetched", target=target_config.name, wal=name, size=len(data))
+        raise RestoreFailed(f"cannot write WAL file {name} to '{dest}': {exc.strerror or exc}") from exc
+
+
+def _take_prefetched(spool: Path, name: str, dest: Path) -> bool:
+    """Move ``name`` from the read-ahead directory to ``dest``; return False when it is not there."""
+    try:
+        os.replace(spool / name, dest)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False  # e.g. another file system: fetch it from the archive instead
     return True
+
+
+def next_segments(name: str, segment_size: int, count: int) -> list[str]:
+    """Return the names of the ``count`` segments after segment ``name`` on its timeline.
+
+    ``segment_size`` is the size of ``name``'s file (the cluster's wal_segment_size).
+    """
+    timeline, number = layout.segment_number(name, segment_size)
+    return [layout.segment_name(timeline, (number + i) * segment_size, segment_size) for i in range(1, count + 1)]
+
+
+def _prefetch(ctx: AppContext, target: str, name: str, segment_size: int, spool: Path, count: int) -> None:
+    """Read ahead the ``count`` segments after segment ``name`` into ``spool``, stopping at the first absent one.
+
+    Best effort: a failure here only costs the later fetch a round trip (it reads the
+    segment itself and reports the error then).
+    """
+    if count <= 0 or not layout.is_segment_name(name) or segment_size <= 0 or segment_size & (segment_size - 1):
+        return
+    wanted = [n for n in next_segments(name, segment_size, count) if not (spool / n).exists()]
+    if not wanted:
+        return
+    target_config = ctx.target(target)
+    storage = archive_storage(ctx, target_config)
+
+    def read(segment: str) -> bytes | None:
+        try:
+            return read_wal(ctx, storage, target_config.name, segment)
+        except (OpskitError, OSError) as exc:  # read-ahead is an optimisation; the real fetch reports it
+            log.debug("wal read-ahead failed", wal=segment, error=str(exc))
+            return None
+
+    with ThreadPoolExecutor(max_workers=PREFETCH_THREADS) as pool:
+        for segment, data in zip(wanted, pool.map(read, wanted), strict=True):
+            if data is None:
+                break  # not archived (yet): the segments after it are not either
+            try:
+                spool.mkdir(exist_ok=True)
+                _write_file(spool / segment, data, segment)
+            except (OSError, RestoreFailed):
+                break
 
 
 def read_wal(ctx: AppContext, storage: Storage, target: str, name: str) -> bytes | None:
