@@ -331,16 +331,26 @@ def _decrypt(ctx: AppContext, name: str, payload: bytes) -> bytes:
 
 
 def newest_archived(storage: Storage, target: str) -> tuple[str, datetime] | None:
-    """Return (name, stored time) of the newest archived WAL segment of ``target``, or None when there is none.
+    """Return (name, stored time) of the newest archived WAL of ``target``, or None when there is none.
 
-    The stored time is when the segment reached the storage: ``now - it`` is the RPO that
+    ``name`` is the newest complete segment; the time is when the newest WAL reached the
+    storage, a complete segment or the streamer's ``.partial`` of the one being written
+    (``fetch`` serves that partial at the end of recovery). ``now - time`` is the RPO that
     point-in-time recovery offers. Raises StorageError when the archive cannot be listed.
     """
-    newest: tuple[str, datetime] | None = None
+    newest_name: str | None = None
+    newest_time: datetime | None = None
     for info in storage.list(layout.wal_prefix(target)):
         name = layout.name_of_key(info.key)
-        if name is None or not layout.is_segment_name(name):
+        if name is None:
             continue
-        if newest is None or info.modified > newest[1]:
-            newest = (name, info.modified)
-    return newest
+        partial = name.endswith(".partial") and layout.is_segment_name(name[:24])
+        if not partial and not layout.is_segment_name(name):
+            continue
+        if not partial and (newest_name is None or name > newest_name):
+            newest_name = name
+        if newest_time is None or info.modified > newest_time:
+            newest_time = info.modified
+    if newest_name is None or newest_time is None:
+        return None  # a partial alone (the first segment still being written) restores nothing yet
+    return (newest_name, newest_time)

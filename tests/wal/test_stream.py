@@ -30,7 +30,7 @@ def write_and_switch(cluster: ArchivingCluster) -> str:
     return cluster.switch_wal()
 
 
-def wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
