@@ -6,9 +6,8 @@ server (untimed), and the common recipe's ``pg_dump -Fc`` file is uploaded next 
 ``--runs`` times each, interleaved, with a CHECKPOINT before every case (median and spread):
 
 - ``opskit restore --jobs 2``  one streamed read (both sha256 checked): schema from the TOC,
-                               every table's COPY data split over 2 connections, each table's
-                               indexes and constraints started as soon as its rows are committed
-                               (``pg_restore --section=post-data -L``), then every table's row
+                               every table's COPY data split over 2 connections, indexes with
+                               ``pg_restore --section=post-data -j 2``, then every table's row
                                count (as the COPYs reported it) compared with the manifest
 - ``opskit restore --jobs 1``  the same read streamed into one serial ``pg_restore``, then the
                                row counts

@@ -42,9 +42,8 @@ class ScriptSplitter:
     is not one of them is an error, so a table's data can never be mistaken for SQL or the
     other way round. ``on_block(statement, rows)`` receives whole rows, at most about
     ``block_size`` bytes at a time; ``on_sql(text)`` receives everything else, cut at line
-    ends, except psql meta-commands (``\\restrict``), which are not SQL; ``on_end(statement)``
-    (optional) is called once a COPY's end marker has arrived, after its last block. Everything
-    stays bytes: the script is in the archive's encoding, which need not be UTF-8.
+    ends, except psql meta-commands (``\\restrict``), which are not SQL. Everything stays
+    bytes: the script is in the archive's encoding, which need not be UTF-8.
     """
 
     def __init__(
@@ -53,7 +52,6 @@ class ScriptSplitter:
         on_block: Callable[[bytes, bytes], None],
         on_sql: Callable[[bytes], None],
         block_size: int | None = None,
-        on_end: Callable[[bytes], None] | None = None,
     ) -> None:
         # A COPY statement spans several lines when a quoted table or column name holds a newline,
         # so statements are looked up by their first line and then matched whole.
@@ -62,7 +60,6 @@ class ScriptSplitter:
             self._statements.setdefault(statement.split(b"\n", 1)[0], []).append(statement)
         self._on_block = on_block
         self._on_sql = on_sql
-        self._on_end = on_end
         self._block_size = block_size or BLOCK_SIZE
         self._buf = bytearray()
         self._scan_from = 0
@@ -142,9 +139,7 @@ class ScriptSplitter:
         if rows_end:
             self._emit_rows(self._take(rows_end))
         del self._buf[: len(_TERMINATOR)]
-        ended, self._copying = self._copying, None
-        if self._on_end is not None and ended is not None:
-            self._on_end(ended)
+        self._copying = None
         self._scan_from = 0
         return True
 
@@ -210,23 +205,13 @@ class _Failed:
 _FAILED = _Failed()
 
 
-class _Idle:
-    """What a worker gets when no block is waiting and the COPY it holds open can be committed."""
-
-
-_IDLE = _Idle()
-
-
 class CopyLoader:
     """N threads, each with its own connection, loading COPY blocks from one bounded queue.
 
     A worker keeps its COPY open while the blocks it takes belong to the same statement and
-    commits it when the next block belongs to another, or when its statement has ended and no
-    block is waiting (autocommit: one transaction per COPY, as pg_restore does). ``connect()``
-    must return a new autocommit connection to the destination database. ``on_loaded(statement)``
-    (optional) is called, from whichever thread finishes it, once ``end(statement)`` was called
-    and every block of that statement is committed (or skipped after an error): the table can
-    be indexed.
+    commits it when the next block belongs to another (autocommit: one transaction per COPY,
+    as pg_restore does). ``connect()`` must return a new autocommit connection to the
+    destination database.
     """
 
     def __init__(
@@ -236,12 +221,8 @@ class CopyLoader:
         settings: list[bytes],
         exit_on_error: bool = True,
         table_names: dict[bytes, str] | None = None,
-        on_loaded: Callable[[bytes], None] | None = None,
     ) -> None:
         self._connect = connect
-        self._on_loaded = on_loaded
-        self._pending: dict[bytes, int] = {}  # blocks put and not yet committed, per statement
-        self._ended: set[bytes] = set()  # statements whose last block has been put
         self._table_names = table_names or {}
         self._settings = settings
         self._exit_on_error = exit_on_error
@@ -261,8 +242,6 @@ class CopyLoader:
 
     def put(self, statement: bytes, rows: bytes) -> None:
         """Queue a block; block while the workers are busy. Raises LoadFailed once a COPY failed."""
-        with self._lock:
-            self._pending[statement] = self._pending.get(statement, 0) + 1
         while True:
             if self._failed.is_set():
                 raise LoadFailed(str(self._failure))
@@ -271,24 +250,6 @@ class CopyLoader:
                 return
             except queue.Full:
                 continue
-
-    def end(self, statement: bytes) -> None:
-        """Say that every block of ``statement`` has been put; ``on_loaded`` follows once they are committed."""
-        with self._lock:
-            self._ended.add(statement)
-            done = self._pending.get(statement, 0) == 0
-        if done and self._on_loaded is not None:
-            self._on_loaded(statement)
-
-    def _settle(self, statement: bytes, blocks: int) -> None:
-        """Count ``blocks`` of ``statement`` as committed or skipped; report the table when it is complete."""
-        if not blocks:
-            return
-        with self._lock:
-            left = self._pending[statement] = self._pending.get(statement, 0) - blocks
-            done = left == 0 and statement in self._ended
-        if done and self._on_loaded is not None:
-            self._on_loaded(statement)
 
     def close(self) -> LoadStats:
         """Wait until every block is loaded and committed. Raises LoadFailed (or a connection error)."""
@@ -320,19 +281,13 @@ class CopyLoader:
             except queue.Full:
                 continue
 
-    def _next(self, open_copy: bytes | None) -> tuple[bytes, bytes] | _Failed | _Idle | None:
-        """Return the next block, None to stop, or _FAILED as soon as any worker or the caller failed.
-
-        Returns _IDLE when no block is waiting and ``open_copy``, the statement whose COPY this
-        worker holds open, has ended: committing it then lets its table's indexes start.
-        """
+    def _next(self) -> tuple[bytes, bytes] | _Failed | None:
+        """Return the next block, None to stop, or _FAILED as soon as any worker or the caller failed."""
         while not self._failed.is_set():
-            finished = open_copy is not None and open_copy in self._ended
             try:
-                return self._queue.get(timeout=0.02 if finished else 0.2)
+                return self._queue.get(timeout=0.2)
             except queue.Empty:
-                if finished:
-                    return _IDLE
+                continue
         return _FAILED
 
     def _fail(self, exc: BaseException) -> None:
@@ -366,28 +321,20 @@ class CopyLoader:
         current: bytes | None = None
         copy_cm: Any = None
         copy: Any = None
-        written = 0  # blocks in the open COPY
         while True:
-            item = self._next(current if copy_cm is not None else None)
+            item = self._next()
             if isinstance(item, _Failed):
                 if copy_cm is not None:
                     with contextlib.suppress(Exception):  # CopyFail: nothing of this COPY is committed
                         copy_cm.__exit__(LoadFailed, LoadFailed("stopped"), None)
                 return
-            if isinstance(item, _Idle):
-                self._end_copy(copy_cm, cursor, current, written)
-                copy_cm = copy = None
-                written = 0
-                continue
             statement = item[0] if item is not None else None
             if copy_cm is not None and statement != current:
-                self._end_copy(copy_cm, cursor, current, written)
+                self._end_copy(copy_cm, cursor, current)
                 copy_cm = copy = None
-                written = 0
             if item is None:
                 return
             if item[0] in self._skipped:
-                self._settle(item[0], 1)
                 continue
             try:
                 if copy_cm is None:
@@ -395,30 +342,24 @@ class CopyLoader:
                     copy_cm = cursor.copy(current)
                     copy = copy_cm.__enter__()
                 copy.write(item[1])
-                written += 1
             except psycopg.Error as exc:
                 if copy_cm is not None:
                     with contextlib.suppress(Exception):
                         copy_cm.__exit__(type(exc), exc, exc.__traceback__)
                 copy_cm = copy = None
                 self._copy_failed(item[0], exc)
-                self._settle(item[0], written + 1)
-                written = 0
             with self._lock:
                 self.stats.blocks += 1
 
-    def _end_copy(self, copy_cm: Any, cursor: psycopg.Cursor[Any], statement: bytes | None, blocks: int) -> None:
-        """Commit the open COPY of ``blocks`` blocks of ``statement`` and count its rows."""
+    def _end_copy(self, copy_cm: Any, cursor: psycopg.Cursor[Any], statement: bytes | None) -> None:
         assert statement is not None
         try:
             copy_cm.__exit__(None, None, None)
         except psycopg.Error as exc:
             self._copy_failed(statement, exc)
-            self._settle(statement, blocks)
             return
         with self._lock:
             self.stats.rows[statement] = self.stats.rows.get(statement, 0) + max(cursor.rowcount, 0)
-        self._settle(statement, blocks)
 
     def _copy_failed(self, statement: bytes, exc: psycopg.Error) -> None:
         # Worded as pg_restore words it, so a drill's allowed_restore_errors match either.

@@ -48,7 +48,6 @@ class TocEntry:
     section: str  # "pre-data", "data" or "post-data"
     has_data: bool  # a data block follows in the archive's data part
     copy_stmt: bytes | None  # as bytes: in the archive's encoding, which need not be UTF-8
-    dependencies: tuple[int, ...] = ()  # dump ids this entry depends on, as pg_dump recorded them
 
 
 @dataclass(frozen=True)
@@ -143,10 +142,8 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             cur.int()  # relkind
         cur.str()  # owner
         cur.str()  # "false": tables WITH OIDS are gone
-        dependencies = []
-        while (dependency := cur.raw()) is not None:  # dump ids as decimal strings, ended by a NULL string
-            if dependency.isdigit():
-                dependencies.append(int(dependency))
+        while cur.raw() is not None:  # dependencies, ended by a NULL string
+            pass
         cur.byte()  # data offset flag (custom format's extra TOC field)
         cur.take(offset_size)
         # Entries of no section (ACLs, comments) belong to the section before them, as in pg_restore.
@@ -154,7 +151,7 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             section = SECTION_NAMES[raw_section]
         if desc == "ENCODING":  # the first entry: names are in the database's encoding
             encoding = python_encoding(definition)
-        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt, tuple(dependencies)))
+        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt))
     entries = [
         TocEntry(
             dump_id,
@@ -164,9 +161,8 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             section,
             has_data,
             copy_stmt,
-            dependencies,
         )
-        for dump_id, desc, tag, ns, section, has_data, copy_stmt, dependencies in raw_entries
+        for dump_id, desc, tag, ns, section, has_data, copy_stmt in raw_entries
     ]
     return ArchiveToc(version, entries, cur.pos)
 

@@ -7,10 +7,9 @@ table of contents, is captured first; then the route is chosen:
   only, which is what ``opskit backup`` writes): ``pg_restore --section=pre-data`` creates the
   schema from a TOC-only copy of the head; the stream goes on into ``pg_restore --section=data
   --file=-``, whose COPY data ``opskit.parallel_load`` splits over N connections, so even a
-  single large table loads N ways; then the sequences' ``setval``. Each table's indexes and
-  constraints start as soon as its rows are committed (foreign keys once both tables are), by
-  ``pg_restore --section=post-data -L <entries>`` runs on up to N more connections
-  (``opskit.restore.post_data``), from the same TOC-only copy. No spool file is written.
+  single large table loads N ways; then the sequences' ``setval``; then ``pg_restore
+  --section=post-data --jobs N`` builds indexes and constraints from the same TOC-only copy.
+  No spool file is written.
 - **Spool** (``--clean``, large objects, an archive version opskit cannot read): the stream is
   written to a spool file in the state directory and ``pg_restore --jobs N`` restores from it.
 
@@ -39,7 +38,6 @@ from opskit.pg import connection, facts
 from opskit.pg import toc as dump_toc
 from opskit.pg.commands import PgRestoreCommand
 from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSplitter, session_settings
-from opskit.restore.post_data import PostDataScheduler
 from opskit.restore.reader import OpenedBackup
 from opskit.restore.result import RestoreResult
 
@@ -112,11 +110,6 @@ class ParallelRestore:
         self._sql: list[bytes] = []
         self._tables: dict[bytes, dump_toc.TocEntry] = {}  # COPY statement -> its TABLE DATA entry
         self.rows_loaded: dict[str, int] = {}
-        self._post_data: PostDataScheduler | None = None
-        self._post_data_children: set[Child] = set()
-        self._post_data_lock = threading.Lock()
-        self._post_data_runs = 0
-        self._post_data_stopped = False
         self._started = time.monotonic()
 
     # -- the sink -------------------------------------------------------------------------------
@@ -173,8 +166,7 @@ class ParallelRestore:
         self._data_cm = spawn(self.command.data_script(), env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._data_child = self._data_cm.__enter__()
         self._tables = {e.copy_stmt.strip(): e for e in toc.data_entries() if e.copy_stmt}
-        self._post_data = PostDataScheduler(toc, self._run_post_data, self.jobs)
-        splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append, on_end=self._table_ended)
+        splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append)
         self._splitter_thread = threading.Thread(target=self._split, args=(splitter,), name="opskit-split", daemon=True)
         self._splitter_thread.start()
         self._downstream = self._data_child.stdin
@@ -196,25 +188,9 @@ class ParallelRestore:
             settings = session_settings(b"".join(self._sql)) + LOAD_SETTINGS
             names = {statement: entry.tag for statement, entry in self._tables.items()}
             self._loader = CopyLoader(
-                self._connect,
-                self.jobs,
-                settings,
-                exit_on_error=self.exit_on_error,
-                table_names=names,
-                on_loaded=self._table_loaded,
+                self._connect, self.jobs, settings, exit_on_error=self.exit_on_error, table_names=names
             )
         self._loader.put(statement, rows)
-
-    def _table_ended(self, statement: bytes) -> None:
-        """The script's COPY of ``statement`` ended: its table is loaded once its blocks are committed."""
-        if self._loader is not None:
-            self._loader.end(statement)
-        else:  # no rows so far in the whole script, so none of this table's either
-            self._table_loaded(statement)
-
-    def _table_loaded(self, statement: bytes) -> None:
-        assert self._post_data is not None
-        self._post_data.table_loaded(self._tables[statement].dump_id)
 
     def _connect(self) -> Any:
         return connection.connect(self.server, dbname=self.database, autocommit=True, application_name="opskit restore")
@@ -245,8 +221,6 @@ class ParallelRestore:
         if self.manifest.counts_children:
             self.rows_loaded = self._with_children(self.rows_loaded)
         self._run_sql()
-        assert self._post_data is not None
-        self._post_data.all_data_loaded()
         self.phases["data"] = time.monotonic() - self._started - self.phases.get("schema", 0.0)
 
     def _with_children(self, own_rows: dict[str, int]) -> dict[str, int]:
@@ -306,46 +280,15 @@ class ParallelRestore:
                 self.error_lines.append(message)
 
     def _restore_indexes(self) -> None:
-        """Wait for the post-data entries still running or waiting once all data is in. Raises RestoreFailed."""
-        assert self._post_data is not None
         started = time.monotonic()
-        self._post_data.finish()
-        # Only the part after the data: the rest ran beside the load.
-        self.phases["indexes"] = time.monotonic() - started
-        log.info("indexes and constraints built", pg_restore_runs=self._post_data_runs)
-
-    def _run_post_data(self, dump_ids: list[int]) -> None:
-        """Restore these post-data entries with one ``pg_restore -L``, in archive order. Raises RestoreFailed."""
-        with self._post_data_lock:
-            self._post_data_runs += 1
-            list_path = self.toc_path.with_suffix(f".{self._post_data_runs}.list")
-        list_path.write_text("".join(f"{dump_id}\n" for dump_id in dump_ids))
-        argv = self.command.section_from_file("post-data", self.toc_path)
-        argv.insert(-1, f"--use-list={list_path}")
+        argv = self.command.section_from_file("post-data", self.toc_path, jobs=self.jobs)
         options = index_build_options(self.manifest.artifact("db").plain_size, self.jobs)
         # After the caller's own PGOPTIONS (the child's environment is ours plus self.env): ours win.
         existing = self.env.get("PGOPTIONS", os.environ.get("PGOPTIONS", ""))
         env = self.env | {"PGOPTIONS": f"{existing} {options}".strip()}
-        started = time.monotonic()
-        try:
-            with spawn(argv, env=env) as child:
-                with self._post_data_lock:
-                    self._post_data_children.add(child)
-                    if self._post_data_stopped:  # the restore failed while this one was starting
-                        child.kill()
-                try:
-                    self._finish_pg_restore(child, "building indexes and constraints")
-                finally:
-                    with self._post_data_lock:
-                        self._post_data_children.discard(child)
-        finally:
-            list_path.unlink(missing_ok=True)
-        log.debug(
-            "post-data entries restored",
-            entries=dump_ids,
-            since_start=round(started - self._started, 2),
-            seconds=round(time.monotonic() - started, 2),
-        )
+        with spawn(argv, env=env) as child:
+            self._finish_pg_restore(child, "building indexes and constraints")
+        self.phases["indexes"] = time.monotonic() - started
 
     def _flush_wal(self) -> None:
         """Make the load durable: one synchronous commit that writes a record flushes all WAL before it."""
@@ -428,14 +371,6 @@ class ParallelRestore:
     def cleanup(self, failed: bool) -> None:
         """Stop whatever still runs (after a failure) and remove the TOC copy and the spool file."""
         try:
-            if failed and self._post_data is not None:
-                self._post_data.stop()
-                with self._post_data_lock:
-                    self._post_data_stopped = True
-                    running = list(self._post_data_children)
-                for child in running:
-                    child.kill()
-                self._post_data.join(timeout=10)
             if failed and self._loader is not None:
                 self._loader.abort()
             if self._data_cm is not None:
