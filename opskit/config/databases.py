@@ -18,9 +18,6 @@ import fnmatch
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from opskit.config.names import name_problem
 from opskit.config.schema import ConfigErrors
 from opskit.core.errors import ConfigError
@@ -58,6 +55,10 @@ def with_database(dsn: str, database: str) -> str:
 
     A dsn libpq cannot parse is returned unchanged: connecting reports it (without quoting secrets).
     """
+    # Imported here: loading a config must not pay for psycopg (wal fetch runs once per WAL segment).
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     try:
         parts = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:

@@ -6,8 +6,6 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from psycopg.conninfo import make_conninfo
-
 # pgJDBC parameter -> libpq keyword, for the parameters with a libpq equivalent.
 _JDBC_PARAMS = {
     "sslmode": "sslmode",
@@ -73,4 +71,6 @@ def jdbc_to_conninfo(url: str, user: str | None = None) -> str:
         parts["sslmode"] = "require"
     if user:
         parts["user"] = user
+    from psycopg.conninfo import make_conninfo  # here: loading a config must not pay for psycopg
+
     return make_conninfo(**parts)
