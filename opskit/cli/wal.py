@@ -51,6 +51,38 @@ def wal_fetch(app: AppContext, name: str, destination: str, target: str | None) 
         sys.exit(1)
 
 
+@wal_group.command("covers")
+@click.argument("moment")
+@click.option("--target", "-t", help="Target whose PITR window to check (default: the default target).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and the window as JSON.")
+@pass_app
+def wal_covers(app: AppContext, moment: str, target: str | None, as_json: bool) -> None:
+    """Exit 0 when MOMENT (ISO 8601, UTC if no zone) is inside the PITR window, 1 when it is not.
+
+    For scripts and runbook conditions (``when``/``unless``): a base backup consistent
+    before MOMENT exists and WAL archived after it.
+
+    \b
+    Example:
+      opskit wal covers --target app 2026-12-01T14:59:00Z && echo "restore --pitr can reach it"
+    """
+    from opskit.cli.restore_pitr import parse_time
+    from opskit.core.errors import ConfigError
+    from opskit.restore import pitr
+
+    try:
+        when = parse_time(moment)
+    except ConfigError as exc:
+        raise ConfigError(f"MOMENT '{moment}' is not an ISO 8601 time", hint=exc.hint) from exc
+    answer = pitr.coverage(app, target, when)
+    if as_json:
+        echo_json(answer.to_dict())
+    else:
+        click.echo(answer.describe())
+    if not answer.covered:
+        sys.exit(1)
+
+
 @wal_group.command("verify")
 @click.option("--target", "-t", help="Target whose archive to check (default: the only one).")
 @click.option("--storage", "-s", help="Storage to check (default: the target's primary).")

@@ -216,6 +216,7 @@ def _parse_tools(section: Section) -> ToolsConfig:
     result = ToolsConfig(
         pg_bin_dir=_bin_dirs(section),
         state_dir=Path(section.str("state_dir", ".opskit-state")),
+        opskit_command=section.str("opskit_command", None),
     )
     section.finish()
     return result

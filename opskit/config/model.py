@@ -113,6 +113,9 @@ class ToolsConfig:
 
     pg_bin_dir: str | tuple[str, ...] | None = None  # one directory or several, searched in order
     state_dir: Path = Path(".opskit-state")
+    # How the database server's user runs opskit in a restored copy's restore_command
+    # (e.g. "/opt/opskit/bin/opskit"); None: this interpreter ("python -m opskit").
+    opskit_command: str | None = None
 
 
 @dataclass(frozen=True)

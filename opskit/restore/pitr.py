@@ -156,6 +156,50 @@ def pitr_window(store: Any, target: str, backups: Sequence[Manifest], now: datet
     return PitrWindow(start=min(m.snapshot_time for m in bases), end=newest[1], newest_segment=newest[0])
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """Whether point-in-time recovery can reach ``moment`` on a target, and the window that says so."""
+
+    target: str
+    moment: datetime
+    window: PitrWindow | None
+
+    @property
+    def covered(self) -> bool:
+        """Return True when the moment lies inside the PITR window."""
+        return self.window is not None and self.window.contains(self.moment)
+
+    def describe(self) -> str:
+        """Return one line for people: covered, or why not."""
+        when = format_time(self.moment)
+        if self.window is None:
+            return f"target '{self.target}' has no base backup with archived WAL: {when} is not recoverable by PITR"
+        verdict = "inside" if self.covered else "outside"
+        return f"{when} is {verdict} the PITR window of target '{self.target}' ({self.window.describe()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {
+            "target": self.target,
+            "moment": format_time(self.moment),
+            "covered": self.covered,
+            "window": None
+            if self.window is None
+            else {"start": format_time(self.window.start), "end": format_time(self.window.end)},
+        }
+
+
+def coverage(ctx: AppContext, target: str | None, moment: datetime) -> Coverage:
+    """Return whether ``moment`` is inside ``target``'s PITR window in its primary storage.
+
+    Raises ConfigError for an unknown target, StorageError when the storage cannot be read.
+    """
+    source = ctx.target(target)
+    store = ctx.storage(source.primary_storage)
+    window = pitr_window(store, source.name, list_backups(store, source.name), ctx.clock())
+    return Coverage(target=source.name, moment=moment, window=window)
+
+
 def choose_base(backups: Sequence[Manifest], target: RecoveryTarget, now: datetime) -> Manifest | None:
     """Return the base backup to recover ``target`` from: the newest consistent before it, or None.
 
@@ -229,13 +273,14 @@ def restore_command(ctx: AppContext, source: TargetConfig, opskit_command: str |
     Behind a shell test (``archive.with_read_ahead``): a segment an earlier fetch read ahead is
     moved into place without starting the interpreter, which costs more than the rename
     (measured in bench/pitr.py: the PITR restore went from 2.9x to 1.9x pgBackRest's).
-    ``opskit_command`` is how the server's user runs opskit (default: this interpreter).
+    ``opskit_command`` is how the server's user runs opskit (default: ``[tools] opskit_command``,
+    else this interpreter).
     Raises ConfigError when opskit runs without a config file (the fetch must read the same one).
     """
     config_path = ctx.config.source
     if config_path is None:
         raise ConfigError("restore --pitr needs a config file (--config): the server's restore_command reads it")
-    fetch = opskit_command or shlex.join([sys.executable, "-m", "opskit"])
+    fetch = opskit_command or ctx.config.tools.opskit_command or shlex.join([sys.executable, "-m", "opskit"])
     command = f"{fetch} --config {shlex.quote(str(Path(config_path).resolve()))} wal fetch"
     return archive.with_read_ahead(command + f" --target {shlex.quote(source.name)} %f %p")
 

@@ -39,6 +39,8 @@ A runbook::
     [[steps]]
     kind = "note"                            # text for the operator, shown and kept in the transcript
     text = "..."
+    when = ["wal", "covers", "${before}"]    # any step: run only if this opskit command exits 0
+                                             # (unless = [...]: only if it exits 1); else skipped
 
 Variables ``now``, ``run_id`` and ``config`` are always defined. Every run writes a Markdown
 transcript (each step, its output and its timing) to ``<state_dir>/runbooks/``.

@@ -9,6 +9,13 @@ a new kind is one entry here. The kinds:
 - ``shell``: an argv, never a shell;
 - ``confirm``: a yes/no question (``--yes`` answers yes);
 - ``note``: text for the operator (shown in a dry run too).
+
+Every kind also takes ``when`` or ``unless``: an opskit command line (argv after
+``opskit``) that decides whether the step runs. Exit 0 means "yes" and exit 1 "no" (as
+``opskit wal covers`` answers); ``when`` runs the step on yes, ``unless`` on no, and a
+step that does not run is recorded as skipped. Any other exit fails the step: a question
+that could not be answered must not choose a path. The condition runs in dry runs too, so
+it must be a command that changes nothing.
 """
 
 from __future__ import annotations
@@ -296,6 +303,36 @@ def _run_note(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
     return StepResult(step, OK, output=str(rendered["text"]).strip(), rendered=rendered)
 
 
+# --------------------------------------------------------------------------- conditions
+
+
+def _condition(run: StepRun, step: Step, rendered: Rendered) -> StepResult | None:
+    """Evaluate ``when``/``unless``; return None when the step runs, else its skipped or failed result."""
+    key = "when" if "when" in rendered else "unless" if "unless" in rendered else None
+    if key is None:
+        return None
+    argv = [sys.executable, "-m", "opskit"]
+    if run.ctx.config.source is not None:
+        argv += ["--config", str(run.ctx.config.source)]
+    argv += list(rendered[key])
+    asked = _process_step(step, {"timeout": "10m"}, argv, [0, 1], dict(os.environ), opskit_child=True)
+    question = "opskit " + " ".join(rendered[key])
+    if asked.status == FAILED:
+        return StepResult(
+            step,
+            FAILED,
+            output=asked.output,
+            error=f"its condition ({key}: {question}) could not be answered: exit {asked.exit_code}",
+            exit_code=asked.exit_code,
+            rendered=rendered,
+        )
+    yes = asked.exit_code == 0
+    if yes == (key == "when"):
+        return None
+    answer = asked.output.replace(" (exit 1, allowed)", "").strip()
+    return StepResult(step, SKIPPED, output=f"skipped ({key}: {question}): {answer}", rendered=rendered)
+
+
 # --------------------------------------------------------------------------- the registry
 
 
@@ -350,7 +387,10 @@ _FIELD_CHECKS: dict[str, Callable[[Section, str, object], None]] = {
     "command": _check_argv,
     "argv": _check_argv,
     "timeout": _check_duration,
+    "when": _check_argv,
+    "unless": _check_argv,
 }
+CONDITION_KEYS = frozenset({"when", "unless"})  # accepted by every kind (see the module docstring)
 
 
 def check_step(kind: str, section: Section, fields: Mapping[str, Any]) -> None:
@@ -358,10 +398,12 @@ def check_step(kind: str, section: Section, fields: Mapping[str, Any]) -> None:
     step_kind = KINDS.get(kind)
     for key in fields:
         section.seen.add(key)
-        if step_kind is not None and key not in step_kind.keys:
+        if step_kind is not None and key not in step_kind.keys | CONDITION_KEYS:
             section.errors.add(
                 section.key_path(key), f"is not a key of a '{kind}' step ({', '.join(sorted(step_kind.keys))})"
             )
+    if "when" in fields and "unless" in fields:
+        section.errors.add(section.path, "a step takes 'when' or 'unless', not both")
     if step_kind is not None:
         for key in step_kind.required:
             if key not in fields:
@@ -386,8 +428,15 @@ def describe(step: Step, rendered: Rendered, prefix: str = "would ") -> str:
 
 
 def run_step(run: StepRun, step: Step, rendered: Rendered, dry_run: bool) -> StepResult:
-    """Run one step (in a dry run, only the kinds that change nothing). Raises OpskitError from the step."""
+    """Run one step (in a dry run, only the kinds that change nothing). Raises OpskitError from the step.
+
+    A step whose ``when``/``unless`` condition says no is returned as skipped, with the
+    condition's answer as its output; one whose condition cannot be answered, as failed.
+    """
     kind = KINDS[step.kind]
+    refused = _condition(run, step, rendered)
+    if refused is not None:
+        return refused
     if dry_run and not kind.runs_in_dry_run:
         return StepResult(step, DRY_RUN, rendered=rendered, output=kind.describe(rendered, "would "))
     return kind.run(run, step, rendered)

@@ -206,7 +206,9 @@ def test_the_cli_lists_and_shows_the_shipped_runbooks(ctx: AppContext) -> None:
     assert "var before: (required)" in shown.output
 
 
-def test_recover_before_incident_shows_the_pitr_command_for_the_incident_time(ctx: AppContext, tmp_path: Path) -> None:
+def test_recover_before_incident_without_wal_skips_the_pitr_path_and_takes_the_logical_one(
+    ctx: AppContext, tmp_path: Path
+) -> None:
     result = runbook.run(
         ctx,
         "recover-before-incident",
@@ -216,8 +218,41 @@ def test_recover_before_incident_shows_the_pitr_command_for_the_incident_time(ct
         transcript_dir=tmp_path,
     )
 
-    first = result.results[0].output
-    assert "opskit drill restore --pitr --target app --to-time 2026-11-26T17:00:00Z --keep" in first
-    assert any(
-        "would run: opskit drill restore --target app --before 2026-11-26T17:00:00Z" in r.output for r in result.results
+    by_status = {r.step.name: (r.status, r.output) for r in result.results}
+    pitr_status, pitr_output = by_status[
+        "The WAL archive covers the moment: recover to it on a scratch server that stays up, and verify it"
+    ]
+    assert pitr_status == "skipped"
+    assert "skipped (when: opskit wal covers --target app 2026-11-26T17:00:00Z)" in pitr_output
+    assert "has no base backup with archived WAL" in pitr_output
+    logical_status, logical_output = by_status[
+        "No WAL covers the moment: restore the newest backup before it into staging, and verify it"
+    ]
+    assert logical_status == "dry-run"
+    assert "would run: opskit drill restore --target app --before 2026-11-26T17:00:00Z" in logical_output
+
+
+def test_a_step_with_both_when_and_unless_is_a_config_error(tmp_path: Path) -> None:
+    from opskit.runbooks.loader import load
+
+    path = tmp_path / "both.toml"
+    path.write_text('title = "t"\n[[steps]]\nkind = "note"\ntext = "x"\nwhen = ["status"]\nunless = ["status"]\n')
+    with pytest.raises(ConfigError, match="takes 'when' or 'unless', not both"):
+        load(path)
+
+
+def test_a_condition_that_cannot_be_answered_fails_the_step_instead_of_choosing_a_path(
+    ctx: AppContext, tmp_path: Path
+) -> None:
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "ask.toml").write_text(
+        'title = "t"\n[[steps]]\nkind = "note"\ntext = "x"\nwhen = ["wal", "covers", "--target", "nope", "2026-11-26T17:00:00Z"]\n'
+    )
+    result = runbook.run(ctx, "ask", directory=tmp_path / "books", transcript_dir=tmp_path)
+
+    (step,) = result.results
+    assert step.status == "failed" and step.exit_code == 2
+    assert (
+        step.error
+        == "its condition (when: opskit wal covers --target nope 2026-11-26T17:00:00Z) could not be answered: exit 2"
     )
