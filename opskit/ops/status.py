@@ -39,6 +39,7 @@ from opskit.context import AppContext
 from opskit.core.errors import ObjectiveBreached, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
+from opskit.restore import pitr
 from opskit.storage.base import ObjectLocks, Storage
 from opskit.wal import lag, stream
 from opskit.wal.archive import newest_archived
@@ -377,20 +378,20 @@ def last_verification(store: Storage, target: str) -> dict[str, object] | None:
 
 
 def _pitr_window(store: Storage | None, target: str, present: list[Manifest], now: datetime) -> dict[str, Any] | None:
-    """Return the PITR window (oldest base backup .. newest archived WAL) and its RPO, or None without base backups."""
+    """Return the PITR window (``restore.pitr.pitr_window``) and its RPO as JSON, or None without base backups."""
     bases = [m for m in present if m.kind == "base"]
     if store is None or not bases:
         return None
     try:
-        newest = newest_archived(store, target)
+        window = pitr.pitr_window(store, target, present, now)
     except OpskitError as exc:
         return {"error": exc.one_line()}
     return {
         "base_backups": len(bases),
         "oldest_restorable": catalog.format_time(min(m.snapshot_time for m in bases)),
-        "newest_wal": newest[0] if newest else None,
-        "newest_wal_archived_at": catalog.format_time(newest[1]) if newest else None,
-        "rpo_seconds": (now - newest[1]).total_seconds() if newest else None,
+        "newest_wal": window.newest_segment if window else None,
+        "newest_wal_archived_at": catalog.format_time(window.end) if window else None,
+        "rpo_seconds": (now - window.end).total_seconds() if window else None,
     }
 
 

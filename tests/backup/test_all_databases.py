@@ -287,3 +287,35 @@ def test_a_drill_of_a_server_target_restores_one_of_its_databases(server_prefix:
 
     assert report.target in outcome.results
     assert report.verdict == "pass", [c for c in report.checks if not c.ok]
+
+
+def test_the_shipped_hourly_backup_and_nightly_prune_jobs_cover_every_database_of_a_server_target(
+    server_prefix: str, tmp_path: Path, pg_database: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from opskit.config.load import load_config
+    from opskit.daemon.jobs import load_job
+    from opskit.daemon.ledger import SUCCESS, Ledger
+    from opskit.daemon.scheduler import Runner
+    from opskit.ops.metrics import Metrics
+    from tests.servers import REPO_ROOT
+
+    config = load_config(server_config(tmp_path, server_prefix))
+    ledger = Ledger(dsn_for(pg_database), table="runs", owner="a")
+    ledger.ensure_table()
+    runner = Runner(config, ledger, Metrics())
+    backup_job = load_job(REPO_ROOT / "jobs" / "hourly-backup.toml", config)
+    prune_job = load_job(REPO_ROOT / "jobs" / "nightly-prune.toml", config)
+    assert backup_job.target == prune_job.target == "app"
+
+    for hour in (5, 6):
+        outcome = runner.fire(backup_job, slot=datetime(2027, 1, 5, hour, tzinfo=UTC))
+        assert outcome is not None and outcome.result == SUCCESS, outcome
+    pruned = runner.fire(prune_job, slot=datetime(2027, 1, 5, 7, tzinfo=UTC))
+
+    assert pruned is not None and pruned.result == SUCCESS, pruned
+    store = context(tmp_path / "opskit.toml").storage("local")
+    for name in ("orders", "users"):  # two backups each, keep_last = 1 per database
+        assert len(catalog.list_backups(store, f"app.{server_prefix}_{name}")) == 1
+    assert not catalog.list_backups(store, f"app.{server_prefix}_scratch")
