@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -464,6 +465,7 @@ def moto_server(bucket: str = "opskit-bench") -> Iterator[S3Endpoint]:
         yield endpoint
     finally:
         server.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def empty_bucket(endpoint: S3Endpoint) -> None:
