@@ -168,16 +168,7 @@ def run(
             }
     else:
         result.cleanup = {"action": "none", "reason": "no backup was restored"}
-    measured = result.measured_rto
     finish.finish(ctx, store, result, clock, report_dir or settings.report_dir)
-    log.info(
-        "drill finished",
-        target=source.name,
-        drill_id=drill_id,
-        verdict=result.verdict,
-        breaches=len(result.breaches),
-        measured_rto=round(measured.total_seconds(), 2) if measured is not None else None,
-    )
     return result
 
 

@@ -17,21 +17,34 @@ from opskit import catalog
 from opskit.catalog import Check
 from opskit.context import AppContext
 from opskit.core.errors import OpskitError
+from opskit.core.log import get_logger
 from opskit.drill import report
 from opskit.drill.result import DrillReport
 from opskit.drill.timing import PhaseClock
 from opskit.plan import objectives
 from opskit.storage.base import Storage, join_key
 
+log = get_logger(__name__)
+
 
 def finish(
     ctx: AppContext, store: Storage, result: DrillReport, clock: PhaseClock, report_dir: str | Path | None
 ) -> None:
-    """Assess RTO and RPO, stamp the finish time, write the reports and record the verdict (in that order)."""
+    """Assess RTO and RPO, stamp the finish time, write the reports, record the verdict and log it (in that order)."""
     assess_objectives(ctx, result)
     result.finished_at = result.started_at + timedelta(seconds=clock.elapsed())
     write_reports(store, result, report_dir)
     record_verdict(store, result, ctx.clock)
+    measured = result.measured_rto
+    log.info(
+        "drill finished",
+        target=result.target,
+        drill_id=result.drill_id,
+        mode="pitr" if result.pitr is not None else "logical",
+        verdict=result.verdict,
+        breaches=len(result.breaches),
+        measured_rto=round(measured.total_seconds(), 2) if measured is not None else None,
+    )
 
 
 def assess_objectives(ctx: AppContext, result: DrillReport) -> None:

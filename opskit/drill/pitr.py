@@ -145,15 +145,6 @@ def run(
     finally:
         drill.clean_up(scratch, keep)
     finish.finish(ctx, store, result, clock, report_dir or settings.report_dir)
-    measured = result.measured_rto
-    log.info(
-        "pitr drill finished",
-        target=source.name,
-        drill_id=drill_id,
-        verdict=result.verdict,
-        breaches=len(result.breaches),
-        measured_rto=round(measured.total_seconds(), 2) if measured is not None else None,
-    )
     return result
 
 

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.wal.cluster import ArchivingCluster, opskit_command
-
-
-@pytest.fixture
-def restored_dirs() -> Iterator[list[tuple[str, Path]]]:
-    """Data directories restored servers run from; each is stopped at the end."""
-    made: list[tuple[str, Path]] = []
-    yield made
-    for bin_dir, pgdata in made:
-        if (pgdata / "postmaster.pid").exists():
-            subprocess.run(
-                ["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(pgdata), "-m", "immediate", "stop"],
-                capture_output=True,
-                check=False,
-            )
 
 
 def write_markers(cluster: ArchivingCluster, count: int) -> list[tuple[int, datetime]]:

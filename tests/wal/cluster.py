@@ -210,3 +210,17 @@ def archiving_cluster() -> Iterator[Callable[..., ArchivingCluster]]:
     for cluster in made:
         cluster.stop()
         shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture
+def restored_dirs() -> Iterator[list[tuple[str, Path]]]:
+    """(bin dir, data dir) of servers a test restores and starts; each still running is stopped at the end."""
+    made: list[tuple[str, Path]] = []
+    yield made
+    for bin_dir, pgdata in made:
+        if (pgdata / "postmaster.pid").exists():
+            subprocess.run(
+                ["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(pgdata), "-m", "immediate", "stop"],
+                capture_output=True,
+                check=False,
+            )

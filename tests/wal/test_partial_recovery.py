@@ -9,31 +9,16 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from opskit.wal import layout
 from tests.wal.cluster import ArchivingCluster, opskit_command
 from tests.wal.test_stream import start_stream, wait_for
-
-
-@pytest.fixture
-def restored() -> Iterator[list[tuple[str, Path]]]:
-    started: list[tuple[str, Path]] = []
-    yield started
-    for bin_dir, pgdata in started:
-        if (pgdata / "postmaster.pid").exists():
-            subprocess.run(
-                ["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(pgdata), "-m", "immediate", "stop"],
-                capture_output=True,
-                check=False,
-            )
 
 
 def find_key(doc: object, key: str) -> str | None:
@@ -51,7 +36,7 @@ def find_key(doc: object, key: str) -> str | None:
 
 
 def test_rows_written_after_the_last_complete_segment_are_recovered_from_the_shipped_partial(
-    archiving_cluster: Callable[..., ArchivingCluster], restored: list[tuple[str, Path]]
+    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
 ) -> None:
     cluster = archiving_cluster()
     with open(cluster.config_path, "a", encoding="utf-8") as config:
@@ -90,7 +75,7 @@ def test_rows_written_after_the_last_complete_segment_are_recovered_from_the_shi
     assert not (wal / f"{current}.zst").exists()
 
     pgdata = cluster.root / "restored"
-    restored.append((cluster.bin_dir, pgdata))
+    restored_dirs.append((cluster.bin_dir, pgdata))
     result = cluster.opskit(
         "restore",
         "--pitr",

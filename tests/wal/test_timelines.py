@@ -11,30 +11,14 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.pgcluster import free_port, run_as_postgres
 from tests.wal.cluster import ArchivingCluster, opskit_command
-
-
-@pytest.fixture
-def servers() -> Iterator[list[tuple[str, Path]]]:
-    """(bin dir, data dir) of every server the test starts by hand; each is stopped at the end."""
-    started: list[tuple[str, Path]] = []
-    yield started
-    for bin_dir, pgdata in started:
-        if (pgdata / "postmaster.pid").exists():
-            subprocess.run(
-                ["runuser", "-u", "postgres", "--", f"{bin_dir}/pg_ctl", "-D", str(pgdata), "-m", "immediate", "stop"],
-                capture_output=True,
-                check=False,
-            )
 
 
 def rows(port: int) -> list[str]:
@@ -57,7 +41,7 @@ def wait_promoted(port: int, timeout: float = 120) -> None:
 
 
 def test_recovery_follows_a_promotion_onto_timeline_2_and_wal_verify_accepts_the_switch(
-    archiving_cluster: Callable[..., ArchivingCluster], servers: list[tuple[str, Path]]
+    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
 ) -> None:
     cluster = archiving_cluster()
     with cluster.connect() as conn:
@@ -78,7 +62,7 @@ def test_recovery_follows_a_promotion_onto_timeline_2_and_wal_verify_accepts_the
     with open(promoted / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
         conf.write("archive_mode = on\n")  # opskit's restore turns it off; a real failover keeps archiving
     port = free_port()
-    servers.append((cluster.bin_dir, promoted))
+    restored_dirs.append((cluster.bin_dir, promoted))
     run_as_postgres(
         [
             f"{cluster.bin_dir}/pg_ctl",
@@ -109,7 +93,7 @@ def test_recovery_follows_a_promotion_onto_timeline_2_and_wal_verify_accepts_the
 
     # Recovery from the timeline-1 base backup follows the history file onto timeline 2.
     again = cluster.root / "again"
-    servers.append((cluster.bin_dir, again))
+    restored_dirs.append((cluster.bin_dir, again))
     result = cluster.opskit(
         "restore",
         "--pitr",
