@@ -97,6 +97,8 @@ def run(ctx: AppContext, target: str | None = None) -> StreamResult:
     with connection.connect(source, autocommit=True, application_name="opskit wal stream") as conn:
         server = connection.server_facts(conn)
         _ensure_slot(conn, settings.slot)
+        row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()
+    remove_torn_partials(spool, int(row[0]) if row else layout.DEFAULT_SEGMENT_SIZE)
     bin_dir = source.pg_bin_dir or ctx.config.tools.pg_bin_dir
     tool = tools.find_tool("pg_receivewal", server.major, bin_dir)
     argv = commands.pg_receivewal_argv(tool, source, directory=str(spool), slot=settings.slot)
@@ -138,6 +140,25 @@ def _stream(ctx: AppContext, argv: list[str], settings: WalSettings, state: Stre
                 raise BackupFailed(f"pg_receivewal of target '{source.name}' stopped", hint="the next run resumes")
             ctx.cancel.wait(POLL_SECONDS)
         child.kill()
+
+
+def remove_torn_partials(spool: Path, segment_size: int) -> list[str]:
+    """Delete ``.partial`` files of a size other than 0 or ``segment_size``; return their names.
+
+    pg_receivewal pads a new ``.partial`` to the full segment size before it writes any WAL
+    into it, and refuses to start on a file of any other size ("has N bytes, should be 0 or
+    16777216"). Such a file is what a pg_receivewal stopped mid-padding leaves (the streamer
+    stops it at the spool limit, a pod is killed): zeros only, nothing the slot would not
+    send again, so it is removed before pg_receivewal starts.
+    """
+    torn = []
+    for path in spool.glob("*.partial"):
+        size = path.stat().st_size
+        if size not in (0, segment_size):
+            path.unlink(missing_ok=True)
+            torn.append(path.name)
+            log.warning("wal stream: removed a partial segment left half-padded", wal=path.name, size=size)
+    return torn
 
 
 def _ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:

@@ -79,3 +79,21 @@ def test_streamed_segments_and_the_partial_one_reach_the_archive_and_a_killed_st
     assert second in shipped
     assert numbers == list(range(numbers[0], numbers[-1] + 1))
     assert streamer.returncode == 130
+
+
+def test_a_partial_segment_left_half_padded_is_removed_before_pg_receivewal_starts(tmp_path: Path) -> None:
+    from opskit.wal.stream import remove_torn_partials
+
+    segment = 16 * 1024 * 1024
+    torn = tmp_path / "000000010000000000000005.partial"
+    torn.write_bytes(b"\0" * 5169152)  # what a pg_receivewal stopped mid-padding leaves
+    padded = tmp_path / "000000010000000000000004.partial"
+    with open(padded, "wb") as out:
+        out.truncate(segment)
+    (tmp_path / "000000010000000000000006.partial").touch()
+
+    assert remove_torn_partials(tmp_path, segment) == [torn.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000010000000000000004.partial",
+        "000000010000000000000006.partial",
+    ]
