@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.wal.cluster import ArchivingCluster, opskit_command
+from tests.wal.cluster import ArchivingCluster
 
 
 def write_markers(cluster: ArchivingCluster, count: int) -> list[tuple[int, datetime]]:
@@ -42,21 +41,8 @@ def test_restore_to_a_time_between_two_markers_keeps_the_earlier_and_not_the_lat
     pgdata = cluster.root / "restored"
     restored_dirs.append((cluster.bin_dir, pgdata))
 
-    result = cluster.opskit(
-        "restore",
-        "--pitr",
-        "--to-time",
-        moment.isoformat(),
-        "--pgdata",
-        str(pgdata),
-        "--start",
-        "--opskit-command",
-        shlex.join(opskit_command()),
-        "--json",
-    )
+    report = cluster.recover_and_start(pgdata, "--to-time", moment.isoformat())
 
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
         ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
         in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()

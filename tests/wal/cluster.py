@@ -13,7 +13,9 @@ built for that ABI).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -113,6 +115,26 @@ class ArchivingCluster:
             env={**os.environ, **(env or {})},
             timeout=120,
         )
+
+    def recover_and_start(self, pgdata: Path, *selection: str) -> dict[str, Any]:
+        """Run ``restore --pitr SELECTION --pgdata PGDATA --start`` and return its JSON report (asserting exit 0).
+
+        The recovered server runs opskit as ``postgres`` (:func:`opskit_command`) in its restore_command.
+        """
+        result = self.opskit(
+            "restore",
+            "--pitr",
+            *selection,
+            "--pgdata",
+            str(pgdata),
+            "--start",
+            "--opskit-command",
+            shlex.join(opskit_command()),
+            "--json",
+        )
+        assert result.returncode == 0, result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
 
     def stop(self) -> None:
         """Stop the server at once (no shutdown checkpoint) if it runs."""

@@ -7,7 +7,6 @@ archive only in ``<segment>.partial``. ``restore --pitr --latest`` must end with
 from __future__ import annotations
 
 import json
-import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from opskit.wal import layout
-from tests.wal.cluster import ArchivingCluster, opskit_command
+from tests.wal.cluster import ArchivingCluster
 from tests.wal.test_stream import start_stream, wait_for
 
 
@@ -76,21 +75,6 @@ def test_rows_written_after_the_last_complete_segment_are_recovered_from_the_shi
 
     pgdata = cluster.root / "restored"
     restored_dirs.append((cluster.bin_dir, pgdata))
-    result = cluster.opskit(
-        "restore",
-        "--pitr",
-        "--latest",
-        "--target",
-        "streamed",
-        "--pgdata",
-        str(pgdata),
-        "--start",
-        "--opskit-command",
-        shlex.join(opskit_command()),
-        "--json",
-    )
-
-    assert result.returncode == 0, result.stderr
-    port = json.loads(result.stdout)["port"]
+    port = cluster.recover_and_start(pgdata, "--latest", "--target", "streamed")["port"]
     with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres") as conn:
         assert conn.execute("SELECT count(*), max(id) FROM markers").fetchone() == (50, 50)

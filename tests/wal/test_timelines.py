@@ -9,7 +9,6 @@ accept the chain across the switch.
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Callable
@@ -94,18 +93,6 @@ def test_recovery_follows_a_promotion_onto_timeline_2_and_wal_verify_accepts_the
     # Recovery from the timeline-1 base backup follows the history file onto timeline 2.
     again = cluster.root / "again"
     restored_dirs.append((cluster.bin_dir, again))
-    result = cluster.opskit(
-        "restore",
-        "--pitr",
-        "--latest",
-        "--pgdata",
-        str(again),
-        "--start",
-        "--opskit-command",
-        shlex.join(opskit_command()),
-        "--json",
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = cluster.recover_and_start(again, "--latest")
     assert report["timeline"] == 3  # promoted again at the end of timeline 2
     assert rows(report["port"]) == ["before the backup", "timeline 1", "timeline 2"]
