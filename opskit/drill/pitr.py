@@ -32,10 +32,12 @@ of a PITR drill is drill start - the newest archived WAL: what point-in-time rec
 from __future__ import annotations
 
 import random
+import re
 import shlex
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,16 @@ log = get_logger(__name__)
 SCRATCH = "scratch server"  # the report's staging target: no configured target is touched
 BACKUP_MANIFEST = "backup_manifest"
 NOT_REACHED = "recovery ended before configured recovery target was reached"
+RECOVERY_LOG = "opskit-recovery.log"  # the scratch server's log (pg_ctl -l), in its data directory
+# PostgreSQL's line for where a targeted recovery stopped (xlogrecovery.c, recoveryStopsBefore and
+# recoveryStopsAfter); the time is timestamptz_to_str's, e.g. "2026-12-02 04:54:49.04304+00".
+STOPPING = re.compile(
+    r"recovery stopping (?P<side>before|after) (?P<kind>commit|abort) of transaction (?P<xid>\d+), "
+    r"time (?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d(?::\d\d){0,2})$"
+)
 AMCHECK_TIMEOUT = 4 * 3600
 OUTPUT_LINES = 5  # lines of a failing tool's output kept in a check
+REACHED_TARGET = "recovery reached the target"
 
 # (scratch data directory) -> None, called after the extract; tests use it to damage the copy.
 BeforeVerify = Callable[[Path], None]
@@ -324,21 +334,21 @@ class _Drill:
     # ------------------------------------------------------------------ checks after recovery
 
     def _reached_target(self) -> Check:
-        """Recovery stopped where it was asked to: at or before the moment, or in the newest archived segment."""
-        reached = self.server.last_transaction_time
-        name = "recovery reached the target"
+        """Recovery stopped where asked: at the moment (:func:`time_target_check`), or in the newest segment."""
         if self.recovery.time is not None:
-            moment = self.recovery.time
-            ok = reached is None or reached <= moment
-            actual = f"last transaction {_time(reached) or 'none replayed'}, LSN {self.server.replay_lsn}"
-            return Check("post", name, f"last transaction at or before {_time(moment)}", actual, ok)
+            return time_target_check(
+                self.recovery.time,
+                self.server.last_transaction_time,
+                self.server.replay_lsn,
+                _recovery_log(self.pgdata),
+            )
         size = int(self.manifest.base.get("segment_size") or layout.DEFAULT_SEGMENT_SIZE)
         timeline, newest = layout.segment_number(self.window.newest_segment, size)
         lsn = layout.parse_lsn(self.server.replay_lsn or "0/0")
         # The newest segment may end with its switch record: replay then stops at the next one's start.
         return Check(
             "post",
-            name,
+            REACHED_TARGET,
             f"replay into the newest archived segment {self.window.newest_segment}",
             f"replayed up to LSN {self.server.replay_lsn} (segment {layout.segment_name(timeline, lsn, size)})",
             lsn // size >= newest,
@@ -431,11 +441,79 @@ class _Drill:
         return self.source.pg_bin_dir or self.ctx.config.tools.pg_bin_dir
 
 
-def _recovery_log_says(pgdata: Path, text: str) -> bool:
+@dataclass(frozen=True)
+class RecoveryStop:
+    """Where a targeted recovery stopped, from ``recovery stopping before commit of transaction N, time T``."""
+
+    before: bool  # True: the transaction was not replayed ("before"); False: it was ("after")
+    kind: str  # "commit" or "abort"
+    xid: int
+    time: datetime
+
+    def describe(self) -> str:
+        """Return the stop as the report says it: side, kind, transaction and its time (UTC)."""
+        side = "before" if self.before else "after"
+        return f"recovery stopped {side} {self.kind} of transaction {self.xid} at {_time(self.time)}"
+
+
+def recovery_stop(log_text: str) -> RecoveryStop | None:
+    """Return the last stopping line of a server log as a RecoveryStop, or None when it has none.
+
+    None means recovery was not stopped by a transaction: no target, a target reached
+    otherwise (an LSN, a restore point), or the WAL ended first. Never raises.
+    """
+    found = None
+    for line in log_text.splitlines():
+        match = STOPPING.search(line.rstrip())
+        if match is not None:
+            found = match
+    if found is None:
+        return None
+    return RecoveryStop(
+        before=found["side"] == "before",
+        kind=found["kind"],
+        xid=int(found["xid"]),
+        time=datetime.fromisoformat(found["time"]),
+    )
+
+
+def time_target_check(moment: datetime, reached: datetime | None, replay_lsn: str | None, log_text: str) -> Check:
+    """Return the "recovery reached the target" check of a recovery to ``moment``.
+
+    It passes when the last replayed transaction (``reached``, None: none replayed) is at or
+    before the moment and the scratch server's log names the transaction recovery stopped
+    before, which is after the moment: so the last one replayed is the newest at or before it,
+    and a recovery that stopped early (a target written in the wrong time zone, say) fails.
+    When the archive holds no transaction after the moment the log has no such line but
+    NOT_REACHED: the drill recovered to the archive's end, the same state, and ``actual`` says
+    so. ``actual`` carries the stopping transaction and its time. Never raises.
+    """
+    expected = f"last transaction at or before {_time(moment)}, recovery stopping before one after it"
+    actual = f"last transaction {_time(reached) or 'none replayed'}, LSN {replay_lsn}"
+    ok = reached is None or reached <= moment
+    stop = recovery_stop(log_text)
+    if stop is not None:
+        # A time target stops only before a transaction (recoveryStopsBefore); "after" is for xid targets.
+        ok = ok and stop.before and stop.time > moment
+        actual += f"; {stop.describe()}"
+    elif NOT_REACHED in log_text:
+        actual += "; no archived transaction after the moment: the WAL ended first, recovered to its end"
+    else:
+        ok = False
+        actual += f"; {RECOVERY_LOG} names no transaction recovery stopped at"
+    return Check("post", REACHED_TARGET, expected, actual, ok)
+
+
+def _recovery_log(pgdata: Path) -> str:
+    """Return the scratch server's log ("" when it cannot be read: the checks then say the log names nothing)."""
     try:
-        return text in (pgdata / "opskit-recovery.log").read_text(encoding="utf-8", errors="replace")
+        return (pgdata / RECOVERY_LOG).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
+        return ""
+
+
+def _recovery_log_says(pgdata: Path, text: str) -> bool:
+    return text in _recovery_log(pgdata)
 
 
 def _tail(output: bytes) -> str:

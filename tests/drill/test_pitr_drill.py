@@ -95,6 +95,9 @@ def test_a_drill_to_a_time_between_two_markers_passes_and_reports_each_phase_and
     assert _time(report["pitr"]["chosen_time"]) == moment.astimezone(UTC)
     reached = _time(report["pitr"]["reached"]["last_transaction_time"])
     assert before[1] <= reached <= moment  # the earlier marker's commit is the last one replayed
+    target = next(c["actual"] for c in report["checks"] if c["name"] == "recovery reached the target")
+    assert "; recovery stopped before commit of transaction " in target, target
+    assert _time(target.rsplit(" at ", 1)[1]) > moment  # the commit it stopped before came after the moment
     assert report["pitr"]["reached"]["timeline"] == 2
     names = {c["name"] for c in report["checks"] if c["ok"]}
     assert {"stored sha256", "pg_verifybackup", "pg_amcheck heap and btree, all databases"} <= names
