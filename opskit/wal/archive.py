@@ -19,12 +19,14 @@ How push keeps those rules on any storage, without reading an encrypted object b
 A segment is 16 MiB by default, so it is compressed in memory and stored with
 ``Storage.create`` (one atomic create-if-absent request on every backend).
 
-Fetch reads ahead: after segment N, it fetches (verified, in threads) the next
-``PREFETCH_SEGMENTS`` segments of the same timeline into ``<dir of %p>/opskit-prefetch/``,
-and a later fetch of one of them is a rename. Recovery asks for segments one at a time and
-waits for each; the read-ahead overlaps the storage round trips. The first miss (the end of
-the archive, or a history file probed at promotion) removes the directory, so nothing is left
-in ``pg_wal`` after recovery.
+Fetch reads ahead. While the data directory recovers (``recovery.signal`` or ``standby.signal``),
+a segment fetched from the archive leaves a background reader behind that keeps the next
+segments ready in ``<dir of %p>/opskit-prefetch/`` while the server replays
+(``opskit.wal.readahead``); the restore_command's shell test (:func:`with_read_ahead`) takes
+them with a rename and answers the misses the reader has just seen, so most of the server's
+calls start no interpreter. Outside a recovery, a fetch of segment N reads the next
+``PREFETCH_SEGMENTS`` at once (verified, in threads), a later fetch of one of them is a rename,
+and the first miss removes the directory. Either way nothing is left in ``pg_wal`` after recovery.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ from opskit.core.errors import (
 )
 from opskit.core.log import get_logger
 from opskit.pipeline import parse_identities, parse_recipients
+from opskit.storage import open_storage
 from opskit.storage.base import Storage
-from opskit.wal import layout
+from opskit.wal import layout, readahead
 
 log = get_logger(__name__)
 
@@ -173,9 +176,11 @@ def fetch(
 ) -> bool:
     """Restore the archived WAL file ``name`` (``%f``) to ``destination`` (``%p``); return False when absent.
 
-    The file appears at ``destination`` complete or not at all (written beside it, then
-    renamed). A segment read ahead by an earlier fetch is taken from the prefetch directory;
-    after a segment, the next ``prefetch`` ones are read ahead (see the module docstring).
+    The file appears at ``destination`` complete or not at all (written beside, then
+    renamed). A segment read ahead is taken from the read-ahead directory, waiting for the
+    background reader when it is reading it. After a segment from the archive, the next
+    ones are read ahead: by a background reader while the data directory recovers
+    (``opskit.wal.readahead``), else the next ``prefetch`` ones at once (module docstring).
     Raises RestoreFailed (4) when it is encrypted and no identity fits, VerificationFailed (5)
     when its bytes differ from the recorded sha256, StorageError on storage failures.
     """
@@ -187,36 +192,82 @@ def fetch(
         # directory empty, not one segment per call, which would be as slow as no read-ahead.
         log.debug("wal fetched from the read-ahead", target=target_config.name, wal=name)
         return True
-    storage = archive_storage(ctx, target_config)
-    data = read_wal(ctx, storage, target_config.name, name)
-    if data is None and layout.is_segment_name(name):
-        # The segment the primary was writing when it was lost exists only as the streamer's
-        # last shipped .partial (a prefix of the segment, padded as pg_receivewal pads it):
-        # replaying it is what makes the RPO the partial interval, as Barman's partial restore does.
-        data = read_wal(ctx, storage, target_config.name, name + ".partial")
-        if data is not None:
-            log.info("wal fetched from its partial segment", target=target_config.name, wal=name)
+    ready = readahead.wait_for(spool, name)
+    if ready is not None:
+        if not ready:
+            (spool / (name + readahead.ABSENT_SUFFIX)).unlink(missing_ok=True)
+            return False
+        if _take_prefetched(spool, name, dest):
+            return True
+    data = archived_wal(ctx, archive_storage(ctx, target_config), target_config.name, name)
+    reader = readahead.reader_state(spool)
     if data is None:
-        # Past the end of the archive (or a probe for a timeline that does not exist): recovery
-        # is ending, and what was read ahead will not be asked for.
-        shutil.rmtree(spool, ignore_errors=True)
+        if reader is None:
+            # Past the end of the archive (or a probe for a timeline that does not exist):
+            # recovery is ending, and what was read ahead will not be asked for.
+            shutil.rmtree(spool, ignore_errors=True)
         return False
     _write_file(dest, data, name)
     log.debug("wal fetched", target=target_config.name, wal=name, size=len(data))
-    _prefetch(ctx, target_config.name, name, len(data), spool, prefetch)
+    if not layout.is_segment_name(name):
+        return True
+    if reader is not None:
+        readahead.restart_at(spool, name)  # asked for a segment outside its plan: another timeline
+    elif not (readahead.recovering(spool) and _start_reader(ctx, target_config, name, len(data), spool)):
+        _prefetch(ctx, target_config.name, name, len(data), spool, prefetch)
     return True
 
 
+def archived_wal(ctx: AppContext, storage: Storage, target: str, name: str) -> bytes | None:
+    """Return the plain bytes recovery gets for WAL file ``name``, or None when the archive lacks it.
+
+    For a segment archived only as the streamer's last ``.partial`` (the one the primary was
+    writing when it was lost), that partial: a prefix of the segment, padded as pg_receivewal
+    pads it. Replaying it is what makes the RPO the partial interval, as Barman's partial
+    restore does. Raises as :func:`read_wal`.
+    """
+    data = read_wal(ctx, storage, target, name)
+    if data is None and layout.is_segment_name(name):
+        data = read_wal(ctx, storage, target, name + ".partial")
+        if data is not None:
+            log.info("wal fetched from its partial segment", target=target, wal=name)
+    return data
+
+
+def _start_reader(ctx: AppContext, target: TargetConfig, name: str, segment_size: int, spool: Path) -> bool:
+    """Leave the background reader of ``spool`` behind, reading after segment ``name``; return whether it started."""
+    if segment_size <= 0 or segment_size & (segment_size - 1):
+        return False
+
+    def make_read() -> readahead.ReadWal:
+        # In the reader process: a storage client of its own, nothing shared across the fork.
+        storage = open_storage(ctx.storage_config(target.primary_storage))
+
+        def read(wal: str) -> bytes | None:
+            return archived_wal(ctx, storage, target.name, wal)
+
+        return read
+
+    return readahead.start(make_read, name, segment_size, spool)
+
+
 def with_read_ahead(restore_command: str) -> str:
-    """Return ``restore_command`` (``... wal fetch ... %f %p``) behind a shell test that takes a read-ahead segment.
+    """Return ``restore_command`` (``... wal fetch ... %f %p``) behind a shell test that answers from the read-ahead.
 
     PostgreSQL runs the restore_command through ``/bin/sh`` once per file and waits for it;
-    starting the interpreter costs about a second of CPU, while a segment an earlier fetch
-    read ahead needs only a rename. So a file waiting in the read-ahead directory is moved
-    into place by the shell, and anything else (a miss, a history file) runs the command.
+    starting the interpreter costs about a third of a second of CPU, while a segment read
+    ahead needs only a rename. So a file waiting in the read-ahead directory is moved into
+    place by the shell, a miss the background reader has just seen (a ``<name>.absent``
+    marker holding the time it expires) is answered with exit 1 once, and anything else
+    runs the command.
     """
-    spool = f'"$(dirname "%p")/{PREFETCH_DIR}/%f"'
-    return f'f={spool}; if [ -f "$f" ] && mv "$f" "%p"; then exit 0; fi; {restore_command}'
+    d = f'"$(dirname "%p")/{PREFETCH_DIR}'
+    return (
+        f'f={d}/%f"; if [ -f "$f" ] && mv "$f" "%p"; then exit 0; fi; '
+        f'm="$f{readahead.ABSENT_SUFFIX}"; '
+        'if [ -f "$m" ] && [ "$(cat "$m" 2>/dev/null)" -gt "$(date +%s)" ] 2>/dev/null && rm "$m" 2>/dev/null; '
+        f"then exit 1; fi; {restore_command}"
+    )
 
 
 def _write_file(dest: Path, data: bytes, name: str) -> None:

@@ -1,0 +1,277 @@
+"""The background read-ahead of ``opskit wal fetch`` while a server recovers (pgBackRest's asynchronous archive-get).
+
+PostgreSQL asks its restore_command for one WAL file at a time and waits for each. When the
+data directory is recovering (``recovery.signal`` or ``standby.signal`` beside ``pg_wal``), a
+fetch of segment N from the archive leaves a reader process behind that keeps the next
+``WINDOW`` segments ready in ``pg_wal/opskit-prefetch/`` while the server replays, so fetching
+and replay overlap. The restore_command's shell test (``archive.with_read_ahead``) moves a
+ready segment into place and answers a miss the reader has just seen (``<name>.absent``)
+with exit 1, so most of PostgreSQL's calls start no interpreter at all.
+
+What the reader promises:
+
+- a file in the directory is complete (written beside, fsynced, renamed): the shell may hand
+  it to the server as it is;
+- a miss is said only once per archive check: a marker holds the Unix time it expires
+  (``MARKER_SECONDS``), the shell uses it once and only before then, and the reader looks
+  at the archive again before it writes another. WAL archived meanwhile is found, and a
+  marker left by a reader that died (a crash) is never believed;
+- at the end of the archive, the last segment is offered again after it is taken, and the
+  history files of the timeline and the next one are offered or marked absent: recovery
+  reads the last segment again and probes those files when it ends;
+- one reader per directory (``.reader`` holds its pid and the segments it is reading); a
+  fetch outside its plan (another timeline) re-anchors it (``.restart``);
+- it exits, and removes the directory, when recovery has ended (the signal file is gone),
+  when nothing was taken for ``IDLE_SECONDS``, or when the directory disappears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from opskit.core.log import get_logger
+from opskit.wal import layout
+
+log = get_logger(__name__)
+
+WINDOW = 8  # segments kept ready (8 x 16 MiB on disk at most)
+THREADS = 4
+POLL_SECONDS = 0.02
+IDLE_SECONDS = 60.0
+MARKER_SECONDS = 5
+ABSENT_SUFFIX = ".absent"
+STATE_FILE = ".reader"
+RESTART_FILE = ".restart"
+SIGNAL_FILES = ("recovery.signal", "standby.signal")
+
+# Reads one WAL file's plain bytes from the archive (None when absent); raises on other failures.
+ReadWal = Callable[[str], bytes | None]
+# Makes a ReadWal in the reader process (its own storage client: none is shared across a fork).
+MakeReadWal = Callable[[], ReadWal]
+
+
+def recovering(spool: Path) -> bool:
+    """Return whether the data directory that holds ``pg_wal/<spool>`` is in recovery (a signal file is there)."""
+    data_dir = spool.parent.parent
+    return any((data_dir / name).exists() for name in SIGNAL_FILES)
+
+
+def reader_state(spool: Path) -> tuple[int, list[str]] | None:
+    """Return (pid, segments being read) of the live reader of ``spool``, or None when none runs."""
+    try:
+        state = json.loads((spool / STATE_FILE).read_text(encoding="utf-8"))
+        pid, reading = int(state["pid"]), [str(n) for n in state.get("reading", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid, reading
+
+
+def wait_for(spool: Path, name: str, timeout: float = 120.0) -> bool | None:
+    """Wait while the live reader reads ``name``; return True when it is ready, False when absent, None otherwise.
+
+    None means the caller must fetch it itself: no reader runs, ``name`` is not in its
+    plan, or the reader stopped without it.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (spool / name).exists():
+            return True
+        if marker_valid(spool, name):
+            return False
+        state = reader_state(spool)
+        if state is None or name not in state[1]:
+            return None
+        time.sleep(POLL_SECONDS)
+    return None
+
+
+def marker_valid(spool: Path, name: str) -> bool:
+    """Return whether ``spool`` holds an unexpired ``<name>.absent`` marker (the reader saw the archive lack it)."""
+    try:
+        expires = int((spool / (name + ABSENT_SUFFIX)).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return False
+    return expires > time.time()
+
+
+def restart_at(spool: Path, name: str) -> None:
+    """Ask the live reader to drop what it read and continue after segment ``name`` (best effort)."""
+    with contextlib.suppress(OSError):
+        _write_atomic(spool / RESTART_FILE, name.encode())
+
+
+def start(make_read: MakeReadWal, after: str, segment_size: int, spool: Path) -> bool:
+    """Leave a reader process behind for the segments after ``after``; return False when it could not start.
+
+    Double-forked and in its own session, with its standard streams on /dev/null: the
+    restore_command returns at once (PostgreSQL waits for the shell, not for the reader),
+    and a caller that reads the command's output is not held until the reader ends.
+    """
+    try:
+        spool.mkdir(exist_ok=True)
+        ready_r, ready_w = os.pipe()
+        child = os.fork()
+    except OSError as exc:
+        log.debug("wal read-ahead could not start", error=str(exc))
+        return False
+    if child:
+        os.close(ready_w)
+        with contextlib.suppress(OSError):
+            os.read(ready_r, 1)  # the reader's state file is written: the next fetch sees it
+        os.close(ready_r)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
+        return True
+    # The first child: a new session, then the reader itself in a grandchild, reparented to init.
+    os.close(ready_r)
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        reader = Reader(make_read(), after, segment_size, spool.absolute())
+        reader.publish([])
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+        reader.run()
+    finally:
+        os._exit(0)
+
+
+class Reader:
+    """The read-ahead loop of one recovering data directory (see the module docstring)."""
+
+    def __init__(self, read: ReadWal, after: str, segment_size: int, spool: Path) -> None:
+        self.read = read
+        self.segment_size = segment_size
+        self.spool = spool
+        self.previous = after  # the newest segment read (or taken from the archive by a fetch)
+        self.waiting: set[str] = set()  # written here and not taken yet
+        self.end: str | None = None  # the first segment the archive lacks
+        self.last: tuple[str, bytes] | None = None  # the segment before it, offered again when taken
+        self.histories: dict[str, bytes | None] = {}  # the end's history files: bytes, or None when absent
+        self.last_taken = time.monotonic()
+
+    def run(self) -> None:
+        """Keep the window full until recovery ends or nothing is taken for a while; then remove the directory."""
+        try:
+            with ThreadPoolExecutor(max_workers=THREADS) as pool:
+                while self.spool.is_dir() and recovering(self.spool):
+                    self._notice_taken()
+                    if time.monotonic() - self.last_taken > IDLE_SECONDS:
+                        break
+                    self._follow_restart()
+                    if self.end is None:
+                        self._fill(pool)
+                    else:
+                        self._at_end()
+                    time.sleep(POLL_SECONDS)
+        except Exception as exc:  # the fetch does it all itself when the reader is gone
+            log.debug("wal read-ahead stopped", error=str(exc))
+        finally:
+            shutil.rmtree(self.spool, ignore_errors=True)
+
+    def publish(self, reading: list[str]) -> None:
+        """Write the state file: this process's pid and the segments it is reading."""
+        _write_atomic(self.spool / STATE_FILE, json.dumps({"pid": os.getpid(), "reading": reading}).encode())
+
+    def _notice_taken(self) -> None:
+        taken = {name for name in self.waiting if not (self.spool / name).exists()}
+        if taken:
+            self.waiting -= taken
+            self.last_taken = time.monotonic()
+
+    def _follow_restart(self) -> None:
+        path = self.spool / RESTART_FILE
+        try:
+            name = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return
+        path.unlink(missing_ok=True)
+        if not layout.is_segment_name(name):
+            return
+        for stale in self.waiting:
+            (self.spool / stale).unlink(missing_ok=True)
+        for marker in self.spool.glob("*" + ABSENT_SUFFIX):
+            marker.unlink(missing_ok=True)
+        self.waiting.clear()
+        self.previous, self.end, self.last, self.histories = name, None, None, {}
+        self.last_taken = time.monotonic()
+
+    def _fill(self, pool: ThreadPoolExecutor) -> None:
+        room = WINDOW - len(self.waiting)
+        if room < min(THREADS, WINDOW):
+            return
+        names = _next_segments(self.previous, self.segment_size, room)
+        self.publish(names)
+        for name, data in zip(names, pool.map(self.read, names), strict=True):
+            if data is None:
+                self.end = name
+                break
+            self._offer(name, data)
+            self.previous, self.last = name, (name, data)
+        self.publish([])
+
+    def _at_end(self) -> None:
+        assert self.end is not None
+        if not marker_valid(self.spool, self.end):
+            data = self.read(self.end)  # archived meanwhile?
+            if data is not None:
+                self._offer(self.end, data)
+                self.previous, self.last, self.end = self.end, (self.end, data), None
+                return
+            self._mark_absent(self.end)
+        if self.last is not None and self.last[0] not in self.waiting:
+            self._offer(*self.last)
+        timeline = int(self.end[:8], 16)
+        for history in (f"{timeline:08X}.history", f"{timeline + 1:08X}.history"):
+            self._offer_history(history)
+
+    def _offer_history(self, name: str) -> None:
+        if name in self.waiting or marker_valid(self.spool, name):
+            return
+        data = self.read(name)
+        if data is None:
+            self._mark_absent(name)
+        else:
+            self._offer(name, data)
+
+    def _offer(self, name: str, data: bytes) -> None:
+        _write_atomic(self.spool / name, data, sync=True)
+        self.waiting.add(name)
+
+    def _mark_absent(self, name: str) -> None:
+        expires = int(time.time()) + MARKER_SECONDS
+        _write_atomic(self.spool / (name + ABSENT_SUFFIX), str(expires).encode())
+
+
+def _next_segments(name: str, segment_size: int, count: int) -> list[str]:
+    """Return the names of the ``count`` segments after segment ``name`` on its timeline."""
+    timeline, number = layout.segment_number(name, segment_size)
+    return [layout.segment_name(timeline, (number + i) * segment_size, segment_size) for i in range(1, count + 1)]
+
+
+def _write_atomic(path: Path, data: bytes, sync: bool = False) -> None:
+    """Write ``data`` to ``path`` complete or not at all (beside it, then renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        if sync:
+            out.flush()
+            os.fsync(out.fileno())
+    os.replace(tmp, path)
