@@ -273,8 +273,8 @@ class _TimedReader(io.RawIOBase):
         return len(data)
 
 
-def _grow_pipe(source: Any) -> None:
-    """Grow ``source``'s pipe to PIPE_SIZE when it is one (best effort: a smaller pipe only costs syscalls)."""
+def grow_pipe(source: Any) -> None:
+    """Grow ``source``'s pipe (either end) to PIPE_SIZE when it is one (best effort: a smaller pipe only costs syscalls)."""
     with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
         fcntl.fcntl(source.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
 
@@ -304,7 +304,7 @@ def compress_and_store(
     clock = StageClock()
     process_started = _process_cpu()
     thread_started = time.thread_time()
-    _grow_pipe(source)
+    grow_pipe(source)
     plain = HashingReader(
         source, cancel=cancel, progress=progress, clock=clock, read_stage="read", hash_stage="sha256 plain"
     )

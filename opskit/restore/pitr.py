@@ -43,6 +43,7 @@ from opskit.core.execute import run as run_command
 from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.pg import connection, tools
+from opskit.pipeline import grow_pipe
 from opskit.plan import timeline
 from opskit.restore.reader import open_backup
 from opskit.wal import archive, layout
@@ -313,6 +314,7 @@ def extract(ctx: AppContext, store: Any, manifest: Manifest, directory: Path) ->
     backup.check_can_decrypt()
     argv = ["tar", "-x", "-C", str(directory), "-f", "-"]
     with spawn(argv, stdin=subprocess.PIPE) as child:
+        grow_pipe(child.stdin)  # 1 MiB instead of 64 KiB: a fifth less wall time, measured in bench/pitr.py
         try:
             backup.read("db", child.stdin)
         finally:
@@ -397,7 +399,8 @@ def start_server(
     pg_ctl = server_tool(ctx, source, manifest, "pg_ctl")
     port = _free_port()
     log_file = directory / "opskit-recovery.log"
-    options = f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory}"
+    # English messages: the drill reads where recovery stopped from this server's log.
+    options = f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory} -c lc_messages=C"
     argv = [pg_ctl.path, "-D", str(directory), "-o", options, "-l", str(log_file), "-w", "-t", "600", "start"]
     started = run_command(as_server_user(argv), timeout=660)
     if started.returncode != 0:
