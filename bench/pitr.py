@@ -692,6 +692,8 @@ def report_restores(
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the cases, print the machine, the phases and a Markdown results table (cases in order 1, 3, 2)."""
     args = parse_args(argv)
+    if shutil.which("pgbackrest") is None:
+        sys.exit("bench/pitr.py: pgbackrest is not installed, and it is the baseline: apt-get install pgbackrest")
     c.print_machine(c.machine())
     rows: dict[int, list[list[str]]] = {1: [], 2: [], 3: []}
     notes: list[str] = []
