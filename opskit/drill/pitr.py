@@ -312,6 +312,7 @@ class _Drill:
     def _start_and_wait(self) -> None:
         """Start the scratch server and wait for the promotion; past the archive's last transaction, retarget to its end."""
         try:
+            pitr.start_read_ahead(self.ctx, self.source, self.manifest, self.pgdata)
             pitr.start_server(self.ctx, self.source, self.manifest, self.pgdata, self.server)
             pitr.wait_for_recovery(self.source, self.pgdata, self.server)
             return

@@ -26,6 +26,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -46,12 +47,14 @@ from opskit.pg import connection, tools
 from opskit.pipeline import grow_pipe
 from opskit.plan import timeline
 from opskit.restore.reader import open_backup
-from opskit.wal import archive, layout
+from opskit.wal import archive, layout, readahead
 from opskit.wal.archive import newest_archived
 
 log = get_logger(__name__)
 
 RECOVERY_WAIT_SECONDS = 3600
+FIRST_SEGMENT_WAIT_SECONDS = 30
+READER_EXIT_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -261,8 +264,11 @@ def run(
     give_to_server_user(directory)
     if start:
         began = time.monotonic()
+        reader = start_read_ahead(ctx, source, manifest, directory)
         start_server(ctx, source, manifest, directory, result)
         wait_for_recovery(source, directory, result)
+        if reader is not None:
+            reader.join(READER_EXIT_SECONDS)  # it removes pg_wal/opskit-prefetch as the server is ready
         result.phases["recovery"] = time.monotonic() - began
     log.info("pitr restore done", backup_id=manifest.id, pgdata=str(directory), started=result.started)
     return result
@@ -338,6 +344,37 @@ def write_recovery_settings(directory: Path, restore_command: str, target: Recov
     with open(directory / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
         conf.writelines(lines)
     (directory / "recovery.signal").touch()
+
+
+def start_read_ahead(
+    ctx: AppContext, source: TargetConfig, manifest: Manifest, directory: Path
+) -> threading.Thread | None:
+    """Start reading the backup's WAL into ``pg_wal/opskit-prefetch`` in this process, before the server asks.
+
+    The server about to start in ``directory`` then finds its first segments (and the answer
+    to its first history probe) ready, instead of waiting for a fetch to start an interpreter
+    (``opskit.wal.readahead``). Best effort: without it the server's fetches do it all.
+    Returns the reader's thread (None when the manifest names no first segment).
+    """
+    first = str(manifest.base.get("wal_start") or "")
+    size = int(manifest.base.get("segment_size") or layout.DEFAULT_SEGMENT_SIZE)
+    if not layout.is_segment_name(first) or size <= 0 or size & (size - 1):
+        return None
+    spool = directory / "pg_wal" / archive.PREFETCH_DIR
+    spool.mkdir(exist_ok=True)
+    give_to_server_user(spool)  # the server renames files out of it
+    user = server_user()
+    storage = archive.archive_storage(ctx, source)
+
+    def read(name: str) -> bytes | None:
+        return archive.archived_wal(ctx, storage, source.name, name)
+
+    reader = readahead.start_thread(read, first, size, spool, (user.pw_uid, user.pw_gid) if user else None)
+    # The server asks for its first segments at once, and replays segments of little WAL
+    # faster than they are read: waiting for the first batch costs less than one fetch
+    # falling back to an interpreter start.
+    reader.first_batch.wait(FIRST_SEGMENT_WAIT_SECONDS)
+    return reader.thread
 
 
 def server_user() -> pwd.struct_passwd | None:

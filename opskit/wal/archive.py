@@ -195,7 +195,6 @@ def fetch(
     ready = readahead.wait_for(spool, name)
     if ready is not None:
         if not ready:
-            (spool / (name + readahead.ABSENT_SUFFIX)).unlink(missing_ok=True)
             return False
         if _take_prefetched(spool, name, dest):
             return True
@@ -257,15 +256,17 @@ def with_read_ahead(restore_command: str) -> str:
     PostgreSQL runs the restore_command through ``/bin/sh`` once per file and waits for it;
     starting the interpreter costs about a third of a second of CPU, while a segment read
     ahead needs only a rename. So a file waiting in the read-ahead directory is moved into
-    place by the shell, a miss the background reader has just seen (a ``<name>.absent``
-    marker holding the time it expires) is answered with exit 1 once, and anything else
-    runs the command.
+    place by the shell (the last one before the end copied, as recovery asks for it more than
+    once), a miss the background reader has just seen (a ``<name>.absent``
+    marker holding the time it expires) is answered with exit 1, and anything else runs
+    the command.
     """
     d = f'"$(dirname "%p")/{PREFETCH_DIR}'
     return (
         f'f={d}/%f"; if [ -f "$f" ] && mv "$f" "%p"; then exit 0; fi; '
+        f'if [ -f "$f{readahead.KEEP_SUFFIX}" ] && cp "$f{readahead.KEEP_SUFFIX}" "%p"; then exit 0; fi; '
         f'm="$f{readahead.ABSENT_SUFFIX}"; '
-        'if [ -f "$m" ] && [ "$(cat "$m" 2>/dev/null)" -gt "$(date +%s)" ] 2>/dev/null && rm "$m" 2>/dev/null; '
+        'if [ -f "$m" ] && [ "$(cat "$m" 2>/dev/null)" -gt "$(date +%s)" ] 2>/dev/null; '
         f"then exit 1; fi; {restore_command}"
     )
 

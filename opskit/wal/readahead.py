@@ -12,16 +12,19 @@ What the reader promises:
 
 - a file in the directory is complete (written beside, fsynced, renamed): the shell may hand
   it to the server as it is;
-- a miss is said only once per archive check: a marker holds the Unix time it expires
-  (``MARKER_SECONDS``), the shell uses it once and only before then, and the reader looks
-  at the archive again before it writes another. WAL archived meanwhile is found, and a
-  marker left by a reader that died (a crash) is never believed;
-- at the end of the archive, the last segment is offered again after it is taken, and the
-  history files of the timeline and the next one are offered or marked absent: recovery
-  reads the last segment again and probes those files when it ends;
+- a miss is said only for a few seconds after the archive was seen to lack the file: a
+  marker holds the Unix time it expires (``MARKER_SECONDS``), the shell believes it only
+  before then, and the reader looks at the archive again shortly before (a marker used
+  once would be gone when recovery asks twice in a row, as it does at the end). WAL
+  archived meanwhile is found within seconds, as with PostgreSQL's own retry interval, and a
+  marker left by a reader that died (a crash) is soon not believed;
+- at the end of the archive, the last segment is kept (``<name>.keep``, which the shell
+  copies), and the history files of the timeline and the next one are offered or marked
+  absent: recovery reads the last segment again and probes those files when it ends;
 - one reader per directory (``.reader`` holds its pid and the segments it is reading); a
   fetch outside its plan (another timeline) re-anchors it (``.restart``);
-- it exits, and removes the directory, when recovery has ended (the signal file is gone),
+- it exits, and removes the directory, when recovery has ended (the signal file is gone
+  and the control file says "in production"),
   when nothing was taken for ``IDLE_SECONDS``, or when the directory disappears.
 """
 
@@ -31,6 +34,8 @@ import contextlib
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,11 +50,18 @@ WINDOW = 8  # segments kept ready (8 x 16 MiB on disk at most)
 THREADS = 4
 POLL_SECONDS = 0.02
 IDLE_SECONDS = 60.0
-MARKER_SECONDS = 5
+MARKER_SECONDS = 3
+MARKER_REFRESH_SECONDS = 1.0  # the reader looks at the archive again this long before a marker expires
 ABSENT_SUFFIX = ".absent"
+KEEP_SUFFIX = ".keep"  # the last segment before the end, copied by the shell each time it is asked for
 STATE_FILE = ".reader"
 RESTART_FILE = ".restart"
 SIGNAL_FILES = ("recovery.signal", "standby.signal")
+# pg_control begins with the system identifier (8 bytes), two version numbers (4 + 4) and the
+# cluster state (an enum, 4 bytes in the machine's byte order); DB_IN_PRODUCTION is 6 in every
+# PostgreSQL release since 9.0.
+CONTROL_STATE_OFFSET = 16
+DB_IN_PRODUCTION = 6
 
 # Reads one WAL file's plain bytes from the archive (None when absent); raises on other failures.
 ReadWal = Callable[[str], bytes | None]
@@ -58,9 +70,26 @@ MakeReadWal = Callable[[], ReadWal]
 
 
 def recovering(spool: Path) -> bool:
-    """Return whether the data directory that holds ``pg_wal/<spool>`` is in recovery (a signal file is there)."""
+    """Return whether the data directory that holds ``pg_wal/<spool>`` is recovering.
+
+    It is while a signal file is there, and after the server removed it until the control
+    file says the cluster is in production: recovery still probes history files and reads
+    the last segment again between the two (``postmaster.pid`` says "ready" long before,
+    as soon as a hot standby takes read-only connections).
+    """
     data_dir = spool.parent.parent
-    return any((data_dir / name).exists() for name in SIGNAL_FILES)
+    if any((data_dir / name).exists() for name in SIGNAL_FILES):
+        return True
+    if not (data_dir / "postmaster.pid").exists():
+        return False  # not running: nothing will ask
+    try:
+        with open(data_dir / "global" / "pg_control", "rb") as control:
+            head = control.read(CONTROL_STATE_OFFSET + 4)
+    except OSError:
+        return False
+    if len(head) < CONTROL_STATE_OFFSET + 4:
+        return False
+    return int.from_bytes(head[CONTROL_STATE_OFFSET:], sys.byteorder) != DB_IN_PRODUCTION
 
 
 def reader_state(spool: Path) -> tuple[int, list[str]] | None:
@@ -98,13 +127,13 @@ def wait_for(spool: Path, name: str, timeout: float = 120.0) -> bool | None:
     return None
 
 
-def marker_valid(spool: Path, name: str) -> bool:
-    """Return whether ``spool`` holds an unexpired ``<name>.absent`` marker (the reader saw the archive lack it)."""
+def marker_valid(spool: Path, name: str, margin: float = 0.0) -> bool:
+    """Return whether ``spool`` holds a ``<name>.absent`` marker valid for ``margin`` seconds more."""
     try:
         expires = int((spool / (name + ABSENT_SUFFIX)).read_text(encoding="ascii"))
     except (OSError, ValueError):
         return False
-    return expires > time.time()
+    return expires > time.time() + margin
 
 
 def restart_at(spool: Path, name: str) -> None:
@@ -153,19 +182,44 @@ def start(make_read: MakeReadWal, after: str, segment_size: int, spool: Path) ->
         os._exit(0)
 
 
+def start_thread(
+    read: ReadWal, first: str, segment_size: int, spool: Path, owner: tuple[int, int] | None = None
+) -> Reader:
+    """Run a reader in a thread of this process from segment ``first`` on (before the server asks for it).
+
+    For ``restore --pitr --start``, which waits for the recovery anyway: the segments are
+    ready before the server's first request. The caller creates ``spool`` (owned by the
+    server's user, which renames files out of it); ``owner`` (uid, gid) is given every file
+    written when this process is root. Returns the reader, its daemon thread started
+    (``thread``; ``first_batch`` is set once the first segments are ready).
+    """
+    timeline, number = layout.segment_number(first, segment_size)
+    before = layout.segment_name(timeline, max(number - 1, 0) * segment_size, segment_size)
+    reader = Reader(read, before, segment_size, spool.absolute(), owner)  # (segment 0 never holds a backup's start)
+    reader.publish([])
+    reader.thread = threading.Thread(target=reader.run, name="opskit wal read-ahead", daemon=True)
+    reader.thread.start()
+    return reader
+
+
 class Reader:
     """The read-ahead loop of one recovering data directory (see the module docstring)."""
 
-    def __init__(self, read: ReadWal, after: str, segment_size: int, spool: Path) -> None:
+    def __init__(
+        self, read: ReadWal, after: str, segment_size: int, spool: Path, owner: tuple[int, int] | None = None
+    ) -> None:
         self.read = read
+        self.owner = owner
         self.segment_size = segment_size
         self.spool = spool
         self.previous = after  # the newest segment read (or taken from the archive by a fetch)
+        self.timeline = int(after[:8], 16)
         self.waiting: set[str] = set()  # written here and not taken yet
         self.end: str | None = None  # the first segment the archive lacks
         self.last: tuple[str, bytes] | None = None  # the segment before it, offered again when taken
-        self.histories: dict[str, bytes | None] = {}  # the end's history files: bytes, or None when absent
         self.last_taken = time.monotonic()
+        self.first_batch = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def run(self) -> None:
         """Keep the window full until recovery ends or nothing is taken for a while; then remove the directory."""
@@ -176,6 +230,8 @@ class Reader:
                     if time.monotonic() - self.last_taken > IDLE_SECONDS:
                         break
                     self._follow_restart()
+                    # Recovery probes for the next timeline's history when it starts and when it ends.
+                    self._offer_history(f"{self.timeline + 1:08X}.history")
                     if self.end is None:
                         self._fill(pool)
                     else:
@@ -184,11 +240,14 @@ class Reader:
         except Exception as exc:  # the fetch does it all itself when the reader is gone
             log.debug("wal read-ahead stopped", error=str(exc))
         finally:
+            self.first_batch.set()
             shutil.rmtree(self.spool, ignore_errors=True)
 
     def publish(self, reading: list[str]) -> None:
         """Write the state file: this process's pid and the segments it is reading."""
-        _write_atomic(self.spool / STATE_FILE, json.dumps({"pid": os.getpid(), "reading": reading}).encode())
+        _write_atomic(
+            self.spool / STATE_FILE, json.dumps({"pid": os.getpid(), "reading": reading}).encode(), self.owner
+        )
 
     def _notice_taken(self) -> None:
         taken = {name for name in self.waiting if not (self.spool / name).exists()}
@@ -203,15 +262,22 @@ class Reader:
         except OSError:
             return
         path.unlink(missing_ok=True)
-        if not layout.is_segment_name(name):
+        if not layout.is_segment_name(name) or self._behind(name):
             return
         for stale in self.waiting:
             (self.spool / stale).unlink(missing_ok=True)
         for marker in self.spool.glob("*" + ABSENT_SUFFIX):
             marker.unlink(missing_ok=True)
+        self._drop_keep()
         self.waiting.clear()
-        self.previous, self.end, self.last, self.histories = name, None, None, {}
+        self.previous, self.end, self.last = name, None, None
+        self.timeline = int(name[:8], 16)
         self.last_taken = time.monotonic()
+
+    def _behind(self, name: str) -> bool:
+        """Return whether segment ``name`` is on this reader's timeline at or before its position (a re-read)."""
+        timeline, number = layout.segment_number(name, self.segment_size)
+        return timeline == self.timeline and number <= layout.segment_number(self.previous, self.segment_size)[1]
 
     def _fill(self, pool: ThreadPoolExecutor) -> None:
         room = WINDOW - len(self.waiting)
@@ -219,31 +285,56 @@ class Reader:
             return
         names = _next_segments(self.previous, self.segment_size, room)
         self.publish(names)
-        for name, data in zip(names, pool.map(self.read, names), strict=True):
+
+        def read_and_write(name: str) -> bytes | None:
+            # Each in its own thread, fsync included, so a segment is ready as soon as it is
+            # durable and not after the one before it (on a busy disk an fsync takes long).
+            data = self.read(name)
+            if data is not None:
+                _write_atomic(self.spool / name, data, self.owner, sync=True)
+            return data
+
+        for name, data in zip(names, pool.map(read_and_write, names), strict=True):
             if data is None:
-                self.end = name
+                self.end = name  # one after it may be there too (a gap): never asked for before it
                 break
-            self._offer(name, data)
+            self.waiting.add(name)
             self.previous, self.last = name, (name, data)
+        if self.end is not None:
+            # At once, before the next round: a short replay reaches the end right after this batch.
+            self._mark_absent(self.end)
+            self._keep_last()
+            self._offer_history(f"{self.timeline:08X}.history")
         self.publish([])
+        self.first_batch.set()
 
     def _at_end(self) -> None:
         assert self.end is not None
-        if not marker_valid(self.spool, self.end):
+        if not marker_valid(self.spool, self.end, MARKER_REFRESH_SECONDS):
             data = self.read(self.end)  # archived meanwhile?
             if data is not None:
                 self._offer(self.end, data)
+                self._drop_keep()
                 self.previous, self.last, self.end = self.end, (self.end, data), None
                 return
             self._mark_absent(self.end)
-        if self.last is not None and self.last[0] not in self.waiting:
-            self._offer(*self.last)
-        timeline = int(self.end[:8], 16)
-        for history in (f"{timeline:08X}.history", f"{timeline + 1:08X}.history"):
-            self._offer_history(history)
+        self._offer_history(f"{self.timeline:08X}.history")  # the parent of the timeline a promotion makes
+        self._keep_last()
+
+    def _keep_last(self) -> None:
+        # Recovery reads the last segment again as it ends, right after the miss, sometimes
+        # twice: the shell copies it from here each time (a rename would be gone the second).
+        if self.last is not None:
+            keep = self.spool / (self.last[0] + KEEP_SUFFIX)
+            if not keep.exists():
+                _write_atomic(keep, self.last[1], self.owner, sync=True)
+
+    def _drop_keep(self) -> None:
+        if self.last is not None:
+            (self.spool / (self.last[0] + KEEP_SUFFIX)).unlink(missing_ok=True)
 
     def _offer_history(self, name: str) -> None:
-        if name in self.waiting or marker_valid(self.spool, name):
+        if name in self.waiting or marker_valid(self.spool, name, MARKER_REFRESH_SECONDS):
             return
         data = self.read(name)
         if data is None:
@@ -252,12 +343,12 @@ class Reader:
             self._offer(name, data)
 
     def _offer(self, name: str, data: bytes) -> None:
-        _write_atomic(self.spool / name, data, sync=True)
+        _write_atomic(self.spool / name, data, self.owner, sync=True)
         self.waiting.add(name)
 
     def _mark_absent(self, name: str) -> None:
         expires = int(time.time()) + MARKER_SECONDS
-        _write_atomic(self.spool / (name + ABSENT_SUFFIX), str(expires).encode())
+        _write_atomic(self.spool / (name + ABSENT_SUFFIX), str(expires).encode(), self.owner)
 
 
 def _next_segments(name: str, segment_size: int, count: int) -> list[str]:
@@ -266,11 +357,13 @@ def _next_segments(name: str, segment_size: int, count: int) -> list[str]:
     return [layout.segment_name(timeline, (number + i) * segment_size, segment_size) for i in range(1, count + 1)]
 
 
-def _write_atomic(path: Path, data: bytes, sync: bool = False) -> None:
-    """Write ``data`` to ``path`` complete or not at all (beside it, then renamed)."""
+def _write_atomic(path: Path, data: bytes, owner: tuple[int, int] | None = None, sync: bool = False) -> None:
+    """Write ``data`` to ``path`` complete or not at all (beside it, then renamed), owned by ``owner`` if given."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as out:
         out.write(data)
+        if owner is not None:
+            os.fchown(out.fileno(), *owner)
         if sync:
             out.flush()
             os.fsync(out.fileno())

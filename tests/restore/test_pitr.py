@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.wal.cluster import ArchivingCluster
+from tests.wal.cluster import ArchivingCluster, give_to_postgres, opskit_command
 
 
 def write_markers(cluster: ArchivingCluster, count: int) -> list[tuple[int, datetime]]:
@@ -81,3 +82,38 @@ def test_a_data_directory_that_is_not_empty_is_refused(archiving_cluster: Callab
     assert result.returncode == 2
     assert "is not an empty directory" in result.stderr
     assert [p.name for p in pgdata.iterdir()] == ["PG_VERSION"]
+
+
+def test_a_started_restore_has_every_wal_file_ready_so_the_server_starts_no_opskit(
+    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
+) -> None:
+    cluster = archiving_cluster()
+    with cluster.connect() as conn:
+        conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    assert cluster.opskit("backup", "now", "--kind", "base").returncode == 0
+    markers = write_markers(cluster, 5)
+    for _ in range(3):  # several segments to replay
+        cluster.wait_archived(cluster.switch_wal())
+        write_markers(cluster, 1)
+    cluster.wait_archived(cluster.switch_wal())
+    # The server's opskit, behind a script that counts what the restore_command runs it for.
+    calls = cluster.root / "opskit-calls.log"
+    counting = cluster.root / "counting-opskit"
+    counting.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shlex.join(opskit_command())} "$@"\n')
+    counting.chmod(0o755)
+    give_to_postgres(cluster.root)
+    pgdata = cluster.root / "restored"
+    restored_dirs.append((cluster.bin_dir, pgdata))
+
+    result = cluster.opskit(
+        "restore", "--pitr", "--latest", "--pgdata", str(pgdata), "--start", "--opskit-command", str(counting), "--json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
+    assert ids == list(range(1, markers[-1][0] + 4))  # every marker, the last ones included
+    # The segments, the end of the archive and the history probes all came from the read-ahead.
+    assert not calls.exists() or calls.read_text() == ""
+    assert not (pgdata / "pg_wal" / "opskit-prefetch").exists()
