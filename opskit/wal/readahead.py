@@ -195,7 +195,9 @@ def start_thread(
     """
     timeline, number = layout.segment_number(first, segment_size)
     before = layout.segment_name(timeline, max(number - 1, 0) * segment_size, segment_size)
-    reader = Reader(read, before, segment_size, spool.absolute(), owner)  # (segment 0 never holds a backup's start)
+    # Two threads: this process's peak memory holds what they read at once (segment 0 never
+    # holds a backup's start, so ``before`` always exists).
+    reader = Reader(read, before, segment_size, spool.absolute(), owner, threads=2)
     reader.publish([])
     reader.thread = threading.Thread(target=reader.run, name="opskit wal read-ahead", daemon=True)
     reader.thread.start()
@@ -206,8 +208,15 @@ class Reader:
     """The read-ahead loop of one recovering data directory (see the module docstring)."""
 
     def __init__(
-        self, read: ReadWal, after: str, segment_size: int, spool: Path, owner: tuple[int, int] | None = None
+        self,
+        read: ReadWal,
+        after: str,
+        segment_size: int,
+        spool: Path,
+        owner: tuple[int, int] | None = None,
+        threads: int = THREADS,
     ) -> None:
+        self.threads = threads
         self.read = read
         self.owner = owner
         self.segment_size = segment_size
@@ -216,7 +225,7 @@ class Reader:
         self.timeline = int(after[:8], 16)
         self.waiting: set[str] = set()  # written here and not taken yet
         self.end: str | None = None  # the first segment the archive lacks
-        self.last: tuple[str, bytes] | None = None  # the segment before it, offered again when taken
+        self.last: str | None = None  # the segment before it, kept for reading again
         self.last_taken = time.monotonic()
         self.first_batch = threading.Event()
         self.thread: threading.Thread | None = None
@@ -224,7 +233,7 @@ class Reader:
     def run(self) -> None:
         """Keep the window full until recovery ends or nothing is taken for a while; then remove the directory."""
         try:
-            with ThreadPoolExecutor(max_workers=THREADS) as pool:
+            with ThreadPoolExecutor(max_workers=self.threads) as pool:
                 while self.spool.is_dir() and recovering(self.spool):
                     self._notice_taken()
                     if time.monotonic() - self.last_taken > IDLE_SECONDS:
@@ -281,7 +290,7 @@ class Reader:
 
     def _fill(self, pool: ThreadPoolExecutor) -> None:
         room = WINDOW - len(self.waiting)
-        if room < min(THREADS, WINDOW):
+        if room < min(self.threads, WINDOW):
             return
         names = _next_segments(self.previous, self.segment_size, room)
         self.publish(names)
@@ -299,7 +308,7 @@ class Reader:
                 self.end = name  # one after it may be there too (a gap): never asked for before it
                 break
             self.waiting.add(name)
-            self.previous, self.last = name, (name, data)
+            self.previous, self.last = name, name
         if self.end is not None:
             # At once, before the next round: a short replay reaches the end right after this batch.
             self._mark_absent(self.end)
@@ -315,7 +324,7 @@ class Reader:
             if data is not None:
                 self._offer(self.end, data)
                 self._drop_keep()
-                self.previous, self.last, self.end = self.end, (self.end, data), None
+                self.previous, self.last, self.end = self.end, self.end, None
                 return
             self._mark_absent(self.end)
         self._offer_history(f"{self.timeline:08X}.history")  # the parent of the timeline a promotion makes
@@ -325,13 +334,15 @@ class Reader:
         # Recovery reads the last segment again as it ends, right after the miss, sometimes
         # twice: the shell copies it from here each time (a rename would be gone the second).
         if self.last is not None:
-            keep = self.spool / (self.last[0] + KEEP_SUFFIX)
+            keep = self.spool / (self.last + KEEP_SUFFIX)
             if not keep.exists():
-                _write_atomic(keep, self.last[1], self.owner, sync=True)
+                data = self.read(self.last)  # again: 16 MiB held in memory for this alone would double the peak
+                if data is not None:
+                    _write_atomic(keep, data, self.owner, sync=True)
 
     def _drop_keep(self) -> None:
         if self.last is not None:
-            (self.spool / (self.last[0] + KEEP_SUFFIX)).unlink(missing_ok=True)
+            (self.spool / (self.last + KEEP_SUFFIX)).unlink(missing_ok=True)
 
     def _offer_history(self, name: str) -> None:
         if name in self.waiting or marker_valid(self.spool, name, MARKER_REFRESH_SECONDS):
