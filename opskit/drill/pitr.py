@@ -36,6 +36,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,6 +215,7 @@ class _Drill:
         self.manifest, self.recovery, self.window = manifest, recovery, window
         self.result, self.clock, self.pgdata = result, clock, pgdata
         self.server = PitrResult(manifest=manifest, pgdata=str(pgdata), target=recovery)
+        self.reader: threading.Thread | None = None  # the WAL read-ahead, gone once the server stops
 
     # ------------------------------------------------------------------ phases
 
@@ -312,7 +314,7 @@ class _Drill:
     def _start_and_wait(self) -> None:
         """Start the scratch server and wait for the promotion; past the archive's last transaction, retarget to its end."""
         try:
-            pitr.start_read_ahead(self.ctx, self.source, self.manifest, self.pgdata)
+            self.reader = pitr.start_read_ahead(self.ctx, self.source, self.manifest, self.pgdata)
             pitr.start_server(self.ctx, self.source, self.manifest, self.pgdata, self.server)
             pitr.wait_for_recovery(self.source, self.pgdata, self.server)
             return
@@ -410,6 +412,8 @@ class _Drill:
             self.result.cleanup = {"action": "stop failed", "pgdata": str(self.pgdata), "port": self.server.port}
             self.result.warnings.append(f"the scratch server in '{self.pgdata}' did not stop; it was left as it is")
             return
+        if self.reader is not None:
+            self.reader.join(pitr.READER_EXIT_SECONDS)  # it leaves when the server is gone: no write into rmtree
         shutil.rmtree(scratch, ignore_errors=True)
         self.result.cleanup = {"action": "removed", "pgdata": str(self.pgdata), "port": self.server.port}
 
