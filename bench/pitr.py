@@ -461,34 +461,11 @@ def restore_command_opskit() -> str:
     return " ".join(opskit_command())
 
 
-FAST_PATH = """\
-#!/bin/bash
-# restore_command = this script + opskit's usual arguments (... wal fetch --target T %f %p).
-# A segment an earlier 'opskit wal fetch' read ahead is taken with a rename: no interpreter start.
-name="${@: -2:1}"
-dest="${@: -1}"
-spool="$(dirname "$dest")/opskit-prefetch"
-if [ -f "$spool/$name" ] && mv "$spool/$name" "$dest"; then
-    exit 0
-fi
-exec {opskit} "$@"
-"""
-
-
-def fast_path_command(cluster: Cluster) -> str:
-    """Write the fast-path wrapper (see FAST_PATH) into the cluster's root; return its path for --opskit-command."""
-    path = cluster.root / "fetch-fast-path"
-    path.write_text(FAST_PATH.replace("{opskit}", restore_command_opskit()))
-    path.chmod(0o755)
-    return str(path)
-
-
-def opskit_restore(cluster: Cluster, pgdata: Path, command: str | None = None) -> c.Sample:
+def opskit_restore(cluster: Cluster, pgdata: Path) -> c.Sample:
     """Time ``opskit restore --pitr --latest --pgdata D --start`` (extract + replay to the promotion).
 
-    ``command`` is the ``--opskit-command`` the server's restore_command runs (default: this
-    checkout's opskit). The sample's extras are opskit's own phases (extract, recovery); the
-    server is stopped after.
+    The server's restore_command runs this checkout's opskit as postgres. The sample's extras
+    are opskit's own phases (extract, recovery); the server is stopped after.
     """
     cluster.servers.append(pgdata)
     argv = cluster.opskit(
@@ -501,7 +478,7 @@ def opskit_restore(cluster: Cluster, pgdata: Path, command: str | None = None) -
         str(pgdata),
         "--start",
         "--opskit-command",
-        command or restore_command_opskit(),
+        restore_command_opskit(),
         "--json",
     )
     try:
@@ -565,11 +542,9 @@ def pgbackrest_restore(cluster: Cluster, pgdata: Path) -> c.Sample:
 
 def case_restores(cluster: Cluster, runs: int) -> dict[str, list[c.Sample]]:
     """Restore the newest backup of each tool plus all archived WAL ``runs`` times, interleaved."""
-    fast = fast_path_command(cluster)
     cases = {
         "opskit restore --pitr": lambda pgdata: opskit_restore(cluster, pgdata),
         "pgbackrest restore": lambda pgdata: pgbackrest_restore(cluster, pgdata),
-        "opskit restore --pitr + fast path": lambda pgdata: opskit_restore(cluster, pgdata, fast),
     }
     samples: dict[str, list[c.Sample]] = {name: [] for name in cases}
     names = list(cases)
@@ -661,19 +636,6 @@ def report_restores(
         ),
         _row("3", "pgbackrest restore + start to promotion", samples["pgbackrest restore"]),
     ]
-    fast = samples.get("opskit restore --pitr + fast path")
-    if fast:
-        fast_ratio = c.median(fast).seconds / pgbackrest
-        rows.append(
-            _row(
-                "3",
-                "opskit restore --pitr + fast-path restore_command (proposed)",
-                fast,
-                f"{fast_ratio:.2f}x pgbr",
-                "(information)",
-                c.verdict(fast_ratio, 1.2),
-            )
-        )
     if small is not None and small.peak_rss:
         growth = opskit.peak_rss / small.peak_rss
         rows.append(

@@ -47,33 +47,3 @@ def test_archive_lag_is_measured_from_the_end_of_the_newest_complete_segment(pit
 
     assert pitr.newest_shipped_end(tmp_path) == 4 * 16 * 1024 * 1024
     assert pitr.newest_shipped_end(tmp_path / "missing") == 0
-
-
-def test_the_fast_path_wrapper_renames_a_read_ahead_segment_and_otherwise_runs_opskit(
-    pitr: ModuleType, tmp_path: Path
-) -> None:
-    wrapper = tmp_path / "fetch"
-    wrapper.write_text(pitr.FAST_PATH.replace("{opskit}", "echo opskit"))
-    wrapper.chmod(0o755)
-    spool = tmp_path / "pg_wal" / "opskit-prefetch"
-    spool.mkdir(parents=True)
-    (spool / "000000010000000000000004").write_bytes(b"segment")
-    args = ["--config", "c.toml", "wal", "fetch", "--target", "app"]
-
-    taken = subprocess.run(
-        [str(wrapper), *args, "000000010000000000000004", "pg_wal/RECOVERYXLOG"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    fetched = subprocess.run(
-        [str(wrapper), *args, "000000010000000000000005", "pg_wal/RECOVERYXLOG"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-
-    assert taken.returncode == 0 and taken.stdout == ""
-    assert (tmp_path / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"segment"
-    assert list(spool.iterdir()) == []
-    assert fetched.stdout.split() == ["opskit", *args, "000000010000000000000005", "pg_wal/RECOVERYXLOG"]
