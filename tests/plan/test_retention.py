@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -196,13 +195,15 @@ def test_a_naive_clock_is_refused() -> None:
         plan([], RetentionPolicy(keep_last=1), datetime(2026, 11, 27))
 
 
-def test_ten_thousand_backups_are_planned_in_under_a_second() -> None:
+def test_ten_thousand_backups_each_get_one_decision_and_the_pinned_one_is_kept() -> None:
+    # How fast this is, is measured by bench/retention.py (no timed assertions in tests).
     backups = hourly(at("2025-10-01T00:15"), 10_000)
-    started = time.perf_counter()
+
     result = plan(backups, GFS, now=at("2026-12-01T00:00"), pinned=frozenset({backups[5].id}))
-    elapsed = time.perf_counter() - started
-    assert len(result.decisions) == 10_000
-    assert elapsed < 1.0, f"planning 10,000 backups took {elapsed:.2f}s"
+
+    assert sorted(d.id for d in result.decisions) == sorted(b.id for b in backups)
+    assert "pinned" in reasons_of(result, backups[5].id)
+    assert 0 < len(result.kept) < 10_000
 
 
 # --------------------------------------------------------------------------- parsing
