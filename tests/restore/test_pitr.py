@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pyrage
 
 from tests.wal.cluster import ArchivingCluster, give_to_postgres, opskit_command
 
@@ -84,6 +88,23 @@ def test_a_data_directory_that_is_not_empty_is_refused(archiving_cluster: Callab
     assert [p.name for p in pgdata.iterdir()] == ["PG_VERSION"]
 
 
+def restore_counting_opskit(cluster: ArchivingCluster, pgdata: Path) -> tuple[dict[str, Any], Callable[[], list[str]]]:
+    """Run ``restore --pitr --latest --start`` with the server's opskit behind a script that logs each call.
+
+    Returns the JSON report and a function listing the restore_command's calls of opskit.
+    """
+    log = cluster.root / "opskit-calls.log"
+    counting = cluster.root / "counting-opskit"
+    counting.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shlex.join(opskit_command())} "$@"\n')
+    counting.chmod(0o755)
+    give_to_postgres(cluster.root)
+    result = cluster.opskit(
+        "restore", "--pitr", "--latest", "--pgdata", str(pgdata), "--start", "--opskit-command", str(counting), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), lambda: log.read_text().splitlines() if log.exists() else []
+
+
 def test_a_started_restore_has_every_wal_file_ready_so_the_server_starts_no_opskit(
     archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
 ) -> None:
@@ -96,24 +117,46 @@ def test_a_started_restore_has_every_wal_file_ready_so_the_server_starts_no_opsk
         cluster.wait_archived(cluster.switch_wal())
         write_markers(cluster, 1)
     cluster.wait_archived(cluster.switch_wal())
-    # The server's opskit, behind a script that counts what the restore_command runs it for.
-    calls = cluster.root / "opskit-calls.log"
-    counting = cluster.root / "counting-opskit"
-    counting.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shlex.join(opskit_command())} "$@"\n')
-    counting.chmod(0o755)
-    give_to_postgres(cluster.root)
     pgdata = cluster.root / "restored"
     restored_dirs.append((cluster.bin_dir, pgdata))
 
-    result = cluster.opskit(
-        "restore", "--pitr", "--latest", "--pgdata", str(pgdata), "--start", "--opskit-command", str(counting), "--json"
-    )
+    report, calls = restore_counting_opskit(cluster, pgdata)
 
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
         ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
     assert ids == list(range(1, markers[-1][0] + 4))  # every marker, the last ones included
     # The segments, the end of the archive and the history probes all came from the read-ahead.
-    assert not calls.exists() or calls.read_text() == ""
+    assert calls() == []
     assert not (pgdata / "pg_wal" / "opskit-prefetch").exists()
+
+
+def test_encrypted_wal_is_read_ahead_and_recovered_by_a_started_restore(
+    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
+) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    key_dir = Path(f"/tmp/opskit-age-ra-{os.getpid()}")
+    key_dir.mkdir(exist_ok=True)
+    key = key_dir / "age.key"
+    key.write_text(str(identity) + "\n")
+    key.chmod(0o600)
+    give_to_postgres(key_dir)
+    try:
+        cluster = archiving_cluster(f'[encryption]\nrecipients = ["{identity.to_public()}"]\nidentity = "file:{key}"\n')
+        with cluster.connect() as conn:
+            conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        assert cluster.opskit("backup", "now", "--kind", "base").returncode == 0
+        markers = write_markers(cluster, 4)
+        cluster.wait_archived(cluster.switch_wal())
+        pgdata = cluster.root / "restored"
+        restored_dirs.append((cluster.bin_dir, pgdata))
+
+        report, calls = restore_counting_opskit(cluster, pgdata)
+
+        with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
+        assert ids == [m[0] for m in markers]
+        assert list((cluster.archive_dir / "app" / "wal").glob("*.zst.age"))  # the WAL is stored encrypted
+        assert calls() == []  # and the read-ahead decrypted every file the server asked for
+        assert not (pgdata / "pg_wal" / "opskit-prefetch").exists()
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
