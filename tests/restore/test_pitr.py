@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -13,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pyrage
 
-from tests.wal.cluster import ArchivingCluster, give_to_postgres, opskit_command
+from tests.wal.cluster import AgeKey, ArchivingCluster, give_to_postgres, opskit_command
 
 
 def write_markers(cluster: ArchivingCluster, count: int) -> list[tuple[int, datetime]]:
@@ -88,6 +85,12 @@ def test_a_data_directory_that_is_not_empty_is_refused(archiving_cluster: Callab
     assert [p.name for p in pgdata.iterdir()] == ["PG_VERSION"]
 
 
+def marker_ids(port: int) -> list[int]:
+    """Return the ids of the markers on the restored server at ``port``, in order."""
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres") as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
+
+
 def restore_counting_opskit(cluster: ArchivingCluster, pgdata: Path) -> tuple[dict[str, Any], Callable[[], list[str]]]:
     """Run ``restore --pitr --latest --start`` with the server's opskit behind a script that logs each call.
 
@@ -122,41 +125,27 @@ def test_a_started_restore_has_every_wal_file_ready_so_the_server_starts_no_opsk
 
     report, calls = restore_counting_opskit(cluster, pgdata)
 
-    with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
-        ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
-    assert ids == list(range(1, markers[-1][0] + 4))  # every marker, the last ones included
+    assert marker_ids(report["port"]) == list(range(1, markers[-1][0] + 4))  # every marker, the last ones included
     # The segments, the end of the archive and the history probes all came from the read-ahead.
     assert calls() == []
     assert not (pgdata / "pg_wal" / "opskit-prefetch").exists()
 
 
 def test_encrypted_wal_is_read_ahead_and_recovered_by_a_started_restore(
-    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]]
+    archiving_cluster: Callable[..., ArchivingCluster], restored_dirs: list[tuple[str, Path]], age_key: AgeKey
 ) -> None:
-    identity = pyrage.x25519.Identity.generate()
-    key_dir = Path(f"/tmp/opskit-age-ra-{os.getpid()}")
-    key_dir.mkdir(exist_ok=True)
-    key = key_dir / "age.key"
-    key.write_text(str(identity) + "\n")
-    key.chmod(0o600)
-    give_to_postgres(key_dir)
-    try:
-        cluster = archiving_cluster(f'[encryption]\nrecipients = ["{identity.to_public()}"]\nidentity = "file:{key}"\n')
-        with cluster.connect() as conn:
-            conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
-        assert cluster.opskit("backup", "now", "--kind", "base").returncode == 0
-        markers = write_markers(cluster, 4)
-        cluster.wait_archived(cluster.switch_wal())
-        pgdata = cluster.root / "restored"
-        restored_dirs.append((cluster.bin_dir, pgdata))
+    cluster = archiving_cluster(age_key.encryption)
+    with cluster.connect() as conn:
+        conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    assert cluster.opskit("backup", "now", "--kind", "base").returncode == 0
+    markers = write_markers(cluster, 4)
+    cluster.wait_archived(cluster.switch_wal())
+    pgdata = cluster.root / "restored"
+    restored_dirs.append((cluster.bin_dir, pgdata))
 
-        report, calls = restore_counting_opskit(cluster, pgdata)
+    report, calls = restore_counting_opskit(cluster, pgdata)
 
-        with psycopg.connect(f"host=127.0.0.1 port={report['port']} user=postgres dbname=postgres") as conn:
-            ids = [row[0] for row in conn.execute("SELECT id FROM markers ORDER BY id")]
-        assert ids == [m[0] for m in markers]
-        assert list((cluster.archive_dir / "app" / "wal").glob("*.zst.age"))  # the WAL is stored encrypted
-        assert calls() == []  # and the read-ahead decrypted every file the server asked for
-        assert not (pgdata / "pg_wal" / "opskit-prefetch").exists()
-    finally:
-        shutil.rmtree(key_dir, ignore_errors=True)
+    assert marker_ids(report["port"]) == [m[0] for m in markers]
+    assert list((cluster.archive_dir / "app" / "wal").glob("*.zst.age"))  # the WAL is stored encrypted
+    assert calls() == []  # and the read-ahead decrypted every file the server asked for
+    assert not (pgdata / "pg_wal" / "opskit-prefetch").exists()

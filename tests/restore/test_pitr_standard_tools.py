@@ -8,36 +8,27 @@ and ``tar`` on an age-encrypted archive.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
-import pyrage
 import pytest
 
 from tests.pgcluster import as_postgres, free_port, run_as_postgres
 from tests.restore.test_pitr import write_markers
-from tests.wal.cluster import ArchivingCluster, give_to_postgres
+from tests.wal.cluster import AgeKey, ArchivingCluster, give_to_postgres
 
 
 def test_an_encrypted_base_backup_and_wal_recover_to_a_moment_with_age_zstd_and_tar_alone(
-    archiving_cluster: Callable[..., ArchivingCluster],
+    archiving_cluster: Callable[..., ArchivingCluster], age_key: AgeKey
 ) -> None:
     for tool in ("age", "zstd", "tar"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    identity = pyrage.x25519.Identity.generate()
-    key_dir = Path(f"/tmp/opskit-age-{os.getpid()}")
-    key_dir.mkdir(exist_ok=True)
-    key = key_dir / "age.key"
-    key.write_text(str(identity) + "\n")
-    key.chmod(0o600)
-    give_to_postgres(key_dir)
-    cluster = archiving_cluster(f'[encryption]\nrecipients = ["{identity.to_public()}"]\nidentity = "file:{key}"\n')
+    key = age_key.path
+    cluster = archiving_cluster(age_key.encryption)
     with cluster.connect() as conn:
         conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
     backup = cluster.opskit("backup", "now", "--kind", "base", "--json")
@@ -88,7 +79,6 @@ def test_an_encrypted_base_backup_and_wal_recover_to_a_moment_with_age_zstd_and_
             capture_output=True,
             check=False,
         )
-        shutil.rmtree(key_dir, ignore_errors=True)
 
     assert ids == list(range(1, before[0] + 1))
     assert after[0] not in ids

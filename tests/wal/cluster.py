@@ -246,3 +246,32 @@ def restored_dirs() -> Iterator[list[tuple[str, Path]]]:
                 capture_output=True,
                 check=False,
             )
+
+
+@dataclass(frozen=True)
+class AgeKey:
+    """An age identity in a key file the server's user can read, and the [encryption] table naming it."""
+
+    identity: Any
+    path: Path
+
+    @property
+    def encryption(self) -> str:
+        return f'[encryption]\nrecipients = ["{self.identity.to_public()}"]\nidentity = "file:{self.path}"\n'
+
+
+@pytest.fixture
+def age_key() -> Iterator[AgeKey]:
+    """Yield a fresh age identity written to a key file (0600, the server's user's); removed afterwards."""
+    import pyrage
+
+    key_dir = Path(tempfile.mkdtemp(prefix="opskit-age-", dir="/tmp"))
+    identity = pyrage.x25519.Identity.generate()
+    path = key_dir / "age.key"
+    path.write_text(str(identity) + "\n")
+    path.chmod(0o600)
+    give_to_postgres(key_dir)
+    try:
+        yield AgeKey(identity, path)
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
