@@ -320,7 +320,7 @@ def extract(ctx: AppContext, store: Any, manifest: Manifest, directory: Path) ->
     backup.check_can_decrypt()
     argv = ["tar", "-x", "-C", str(directory), "-f", "-"]
     with spawn(argv, stdin=subprocess.PIPE) as child:
-        grow_pipe(child.stdin)  # 1 MiB instead of 64 KiB: a fifth less wall time, measured in bench/pitr.py
+        grow_pipe(child.stdin)  # 1 MiB instead of 64 KiB: 628 MiB of tar extracted in 1.8-2.2 s instead of 2.3-2.6
         try:
             backup.read("db", child.stdin)
         finally:

@@ -296,15 +296,6 @@ def _take_prefetched(spool: Path, name: str, dest: Path) -> bool:
     return True
 
 
-def next_segments(name: str, segment_size: int, count: int) -> list[str]:
-    """Return the names of the ``count`` segments after segment ``name`` on its timeline.
-
-    ``segment_size`` is the size of ``name``'s file (the cluster's wal_segment_size).
-    """
-    timeline, number = layout.segment_number(name, segment_size)
-    return [layout.segment_name(timeline, (number + i) * segment_size, segment_size) for i in range(1, count + 1)]
-
-
 def _prefetch(ctx: AppContext, target: str, name: str, segment_size: int, spool: Path, count: int) -> None:
     """Read ahead the ``count`` segments after segment ``name`` into ``spool``, stopping at the first absent one.
 
@@ -313,7 +304,7 @@ def _prefetch(ctx: AppContext, target: str, name: str, segment_size: int, spool:
     """
     if count <= 0 or not layout.is_segment_name(name) or segment_size <= 0 or segment_size & (segment_size - 1):
         return
-    wanted = [n for n in next_segments(name, segment_size, count) if not (spool / n).exists()]
+    wanted = [n for n in layout.next_segments(name, segment_size, count) if not (spool / n).exists()]
     if not wanted:
         return
     target_config = ctx.target(target)

@@ -95,3 +95,12 @@ def segment_number(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple
         raise ValueError(f"'{name}' is not a WAL segment name")
     per_log = 0x100000000 // segment_size
     return int(name[:8], 16), int(name[8:16], 16) * per_log + int(name[16:24], 16)
+
+
+def next_segments(name: str, segment_size: int, count: int) -> list[str]:
+    """Return the names of the ``count`` segments after segment ``name`` on its timeline.
+
+    ``segment_size`` is the size of ``name``'s file (the cluster's wal_segment_size).
+    """
+    timeline, number = segment_number(name, segment_size)
+    return [segment_name(timeline, (number + i) * segment_size, segment_size) for i in range(1, count + 1)]

@@ -24,8 +24,8 @@ What the reader promises:
 - one reader per directory (``.reader`` holds its pid and the segments it is reading); a
   fetch outside its plan (another timeline) re-anchors it (``.restart``);
 - it exits, and removes the directory, when recovery has ended (the signal file is gone
-  and the control file says "in production"),
-  when nothing was taken for ``IDLE_SECONDS``, or when the directory disappears.
+  and the control file says "in production"), when nothing was taken for ``IDLE_SECONDS``,
+  or when the directory disappears.
 """
 
 from __future__ import annotations
@@ -246,8 +246,8 @@ class Reader:
                     else:
                         self._at_end()
                     time.sleep(POLL_SECONDS)
-        except Exception as exc:  # the fetch does it all itself when the reader is gone
-            log.debug("wal read-ahead stopped", error=str(exc))
+        except Exception as exc:  # the server's fetches do it all themselves when the reader is gone
+            log.warning("wal read-ahead stopped; each WAL file is fetched on request from now on", error=str(exc))
         finally:
             self.first_batch.set()
             shutil.rmtree(self.spool, ignore_errors=True)
@@ -292,7 +292,7 @@ class Reader:
         room = WINDOW - len(self.waiting)
         if room < min(self.threads, WINDOW):
             return
-        names = _next_segments(self.previous, self.segment_size, room)
+        names = layout.next_segments(self.previous, self.segment_size, room)
         self.publish(names)
 
         def read_and_write(name: str) -> bytes | None:
@@ -360,12 +360,6 @@ class Reader:
     def _mark_absent(self, name: str) -> None:
         expires = int(time.time()) + MARKER_SECONDS
         _write_atomic(self.spool / (name + ABSENT_SUFFIX), str(expires).encode(), self.owner)
-
-
-def _next_segments(name: str, segment_size: int, count: int) -> list[str]:
-    """Return the names of the ``count`` segments after segment ``name`` on its timeline."""
-    timeline, number = layout.segment_number(name, segment_size)
-    return [layout.segment_name(timeline, (number + i) * segment_size, segment_size) for i in range(1, count + 1)]
 
 
 def _write_atomic(path: Path, data: bytes, owner: tuple[int, int] | None = None, sync: bool = False) -> None:
