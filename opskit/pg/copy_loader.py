@@ -42,8 +42,9 @@ class ScriptSplitter:
     is not one of them is an error, so a table's data can never be mistaken for SQL or the
     other way round. ``on_block(statement, rows)`` receives whole rows, at most about
     ``block_size`` bytes at a time; ``on_sql(text)`` receives everything else, cut at line
-    ends, except psql meta-commands (``\\restrict``), which are not SQL. Everything stays
-    bytes: the script is in the archive's encoding, which need not be UTF-8.
+    ends, except psql meta-commands (``\\restrict``), which are not SQL. ``on_end(statement)``,
+    if given, is called once a COPY's last block has been handed on. Everything stays bytes: the
+    script is in the archive's encoding, which need not be UTF-8.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class ScriptSplitter:
         on_block: Callable[[bytes, bytes], None],
         on_sql: Callable[[bytes], None],
         block_size: int | None = None,
+        on_end: Callable[[bytes], None] | None = None,
     ) -> None:
         # A COPY statement spans several lines when a quoted table or column name holds a newline,
         # so statements are looked up by their first line and then matched whole.
@@ -60,6 +62,7 @@ class ScriptSplitter:
             self._statements.setdefault(statement.split(b"\n", 1)[0], []).append(statement)
         self._on_block = on_block
         self._on_sql = on_sql
+        self._on_end = on_end
         self._block_size = block_size or BLOCK_SIZE
         self._buf = bytearray()
         self._scan_from = 0
@@ -139,6 +142,8 @@ class ScriptSplitter:
         if rows_end:
             self._emit_rows(self._take(rows_end))
         del self._buf[: len(_TERMINATOR)]
+        if self._on_end is not None and self._copying is not None:
+            self._on_end(self._copying)
         self._copying = None
         self._scan_from = 0
         return True
@@ -205,13 +210,25 @@ class _Failed:
 _FAILED = _Failed()
 
 
+class _Idle:
+    """What a worker gets when no block came and its open COPY has no more rows to come."""
+
+
+_IDLE = _Idle()
+
+
 class CopyLoader:
     """N threads, each with its own connection, loading COPY blocks from one bounded queue.
 
     A worker keeps its COPY open while the blocks it takes belong to the same statement and
-    commits it when the next block belongs to another (autocommit: one transaction per COPY,
-    as pg_restore does). ``connect()`` must return a new autocommit connection to the
-    destination database.
+    commits it when the next block belongs to another, or when the statement has no more rows
+    to come (autocommit: one transaction per COPY, as pg_restore does). ``connect()`` must
+    return a new autocommit connection to the destination database.
+
+    ``slots``, if given, is shared with other work on the same server (index builds): a worker
+    holds one while it writes a block, so the loads and that work together keep at most as many
+    backends busy as there are slots. ``on_loaded(statement, size)`` is called once every row of
+    a statement that :meth:`finished` was told about is committed, with the bytes it loaded.
     """
 
     def __init__(
@@ -221,8 +238,17 @@ class CopyLoader:
         settings: list[bytes],
         exit_on_error: bool = True,
         table_names: dict[bytes, str] | None = None,
+        slots: threading.Semaphore | None = None,
+        on_loaded: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._slots = slots
+        self._on_loaded = on_loaded
+        # Per statement: blocks queued or written but not yet committed, bytes queued, and
+        # whether the script has moved past it; on_loaded fires when all three say "done".
+        self._uncommitted: dict[bytes, int] = {}
+        self._size: dict[bytes, int] = {}
+        self._ended: set[bytes] = set()
         self._table_names = table_names or {}
         self._settings = settings
         self._exit_on_error = exit_on_error
@@ -242,6 +268,9 @@ class CopyLoader:
 
     def put(self, statement: bytes, rows: bytes) -> None:
         """Queue a block; block while the workers are busy. Raises LoadFailed once a COPY failed."""
+        with self._lock:
+            self._uncommitted[statement] = self._uncommitted.get(statement, 0) + 1
+            self._size[statement] = self._size.get(statement, 0) + len(rows)
         while True:
             if self._failed.is_set():
                 raise LoadFailed(str(self._failure))
@@ -250,6 +279,23 @@ class CopyLoader:
                 return
             except queue.Full:
                 continue
+
+    def finished(self, statement: bytes) -> None:
+        """Say that every block of ``statement`` has been put: once they are committed, on_loaded is called."""
+        with self._lock:
+            self._ended.add(statement)
+        self._settle(statement, 0)
+
+    def _settle(self, statement: bytes, blocks: int) -> None:
+        """Count ``blocks`` of ``statement`` as committed (or given up); call on_loaded when it is complete."""
+        with self._lock:
+            left = self._uncommitted.get(statement, 0) - blocks
+            self._uncommitted[statement] = left
+            complete = left == 0 and statement in self._ended
+            if complete:
+                self._ended.discard(statement)
+        if complete and self._on_loaded is not None:
+            self._on_loaded(statement, self._size.get(statement, 0))
 
     def close(self) -> LoadStats:
         """Wait until every block is loaded and committed. Raises LoadFailed (or a connection error)."""
@@ -281,13 +327,18 @@ class CopyLoader:
             except queue.Full:
                 continue
 
-    def _next(self) -> tuple[bytes, bytes] | _Failed | None:
-        """Return the next block, None to stop, or _FAILED as soon as any worker or the caller failed."""
+    def _next(self, current: bytes | None) -> tuple[bytes, bytes] | _Failed | _Idle | None:
+        """Return the next block, None to stop, or _FAILED as soon as any worker or the caller failed.
+
+        Returns _IDLE when no block comes while the worker holds the open COPY of a statement that
+        has no more rows to come: committing it then lets that table's index builds start.
+        """
         while not self._failed.is_set():
             try:
                 return self._queue.get(timeout=0.2)
             except queue.Empty:
-                continue
+                if current is not None and current in self._ended:
+                    return _IDLE
         return _FAILED
 
     def _fail(self, exc: BaseException) -> None:
@@ -321,40 +372,58 @@ class CopyLoader:
         current: bytes | None = None
         copy_cm: Any = None
         copy: Any = None
+        written = 0  # blocks written into the open COPY, committed with it
         while True:
-            item = self._next()
+            item = self._next(current if copy_cm is not None else None)
             if isinstance(item, _Failed):
                 if copy_cm is not None:
                     with contextlib.suppress(Exception):  # CopyFail: nothing of this COPY is committed
                         copy_cm.__exit__(LoadFailed, LoadFailed("stopped"), None)
                 return
-            statement = item[0] if item is not None else None
+            statement = item[0] if isinstance(item, tuple) else None
             if copy_cm is not None and statement != current:
                 self._end_copy(copy_cm, cursor, current)
+                assert current is not None
+                self._settle(current, written)
                 copy_cm = copy = None
+                written = 0
             if item is None:
                 return
+            if isinstance(item, _Idle):
+                continue
             if item[0] in self._skipped:
+                self._settle(item[0], 1)
                 continue
             try:
                 if copy_cm is None:
                     current = item[0]
                     copy_cm = cursor.copy(current)
                     copy = copy_cm.__enter__()
-                copy.write(item[1])
+                if self._slots is None:
+                    copy.write(item[1])
+                else:
+                    with self._slots:
+                        copy.write(item[1])
+                written += 1
             except psycopg.Error as exc:
                 if copy_cm is not None:
                     with contextlib.suppress(Exception):
                         copy_cm.__exit__(type(exc), exc, exc.__traceback__)
                 copy_cm = copy = None
                 self._copy_failed(item[0], exc)
+                self._settle(item[0], written + 1)
+                written = 0
             with self._lock:
                 self.stats.blocks += 1
 
     def _end_copy(self, copy_cm: Any, cursor: psycopg.Cursor[Any], statement: bytes | None) -> None:
         assert statement is not None
         try:
-            copy_cm.__exit__(None, None, None)
+            if self._slots is None:
+                copy_cm.__exit__(None, None, None)
+            else:
+                with self._slots:  # the commit flushes the COPY's last rows: server work like a block's
+                    copy_cm.__exit__(None, None, None)
         except psycopg.Error as exc:
             self._copy_failed(statement, exc)
             return

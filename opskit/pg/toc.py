@@ -48,6 +48,7 @@ class TocEntry:
     section: str  # "pre-data", "data" or "post-data"
     has_data: bool  # a data block follows in the archive's data part
     copy_stmt: bytes | None  # as bytes: in the archive's encoding, which need not be UTF-8
+    dependencies: tuple[int, ...] = ()  # the dump ids this entry must follow, as pg_dump recorded them
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,10 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             cur.int()  # relkind
         cur.str()  # owner
         cur.str()  # "false": tables WITH OIDS are gone
-        while cur.raw() is not None:  # dependencies, ended by a NULL string
-            pass
+        dependencies = []
+        while (dependency := cur.raw()) is not None:  # dump ids as decimal strings, ended by a NULL string
+            if dependency.isdigit():
+                dependencies.append(int(dependency))
         cur.byte()  # data offset flag (custom format's extra TOC field)
         cur.take(offset_size)
         # Entries of no section (ACLs, comments) belong to the section before them, as in pg_restore.
@@ -151,7 +154,7 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             section = SECTION_NAMES[raw_section]
         if desc == "ENCODING":  # the first entry: names are in the database's encoding
             encoding = python_encoding(definition)
-        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt))
+        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt, tuple(dependencies)))
     entries = [
         TocEntry(
             dump_id,
@@ -161,8 +164,9 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             section,
             has_data,
             copy_stmt,
+            dependencies,
         )
-        for dump_id, desc, tag, ns, section, has_data, copy_stmt in raw_entries
+        for dump_id, desc, tag, ns, section, has_data, copy_stmt, dependencies in raw_entries
     ]
     return ArchiveToc(version, entries, cur.pos)
 

@@ -6,10 +6,12 @@ table of contents, is captured first; then the route is chosen:
 - **Loader** (a new or empty database, and a data section of table data and sequence values
   only, which is what ``opskit backup`` writes): ``pg_restore --section=pre-data`` creates the
   schema from a TOC-only copy of the head; the stream goes on into ``pg_restore --section=data
-  --file=-``, whose COPY data ``opskit.parallel_load`` splits over N connections, so even a
-  single large table loads N ways; then the sequences' ``setval``; then ``pg_restore
-  --section=post-data --jobs N`` builds indexes and constraints from the same TOC-only copy.
-  No spool file is written.
+  --file=-``, whose COPY data ``opskit.pg.copy_loader`` splits over N connections, so even a
+  single large table loads N ways. As soon as a large table's rows are in, its indexes and
+  constraints are built beside the load of the next tables (``opskit.restore.post_data``, the
+  schedule of ``pg_restore --jobs``); then the sequences' ``setval``; then ``pg_restore
+  --section=post-data --jobs N`` builds the rest from the same TOC-only copy. No spool file is
+  written.
 - **Spool** (``--clean``, large objects, an archive version opskit cannot read): the stream is
   written to a spool file in the state directory and ``pg_restore --jobs N`` restores from it.
 
@@ -38,6 +40,7 @@ from opskit.pg import connection, facts
 from opskit.pg import toc as dump_toc
 from opskit.pg.commands import PgRestoreCommand
 from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSplitter, session_settings
+from opskit.restore import post_data
 from opskit.restore.reader import OpenedBackup
 from opskit.restore.result import RestoreResult
 
@@ -109,6 +112,10 @@ class ParallelRestore:
         self._splitter_error: BaseException | None = None
         self._sql: list[bytes] = []
         self._tables: dict[bytes, dump_toc.TocEntry] = {}  # COPY statement -> its TABLE DATA entry
+        self._builder: post_data.PostDataBuilder | None = None
+        self._lists: list[Path] = []  # pg_restore -L files of the post-data runs
+        self._children: set[Child] = set()  # post-data pg_restore runs in progress
+        self._children_lock = threading.Lock()
         self.rows_loaded: dict[str, int] = {}
         self._started = time.monotonic()
 
@@ -166,7 +173,10 @@ class ParallelRestore:
         self._data_cm = spawn(self.command.data_script(), env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._data_child = self._data_cm.__enter__()
         self._tables = {e.copy_stmt.strip(): e for e in toc.data_entries() if e.copy_stmt}
-        splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append)
+        plain_size = self.manifest.artifact("db").plain_size
+        threshold = plain_size // post_data.EARLY_SHARE
+        self._builder = post_data.PostDataBuilder(toc, self._restore_entries, self.jobs, threshold)
+        splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append, on_end=self._table_ended)
         self._splitter_thread = threading.Thread(target=self._split, args=(splitter,), name="opskit-split", daemon=True)
         self._splitter_thread.start()
         self._downstream = self._data_child.stdin
@@ -184,13 +194,29 @@ class ParallelRestore:
             self._data_child.kill()
 
     def _load_block(self, statement: bytes, rows: bytes) -> None:
+        assert self._builder is not None
+        if self._builder.failure is not None:  # an index build failed: stop the stream, report the build
+            raise self._builder.failure
+        self._start_loader().put(statement, rows)
+
+    def _table_ended(self, statement: bytes) -> None:
+        self._start_loader().finished(statement)
+
+    def _start_loader(self) -> CopyLoader:
         if self._loader is None:
+            assert self._builder is not None
             settings = session_settings(b"".join(self._sql)) + LOAD_SETTINGS
             names = {statement: entry.tag for statement, entry in self._tables.items()}
             self._loader = CopyLoader(
-                self._connect, self.jobs, settings, exit_on_error=self.exit_on_error, table_names=names
+                self._connect,
+                self.jobs,
+                settings,
+                exit_on_error=self.exit_on_error,
+                table_names=names,
+                slots=self._builder.slots,
+                on_loaded=self._builder.table_loaded,
             )
-        self._loader.put(statement, rows)
+        return self._loader
 
     def _connect(self) -> Any:
         return connection.connect(self.server, dbname=self.database, autocommit=True, application_name="opskit restore")
@@ -280,15 +306,31 @@ class ParallelRestore:
                 self.error_lines.append(message)
 
     def _restore_indexes(self) -> None:
+        """Build what post-data is left once the data is in (the early builds may still be running)."""
         started = time.monotonic()
-        argv = self.command.section_from_file("post-data", self.toc_path, jobs=self.jobs)
+        assert self._builder is not None
+        self._builder.finish()
+        self.phases["indexes"] = time.monotonic() - started
+
+    def _restore_entries(self, entries: list[dump_toc.TocEntry], jobs: int) -> None:
+        """Restore these post-data entries of the TOC-only copy with one ``pg_restore -L`` run. Raises RestoreFailed."""
+        listing = self.toc_path.with_name(f"{self.toc_path.stem}-{entries[0].dump_id}-{len(entries)}.list")
+        self._lists.append(listing)
+        listing.write_text("".join(f"{entry.dump_id};\n" for entry in entries))
+        argv = self.command.section_from_file("post-data", self.toc_path, jobs=jobs if jobs > 1 else None)
+        argv[-1:-1] = [f"--use-list={listing}"]
         options = index_build_options(self.manifest.artifact("db").plain_size, self.jobs)
         # After the caller's own PGOPTIONS (the child's environment is ours plus self.env): ours win.
         existing = self.env.get("PGOPTIONS", os.environ.get("PGOPTIONS", ""))
         env = self.env | {"PGOPTIONS": f"{existing} {options}".strip()}
         with spawn(argv, env=env) as child:
-            self._finish_pg_restore(child, "building indexes and constraints")
-        self.phases["indexes"] = time.monotonic() - started
+            with self._children_lock:
+                self._children.add(child)
+            try:
+                self._finish_pg_restore(child, "building indexes and constraints")
+            finally:
+                with self._children_lock:
+                    self._children.discard(child)
 
     def _flush_wal(self) -> None:
         """Make the load durable: one synchronous commit that writes a record flushes all WAL before it."""
@@ -373,6 +415,11 @@ class ParallelRestore:
         try:
             if failed and self._loader is not None:
                 self._loader.abort()
+            if failed and self._builder is not None:
+                with self._children_lock:
+                    for child in self._children:
+                        child.kill()
+                self._builder.stop()
             if self._data_cm is not None:
                 if failed and self._data_child is not None:
                     self._data_child.kill()
@@ -384,6 +431,8 @@ class ParallelRestore:
         finally:
             self.toc_path.unlink(missing_ok=True)
             self.spool_path.unlink(missing_ok=True)
+            for listing in self._lists:
+                listing.unlink(missing_ok=True)
 
 
 def restore(

@@ -77,3 +77,38 @@ def test_abort_stops_workers_with_open_copies_at_once_and_commits_nothing(pg_dat
     assert time.monotonic() - started < 5
     assert rows_in(pg_database) == 0
     wait_for(lambda: copies_open(pg_database) == 0, what="the COPYs to end")
+
+
+def test_a_finished_statement_is_reported_loaded_once_its_rows_are_committed_while_the_next_still_loads(
+    pg_database: str,
+) -> None:
+    run_sql(pg_database, "CREATE TABLE t (id int); CREATE TABLE u (id int)")
+    copy_u = b"COPY public.u (id) FROM stdin;"
+    seen: list[tuple[bytes, int, int]] = []
+
+    def loaded(statement: bytes, size: int) -> None:
+        seen.append((statement, size, rows_in(pg_database)))  # what another session sees at that moment
+
+    loader = loader_for(pg_database, jobs=2, on_loaded=loaded)
+    blocks = [b"".join(b"%d\n" % (block * 100 + i) for i in range(100)) for block in range(6)]
+    for block in blocks:
+        loader.put(COPY_T, block)
+    loader.finished(COPY_T)
+    loader.put(copy_u, b"1\n")
+    wait_for(lambda: bool(seen), timeout=10)
+    loader.finished(copy_u)
+    loader.close()
+
+    assert seen[0] == (COPY_T, sum(map(len, blocks)), 600)
+    assert [statement for statement, _, _ in seen] == [COPY_T, copy_u]
+
+
+def test_a_statement_with_no_rows_is_reported_loaded_at_once(pg_database: str) -> None:
+    run_sql(pg_database, "CREATE TABLE t (id int)")
+    seen: list[tuple[bytes, int]] = []
+    loader = loader_for(pg_database, jobs=2, on_loaded=lambda statement, size: seen.append((statement, size)))
+
+    loader.finished(COPY_T)
+    loader.close()
+
+    assert seen == [(COPY_T, 0)]
