@@ -36,8 +36,16 @@ log = get_logger(__name__)
 EARLY_DESCS = {"INDEX", "CONSTRAINT"}
 EXCLUSIVE_DESCS = {"CONSTRAINT"}  # ALTER TABLE ... ADD CONSTRAINT locks its table ACCESS EXCLUSIVE
 # A table gets early builds when it holds at least 1/EARLY_SHARE of the dump's plain bytes, so at
-# most EARLY_SHARE tables' builds are run one pg_restore each.
+# most EARLY_SHARE tables' builds are run one pg_restore each, and at least EARLY_MIN_BYTES: a
+# smaller table's indexes take about as long to build as a pg_restore run takes to start.
 EARLY_SHARE = 16
+EARLY_MIN_BYTES = 4 * 1024 * 1024
+
+
+def early_threshold(plain_size: int) -> int:
+    """Return the fewest bytes of rows a table must have loaded to get its builds early."""
+    return max(plain_size // EARLY_SHARE, EARLY_MIN_BYTES)
+
 
 RunEntries = Callable[[list[TocEntry], int], None]
 """Restores the given post-data entries with ``pg_restore -L`` and that many jobs; raises on failure."""

@@ -48,9 +48,10 @@ $$BEGIN IF i = 5 THEN RAISE EXCEPTION 'app_key refuses %', i; END IF; RETURN i %
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cut COPY data into 64 KiB blocks, and give every table of a few rows its early builds."""
+    """Cut COPY data into 64 KiB blocks, and give every table of a few rows (not an empty one) its early builds."""
     monkeypatch.setattr(copy_loader, "BLOCK_SIZE", 64 * 1024)
     monkeypatch.setattr(post_data, "EARLY_SHARE", 10_000)
+    monkeypatch.setattr(post_data, "EARLY_MIN_BYTES", 1)
 
 
 def created_in(dbname: str, relation: str) -> int:
@@ -153,3 +154,11 @@ def test_what_depends_on_an_early_build_waits_for_it(pg_database: str, tmp_path:
     assert "FK CONSTRAINT z_last z_last_a_id_fkey" in waiting
     assert "COMMENT INDEX a_first_key" in waiting
     assert not any(name.startswith(("INDEX p", "INDEX ATTACH")) for name in waiting)
+
+
+def test_a_table_needs_a_sixteenth_of_the_dump_and_at_least_4_mib_of_rows_for_early_builds() -> None:
+    mib = 1024 * 1024
+
+    assert post_data.early_threshold(0) == 4 * mib
+    assert post_data.early_threshold(10 * mib) == 4 * mib
+    assert post_data.early_threshold(1024 * mib) == 64 * mib
