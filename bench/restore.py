@@ -22,7 +22,9 @@ server (untimed), and the common recipe's ``pg_dump -Fc`` file is uploaded next 
 
 Where the CPU went is printed per case: opskit, pg_restore and psql processes, and the
 database's backends by application (``opskit restore`` = the loader's COPYs, ``pg_restore``
-= schema and index builds), from ``/proc/<pid>/stat``.
+= schema and index builds), from ``/proc/<pid>/stat``, and opskit's own CPU per stage as the
+restore reports it (``--json`` ``cpu``): download, both sha256 passes, age, zstd, the hand-off to
+pg_restore, the thread cutting its COPY text, the threads writing the rows, other threads.
 
 Targets (issue 19): ``opskit restore --jobs 2`` wall <= 0.8x ``pg_restore -j 2`` from a local
 file and <= 1.1x the floor; opskit's own peak RSS flat (within 15%) between ``--rss-scale``
@@ -143,6 +145,9 @@ def opskit_restore(config: Path, database: str, jobs: int = 2) -> c.Sample:
     c.drop_databases_like(restored if result.get("database") else f"{database}_restore_")
     phases = result.get("phases") or {}
     sample.extra = {k: float(v) for k, v in phases.items() if isinstance(v, int | float)}
+    # opskit's own stages, as the restore reports them (--json "cpu"), kept apart from the phases.
+    stages = result.get("cpu") or {}
+    sample.extra |= {f"stage {k}": float(v) for k, v in stages.items() if isinstance(v, int | float)}
     return sample
 
 
@@ -235,6 +240,10 @@ def main() -> None:
     report(samples, small, args)
 
 
+def _phases(sample: c.Sample) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in sample.extra.items() if not k.startswith("stage "))
+
+
 def report(samples: dict[str, list[c.Sample]], small_runs: list[c.Sample], args: argparse.Namespace) -> None:
     """Print the results table, where the CPU went, and the targets table."""
     results = {name: c.median(values) for name, values in samples.items()}
@@ -250,7 +259,7 @@ def report(samples: dict[str, list[c.Sample]], small_runs: list[c.Sample], args:
             f"{s.seconds / base.seconds:.2f}",
             f"{s.seconds / floor_s.seconds:.2f}",
             c.spread(samples[name]),
-            ", ".join(f"{k} {v:.2f}" for k, v in s.extra.items()),
+            _phases(s),
             c.fmt_bytes(s.peak_rss) if s.peak_rss else "-",
         ]
         for name, s in results.items()
@@ -262,14 +271,15 @@ def report(samples: dict[str, list[c.Sample]], small_runs: list[c.Sample], args:
             "-",
             "-",
             c.spread(small_runs),
-            ", ".join(f"{k} {v:.2f}" for k, v in small.extra.items()),
+            _phases(small),
             c.fmt_bytes(small.peak_rss),
         ]
     )
     c.print_table(["case", "wall s", "x pg_restore -j 2", "x floor", "spread s", "phases (s)", "peak RSS"], rows)
     print("\nwhere the CPU went (medians):")
     for name, s in results.items():
-        c.print_cpu(name, s)
+        stages = {k.removeprefix("stage "): v for k, v in s.extra.items() if k.startswith("stage ")}
+        c.print_cpu(name, s, stages)
     rss_spread = abs(opskit.peak_rss - small.peak_rss) / max(small.peak_rss, 1)
     checks = [
         (f"wall, {JOBS_2} / pg_restore -j 2 (local file)", opskit.seconds / base.seconds, TARGETS["vs_pg_restore_j2"]),

@@ -273,6 +273,36 @@ class _TimedReader(io.RawIOBase):
         return len(data)
 
 
+class TimedWriter(io.RawIOBase):
+    """Times ``write`` calls on ``sink`` (the zstd decoder) into ``stage``, minus the nested stages it drives."""
+
+    def __init__(self, sink: Any, clock: StageClock, stage: str, nested: tuple[str, ...]) -> None:
+        super().__init__()
+        self._sink = sink
+        self._clock = clock
+        self._stage = stage
+        self._nested = nested
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        before = self._clock.total(*self._nested)
+        started = time.thread_time()
+        self._sink.write(data)
+        elapsed = time.thread_time() - started
+        self._clock.add(self._stage, elapsed - (self._clock.total(*self._nested) - before))
+        return len(data)
+
+    def finish(self) -> None:
+        """Flush ``sink`` (not ``flush``: IOBase's close would run it again, on a decoder that may have failed)."""
+        before = self._clock.total(*self._nested)
+        started = time.thread_time()
+        self._sink.flush()
+        elapsed = time.thread_time() - started
+        self._clock.add(self._stage, elapsed - (self._clock.total(*self._nested) - before))
+
+
 def grow_pipe(source: Any) -> None:
     """Grow ``source``'s pipe (either end) to PIPE_SIZE when it is one (best effort: a smaller pipe only costs syscalls)."""
     with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
@@ -302,7 +332,7 @@ def compress_and_store(
     Cancelled on cancel.
     """
     clock = StageClock()
-    process_started = _process_cpu()
+    process_started = process_cpu()
     thread_started = time.thread_time()
     grow_pipe(source)
     plain = HashingReader(
@@ -332,11 +362,11 @@ def compress_and_store(
         if before_commit is not None:
             before_commit()
     own = time.thread_time() - thread_started
-    clock.add("other threads", max(0.0, _process_cpu() - process_started - own))
+    clock.add("other threads", max(0.0, process_cpu() - process_started - own))
     return StoreResult(plain=plain.stats(), stored=stored.stats(), cpu=clock.rounded())
 
 
-def _process_cpu() -> float:
+def process_cpu() -> float:
     """Return this process's user + system CPU seconds so far (every thread)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

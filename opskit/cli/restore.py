@@ -119,6 +119,7 @@ def restore(
                 "jobs": result.jobs,
                 "route": result.route,
                 "phases": result.phases,
+                "cpu": result.cpu,
                 "bytes": result.bytes_restored,
                 "tables_checked": result.tables_checked,
                 "mismatches": [m.__dict__ for m in result.mismatches],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,7 @@ class LoadStats:
     rows: dict[bytes, int] = field(default_factory=dict)
     blocks: int = 0
     errors: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the workers' own CPU (handing rows to libpq, commits), all threads together
 
 
 class LoadFailed(Exception):
@@ -366,6 +368,8 @@ class CopyLoader:
             self._fail(exc)
         finally:
             conn.close()
+            with self._lock:
+                self.stats.cpu_seconds += time.thread_time()
 
     def _load(self, conn: psycopg.Connection[Any]) -> None:
         cursor = conn.cursor()

@@ -40,6 +40,7 @@ from opskit.pg import connection, facts
 from opskit.pg import toc as dump_toc
 from opskit.pg.commands import PgRestoreCommand
 from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSplitter, session_settings
+from opskit.pipeline import process_cpu
 from opskit.restore import post_data
 from opskit.restore.reader import OpenedBackup
 from opskit.restore.result import RestoreResult
@@ -101,6 +102,7 @@ class ParallelRestore:
         self.spool_path = Path(ctx.state_dir) / f"spool-{manifest.id}-{token}.dump"
         self.route: str | None = None  # "loader" or "spool", once the TOC has been read
         self.phases: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # CPU seconds of the loader's own threads (the read's are the caller's)
         self.error_lines: list[str] = []
         self._capture: dump_toc.TocCapture | None = dump_toc.TocCapture()
         self._downstream: IO[bytes] | None = None
@@ -174,7 +176,7 @@ class ParallelRestore:
         self._data_child = self._data_cm.__enter__()
         self._tables = {e.copy_stmt.strip(): e for e in toc.data_entries() if e.copy_stmt}
         plain_size = self.manifest.artifact("db").plain_size
-        threshold = plain_size // post_data.EARLY_SHARE
+        threshold = post_data.early_threshold(plain_size)
         self._builder = post_data.PostDataBuilder(toc, self._restore_entries, self.jobs, threshold)
         splitter = ScriptSplitter(list(self._tables), self._load_block, self._sql.append, on_end=self._table_ended)
         self._splitter_thread = threading.Thread(target=self._split, args=(splitter,), name="opskit-split", daemon=True)
@@ -192,6 +194,8 @@ class ParallelRestore:
             self._splitter_error = exc
             # Unblock the stream: with nobody reading its output, pg_restore would stop reading its input.
             self._data_child.kill()
+        finally:
+            self.cpu["split COPY text"] = round(time.thread_time(), 3)
 
     def _load_block(self, statement: bytes, rows: bytes) -> None:
         assert self._builder is not None
@@ -234,6 +238,7 @@ class ParallelRestore:
             except LoadFailed as exc:
                 raise self._load_failure(exc) from exc
             self.error_lines += stats.errors
+            self.cpu["COPY rows"] = round(stats.cpu_seconds, 3)
             for statement, rows in stats.rows.items():
                 entry = self._tables[statement]
                 self.rows_loaded[f"{entry.namespace}.{entry.tag}"] += rows
@@ -452,6 +457,7 @@ def restore(
     plain_size = manifest.artifact("db").plain_size  # what the progress counts: percent and ETA
     job = ParallelRestore(ctx, backup, command, env, jobs)
     failed = True
+    process_started = process_cpu()
     try:
         with ByteProgress(f"restore {manifest.id}", ctx.interactive, expected=plain_size) as progress:
             try:
@@ -465,6 +471,9 @@ def restore(
         result.bytes_restored = stats.plain.size
         job.finish()
         failed = False
+        result.cpu = stats.cpu | job.cpu
+        other = process_cpu() - process_started - sum(result.cpu.values())
+        result.cpu["other threads"] = round(max(0.0, other), 3)
     finally:
         job.cleanup(failed)
         result.phases.update(job.phases)

@@ -305,6 +305,7 @@ def _restore_streaming(
         try:
             stats = backup.read("db", child.stdin, progress=progress)
             result.bytes_restored = stats.plain.size
+            result.cpu = stats.cpu
             child.stdin.close()
         except BrokenPipeError:
             # pg_restore stopped reading. A corrupt object confuses it into odd errors ("out of

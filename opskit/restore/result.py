@@ -19,6 +19,8 @@ class RestoreResult:
     created: bool
     jobs: int
     phases: dict[str, float] = field(default_factory=dict)
+    # CPU seconds of opskit's own process per stage (download, hashes, age, zstd, the loader's threads).
+    cpu: dict[str, float] = field(default_factory=dict)
     mismatches: list[facts.RowMismatch] = field(default_factory=list)
     tables_checked: int = 0
     pg_restore_errors: list[str] = field(default_factory=list)
