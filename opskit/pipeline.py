@@ -69,6 +69,15 @@ class StageClock:
         """Return the CPU seconds of ``stages`` together."""
         return sum(self.seconds.get(stage, 0.0) for stage in stages)
 
+    def timed(self, stage: str, nested: tuple[str, ...], call: Callable[..., Any], *args: Any) -> Any:
+        """Return ``call(*args)``, adding its CPU to ``stage`` minus what it added to the ``nested`` stages."""
+        before = self.total(*nested)
+        started = time.thread_time()
+        result = call(*args)
+        elapsed = time.thread_time() - started
+        self.add(stage, elapsed - (self.total(*nested) - before))
+        return result
+
     def rounded(self) -> dict[str, float]:
         """Return the stages' CPU seconds rounded to milliseconds (as a manifest records them)."""
         return {stage: round(seconds, 3) for stage, seconds in self.seconds.items()}
@@ -260,12 +269,7 @@ class _TimedReader(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
-        before = self._clock.total(*self._nested)
-        started = time.thread_time()
-        data = self._source.read(size)
-        elapsed = time.thread_time() - started
-        self._clock.add(self._stage, elapsed - (self._clock.total(*self._nested) - before))
-        return cast(bytes, data)
+        return cast(bytes, self._clock.timed(self._stage, self._nested, self._source.read, size))
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -287,20 +291,12 @@ class TimedWriter(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        before = self._clock.total(*self._nested)
-        started = time.thread_time()
-        self._sink.write(data)
-        elapsed = time.thread_time() - started
-        self._clock.add(self._stage, elapsed - (self._clock.total(*self._nested) - before))
+        self._clock.timed(self._stage, self._nested, self._sink.write, data)
         return len(data)
 
     def finish(self) -> None:
         """Flush ``sink`` (not ``flush``: IOBase's close would run it again, on a decoder that may have failed)."""
-        before = self._clock.total(*self._nested)
-        started = time.thread_time()
-        self._sink.flush()
-        elapsed = time.thread_time() - started
-        self._clock.add(self._stage, elapsed - (self._clock.total(*self._nested) - before))
+        self._clock.timed(self._stage, self._nested, self._sink.flush)
 
 
 def grow_pipe(source: Any) -> None:
