@@ -5,10 +5,13 @@
   slot behind and this grows until the server's disk fills, unless ``max_slot_wal_keep_size``
   bounds it (the server then invalidates the slot instead; see README "Point-in-time recovery").
   A physical slot has no ``confirmed_flush_lsn``: ``restart_lsn`` is what the server retains.
-- **archive lag**: ``pg_current_wal_lsn()`` minus the end of the newest archived segment: WAL
-  written but not yet archived as a whole segment. A shipped ``.partial`` segment is not
-  counted, so with ``archive_command`` or ``wal stream`` alike the lag runs from 0 to one
-  segment (16 MiB) in normal operation and grows beyond that only when archiving is behind.
+- **archive lag**: ``pg_current_wal_lsn()`` minus the end of the newest archived WAL: WAL
+  written but not yet in the archive. With ``archive_command`` only whole segments are
+  archived, so the lag runs from 0 to one segment (16 MiB) in normal operation. A running
+  ``wal stream`` also counts the pages of the ``.partial`` it last shipped (it knows them; a
+  reader of the storage alone, like ``opskit status`` without a streamer in its process, does
+  not), so there the lag stays under ``wal.partial_bytes`` plus what is written while a
+  partial ships. Either grows beyond that only when archiving is behind.
 
 A standby has no current write position (``pg_current_wal_lsn()`` fails during recovery): both
 lags are None there.
@@ -67,8 +70,13 @@ def segment_end(name: str, segment_size: int) -> int:
     return (number + 1) * segment_size
 
 
-def read_lag(conn: psycopg.Connection[Any], slot: str | None, newest_segment: str | None) -> WalLag:
+def read_lag(
+    conn: psycopg.Connection[Any], slot: str | None, newest_segment: str | None, *, archived_end: int | None = None
+) -> WalLag:
     """Return the lag of ``slot`` (None: no slot to read) and of the archive whose newest segment is ``newest_segment``.
+
+    ``archived_end`` is the LSN just past the newest WAL archived when the caller knows it
+    better than the newest whole segment (a streamer's shipped partial); the later of the two counts.
 
     Raises psycopg errors as they come (the callers' connections translate them).
     """
@@ -77,10 +85,13 @@ def read_lag(conn: psycopg.Connection[Any], slot: str | None, newest_segment: st
     in_recovery, lsn_text, segment_size = row
     current = layout.parse_lsn(lsn_text) if lsn_text else None
     archive_lag = None
-    if current is not None and newest_segment is not None:
-        # A new segment is archived only once it is complete, so its end is at or below the write position;
-        # max() keeps a timeline switch (the new timeline starts mid-segment) from showing a negative lag.
-        archive_lag = max(0, current - segment_end(newest_segment, int(segment_size)))
+    ends = [archived_end] if archived_end is not None else []
+    if newest_segment is not None:
+        ends.append(segment_end(newest_segment, int(segment_size)))
+    if current is not None and ends:
+        # What is archived ends at or below the write position; max(0, ...) keeps a timeline switch (the new
+        # timeline starts mid-segment) and a partial's page rounding from showing a negative lag.
+        archive_lag = max(0, current - max(ends))
     if slot is None:
         return WalLag(current_lsn=current, archive_lag_bytes=archive_lag)
     slot_row = conn.execute(_SLOT, (slot,)).fetchone()
@@ -97,14 +108,16 @@ def read_lag(conn: psycopg.Connection[Any], slot: str | None, newest_segment: st
     )
 
 
-def server_lag(target: TargetConfig, slot: str | None, newest_segment: str | None) -> WalLag:
+def server_lag(
+    target: TargetConfig, slot: str | None, newest_segment: str | None, *, archived_end: int | None = None
+) -> WalLag:
     """Connect to ``target`` and return :func:`read_lag`'s answer.
 
     Raises UnreachableError (3) when the server cannot be reached or the query fails.
     """
     with connection.connect(target, autocommit=True, application_name="opskit wal lag") as conn:
         try:
-            return read_lag(conn, slot, newest_segment)
+            return read_lag(conn, slot, newest_segment, archived_end=archived_end)
         except psycopg.Error as exc:
             raise UnreachableError(
                 f"cannot read the WAL position of target '{target.name}': {connection.libpq_reason(exc)}",

@@ -3,9 +3,11 @@
 The streamer runs remote from the database (the daemon's sidecar): pg_receivewal writes
 into a local spool, and this loop ships each completed segment (and ``.history`` file)
 with the same create-if-absent push as ``opskit wal push``, then removes it from the
-spool. The segment being written (``<segment>.partial``) is shipped every
-``wal.partial_interval`` under ``<segment>.partial.zst``, overwritten each time, so the
-RPO is bounded by that interval and not by the segment size. When the storage is
+spool. The segment being written (``<segment>.partial``) is shipped under
+``<segment>.partial.zst``, overwritten each time, every ``wal.partial_interval`` and
+whenever it has grown by ``wal.partial_bytes`` since it was last shipped (and no finished
+segment is waiting), so the RPO is bounded by that interval on a quiet server and by that
+many bytes on a busy one, not by the segment size. When the storage is
 unreachable, segments stay in the spool; past ``wal.max_spool`` the run stops with exit 4,
 and the slot keeps the server's WAL until streaming resumes (bound it on the server with
 ``max_slot_wal_keep_size``).
@@ -37,7 +39,7 @@ from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.pg import commands, connection, tools
 from opskit.pipeline import compress_and_store
-from opskit.wal import archive, lag, layout
+from opskit.wal import archive, lag, layout, partial
 
 log = get_logger(__name__)
 
@@ -58,6 +60,7 @@ class StreamState:
     slot: str
     spool: Path
     spool_limit: int
+    segment_size: int = layout.DEFAULT_SEGMENT_SIZE
     spool_bytes: int = 0
     ship_failures: int = 0
     storage_up: bool = True
@@ -66,6 +69,10 @@ class StreamState:
     archive_lag_bytes: int | None = None
     newest_shipped: str | None = None
     newest_shipped_at: float | None = None  # Unix time the newest whole segment was stored
+    archived_end: int | None = None  # LSN just past the newest WAL stored, a shipped partial's pages included
+    partial_name: str | None = None  # the partial segment last shipped ...
+    partial_mtime_ns: int = 0  # ... as it was at this modification time ...
+    partial_written: int = 0  # ... holding this many bytes of WAL (whole pages)
 
 
 _LIVE: dict[str, StreamState] = {}
@@ -101,12 +108,15 @@ def run(ctx: AppContext, target: str | None = None) -> StreamResult:
         server = connection.server_facts(conn)
         _ensure_slot(conn, settings.slot)
         row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()
-    remove_torn_partials(spool, int(row[0]) if row else layout.DEFAULT_SEGMENT_SIZE)
+    segment_size = int(row[0]) if row else layout.DEFAULT_SEGMENT_SIZE
+    remove_torn_partials(spool, segment_size)
     bin_dir = source.pg_bin_dir or ctx.config.tools.pg_bin_dir
     tool = tools.find_tool("pg_receivewal", server.major, bin_dir)
     argv = commands.pg_receivewal_argv(tool, source, directory=str(spool), slot=settings.slot)
     result = StreamResult(target=source.name)
-    state = StreamState(source.name, settings.slot, spool, settings.max_spool, spool_bytes=spool_size(spool))
+    state = StreamState(
+        source.name, settings.slot, spool, settings.max_spool, segment_size=segment_size, spool_bytes=spool_size(spool)
+    )
     with _LIVE_LOCK:
         _LIVE[source.name] = state
     log.info("wal stream started", target=source.name, slot=settings.slot, spool=str(spool))
@@ -129,8 +139,11 @@ def _stream(ctx: AppContext, argv: list[str], settings: WalSettings, state: Stre
         spawn(argv, env=env, stdout=subprocess.DEVNULL) as child,
     ):
         while not ctx.cancel.is_set():
-            result.segments += _ship_completed(ctx, state)
-            if time.monotonic() - last_partial >= settings.partial_interval.total_seconds():
+            shipped = _ship_completed(ctx, state)
+            result.segments += shipped
+            due = time.monotonic() - last_partial >= settings.partial_interval.total_seconds()
+            # Finished segments go first: a partial shipped while one waits would only delay it.
+            if not shipped and (due or _partial_grown(state, settings.partial_bytes)):
                 result.partials += _ship_partial(ctx, state)
                 last_partial = time.monotonic()
             if time.monotonic() - last_lag >= LAG_POLL_SECONDS:
@@ -211,13 +224,43 @@ def _ship_completed(ctx: AppContext, state: StreamState) -> int:
     return shipped
 
 
-def _ship_partial(ctx: AppContext, state: StreamState) -> int:
-    """Store the segment being written as ``<segment>.partial.zst`` (overwritten); return 1 when one was shipped."""
-    partials = sorted(p for p in state.spool.iterdir() if p.name.endswith(".partial"))
-    if not partials:
-        return 0
-    path = partials[-1]
+def _newest_partial(spool: Path) -> Path | None:
+    """Return the segment pg_receivewal is writing (``<segment>.partial``), or None."""
+    partials = sorted(p for p in spool.iterdir() if p.name.endswith(".partial"))
+    return partials[-1] if partials else None
+
+
+def _partial_grown(state: StreamState, threshold: int) -> bool:
+    """Return True when the segment being written holds ``threshold`` bytes more WAL than its last shipped copy.
+
+    False when ``threshold`` is 0 (shipping on size is off) or there is no partial. A dozen
+    small reads (:func:`opskit.wal.partial.written_bytes`), cheap enough for every poll.
+    """
+    path = _newest_partial(state.spool) if threshold else None
+    if path is None:
+        return False
     try:
+        with path.open("rb") as stream:
+            written = partial.written_bytes(stream, path.stat().st_size)
+    except FileNotFoundError:
+        return False  # finished meanwhile: shipped whole next round
+    shipped = state.partial_written if path.name == state.partial_name else 0
+    return written - shipped >= threshold
+
+
+def _ship_partial(ctx: AppContext, state: StreamState) -> int:
+    """Store the segment being written as ``<segment>.partial.zst`` (overwritten); return 1 when one was shipped.
+
+    A partial unchanged since it was last shipped (same modification time) is not stored again.
+    """
+    path = _newest_partial(state.spool)
+    if path is None:
+        return 0
+    try:
+        # stat before read: a write landing during the read changes the time, so the next round ships again.
+        mtime_ns = path.stat().st_mtime_ns
+        if path.name == state.partial_name and mtime_ns == state.partial_mtime_ns:
+            return 0
         data = path.read_bytes()
         compress_and_store(
             io.BytesIO(data),
@@ -231,7 +274,13 @@ def _ship_partial(ctx: AppContext, state: StreamState) -> int:
     except OpskitError as exc:
         _ship_failed(state, path.name, exc)
         return 0
+    written = partial.written_bytes(io.BytesIO(data), len(data))
     _shipped(state, None)
+    with _LIVE_LOCK:
+        state.partial_name, state.partial_mtime_ns, state.partial_written = path.name, mtime_ns, written
+        if written:
+            _timeline, number = layout.segment_number(path.name[:24], state.segment_size)
+            state.archived_end = max(state.archived_end or 0, number * state.segment_size + written)
     return 1
 
 
@@ -245,6 +294,7 @@ def _shipped(state: StreamState, name: str | None) -> None:
         if name is not None and layout.is_segment_name(name):
             state.newest_shipped = name
             state.newest_shipped_at = time.time()
+            state.archived_end = max(state.archived_end or 0, lag.segment_end(name, state.segment_size))
 
 
 def _ship_failed(state: StreamState, name: str, exc: OpskitError) -> None:
@@ -263,7 +313,7 @@ def _poll_lag(source: TargetConfig, state: StreamState) -> None:
     on its own terms); the lag is then unknown until the next poll.
     """
     try:
-        found = lag.server_lag(source, state.slot, state.newest_shipped)
+        found = lag.server_lag(source, state.slot, state.newest_shipped, archived_end=state.archived_end)
     except OpskitError as exc:
         log.warning("wal stream: cannot read the slot lag", slot=state.slot, error=exc.one_line())
         found = lag.WalLag(current_lsn=None)

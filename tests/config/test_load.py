@@ -45,6 +45,14 @@ def test_the_example_wal_section_names_every_key_at_its_default() -> None:
     assert keys == {field.name for field in dataclasses.fields(WalSettings)}
 
 
+def test_wal_partial_bytes_is_zero_for_off_or_at_least_64_kib() -> None:
+    assert parse_config('[wal]\npartial_bytes = "0"\n').wal == WalSettings(partial_bytes=0)
+    assert parse_config('[wal]\npartial_bytes = "1MiB"\n').wal == WalSettings(partial_bytes=1024**2)
+    assert problems_of('[wal]\npartial_bytes = "1KiB"\n') == [
+        "At 'wal.partial_bytes': must be \"0\" (off) or at least 64KiB"
+    ]
+
+
 def test_with_no_config_at_all_there_is_a_default_target_and_a_local_storage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
