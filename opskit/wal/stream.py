@@ -20,6 +20,7 @@ limit, ship failures, whether the storage answered, the slot and archive lag pol
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import threading
@@ -71,7 +72,7 @@ class StreamState:
     newest_shipped_at: float | None = None  # Unix time the newest whole segment was stored
     archived_end: int | None = None  # LSN just past the newest WAL stored, a shipped partial's pages included
     partial_name: str | None = None  # the partial segment last shipped ...
-    partial_mtime_ns: int = 0  # ... as it was at this modification time ...
+    partial_digest: bytes = b""  # ... with this content (sha1 of the file) ...
     partial_written: int = 0  # ... holding this many bytes of WAL (whole pages)
 
 
@@ -251,17 +252,17 @@ def _partial_grown(state: StreamState, threshold: int) -> bool:
 def _ship_partial(ctx: AppContext, state: StreamState) -> int:
     """Store the segment being written as ``<segment>.partial.zst`` (overwritten); return 1 when one was shipped.
 
-    A partial unchanged since it was last shipped (same modification time) is not stored again.
+    A partial unchanged since it was last shipped (same content; a modification time can miss a
+    write landing in the same clock tick) is not stored again.
     """
     path = _newest_partial(state.spool)
     if path is None:
         return 0
     try:
-        # stat before read: a write landing during the read changes the time, so the next round ships again.
-        mtime_ns = path.stat().st_mtime_ns
-        if path.name == state.partial_name and mtime_ns == state.partial_mtime_ns:
-            return 0
         data = path.read_bytes()
+        digest = hashlib.sha1(data, usedforsecurity=False).digest()  # ~10 ms for 16 MiB: only to skip a re-store
+        if path.name == state.partial_name and digest == state.partial_digest:
+            return 0
         compress_and_store(
             io.BytesIO(data),
             archive.archive_storage(ctx, ctx.target(state.target)),
@@ -277,7 +278,7 @@ def _ship_partial(ctx: AppContext, state: StreamState) -> int:
     written = partial.written_bytes(io.BytesIO(data), len(data))
     _shipped(state, None)
     with _LIVE_LOCK:
-        state.partial_name, state.partial_mtime_ns, state.partial_written = path.name, mtime_ns, written
+        state.partial_name, state.partial_digest, state.partial_written = path.name, digest, written
         if written:
             _timeline, number = layout.segment_number(path.name[:24], state.segment_size)
             state.archived_end = max(state.archived_end or 0, number * state.segment_size + written)
