@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 DEFAULT_PAGE_SIZE = 8192  # XLOG_BLCKSZ of every build that does not change it at compile time
 _HEADER = 40  # the long page header that starts a segment, up to and including xlp_xlog_blcksz
-_TLI = struct.Struct("<I")  # xlp_tli, little-endian on every platform PostgreSQL packages ship for
+_UINT32 = struct.Struct("<I")  # xlp_tli and xlp_xlog_blcksz, little-endian on every platform PostgreSQL ships for
 
 
 def written_bytes(stream: BinaryIO, size: int) -> int:
@@ -43,7 +43,7 @@ def _page_size(stream: BinaryIO) -> int:
     header = stream.read(_HEADER)
     if len(header) < _HEADER:
         return DEFAULT_PAGE_SIZE
-    (recorded,) = _TLI.unpack_from(header, 36)
+    (recorded,) = _UINT32.unpack_from(header, 36)
     # A power of two between 1 KiB and 64 KiB is what configure accepts for --with-wal-blocksize.
     if 1024 <= recorded <= 65536 and recorded & (recorded - 1) == 0:
         return int(recorded)
@@ -53,5 +53,5 @@ def _page_size(stream: BinaryIO) -> int:
 def _is_written(stream: BinaryIO, offset: int) -> bool:
     """Return True when the page at ``offset`` has a header (a timeline other than 0)."""
     stream.seek(offset + 4)
-    raw = stream.read(_TLI.size)
-    return len(raw) == _TLI.size and _TLI.unpack(raw)[0] != 0
+    raw = stream.read(_UINT32.size)
+    return len(raw) == _UINT32.size and _UINT32.unpack(raw)[0] != 0
