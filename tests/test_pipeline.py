@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -13,7 +14,7 @@ import pytest
 from opskit.catalog import Artifact
 from opskit.catalog.artifacts import read_artifact
 from opskit.core.errors import Cancelled, RestoreFailed, VerificationFailed
-from opskit.pipeline import compress_and_store, recipient_fingerprint
+from opskit.pipeline import HashingReader, StreamStats, compress_and_store, recipient_fingerprint
 from opskit.secrets.references import Secret
 from opskit.storage.base import StorageConfig
 from opskit.storage.local import LocalStorage
@@ -173,3 +174,28 @@ def test_a_source_that_only_implements_read_is_stored_whole(storage: LocalStorag
     result = compress_and_store(ReadOnly(), storage, "t/r/db.dump.zst")
 
     assert result.plain.size == len(PAYLOAD)
+
+
+def test_the_plain_reader_hashes_and_counts_what_read_returns() -> None:
+    chunk = b"rows of a table " * 4096
+    reader = HashingReader(io.BufferedReader(io.BytesIO(chunk * 3)))
+
+    chunks = [reader.read(len(chunk)) for _ in range(4)]
+
+    assert chunks == [chunk, chunk, chunk, b""]
+    assert reader.stats() == StreamStats(3 * len(chunk), hashlib.sha256(chunk * 3).hexdigest())
+
+
+def test_the_plain_reader_hands_on_the_sources_own_chunk_without_copying_it() -> None:
+    # zstd's stream reader calls read(); RawIOBase's default read() would allocate and copy
+    # every 1 MiB chunk twice, and the page faults of those copies cost ~0.3 CPU s per 300 MiB.
+    chunk = b"x" * 1_000_000
+
+    class Source(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return chunk
+
+    assert HashingReader(Source()).read(len(chunk)) is chunk

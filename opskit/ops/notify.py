@@ -29,14 +29,10 @@ is used for HTTP, so the daemon needs no extra dependency to alert.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from opskit.config.notify import NotifySettings
 from opskit.core.errors import OpskitError
@@ -108,6 +104,11 @@ class _SendFailed(Exception):
 
 
 def _post(url: str, body: bytes, content_type: str, timeout: float) -> None:
+    # urllib.request (http.client, ssl) and tenacity load only when a notification is sent:
+    # every verb imports this module, few runs send anything (~12 ms of start-up).
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -127,6 +128,8 @@ def send(url: str, body: bytes, content_type: str, settings: NotifySettings) -> 
 
     Never raises: every failure becomes a structlog warning naming the URL without secrets.
     """
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
     shown = _shown_url(url)
     retrying = Retrying(
         stop=stop_after_attempt(settings.attempts),

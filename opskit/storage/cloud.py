@@ -94,7 +94,7 @@ class PartSchedule:
     Part N (1-based) is ``base * 2 ** ((N - 1) // grow_every)``, capped at ``max_part``.
     The defaults fit S3 (at most 10,000 parts of at most 5 GiB): with a base of at least
     5 MiB and doubling every 900 parts, 10,000 parts hold more than 5 TiB, while an
-    object under ``base * 900`` (14 GiB at the 16 MiB default) never grows a part, which
+    object under ``base * 900`` (7 GiB at S3's 8 MiB default) never grows a part, which
     keeps the memory an upload holds flat for all but the largest databases.
     """
 

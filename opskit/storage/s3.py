@@ -4,7 +4,8 @@ A writer streams a multipart upload (:mod:`opskit.storage.s3_upload`): parts are
 writes as they arrive (see :class:`opskit.storage.cloud.PartWriter`), the upload is completed
 on a clean exit and aborted on an exception, so a failed backup leaves no object behind. An
 object smaller than one part is stored with a single PutObject. Parts start at ``part_size`` (default
-16 MiB) and double every 900 parts so a 5 TiB object stays under S3's 10,000-part limit
+8 MiB, the AWS CLI's and boto3's own ``multipart_chunksize``) and double every 900 parts so a 5 TiB
+object stays under S3's 10,000-part limit
 (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html).
 
 boto3's own retries are switched off; every request is retried by
@@ -49,7 +50,10 @@ from opskit.storage.s3_upload import MultipartUpload
 if TYPE_CHECKING:
     from opskit.storage.base import StorageConfig
 
-DEFAULT_PART_SIZE = 16 * MiB
+# Two parts upload while a third fills, so the part size sets most of what a backup holds in
+# memory: 8 MiB keeps that at ~32 MiB (16 MiB parts held twice that, measured in
+# docs/benchmarks.md) and still fills two connections faster than zstd produces bytes on 2 cores.
+DEFAULT_PART_SIZE = 8 * MiB
 # S3 rejects non-final parts under 5 MiB (EntityTooSmall). Smaller parts are honoured only
 # with a custom endpoint_url, for test servers and stores without that limit.
 MIN_PART_SIZE = 5 * MiB

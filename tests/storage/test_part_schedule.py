@@ -37,9 +37,10 @@ def test_an_azure_blob_of_5_tib_fits_in_50000_blocks_of_at_most_4000_mib() -> No
     assert max(storage.schedule.size(n) for n in range(1, MAX_BLOCKS + 1)) <= MAX_BLOCK_SIZE
 
 
-def test_s3_uses_16_mib_parts_by_default() -> None:
+def test_s3_uses_8_mib_parts_by_default_and_fits_5_tib() -> None:
     storage = S3Storage(StorageConfig(name="s3", url="s3://b/p"))
-    assert storage.schedule.base == DEFAULT_PART_SIZE == 16 * MiB
+    assert storage.schedule.base == DEFAULT_PART_SIZE == 8 * MiB
+    assert storage.schedule.capacity() >= 5 * TiB
 
 
 def test_s3_raises_a_part_size_below_5_mib_to_the_aws_minimum() -> None:
