@@ -18,7 +18,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +110,7 @@ def run_measured(
     cwd: Path | None = None,
     capture: bool = True,
     cpu_database: str | None = None,
+    servers: Mapping[str, int] | None = None,
 ) -> Sample:
     """Run ``argv``; return its wall time and ITS OWN peak RSS (not its children's).
 
@@ -117,8 +118,12 @@ def run_measured(
     process itself is polled from /proc instead (it only grows, so the last reading
     before exit is the peak, up to the polling interval). With ``cpu_database``, the CPU
     seconds of the process, its children and that database's backends are in
-    ``Sample.cpu`` (see CpuSampler). Raises RuntimeError when it fails.
+    ``Sample.cpu`` (see CpuSampler). ``servers`` names long-running processes serving the run
+    (moto): the CPU each spent while it ran is added to ``Sample.cpu`` under its name, since on
+    2 cores an object store on loopback takes its CPU from the run. Raises RuntimeError when it
+    fails.
     """
+    servers_before = {name: _cpu_seconds(pid) for name, pid in (servers or {}).items()}
     started = time.perf_counter()
     process = subprocess.Popen(
         list(argv),
@@ -147,12 +152,22 @@ def run_measured(
     done.set()
     poller.join()
     cpu = sampler.stop() if sampler is not None else {}
+    for name, before in servers_before.items():
+        after = _cpu_seconds((servers or {})[name])
+        if before is not None and after is not None:
+            cpu[name] = after[1] - before[1]
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])}... exited {process.returncode}:\n{stderr[-3000:]}")
     return Sample(elapsed, peak, stdout=stdout or "", cpu=cpu)
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pid: int) -> float:
+    """Return the CPU seconds ``pid`` (a server the bench started) has used so far, 0.0 when it is gone."""
+    reading = _cpu_seconds(pid)
+    return reading[1] if reading is not None else 0.0
 
 
 def _cpu_seconds(pid: int) -> tuple[str, float] | None:
@@ -440,6 +455,7 @@ class S3Endpoint:
 
     url: str
     bucket: str
+    pid: int = 0  # moto's process: its CPU is counted as "moto" beside the run it serves
 
     def client(self) -> object:
         """Return a boto3 client for it."""
@@ -460,7 +476,7 @@ def moto_server(bucket: str = "opskit-bench") -> Iterator[S3Endpoint]:
         env={"MOTO_ALLOW_NONEXISTENT_REGION": "true"},
     )
     try:
-        endpoint = S3Endpoint(server.url, bucket)
+        endpoint = S3Endpoint(server.url, bucket, server.process.pid)
         endpoint.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
         yield endpoint
     finally:

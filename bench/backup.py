@@ -11,7 +11,8 @@ Cases, each run ``--runs`` times on a cached database (median shown, with the sp
 - ``floor (b)``           ``pg_dump -Fc -Z0 > /dev/null``: reading the data, nothing else
 
 Where the CPU went is printed per case: opskit's process, pg_dump, and pg_dump's backend
-(from ``/proc/<pid>/stat``, the backend's pid from ``pg_stat_activity``), and opskit's own
+(from ``/proc/<pid>/stat``, the backend's pid from ``pg_stat_activity``), moto's server in the
+S3 cases (an object store on loopback takes its CPU from the same 2 cores), and opskit's own
 stages as its manifest records them (``extra.cpu``: reading the pipe, both sha256 passes,
 zstd and age, the storage writes).
 
@@ -40,7 +41,11 @@ TARGETS = {"vs_floor": 1.25, "size": 0.85, "rss": 200 * c.MiB, "rss_flat": 0.15,
 def opskit_backup(config: Path, workdir: Path, endpoint: c.S3Endpoint | None, database: str) -> c.Sample:
     """Run one ``opskit backup now --json``; return its time, peak RSS, CPU and stored size; delete the backup."""
     sample = c.run_measured(
-        c.opskit_argv(config, "backup", "now", "--json"), env=c.opskit_env(), cwd=workdir, cpu_database=database
+        c.opskit_argv(config, "backup", "now", "--json"),
+        env=c.opskit_env(),
+        cwd=workdir,
+        cpu_database=database,
+        servers={"moto": endpoint.pid} if endpoint is not None else None,
     )
     manifest = json.loads(sample.stdout)
     sample.extra["stored"] = float(manifest["artifacts"][0]["size"])
@@ -60,7 +65,9 @@ def recipe(database: str, workdir: Path, endpoint: c.S3Endpoint) -> c.Sample:
     argv = ["pg_dump", "-Fc", "-h", c.PG_HOST, "-U", c.PG_USER, "-f", str(dump), database]
     dumped = c.run_measured(argv, capture=False, cpu_database=database)
     client = endpoint.client()
+    moto_before = c.server_cpu(endpoint.pid)
     uploaded = c.timed(lambda: client.upload_file(str(dump), endpoint.bucket, "recipe/x.dump"))  # type: ignore[attr-defined]
+    moto = c.server_cpu(endpoint.pid) - moto_before
     size = dump.stat().st_size
     dump.unlink()
     c.empty_bucket(endpoint)
@@ -68,7 +75,7 @@ def recipe(database: str, workdir: Path, endpoint: c.S3Endpoint) -> c.Sample:
         dumped.seconds + uploaded.seconds,
         0,
         {"stored": float(size), "dump": dumped.seconds, "upload": uploaded.seconds},
-        cpu=dumped.cpu,
+        cpu=dumped.cpu | {"moto": moto},
     )
 
 
