@@ -121,8 +121,8 @@ class HashingReader(io.RawIOBase):
 
         zstd's stream reader calls ``read``, not ``readinto``. RawIOBase's own ``read`` would
         fill a fresh bytearray and copy it into a fresh bytes object: two 1 MiB allocations per
-        chunk, which glibc returns to the kernel and faults back in (~0.3 CPU s per 300 MiB,
-        half of it system time). The source's own bytes object is passed on instead.
+        chunk, which glibc returns to the kernel and faults back in (~0.5 CPU s per 283 MiB,
+        most of it system time: docs/benchmarks.md). The source's own bytes object is passed on instead.
         """
         if size is None or size < 0:
             return self.readall()
