@@ -123,7 +123,8 @@ def run_measured(
     2 cores an object store on loopback takes its CPU from the run. Raises RuntimeError when it
     fails.
     """
-    servers_before = {name: _cpu_seconds(pid) for name, pid in (servers or {}).items()}
+    servers = dict(servers or {})
+    servers_before = {name: server_cpu(pid) for name, pid in servers.items()}
     started = time.perf_counter()
     process = subprocess.Popen(
         list(argv),
@@ -152,10 +153,8 @@ def run_measured(
     done.set()
     poller.join()
     cpu = sampler.stop() if sampler is not None else {}
-    for name, before in servers_before.items():
-        after = _cpu_seconds((servers or {})[name])
-        if before is not None and after is not None:
-            cpu[name] = after[1] - before[1]
+    for name, pid in servers.items():
+        cpu[name] = max(0.0, server_cpu(pid) - servers_before[name])
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])}... exited {process.returncode}:\n{stderr[-3000:]}")
     return Sample(elapsed, peak, stdout=stdout or "", cpu=cpu)
