@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from opskit.core.log import get_logger
+from opskit.core.slots import Slots
 
 log = get_logger(__name__)
 
@@ -240,7 +241,7 @@ class CopyLoader:
         settings: list[bytes],
         exit_on_error: bool = True,
         table_names: dict[bytes, str] | None = None,
-        slots: threading.Semaphore | None = None,
+        slots: Slots | None = None,
         on_loaded: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self._connect = connect
@@ -406,7 +407,7 @@ class CopyLoader:
                 if self._slots is None:
                     copy.write(item[1])
                 else:
-                    with self._slots:
+                    with self._slots.hold():
                         copy.write(item[1])
                 written += 1
             except psycopg.Error as exc:
@@ -426,7 +427,7 @@ class CopyLoader:
             if self._slots is None:
                 copy_cm.__exit__(None, None, None)
             else:
-                with self._slots:  # the commit flushes the COPY's last rows: server work like a block's
+                with self._slots.hold():  # the commit flushes the COPY's last rows: server work like a block's
                     copy_cm.__exit__(None, None, None)
         except psycopg.Error as exc:
             self._copy_failed(statement, exc)

@@ -27,6 +27,8 @@ FORMAT_CUSTOM = 1
 OLDEST = (1, 12)
 NEWEST = (1, 16)
 SECTION_NAMES = {1: "none", 2: "pre-data", 3: "data", 4: "post-data"}
+# pg_dump writes an index as pg_get_indexdef() does: "CREATE [UNIQUE] INDEX name ON [ONLY] t USING method (...".
+INDEX_METHOD = re.compile(rb" USING ([a-z_][a-z0-9_]*) \(")
 
 
 class NeedMoreBytes(Exception):
@@ -49,6 +51,7 @@ class TocEntry:
     has_data: bool  # a data block follows in the archive's data part
     copy_stmt: bytes | None  # as bytes: in the archive's encoding, which need not be UTF-8
     dependencies: tuple[int, ...] = ()  # the dump ids this entry must follow, as pg_dump recorded them
+    index_method: str | None = None  # an INDEX entry's access method ("btree", "gin", ...), from its definition
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,8 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             section = SECTION_NAMES[raw_section]
         if desc == "ENCODING":  # the first entry: names are in the database's encoding
             encoding = python_encoding(definition)
-        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt, tuple(dependencies)))
+        method = index_method(definition) if desc == "INDEX" else None
+        raw_entries.append((dump_id, desc, tag, namespace, section, has_data, copy_stmt, tuple(dependencies), method))
     entries = [
         TocEntry(
             dump_id,
@@ -165,10 +169,17 @@ def parse(buf: bytes | bytearray) -> ArchiveToc:
             has_data,
             copy_stmt,
             dependencies,
+            method,
         )
-        for dump_id, desc, tag, ns, section, has_data, copy_stmt, dependencies in raw_entries
+        for dump_id, desc, tag, ns, section, has_data, copy_stmt, dependencies, method in raw_entries
     ]
     return ArchiveToc(version, entries, cur.pos)
+
+
+def index_method(definition: bytes) -> str | None:
+    """Return the access method of ``CREATE INDEX ... ON t USING gin (...)``, or None when it names none."""
+    match = INDEX_METHOD.search(definition)
+    return match.group(1).decode("ascii") if match else None
 
 
 def python_encoding(definition: bytes) -> str:

@@ -7,13 +7,16 @@ archive's order; this module gives it the same schedule:
 
 - :func:`early_entries` picks, per table, the post-data entries that need nothing but that
   table and the schema: its indexes and its primary-key, unique and exclusion constraints.
-  Foreign keys, triggers, rules, comments and whatever else is left for the end, where
-  ``pg_restore --jobs`` orders them by their dependencies as usual.
+  Foreign keys, triggers, rules, comments and whatever else is left for after the data, where
+  ``pg_restore --jobs`` orders them by their dependencies as usual; what depends on an early
+  build (a foreign key on a primary key) runs as soon as the builds it needs are done.
 - :class:`PostDataBuilder` runs those builds on at most N-1 connections while the data loads,
   and on N once it is in, sharing N slots with the loader (:class:`opskit.pg.copy_loader.CopyLoader`
   holds one per block it writes), so loads and builds together keep N backends busy, no more.
-  Two builds on one table follow pg_restore's lock rule: a constraint (``ALTER TABLE ... ADD
-  CONSTRAINT``, an ACCESS EXCLUSIVE lock) never runs beside another build on its table.
+  A build waiting for a slot gets it before the loader's next block (:class:`opskit.core.slots.Slots`),
+  and a table's builds start longest first (``build_order``). Two builds on one table follow
+  pg_restore's lock rule: a constraint (``ALTER TABLE ... ADD CONSTRAINT``, an ACCESS EXCLUSIVE
+  lock) never runs beside another build on its table.
 
 Only tables holding a good share of the dump get early builds (``EARLY_SHARE``): each build is
 one ``pg_restore`` run, and a schema of thousands of small tables is better served by the one
@@ -22,13 +25,15 @@ one ``pg_restore`` run, and a schema of thousands of small tables is better serv
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from opskit.core.log import get_logger
+from opskit.core.slots import Slots
 from opskit.pg.toc import ArchiveToc, TocEntry
 
 log = get_logger(__name__)
@@ -40,6 +45,18 @@ EXCLUSIVE_DESCS = {"CONSTRAINT"}  # ALTER TABLE ... ADD CONSTRAINT locks its tab
 # smaller table's indexes take about as long to build as a pg_restore run takes to start.
 EARLY_SHARE = 16
 EARLY_MIN_BYTES = 4 * 1024 * 1024
+# Index methods whose builds take longest for their table's size: a GIN, GiST or SP-GiST index
+# is built by one process (GIN in parallel only from PostgreSQL 18) and often outlasts every
+# btree. Started first among a table's builds, such a build overlaps the rest of the load
+# instead of running alone at the end (longest job first, as a scheduler would).
+SLOW_METHODS = {"gin", "gist", "spgist"}
+
+
+def build_order(entry: TocEntry) -> int:
+    """Return the rank of a table's early build: constraints first (they lock the table), slow methods next."""
+    if entry.desc in EXCLUSIVE_DESCS:
+        return 0
+    return 1 if entry.index_method in SLOW_METHODS else 2
 
 
 def early_threshold(plain_size: int) -> int:
@@ -84,20 +101,35 @@ def early_entries(toc: ArchiveToc) -> dict[bytes, list[TocEntry]]:
 
 def depends_on(entries: Iterable[TocEntry], ids: set[int], toc: ArchiveToc) -> set[int]:
     """Return the dump ids of ``entries`` that depend on one of ``ids``, directly or through other entries."""
-    by_id = {entry.dump_id: entry for entry in toc.entries}
-    known: dict[int, bool] = {}
+    return {dump_id for dump_id, reached in needed(entries, ids, toc).items() if reached}
 
-    def reaches(dump_id: int, seen: frozenset[int]) -> bool:
+
+def needed(entries: Iterable[TocEntry], ids: set[int], toc: ArchiveToc) -> dict[int, frozenset[int]]:
+    """Return, per dump id of ``entries``, which of ``ids`` it depends on, directly or through other entries."""
+    by_id = {entry.dump_id: entry for entry in toc.entries}
+    known: dict[int, frozenset[int]] = {}
+
+    def reaches(dump_id: int, seen: frozenset[int]) -> frozenset[int]:
         if dump_id in ids:
-            return True
+            return frozenset({dump_id})
         if dump_id in known:
             return known[dump_id]
         entry = by_id.get(dump_id)
-        found = entry is not None and any(d not in seen and reaches(d, seen | {dump_id}) for d in entry.dependencies)
+        found: frozenset[int] = frozenset()
+        if entry is not None:
+            for dependency in entry.dependencies:
+                if dependency not in seen:
+                    found |= reaches(dependency, seen | {dump_id})
         known[dump_id] = found
         return found
 
-    return {e.dump_id for e in entries if any(reaches(d, frozenset({e.dump_id})) for d in e.dependencies)}
+    result: dict[int, frozenset[int]] = {}
+    for entry in entries:
+        reached: frozenset[int] = frozenset()
+        for dependency in entry.dependencies:
+            reached |= reaches(dependency, frozenset({entry.dump_id}))
+        result[entry.dump_id] = reached
+    return result
 
 
 @dataclass
@@ -124,7 +156,7 @@ class PostDataBuilder:
 
     def __init__(self, toc: ArchiveToc, run: RunEntries, jobs: int, threshold: int, *, enabled: bool = True) -> None:
         self.toc, self._run, self.jobs, self._threshold = toc, run, jobs, threshold
-        self.slots = threading.Semaphore(jobs)
+        self.slots = Slots(jobs)
         self._early = early_entries(toc) if enabled and jobs > 1 else {}
         self._limit = jobs - 1  # while the data loads, one slot stays the loader's
         self._cond = threading.Condition()
@@ -132,6 +164,7 @@ class PostDataBuilder:
         self._queue: list[_Build] = []
         self._failure: BaseException | None = None
         self._running = 0
+        self._done: set[int] = set()  # dump ids of the early builds that have finished
         self._threads: list[threading.Thread] = []
         self.started_during_load = 0
         self._loading = True
@@ -148,7 +181,7 @@ class PostDataBuilder:
             return
         with self._cond:
             table = self._tables.setdefault(statement, _Table())
-            for entry in entries:
+            for entry in sorted(entries, key=build_order):
                 build = _Build(entry, statement)
                 table.builds.append(build)
                 self._queue.append(build)
@@ -163,7 +196,8 @@ class PostDataBuilder:
 
         The rest that depends on no early build runs as soon as every early build has started, on the
         slots they leave; what does depend on one (a foreign key on a primary key, a comment on an
-        index) runs last, on all N.
+        index) runs as soon as the builds it needs are done, on the slots free then, so a long build
+        of another table (a GIN index) does not hold it back.
         """
         with self._cond:
             self._loading = False
@@ -171,8 +205,8 @@ class PostDataBuilder:
             self._cond.notify_all()
         started = {b.entry.dump_id for t in self._tables.values() for b in t.builds}
         rest = [e for e in self.toc.entries if e.section == "post-data" and e.dump_id not in started]
-        after = depends_on(rest, started, self.toc)
-        independent = [e for e in rest if e.dump_id not in after]
+        needs = needed(rest, started, self.toc)
+        independent = [e for e in rest if not needs[e.dump_id]]
         if independent:
             with self._cond:
                 self._cond.wait_for(lambda: not self._queue or self._failure is not None)
@@ -180,14 +214,30 @@ class PostDataBuilder:
                 jobs = max(1, self.jobs - self._running)
             with self._holding(jobs):
                 self._run(independent, jobs)
+        # One run at a time, each of what has become ready: an entry that depends on another of
+        # these needs every build that one needs, so it is in the same run (pg_restore orders it
+        # there) or a later one.
+        waiting = [e for e in rest if needs[e.dump_id]]
+        while waiting:
+            with self._cond:
+                self._cond.wait_for(functools.partial(self._ready_or_failed, waiting, needs))
+                self._raise_failure()
+                ready = self._ready(waiting, needs)
+                jobs = max(1, self.jobs - self._running)
+            waiting = [e for e in waiting if e not in ready]
+            with self._holding(jobs):
+                self._run(ready, jobs)
         with self._cond:
             self._cond.wait_for(lambda: (not self._queue and self._running == 0) or self._failure is not None)
             self._raise_failure()
-        dependent = [e for e in rest if e.dump_id in after]
-        if dependent:
-            with self._holding(self.jobs):
-                self._run(dependent, self.jobs)
         log.info("post-data built", during_load=self.started_during_load, entries=len(started) + len(rest))
+
+    def _ready(self, entries: list[TocEntry], needs: dict[int, frozenset[int]]) -> list[TocEntry]:
+        """Return the entries whose needed builds are all done (call holding the condition)."""
+        return [e for e in entries if needs[e.dump_id] <= self._done]
+
+    def _ready_or_failed(self, entries: list[TocEntry], needs: dict[int, frozenset[int]]) -> bool:
+        return self._failure is not None or bool(self._ready(entries, needs))
 
     def stop(self) -> None:
         """Start no more builds (after a failure elsewhere) and wait briefly for the running ones."""
@@ -202,16 +252,13 @@ class PostDataBuilder:
         if self._failure is not None:
             raise self._failure
 
-    @contextmanager
-    def _holding(self, count: int) -> Iterator[None]:
-        """Hold ``count`` of the slots shared with the loader while the block runs."""
-        for _ in range(count):
-            self.slots.acquire()
-        try:
-            yield
-        finally:
-            for _ in range(count):
-                self.slots.release()
+    def _holding(self, count: int) -> AbstractContextManager[None]:
+        """Hold ``count`` of the slots shared with the loader while the block runs, ahead of its next block.
+
+        A build is the longer path: the index that waits for the data to run dry (a GIN on
+        PostgreSQL before 18 is built by one process) is the restore's tail.
+        """
+        return self.slots.hold(count, urgent=True)
 
     def _startable(self) -> _Build | None:
         if self._running >= self._limit:
@@ -257,5 +304,6 @@ class PostDataBuilder:
                 table.running -= 1
                 table.exclusive_running = False
                 build.state = "done"
+                self._done.add(build.entry.dump_id)
                 self._running -= 1
                 self._cond.notify_all()

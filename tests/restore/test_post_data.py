@@ -162,3 +162,82 @@ def test_a_table_needs_a_sixteenth_of_the_dump_and_at_least_4_mib_of_rows_for_ea
     assert post_data.early_threshold(0) == 4 * mib
     assert post_data.early_threshold(10 * mib) == 4 * mib
     assert post_data.early_threshold(1024 * mib) == 64 * mib
+
+
+def test_what_depends_on_an_early_build_is_told_which_builds_it_needs(pg_database: str, tmp_path: Path) -> None:
+    run_sql(pg_database, SCHEMA)
+    toc = archive_toc(pg_database, tmp_path)
+    early = {entry.tag: entry.dump_id for entries in post_data.early_entries(toc).values() for entry in entries}
+    rest = [e for e in toc.entries if e.section == "post-data" and e.dump_id not in early.values()]
+
+    needs = post_data.needed(rest, set(early.values()), toc)
+
+    tags = {e.dump_id: e.desc + " " + e.tag for e in rest}
+    by_tag = {tags[dump_id]: ids for dump_id, ids in needs.items()}
+    assert by_tag["FK CONSTRAINT z_last z_last_a_id_fkey"] == {early["a_first a_first_pkey"]}
+    assert by_tag["COMMENT INDEX a_first_key"] == {early["a_first_key"]}
+    assert by_tag["INDEX p_id"] == set()
+
+
+# The archive holds a_owner, b_slow, c_child in that order. b_slow's index cannot finish until the
+# foreign key of c_child (on a_owner's primary key) exists: a restore that holds every foreign key
+# back until all early builds are done waits out the index's 15 s and fails.
+WAITS_FOR_THE_FOREIGN_KEY = """
+CREATE FUNCTION fk_built() RETURNS boolean LANGUAGE sql VOLATILE
+  AS $$SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'c_child_owner_fk')$$;
+CREATE FUNCTION waits_for_fk(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF i = 1 THEN
+    FOR n IN 1..150 LOOP EXIT WHEN public.fk_built(); PERFORM pg_sleep(0.1); END LOOP;
+    IF NOT public.fk_built() THEN RAISE EXCEPTION 'the foreign key was not built beside this index'; END IF;
+  END IF;
+  RETURN i;
+END$$;
+CREATE TABLE a_owner (id int PRIMARY KEY);
+CREATE TABLE b_slow (id int NOT NULL);
+CREATE TABLE c_child (id int PRIMARY KEY, owner int CONSTRAINT c_child_owner_fk REFERENCES a_owner);
+INSERT INTO a_owner SELECT generate_series(1, 1000);
+INSERT INTO b_slow SELECT generate_series(1, 1000);
+INSERT INTO c_child SELECT g, g FROM generate_series(1, 1000) g;
+CREATE INDEX b_slow_waits ON b_slow (waits_for_fk(id));
+"""
+
+
+def test_a_foreign_key_is_built_as_soon_as_its_key_is_and_not_after_another_table_s_long_build(
+    pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None
+) -> None:
+    run_sql(pg_database, WAITS_FOR_THE_FOREIGN_KEY)
+    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
+    backup.run(ctx, target="app")
+
+    restored = restore.run(ctx, target="app", jobs=2)
+
+    assert restored.route == "loader" and restored.ok, restored.mismatches
+    assert schema_dump(restored.database) == schema_dump(pg_database)
+
+
+def test_a_table_s_constraints_are_built_first_then_its_gin_and_gist_indexes_then_the_rest(
+    pg_database: str, tmp_path: Path
+) -> None:
+    run_sql(
+        pg_database,
+        """
+        CREATE TABLE docs (id int PRIMARY KEY, body jsonb, box box);
+        CREATE INDEX docs_a_btree ON docs (id DESC);
+        CREATE INDEX docs_b_gin ON docs USING gin (body);
+        CREATE INDEX docs_c_gist ON docs USING gist (box);
+        INSERT INTO docs VALUES (1, '{}', '((0,0),(1,1))');
+        """,
+    )
+    toc = archive_toc(pg_database, tmp_path)
+    [entries] = post_data.early_entries(toc).values()
+
+    ordered = [entry.tag for entry in sorted(entries, key=post_data.build_order)]
+
+    assert ordered == ["docs docs_pkey", "docs_b_gin", "docs_c_gist", "docs_a_btree"]
+    assert {e.tag: e.index_method for e in entries} == {
+        "docs docs_pkey": None,
+        "docs_a_btree": "btree",
+        "docs_b_gin": "gin",
+        "docs_c_gist": "gist",
+    }
