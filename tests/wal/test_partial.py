@@ -60,6 +60,9 @@ def test_a_partial_that_grew_by_partial_bytes_is_shipped_long_before_the_interva
         wait_for(wal / f"{first}.partial.zst", streamer)  # the interval's first round, at start
         cluster.switch_wal()  # a fresh segment: only its growth can ship it within the ten minutes
         with cluster.connect() as conn:
+            # The cluster runs with synchronous_commit off: this commit must flush its WAL itself, or
+            # the flush position read below can still be the switch's, under load.
+            conn.execute("SET synchronous_commit = on")
             conn.execute("INSERT INTO t SELECT generate_series(1, 20000)")  # about 1 MiB of WAL
         with cluster.connect() as conn:  # after the commit: its WAL is flushed, so pg_receivewal is sent it
             name, offset = conn.execute("SELECT * FROM pg_walfile_name_offset(pg_current_wal_flush_lsn())").fetchone()  # type: ignore[misc]
