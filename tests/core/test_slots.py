@@ -28,10 +28,16 @@ def wait_until_blocked(slots: Slots, waiting: int) -> None:
         time.sleep(0.005)
 
 
-def test_a_freed_slot_goes_to_the_urgent_taker_even_when_an_ordinary_one_waited_longer() -> None:
+def full_pool() -> Slots:
+    """Return a pool of two slots, both taken."""
     slots = Slots(2)
     slots.acquire()
     slots.acquire()
+    return slots
+
+
+def test_a_freed_slot_goes_to_the_urgent_taker_even_when_an_ordinary_one_waited_longer() -> None:
+    slots = full_pool()
     got: list[str] = []
     ordinary = waiting_taker(slots, False, got, "loader")
     wait_until_blocked(slots, 1)
@@ -48,9 +54,7 @@ def test_a_freed_slot_goes_to_the_urgent_taker_even_when_an_ordinary_one_waited_
 
 
 def test_an_ordinary_taker_is_not_left_asleep_beside_a_free_slot_once_the_urgent_one_is_served() -> None:
-    slots = Slots(2)
-    slots.acquire()
-    slots.acquire()
+    slots = full_pool()
     got: list[str] = []
     ordinary = waiting_taker(slots, False, got, "loader")
     urgent = waiting_taker(slots, True, got, "build")

@@ -20,6 +20,7 @@ from opskit.core.errors import RestoreFailed
 from opskit.pg import copy_loader
 from opskit.pg import toc as dump_toc
 from opskit.restore import post_data, restore
+from opskit.restore.result import RestoreResult
 from tests.databases import content_hashes, dsn_for, local_config, run_sql, schema_dump
 
 SCHEMA = """
@@ -69,14 +70,18 @@ def first_load_of(dbname: str, table: str) -> int:
     return int(row[0])
 
 
+def restored_with_two_jobs(pg_database: str, tmp_path: Path, make_context: Any, sql: str) -> RestoreResult:
+    """Run ``sql`` in the database, back it up, restore it with ``--jobs 2``; return the RestoreResult."""
+    run_sql(pg_database, sql)
+    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
+    backup.run(ctx, target="app")
+    return restore.run(ctx, target="app", jobs=2)
+
+
 def test_a_loaded_table_s_indexes_are_built_before_the_last_table_loads_and_the_database_is_reproduced(
     pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None
 ) -> None:
-    run_sql(pg_database, SCHEMA)
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
-
-    restored = restore.run(ctx, target="app", jobs=2)
+    restored = restored_with_two_jobs(pg_database, tmp_path, make_context, SCHEMA)
 
     assert restored.route == "loader" and restored.ok, restored.mismatches
     # a_first's three builds run one after another (two are constraints), beside m_middle's rows.
@@ -206,11 +211,7 @@ CREATE INDEX b_slow_waits ON b_slow (waits_for_fk(id));
 def test_a_foreign_key_is_built_as_soon_as_its_key_is_and_not_after_another_table_s_long_build(
     pg_database: str, tmp_path: Path, make_context: Any, small_blocks: None
 ) -> None:
-    run_sql(pg_database, WAITS_FOR_THE_FOREIGN_KEY)
-    ctx = make_context(local_config(pg_database, tmp_path / "backups"))
-    backup.run(ctx, target="app")
-
-    restored = restore.run(ctx, target="app", jobs=2)
+    restored = restored_with_two_jobs(pg_database, tmp_path, make_context, WAITS_FOR_THE_FOREIGN_KEY)
 
     assert restored.route == "loader" and restored.ok, restored.mismatches
     assert schema_dump(restored.database) == schema_dump(pg_database)
