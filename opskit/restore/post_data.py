@@ -99,11 +99,6 @@ def early_entries(toc: ArchiveToc) -> dict[bytes, list[TocEntry]]:
     return early
 
 
-def depends_on(entries: Iterable[TocEntry], ids: set[int], toc: ArchiveToc) -> set[int]:
-    """Return the dump ids of ``entries`` that depend on one of ``ids``, directly or through other entries."""
-    return {dump_id for dump_id, reached in needed(entries, ids, toc).items() if reached}
-
-
 def needed(entries: Iterable[TocEntry], ids: set[int], toc: ArchiveToc) -> dict[int, frozenset[int]]:
     """Return, per dump id of ``entries``, which of ``ids`` it depends on, directly or through other entries."""
     by_id = {entry.dump_id: entry for entry in toc.entries}
@@ -224,7 +219,8 @@ class PostDataBuilder:
                 self._raise_failure()
                 ready = self._ready(waiting, needs)
                 jobs = max(1, self.jobs - self._running)
-            waiting = [e for e in waiting if e not in ready]
+            taken = {e.dump_id for e in ready}
+            waiting = [e for e in waiting if e.dump_id not in taken]
             with self._holding(jobs):
                 self._run(ready, jobs)
         with self._cond:

@@ -154,7 +154,9 @@ def test_what_depends_on_an_early_build_waits_for_it(pg_database: str, tmp_path:
     early_ids = {entry.dump_id for entries in post_data.early_entries(toc).values() for entry in entries}
     rest = [e for e in toc.entries if e.section == "post-data" and e.dump_id not in early_ids]
 
-    waiting = {e.desc + " " + e.tag for e in rest if e.dump_id in post_data.depends_on(rest, early_ids, toc)}
+    needs = post_data.needed(rest, early_ids, toc)
+
+    waiting = {e.desc + " " + e.tag for e in rest if needs[e.dump_id]}
 
     assert "FK CONSTRAINT z_last z_last_a_id_fkey" in waiting
     assert "COMMENT INDEX a_first_key" in waiting
