@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -87,11 +88,16 @@ def run_pitr(
     click.echo(
         f"restored base backup {result.manifest.id} into '{result.pgdata}', set to recover to {result.target.describe()}"
     )
+    if result.note is not None:
+        click.echo(result.note)
     if result.started:
         reached = format_time(result.last_transaction_time) if result.last_transaction_time else "no transaction"
         click.echo(
             f"recovery reached LSN {result.replay_lsn} (last transaction {reached}), timeline {result.timeline}; "
-            f"the server runs on 127.0.0.1:{result.port} (stop it with: pg_ctl -D {result.pgdata} stop)"
+            f"the server runs on 127.0.0.1:{result.port} (stop it with: pg_ctl -D {shlex.quote(result.pgdata)} stop)"
         )
     else:
-        click.echo(f"start it with: pg_ctl -D {result.pgdata} start (recovery runs, then the server promotes)")
+        click.echo(
+            f"start it with: pg_ctl -D {shlex.quote(result.pgdata)} start (recovery runs, then the server promotes)"
+        )
+    click.echo(pitr.ARCHIVING_OFF)

@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import click
 
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
+from opskit.core.errors import OpskitError
+from opskit.core.redaction import redact_text
+
+F = TypeVar("F", bound=Callable[..., Any])
+ABORT_EXIT_BASE = 128  # = opskit.wal.archive.ABORT_EXIT_BASE, not imported: --help must not load the archive code
+
+
+def abort_recovery_on_error(func: F) -> F:
+    """Make ``wal fetch`` exit 128 + the error's code on every failure, so PostgreSQL aborts recovery.
+
+    The one error line is printed as every verb prints it; ``sys.exit(1)`` (the file is not
+    archived) and Ctrl-C (130) pass through unchanged. Wraps the config load too: a broken
+    config must not read as the end of the archive.
+    """
+
+    # PostgreSQL aborts recovery when restore_command exits above 125 (or dies by a signal); any
+    # other non-zero exit means "not archived": recovery ends there and the server promotes
+    # (https://www.postgresql.org/docs/current/continuous-archiving.html#BACKUP-PITR-RECOVERY).
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OpskitError as exc:
+            click.echo(f"opskit: error: {redact_text(exc.one_line())}", err=True)
+            sys.exit(ABORT_EXIT_BASE + exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            click.echo(f"opskit: unexpected error: {type(exc).__name__}: {redact_text(str(exc))}", err=True)
+            sys.exit(ABORT_EXIT_BASE + 1)
+
+    return cast(F, wrapper)
 
 
 @click.group("wal")
@@ -38,16 +73,26 @@ def wal_push(app: AppContext, path: str, target: str | None, as_json: bool) -> N
 @click.argument("name")
 @click.argument("destination")
 @click.option("--target", "-t", help="Target whose archive holds the file (default: the default target).")
+@click.option(
+    "--storage",
+    "-s",
+    help="Storage to read the WAL from (default: the target's primary; restore --pitr --storage writes it here).",
+)
+@abort_recovery_on_error
 @pass_app
-def wal_fetch(app: AppContext, name: str, destination: str, target: str | None) -> None:
+def wal_fetch(app: AppContext, name: str, destination: str, target: str | None, storage: str | None) -> None:
     """Restore the archived WAL file NAME to DESTINATION: restore_command = 'opskit wal fetch %f %p'.
 
-    Exits 1 without a message when the archive has no such file, as PostgreSQL expects at
-    the end of the archive.
+    Exits 1 without a message only when the archive has no such file, as PostgreSQL expects
+    at the end of the archive. Any other failure prints one error line and exits 128 + its
+    opskit code, above 125 so that PostgreSQL aborts the recovery instead of ending it there
+    and promoting: 130 configuration error, 131 storage unreachable or refusing us, 132 the
+    fetch failed (no age identity fits, storage error, pg_wal not writable), 133 a corrupt
+    object (sha256 mismatch, not zstd), 129 an unexpected error.
     """
     from opskit.wal import archive
 
-    if not archive.fetch(app, name, destination, target=target):
+    if not archive.fetch(app, name, destination, target=target, storage=storage):
         sys.exit(1)
 
 

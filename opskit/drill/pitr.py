@@ -13,9 +13,11 @@ Order of work, and why:
    it (the WAL comes from the archive, so pg_wal is empty). A failure is a failed check.
 5. ``replay``: recovery settings (``archive_mode = off``: the scratch server never writes to
    the archive it reads), the server of the backup's major on a free loopback port, wait for
-   the promotion. When the archive holds no transaction after the moment, PostgreSQL stops
-   with "recovery ended before configured recovery target was reached"; the state at the
-   moment is then the archive's end, so the drill recovers to it and says so.
+   the promotion (:func:`opskit.restore.pitr.recover`). When the archive holds no transaction
+   after the moment, PostgreSQL stops with "recovery ended before configured recovery target
+   was reached"; the state at the moment is then the archive's end, so the drill recovers to
+   it and says so, but only when the replay reached the newest segment the archive held
+   (a gap or a segment the fetch refused fails the drill, exit 5).
 6. ``verify``: recovery reached the target; ``pg_amcheck --all --install-missing`` (heap and
    btree of every database); the logical drill's checks that apply to a physical copy
    (invalid indexes, unvalidated constraints, sequences, failed migrations, smoke queries).
@@ -37,6 +39,7 @@ import shlex
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +53,7 @@ from opskit.catalog import Check, Manifest
 from opskit.config.drill import DrillSettings
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import ConfigError, OpskitError, RestoreFailed, UnreachableError
+from opskit.core.errors import ConfigError, OpskitError, UnreachableError
 from opskit.core.execute import run as run_command
 from opskit.core.log import get_logger
 from opskit.drill import checks, finish
@@ -61,14 +64,14 @@ from opskit.restore import pitr
 from opskit.restore.pitr import PitrResult, PitrWindow, RecoveryTarget
 from opskit.restore.reader import open_backup
 from opskit.storage.base import Storage
-from opskit.wal import layout
+from opskit.wal import archive, layout
 
 log = get_logger(__name__)
 
 SCRATCH = "scratch server"  # the report's staging target: no configured target is touched
 BACKUP_MANIFEST = "backup_manifest"
-NOT_REACHED = "recovery ended before configured recovery target was reached"
-RECOVERY_LOG = "opskit-recovery.log"  # the scratch server's log (pg_ctl -l), in its data directory
+NOT_REACHED = pitr.NOT_REACHED
+RECOVERY_LOG = pitr.RECOVERY_LOG  # the scratch server's log (pg_ctl -l), in its data directory
 # PostgreSQL's line for where a targeted recovery stopped (xlogrecovery.c, recoveryStopsBefore and
 # recoveryStopsAfter); the time is timestamptz_to_str's, e.g. "2026-12-02 04:54:49.04304+00".
 STOPPING = re.compile(
@@ -122,6 +125,8 @@ def run(
     if manifest is None:  # the window starts at the oldest base backup: only a race gets here
         raise ConfigError(f"target '{source.name}' has no base backup consistent before {recovery.describe()}")
     pitr.check_wal_archived(store, source.name, manifest)
+    # Listed before the server starts: what the replay must reach (a gap or a refused segment fails it).
+    chain = pitr.archived_chain(ctx, source.name, source.primary_storage, manifest)
     command = pitr.restore_command(ctx, source, opskit_command)
     drill_id = catalog.new_backup_id(started_at)
     result = DrillReport(
@@ -150,7 +155,7 @@ def run(
     log.info("pitr drill started", target=source.name, drill_id=drill_id, backup_id=manifest.id, to=recovery.describe())
     scratch = _scratch_root(scratch_dir or settings.scratch_dir, source.name)
     pgdata = scratch / "pgdata"
-    drill = _Drill(ctx, settings, source, store, manifest, recovery, window, result, clock, pgdata, backups)
+    drill = _Drill(ctx, settings, source, store, manifest, recovery, window, result, clock, pgdata, backups, chain)
     try:
         drill.recover(command, before_verify)
     finally:
@@ -176,17 +181,18 @@ def _moment(window: PitrWindow, to_time: datetime | None, random_time: bool) -> 
     """Return the moment to recover to (None: the archive's end). Raises ConfigError for one outside the window."""
     if random_time:
         return window.start + (window.end - window.start) * random.random()
-    if to_time is not None and not window.contains(to_time):
-        raise ConfigError(
-            f"--to-time {catalog.format_time(to_time)} is outside the PITR window ({window.describe()})",
-            hint="pick a moment inside it (see 'opskit status'), or use --random-time",
-        )
+    hint = "pick a moment inside it (see 'opskit status'), or use --random-time"
+    pitr.check_reachable(RecoveryTarget(time=to_time), window, layout.DEFAULT_SEGMENT_SIZE, hint)
     return to_time
 
 
 def _scratch_root(parent: str | Path | None, target: str) -> Path:
-    """Return a new directory for the scratch server, which the server's user may enter."""
+    """Return a new directory for the scratch server, which the server's user may enter.
+
+    Raises ConfigError (2) when ``parent`` holds a character pg_ctl cannot pass to the server.
+    """
     if parent is not None:
+        pitr.check_server_path(Path(parent).resolve(), "--scratch-dir")
         Path(parent).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"opskit-pitr-drill-{target}-", dir=parent))
     pitr.give_to_server_user(root)  # mkdtemp's 0700 directory is root's: postgres could not reach pgdata
@@ -209,11 +215,13 @@ class _Drill:
         clock: PhaseClock,
         pgdata: Path,
         backups: list[Manifest],
+        chain: pitr.ArchivedChain,
     ) -> None:
         self.ctx, self.settings, self.source, self.store = ctx, settings, source, store
         self.backups = backups  # every backup of the target: the size check compares with the base ones
         self.manifest, self.recovery, self.window = manifest, recovery, window
         self.result, self.clock, self.pgdata = result, clock, pgdata
+        self.chain = chain
         self.server = PitrResult(manifest=manifest, pgdata=str(pgdata), target=recovery)
         self.reader: threading.Thread | None = None  # the WAL read-ahead, gone once the server stops
 
@@ -312,27 +320,17 @@ class _Drill:
         return True
 
     def _start_and_wait(self) -> None:
-        """Start the scratch server and wait for the promotion; past the archive's last transaction, retarget to its end."""
+        """Start the scratch server and wait for the promotion (:func:`opskit.restore.pitr.recover`).
+
+        Past the archive's last transaction it recovers to the archive's end, the same state,
+        and says so in a warning; a replay that stopped short of the archive raises.
+        """
+        self.reader = pitr.start_read_ahead(self.ctx, self.source, self.manifest, self.pgdata)
         try:
-            self.reader = pitr.start_read_ahead(self.ctx, self.source, self.manifest, self.pgdata)
-            pitr.start_server(self.ctx, self.source, self.manifest, self.pgdata, self.server)
-            pitr.wait_for_recovery(self.source, self.pgdata, self.server)
-            return
-        except RestoreFailed:
-            if self.recovery.time is None or not _recovery_log_says(self.pgdata, NOT_REACHED):
-                raise
-        # No commit after the moment is archived: nothing changed between the last one and it,
-        # so the state at the moment is the archive's end. Recovery resumes from its last
-        # restartpoint, with the target removed (a later setting overrides an earlier one).
-        self.result.warnings.append(
-            f"the archive holds no transaction after {self.recovery.describe()}: recovered to its end, the same state"
-        )
-        with open(self.pgdata / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
-            conf.write("# opskit drill: no transaction after the moment is archived; recover to the end\n")
-            conf.write("recovery_target_time = ''\n")
-        self.server.started = False
-        pitr.start_server(self.ctx, self.source, self.manifest, self.pgdata, self.server)
-        pitr.wait_for_recovery(self.source, self.pgdata, self.server)
+            pitr.recover(self.ctx, self.source, self.manifest, self.pgdata, self.server, self.chain)
+        finally:
+            if self.server.note is not None:
+                self.result.warnings.append(f"{self.server.note}, the same state")
 
     # ------------------------------------------------------------------ checks after recovery
 
@@ -399,6 +397,7 @@ class _Drill:
 
     def clean_up(self, scratch: Path, keep: bool) -> None:
         """Stop the scratch server and remove its directory, unless kept; record what was done."""
+        pitr.release_directory(self.pgdata)  # the extract's lock: a daemon runs many drills in one process
         failed = not self.result.passed
         if keep or (failed and self.settings.keep_on_failure):
             self.result.cleanup = self._kept(scratch, "--keep" if keep else "keep_on_failure: a check failed")
@@ -414,6 +413,8 @@ class _Drill:
             return
         if self.reader is not None:
             self.reader.join(pitr.READER_EXIT_SECONDS)  # it leaves when the server is gone: no write into rmtree
+        # A reader a fetch left behind (another process) leaves too, and takes its directory with it.
+        _wait_gone(self.pgdata / "pg_wal" / archive.PREFETCH_DIR, pitr.READER_EXIT_SECONDS)
         shutil.rmtree(scratch, ignore_errors=True)
         self.result.cleanup = {"action": "removed", "pgdata": str(self.pgdata), "port": self.server.port}
 
@@ -517,8 +518,11 @@ def _recovery_log(pgdata: Path) -> str:
         return ""
 
 
-def _recovery_log_says(pgdata: Path, text: str) -> bool:
-    return text in _recovery_log(pgdata)
+def _wait_gone(path: Path, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``path`` to disappear."""
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _tail(output: bytes) -> str:

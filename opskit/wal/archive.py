@@ -67,6 +67,10 @@ log = get_logger(__name__)
 PREFETCH_SEGMENTS = 8
 PREFETCH_THREADS = 4
 PREFETCH_DIR = "opskit-prefetch"
+# ``wal fetch`` exits 128 + its opskit code on any failure but "not archived" (exit 1): PostgreSQL
+# aborts recovery when restore_command exits above 125, and takes any lower code for the end of
+# the archive, ending recovery there and promoting (cli/wal.py, restore/pitr.py read it back).
+ABORT_EXIT_BASE = 128
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,14 @@ class PushResult:
         }
 
 
-def archive_storage(ctx: AppContext, target: TargetConfig) -> Storage:
-    """Return the storage WAL of ``target`` is archived to: its primary storage."""
-    return ctx.storage(target.primary_storage)
+def archive_storage(ctx: AppContext, target: TargetConfig, storage: str | None = None) -> Storage:
+    """Return the storage WAL of ``target`` is read from: ``storage`` when named, else its primary storage.
+
+    ``wal push`` always archives to the primary; ``wal fetch --storage`` (the restore_command
+    of ``restore --pitr --storage``) reads the storage the base backup came from, e.g. an
+    offsite copy. Raises ConfigError for an unknown storage name.
+    """
+    return ctx.storage(storage or target.primary_storage)
 
 
 def run(ctx: AppContext, path: str, target: str | None = None) -> PushResult:
@@ -172,7 +181,12 @@ def read_hash_record(storage: Storage, target: str, name: str) -> dict[str, Any]
 
 
 def fetch(
-    ctx: AppContext, name: str, destination: str, target: str | None = None, prefetch: int = PREFETCH_SEGMENTS
+    ctx: AppContext,
+    name: str,
+    destination: str,
+    target: str | None = None,
+    prefetch: int = PREFETCH_SEGMENTS,
+    storage: str | None = None,
 ) -> bool:
     """Restore the archived WAL file ``name`` (``%f``) to ``destination`` (``%p``); return False when absent.
 
@@ -181,8 +195,11 @@ def fetch(
     background reader when it is reading it. After a segment from the archive, the next
     ones are read ahead: by a background reader while the data directory recovers
     (``opskit.wal.readahead``), else the next ``prefetch`` ones at once (module docstring).
+    ``storage`` names the storage to read, the read-ahead's too (default: the target's primary).
     Raises RestoreFailed (4) when it is encrypted and no identity fits, VerificationFailed (5)
-    when its bytes differ from the recorded sha256, StorageError on storage failures.
+    when its bytes differ from the recorded sha256, StorageError on storage failures: only a
+    file the archive lacks returns False, since ``wal fetch`` turns every raise into an exit
+    above 125 (``ABORT_EXIT_BASE``) that aborts the recovery instead of ending it early.
     """
     target_config = ctx.target(target)
     dest = Path(destination)
@@ -198,7 +215,7 @@ def fetch(
             return False
         if _take_prefetched(spool, name, dest):
             return True
-    data = archived_wal(ctx, archive_storage(ctx, target_config), target_config.name, name)
+    data = archived_wal(ctx, archive_storage(ctx, target_config, storage), target_config.name, name)
     reader = readahead.reader_state(spool)
     if data is None:
         if reader is None:
@@ -212,8 +229,8 @@ def fetch(
         return True
     if reader is not None:
         readahead.restart_at(spool, name)  # asked for a segment outside its plan: another timeline
-    elif not (readahead.recovering(spool) and _start_reader(ctx, target_config, name, len(data), spool)):
-        _prefetch(ctx, target_config.name, name, len(data), spool, prefetch)
+    elif not (readahead.recovering(spool) and _start_reader(ctx, target_config, name, len(data), spool, storage)):
+        _prefetch(ctx, target_config.name, name, len(data), spool, prefetch, storage)
     return True
 
 
@@ -233,17 +250,19 @@ def archived_wal(ctx: AppContext, storage: Storage, target: str, name: str) -> b
     return data
 
 
-def _start_reader(ctx: AppContext, target: TargetConfig, name: str, segment_size: int, spool: Path) -> bool:
-    """Leave the background reader of ``spool`` behind, reading after segment ``name``; return whether it started."""
+def _start_reader(
+    ctx: AppContext, target: TargetConfig, name: str, segment_size: int, spool: Path, storage: str | None = None
+) -> bool:
+    """Leave the background reader of ``spool`` behind, reading ``storage`` after segment ``name``; return whether it started."""
     if segment_size <= 0 or segment_size & (segment_size - 1):
         return False
 
     def make_read() -> readahead.ReadWal:
         # In the reader process: a storage client of its own, nothing shared across the fork.
-        storage = open_storage(ctx.storage_config(target.primary_storage))
+        store = open_storage(ctx.storage_config(storage or target.primary_storage))
 
         def read(wal: str) -> bytes | None:
-            return archived_wal(ctx, storage, target.name, wal)
+            return archived_wal(ctx, store, target.name, wal)
 
         return read
 
@@ -296,8 +315,10 @@ def _take_prefetched(spool: Path, name: str, dest: Path) -> bool:
     return True
 
 
-def _prefetch(ctx: AppContext, target: str, name: str, segment_size: int, spool: Path, count: int) -> None:
-    """Read ahead the ``count`` segments after segment ``name`` into ``spool``, stopping at the first absent one.
+def _prefetch(
+    ctx: AppContext, target: str, name: str, segment_size: int, spool: Path, count: int, storage: str | None = None
+) -> None:
+    """Read ahead the ``count`` segments after segment ``name`` of ``storage`` into ``spool``, stopping at the first absent one.
 
     Best effort: a failure here only costs the later fetch a round trip (it reads the
     segment itself and reports the error then).
@@ -308,11 +329,11 @@ def _prefetch(ctx: AppContext, target: str, name: str, segment_size: int, spool:
     if not wanted:
         return
     target_config = ctx.target(target)
-    storage = archive_storage(ctx, target_config)
+    store = archive_storage(ctx, target_config, storage)
 
     def read(segment: str) -> bytes | None:
         try:
-            return read_wal(ctx, storage, target_config.name, segment)
+            return read_wal(ctx, store, target_config.name, segment)
         except (OpskitError, OSError) as exc:  # read-ahead is an optimisation; the real fetch reports it
             log.debug("wal read-ahead failed", wal=segment, error=str(exc))
             return None

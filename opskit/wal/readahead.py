@@ -24,8 +24,13 @@ What the reader promises:
 - one reader per directory (``.reader`` holds its pid and the segments it is reading); a
   fetch outside its plan (another timeline) re-anchors it (``.restart``);
 - it exits, and removes the directory, when recovery has ended (the signal file is gone
-  and the control file says "in production"), when nothing was taken for ``IDLE_SECONDS``,
-  or when the directory disappears.
+  and the control file says "in production"), when the server it served stopped (a recovery
+  aborted on a file the fetch refused), when nothing was taken for ``IDLE_SECONDS``, or when
+  the directory disappears;
+- a read that fails (a corrupt, undecryptable or unreadable file) stops it and removes the
+  directory: it never marks such a file absent, so the server's next request runs the fetch,
+  which fails loudly (exit above 125) and aborts the recovery. Only a file the archive lacks
+  gets a ``.absent`` marker.
 """
 
 from __future__ import annotations
@@ -229,12 +234,13 @@ class Reader:
         self.last_taken = time.monotonic()
         self.first_batch = threading.Event()
         self.thread: threading.Thread | None = None
+        self.server_seen = False  # postmaster.pid was there: its going means the server stopped
 
     def run(self) -> None:
         """Keep the window full until recovery ends or nothing is taken for a while; then remove the directory."""
         try:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
-                while self.spool.is_dir() and recovering(self.spool):
+                while self.spool.is_dir() and recovering(self.spool) and not self._server_stopped():
                     self._notice_taken()
                     if time.monotonic() - self.last_taken > IDLE_SECONDS:
                         break
@@ -251,6 +257,16 @@ class Reader:
         finally:
             self.first_batch.set()
             shutil.rmtree(self.spool, ignore_errors=True)
+
+    def _server_stopped(self) -> bool:
+        """Return whether the server this reader serves has stopped: it was seen running and its pid file is gone.
+
+        A reader started before the server (``start_thread``) waits for it; one whose
+        server aborted recovery must not outlive it (the data directory is left to the operator).
+        """
+        running = (self.spool.parent.parent / "postmaster.pid").exists()
+        self.server_seen = self.server_seen or running
+        return self.server_seen and not running
 
     def publish(self, reading: list[str]) -> None:
         """Write the state file: this process's pid and the segments it is reading."""

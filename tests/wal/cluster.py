@@ -13,6 +13,7 @@ built for that ABI).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -275,3 +276,95 @@ def age_key() -> Iterator[AgeKey]:
         yield AgeKey(identity, path)
     finally:
         shutil.rmtree(key_dir, ignore_errors=True)
+
+
+@dataclass
+class ArchivedHistory:
+    """An archive written by a stopped cluster: a base backup, then ``segments`` each holding 2 marker rows.
+
+    ``quiet_moment`` lies after the last commit and before a restore point and the last
+    segment switch: inside the PITR window, with no transaction after it. ``rows`` is how
+    many markers the cluster had when it stopped.
+    """
+
+    cluster: ArchivingCluster
+    segments: list[str]
+    quiet_moment: Any
+    rows: int
+
+    def copy(self, root: Path) -> ArchivingCluster:
+        """Return the cluster seen through a copy of its archive under ``root`` (damage the copy, not this one)."""
+        archive_dir = root / "archive"
+        shutil.copytree(self.cluster.archive_dir, archive_dir)
+        (root / "state").mkdir()
+        config_path = root / "opskit.toml"
+        config_path.write_text(config_text(self.cluster.dsn(), archive_dir, root / "state"))
+        give_to_postgres(root)
+        return dataclasses.replace(
+            self.cluster, root=root, config_path=config_path, archive_dir=archive_dir, running=False
+        )
+
+
+def write_history(cluster: ArchivingCluster, segments: int = 4) -> ArchivedHistory:
+    """Take a base backup of ``cluster``, archive ``segments`` segments of 2 markers each and a quiet end; stop it."""
+    with cluster.connect() as conn:
+        conn.execute("CREATE TABLE markers (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    backup = cluster.opskit("backup", "now", "--kind", "base")
+    assert backup.returncode == 0, backup.stderr
+    names = []
+    for _ in range(segments):
+        with cluster.connect() as conn:
+            conn.execute("INSERT INTO markers DEFAULT VALUES")
+            conn.execute("INSERT INTO markers DEFAULT VALUES")
+        names.append(cluster.switch_wal())
+        cluster.wait_archived(names[-1])
+    time.sleep(0.3)
+    with cluster.connect() as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        time.sleep(0.3)
+        conn.execute("SELECT pg_create_restore_point('quiet')")  # WAL after the moment, but no transaction
+    names.append(cluster.switch_wal())
+    cluster.wait_archived(names[-1])
+    cluster.stop()
+    return ArchivedHistory(cluster, names, row[0], 2 * segments)
+
+
+@pytest.fixture(scope="session")
+def archived_history() -> Iterator[ArchivedHistory]:
+    """Yield one ArchivedHistory for the session (built once: each test damages a copy of its archive)."""
+    cluster = start_archiving_cluster()
+    try:
+        yield write_history(cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture
+def history_copy(archived_history: ArchivedHistory) -> Iterator[ArchivingCluster]:
+    """Yield the session's history seen through a fresh copy of its archive; servers started in it are stopped after."""
+    root = Path(tempfile.mkdtemp(prefix="opskit-pitr-copy-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    copy = archived_history.copy(root)
+    try:
+        yield copy
+    finally:
+        for pid_file in root.rglob("postmaster.pid"):
+            subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    f"{copy.bin_dir}/pg_ctl",
+                    "-D",
+                    str(pid_file.parent),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
+                capture_output=True,
+                check=False,
+            )
+        shutil.rmtree(root, ignore_errors=True)

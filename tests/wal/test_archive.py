@@ -104,6 +104,34 @@ def test_fetch_of_a_file_the_archive_lacks_exits_1_without_a_word(tmp_path: Path
     assert not (tmp_path / "RECOVERYHISTORY").exists()
 
 
+def test_fetch_of_a_corrupt_object_exits_above_125_with_one_error_line_so_recovery_aborts(
+    tmp_path: Path, segment_bytes: bytes
+) -> None:
+    config = write_config(tmp_path)
+    assert opskit(config, "wal", "push", str(wal_file(tmp_path, segment_bytes))).returncode == 0
+    stored = tmp_path / "archive" / "app" / "wal" / f"{SEGMENT}.zst"
+    damaged = bytearray(stored.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    stored.write_bytes(bytes(damaged))
+
+    result = opskit(config, "wal", "fetch", SEGMENT, str(tmp_path / "RECOVERYXLOG"))
+
+    assert result.returncode == 128 + 5, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("opskit: error:")]
+    assert len(errors) == 1 and f"archived WAL file {SEGMENT}" in errors[0], result.stderr
+    assert not (tmp_path / "RECOVERYXLOG").exists()
+
+
+def test_fetch_with_a_broken_config_exits_above_125_not_as_a_missing_file(tmp_path: Path) -> None:
+    config = tmp_path / "opskit.toml"
+    config.write_text("[targets.app\n", encoding="utf-8")
+
+    result = opskit(config, "wal", "fetch", SEGMENT, str(tmp_path / "RECOVERYXLOG"))
+
+    assert result.returncode == 128 + 2, result.stderr
+    assert result.stderr.startswith("opskit: error:")
+
+
 def test_fetch_writes_to_a_path_relative_to_the_data_directory_as_postgres_passes_it(
     tmp_path: Path, segment_bytes: bytes
 ) -> None:
@@ -139,7 +167,7 @@ def test_encrypted_wal_is_stored_as_age_and_fetched_back_only_with_the_identity(
     assert stored.read_bytes().startswith(b"age-encryption.org/v1")
     assert fetched.returncode == 0, fetched.stderr
     assert (tmp_path / "RECOVERYXLOG").read_bytes() == segment_bytes
-    assert without_identity.returncode == 4
+    assert without_identity.returncode == 128 + 4  # above 125: PostgreSQL aborts recovery
     assert f"archived WAL file {SEGMENT} is encrypted; no identity is configured" in without_identity.stderr
 
 

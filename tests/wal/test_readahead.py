@@ -195,3 +195,38 @@ def test_a_fetch_on_another_timeline_moves_the_reader_there(recovery: Recovery) 
     assert first.returncode == 0 and second.returncode == 0
     assert recovery.restored() == switched[1]
     assert not (recovery.spool / segment(FIRST + 1)).exists()  # timeline 1's read-ahead dropped
+
+
+def test_a_corrupt_segment_ahead_is_never_marked_absent_and_its_fetch_exits_above_125(recovery: Recovery) -> None:
+    for number in range(FIRST, FIRST + 3):
+        recovery.archive(segment(number))
+    stored = recovery.tmp_path / "archive" / "app" / "wal" / f"{segment(FIRST + 1)}.zst"
+    damaged = bytearray(stored.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    stored.write_bytes(bytes(damaged))
+    assert recovery.restore(segment(FIRST)).returncode == 0
+
+    # The reader stops at the segment it cannot read (its directory goes), marking nothing.
+    wait_until(lambda: not recovery.spool.exists(), "the reader to stop at the corrupt segment")
+    refused = recovery.restore(segment(FIRST + 1))
+
+    assert refused.returncode == 128 + 5, refused.stderr  # PostgreSQL aborts recovery instead of promoting
+    assert f"archived WAL file {segment(FIRST + 1)}" in refused.stderr
+    assert recovery.restored() == recovery.contents[segment(FIRST)]  # nothing written in its place
+
+
+def test_the_reader_leaves_when_the_server_it_served_stops_in_the_middle_of_recovery(recovery: Recovery) -> None:
+    for number in range(FIRST, FIRST + 3):
+        recovery.archive(segment(number))
+    pid_file = recovery.data_dir / "postmaster.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert recovery.restore(segment(FIRST)).returncode == 0
+    wait_until(lambda: recovery.reader_pid() is not None, "the reader's state file")
+    pid = recovery.reader_pid()
+    assert pid is not None
+
+    pid_file.unlink()  # the server aborted recovery: recovery.signal stays, nothing will ask again
+
+    wait_until(lambda: not recovery.spool.exists(), "the reader to remove its directory", timeout=5)
+    wait_until(lambda: not alive(pid), "the reader to exit", timeout=5)
+    assert (recovery.data_dir / "recovery.signal").exists()
