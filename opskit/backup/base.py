@@ -18,6 +18,14 @@ Order of work, as for a logical backup (:mod:`opskit.backup.backup`):
 With ``-X none`` the WAL comes from the archive (``opskit wal push`` as archive_command, or
 ``opskit wal stream``): the server's stop of the backup waits until the last segment it
 needs is archived, so a committed base backup is restorable as soon as it is listed.
+
+That wait has no end of its own while archive_command fails, and pg_basebackup prints nothing
+during it. A watcher (:class:`ArchiveWait`) polls the backup's walsender on the run's regular
+connection (``wait_event = 'BackupWaitWalArchive'``) and says so on stderr every 30 s, with
+``pg_stat_archiver``'s figures; after ``wal.archive_wait_timeout`` (default 10 min) it ends the
+walsender, pg_basebackup exits, and the run fails with exit 4, nothing committed. Any
+walsender of the run still there when it fails (a kill, a cancel) is ended too: a walsender
+waiting for the archive does not notice its client is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import contextlib
 import io
 import json
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -33,6 +42,7 @@ from typing import Any
 
 import psycopg
 import zstandard
+from psycopg.conninfo import make_conninfo
 
 from opskit import __version__, catalog
 from opskit.backup import stream
@@ -40,9 +50,11 @@ from opskit.backup.backup import BackupResult, lock_key
 from opskit.backup.tarscan import TarMemberCapture
 from opskit.catalog import Manifest, backup_prefix, new_backup_id, write_manifest
 from opskit.config.model import TargetConfig
+from opskit.config.wal import WalSettings
 from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, ConfigError, LockHeld
 from opskit.core.log import get_logger
+from opskit.core.units import format_duration
 from opskit.pg import commands, connection, locks, tools
 from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
 from opskit.storage.base import Storage, join_key
@@ -54,6 +66,8 @@ KIND = "base"
 TAR_ARTIFACT = "db"  # the name every backup's main artifact has (the catalog requires one)
 BACKUP_MANIFEST_ARTIFACT = "backup_manifest"
 _LABEL_RE = re.compile(r"^START (WAL LOCATION|TIME|TIMELINE): (.*?)\s*$", re.MULTILINE)
+WAIT_POLL_SECONDS = 1.0  # how often the watcher looks at the walsender (one small query)
+WAIT_SAY_SECONDS = 30.0  # how often a wait for the archive is said on stderr
 
 
 def tar_key(target: str, backup_id: str, encrypted: bool) -> str:
@@ -76,7 +90,8 @@ def run(
 
     Raises ConfigError (2) for a cluster with several tablespaces, UnreachableError (3) in
     preflight, LockHeld (7) when another backup of the target runs, BackupFailed (4) when
-    pg_basebackup or the upload fails (nothing is left visible).
+    pg_basebackup or the upload fails, or the server has not archived the backup's last WAL
+    segment within ``wal.archive_wait_timeout`` (nothing is left visible).
     """
     target_config = ctx.target(target)
     started = time.monotonic()
@@ -99,7 +114,7 @@ def run(
         with catalog.locked(storage, target_config.name, "backup", clock=ctx.clock, backup_id=backup_id):
             try:
                 manifest = _stream_and_commit(
-                    ctx, target_config, storage, tool, server, segment_size, backup_id, started_at, labels, extra
+                    ctx, conn, target_config, storage, tool, server, segment_size, backup_id, started_at, labels, extra
                 )
             except BaseException:
                 stream.remove_partial_backup(storage, target_config.name, backup_id)
@@ -145,6 +160,7 @@ def _preflight(conn: psycopg.Connection[Any], target: TargetConfig) -> int:
 
 def _stream_and_commit(
     ctx: AppContext,
+    conn: psycopg.Connection[Any],
     target: TargetConfig,
     storage: Storage,
     tool: tools.Tool,
@@ -158,11 +174,23 @@ def _stream_and_commit(
     recipients = ctx.config.encryption.recipients
     encrypted = bool(recipients)
     encryption = {"format": "age", "recipients": [recipient_fingerprint(r) for r in recipients]} if recipients else None
-    argv = commands.pg_basebackup_argv(tool, target)
+    application_name = f"opskit base backup {backup_id}"  # finds the run's walsender in pg_stat_activity
+    argv = with_application_name(commands.pg_basebackup_argv(tool, target), application_name)
     key = tar_key(target.name, backup_id, encrypted)
     phase_start = time.monotonic()
-    with connection.password_env(target, ctx.state_dir) as env:
-        stored, captured = _store_tar(ctx, target, storage, argv, env, key)
+    timeout = (ctx.config.wal or WalSettings()).archive_wait_timeout.total_seconds()
+    with connection.password_env(target, ctx.state_dir) as env, ArchiveWait(conn, application_name, timeout) as wait:
+        try:
+            stored, captured = _store_tar(ctx, target, storage, argv, env, key)
+        except BackupFailed as exc:
+            if wait.timed_out:
+                raise BackupFailed(
+                    f"the server did not archive WAL segment {wait.segment} within {format_duration(timeout)} "
+                    f"(wal.archive_wait_timeout): {wait.cause}",
+                    hint="nothing was committed; fix archive_command (pg_stat_archiver, the server log) and run "
+                    "the backup again; raise wal.archive_wait_timeout if archiving is only slow",
+                ) from exc
+            raise
     stop_time = ctx.clock()
     seconds = time.monotonic() - phase_start
     if BACKUP_MANIFEST_ARTIFACT not in captured or "backup_label" not in captured:
@@ -219,6 +247,125 @@ def _stream_and_commit(
     catalog.check_artifacts_stored(storage, manifest)
     write_manifest(storage, manifest)
     return manifest
+
+
+def with_application_name(argv: list[str], application_name: str) -> list[str]:
+    """Return ``argv`` with ``application_name`` set in its ``--dbname=`` conninfo (a DSN's own one is replaced)."""
+    prefix = "--dbname="
+    return [
+        prefix + make_conninfo(arg[len(prefix) :], application_name=application_name) if arg.startswith(prefix) else arg
+        for arg in argv
+    ]
+
+
+_WALSENDER = """
+SELECT pid, wait_event = 'BackupWaitWalArchive'
+FROM pg_stat_activity WHERE backend_type = 'walsender' AND application_name = %s
+"""
+_ARCHIVER = """
+SELECT failed_count, last_failed_wal, last_failed_time, last_archived_wal, last_archived_time,
+       coalesce(last_failed_time > last_archived_time OR (last_failed_time IS NOT NULL AND last_archived_time IS NULL),
+                false)
+FROM pg_stat_archiver
+"""
+
+
+class ArchiveWait:
+    """While pg_basebackup runs: say when its walsender waits for the archive, end it past ``timeout`` seconds.
+
+    A context manager around the run of pg_basebackup (application name ``application_name``),
+    polling on ``conn`` (the run's regular session, idle meanwhile; psycopg serialises the two
+    threads' use) every ``WAIT_POLL_SECONDS``. Afterwards ``timed_out`` says whether it ended
+    the walsender for the timeout, ``segment`` and ``cause`` say what the server was waiting
+    for and why. On the way out of a failed run, a walsender of the run still there is ended.
+    Server errors in the watcher are logged once and end the watching, never the backup.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], application_name: str, timeout: float) -> None:
+        self.conn = conn
+        self.application_name = application_name
+        self.timeout = timeout
+        self.timed_out = False
+        self.segment: str | None = None
+        self.cause = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="opskit-archive-wait", daemon=True)
+
+    def __enter__(self) -> ArchiveWait:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+        if exc_type is not None:
+            self._end_walsender()
+
+    def _watch(self) -> None:
+        """Poll until the run ends; see the class docstring."""
+        waiting_since: float | None = None
+        said_at = 0.0
+        try:
+            while not self._done.wait(WAIT_POLL_SECONDS):
+                row = self.conn.execute(_WALSENDER, (self.application_name,)).fetchone()
+                if row is None or not row[1]:
+                    continue
+                now = time.monotonic()
+                if waiting_since is None:
+                    waiting_since = now
+                    self.segment = self._current_segment()
+                failing = self._read_archiver()
+                # A healthy archive_command answers in seconds: say nothing unless it fails or it takes long.
+                if (failing or now - waiting_since >= WAIT_SAY_SECONDS) and now - said_at >= WAIT_SAY_SECONDS:
+                    log.warning(
+                        f"waiting for the server to archive WAL segment {self.segment}: {self.cause}; "
+                        "the base backup is usable only once it is archived",
+                        timeout_seconds=self.timeout,
+                    )
+                    said_at = now
+                if now - waiting_since >= self.timeout:
+                    self.timed_out = True
+                    self._end_walsender()
+                    return
+        except psycopg.Error as exc:
+            log.warning("cannot watch the base backup's wait for the archive", error=connection.libpq_reason(exc))
+
+    def _current_segment(self) -> str | None:
+        """Return the segment the backup's stop switched away from (the newest the server must archive)."""
+        # Read just after the stop's WAL switch: the write position is at the next segment's start, and
+        # pg_walfile_name() of a segment boundary names the segment before it.
+        row = self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        return str(row[0]) if row else None
+
+    def _read_archiver(self) -> bool:
+        """Set ``cause`` from pg_stat_archiver; return True when archive_command is failing."""
+        row = self.conn.execute(_ARCHIVER).fetchone()
+        if row is None:
+            return False
+        failures, failed_wal, failed_at, archived_wal, archived_at, failing = row
+        if failing:
+            self.cause = (
+                f"archive_command is failing (pg_stat_archiver: {failures} failures, last {failed_wal} "
+                f"at {catalog.format_time(failed_at)})"
+            )
+        else:
+            last = f"last archived {archived_wal} at {catalog.format_time(archived_at)}" if archived_wal else "none"
+            self.cause = f"archive_command has not archived it yet (pg_stat_archiver: {last})"
+        return bool(failing)
+
+    def _end_walsender(self) -> None:
+        """End the run's walsender if it is still there (logged; a failure only warned about)."""
+        try:
+            ended = self.conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE backend_type = 'walsender' AND application_name = %s",
+                (self.application_name,),
+            ).fetchall()
+        except psycopg.Error as exc:
+            log.warning("cannot end the base backup's walsender", error=connection.libpq_reason(exc))
+            return
+        for pid, _ok in ended:
+            log.info("ended the base backup's walsender", pid=pid)
 
 
 def base_facts(backup_label: bytes, backup_manifest: bytes, segment_size: int) -> dict[str, Any]:

@@ -1,10 +1,14 @@
 """How far the WAL archive trails the server, in bytes, read from the server in one query.
 
-- **slot lag**: ``pg_current_wal_lsn()`` minus the replication slot's ``restart_lsn``: the WAL
-  the server keeps for the streamer. A streamer that is stopped or cannot ship leaves the
-  slot behind and this grows until the server's disk fills, unless ``max_slot_wal_keep_size``
-  bounds it (the server then invalidates the slot instead; see README "Point-in-time recovery").
-  A physical slot has no ``confirmed_flush_lsn``: ``restart_lsn`` is what the server retains.
+- **slot lag**: ``pg_current_wal_lsn()`` minus the oldest ``restart_lsn`` of the streamer's
+  slots: the WAL the server keeps for the streamer. ``wal stream`` holds two physical slots,
+  ``<slot>`` (pg_receivewal's, at what reached the local spool) and ``<slot>_shipped`` (at the
+  end of the newest segment stored in the archive, :mod:`opskit.wal.stream`); the second one is
+  behind whenever the storage is, so the lag follows the slot that actually holds the WAL. A
+  streamer that is stopped or cannot ship leaves it behind and this grows until the server's
+  disk fills, unless ``max_slot_wal_keep_size`` bounds it (the server then invalidates the slot
+  instead; see README "Point-in-time recovery"). A physical slot has no ``confirmed_flush_lsn``:
+  ``restart_lsn`` is what the server retains.
 - **archive lag**: ``pg_current_wal_lsn()`` minus the end of the newest archived WAL: WAL
   written but not yet in the archive. With ``archive_command`` only whole segments are
   archived, so the lag runs from 0 to one segment (16 MiB) in normal operation. A running
@@ -25,6 +29,7 @@ from typing import Any
 import psycopg
 
 from opskit.config.model import TargetConfig
+from opskit.config.wal import shipped_slot
 from opskit.core.errors import UnreachableError
 from opskit.pg import connection
 from opskit.wal import layout
@@ -34,10 +39,13 @@ SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
 """
+# One row: whether pg_receivewal's slot exists and is held, and the lag of whichever of the two slots keeps more.
 _SLOT = """
-SELECT active,
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END
-FROM pg_replication_slots WHERE slot_name = %s
+SELECT count(*) FILTER (WHERE slot_name = %(slot)s) > 0,
+       bool_or(active) FILTER (WHERE slot_name = %(slot)s),
+       max(CASE WHEN pg_is_in_recovery() THEN NULL
+                ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END)
+FROM pg_replication_slots WHERE slot_name IN (%(slot)s, %(shipped)s)
 """
 
 
@@ -75,6 +83,8 @@ def read_lag(
 ) -> WalLag:
     """Return the lag of ``slot`` (None: no slot to read) and of the archive whose newest segment is ``newest_segment``.
 
+    The slot lag is that of ``slot`` or of its ``<slot>_shipped`` companion, whichever keeps more WAL.
+
     ``archived_end`` is the LSN just past the newest WAL archived when the caller knows it
     better than the newest whole segment (a streamer's shipped partial); the later of the two counts.
 
@@ -94,10 +104,10 @@ def read_lag(
         archive_lag = max(0, current - max(ends))
     if slot is None:
         return WalLag(current_lsn=current, archive_lag_bytes=archive_lag)
-    slot_row = conn.execute(_SLOT, (slot,)).fetchone()
-    if slot_row is None:
+    slot_row = conn.execute(_SLOT, {"slot": slot, "shipped": shipped_slot(slot)}).fetchone()
+    if slot_row is None or not slot_row[0]:
         return WalLag(current_lsn=current, slot=slot, archive_lag_bytes=archive_lag)
-    active, slot_lag = slot_row
+    _exists, active, slot_lag = slot_row
     return WalLag(
         current_lsn=current,
         slot=slot,

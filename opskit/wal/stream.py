@@ -8,9 +8,21 @@ spool. The segment being written (``<segment>.partial``) is shipped under
 whenever it has grown by ``wal.partial_bytes`` since it was last shipped (and no finished
 segment is waiting), so the RPO is bounded by that interval on a quiet server and by that
 many bytes on a busy one, not by the segment size. When the storage is
-unreachable, segments stay in the spool; past ``wal.max_spool`` the run stops with exit 4,
-and the slot keeps the server's WAL until streaming resumes (bound it on the server with
-``max_slot_wal_keep_size``).
+unreachable, segments stay in the spool; past ``wal.max_spool`` the run stops with exit 4.
+
+Two physical slots keep the server's WAL. pg_receivewal reports its local flush position, so
+its slot (``wal.slot``) moves as soon as WAL is in the spool, before it is stored: alone it
+would let the server recycle WAL that only the spool holds, and a lost spool (an evicted pod's
+emptyDir) would be a permanent gap. The second slot, ``<slot>_shipped``, is advanced with
+``pg_replication_slot_advance()`` only to the end of the newest segment stored in the archive
+(over the streamer's regular connection; the role needs REPLICATION, as pg_receivewal does).
+When the streamer starts on a spool that lacks the WAL from that point on (emptied, lost),
+it makes pg_receivewal start there (an empty ``<segment>.partial``, which pg_receivewal takes
+as its starting point), so the WAL is streamed again from the server and the archive has no
+gap. The server keeps that WAL until the storage answers again; bound it with
+``max_slot_wal_keep_size``. When the second slot cannot be created (``max_replication_slots``
+reached, no privilege), the streamer warns once and runs as before, the spool then being the
+only copy of WAL not yet stored.
 
 While it runs, the streamer publishes a :class:`StreamState` per target (spool size and
 limit, ship failures, whether the storage answered, the slot and archive lag polled every
@@ -20,11 +32,13 @@ limit, ship failures, whether the storage answered, the slot and archive lag pol
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +49,7 @@ from psycopg import sql
 from opskit.config.model import TargetConfig
 from opskit.config.wal import WalSettings
 from opskit.context import AppContext
-from opskit.core.errors import BackupFailed, OpskitError
+from opskit.core.errors import BackupFailed, OpskitError, UnreachableError
 from opskit.core.execute import spawn
 from opskit.core.log import get_logger
 from opskit.pg import commands, connection, tools
@@ -74,6 +88,8 @@ class StreamState:
     partial_name: str | None = None  # the partial segment last shipped ...
     partial_digest: bytes = b""  # ... with this content (sha1 of the file) ...
     partial_written: int = 0  # ... holding this many bytes of WAL (whole pages)
+    shipped_slot: str | None = None  # the slot advanced to what is stored (None: it could not be created)
+    slot_advanced_to: int | None = None  # the LSN that slot was last advanced to
 
 
 _LIVE: dict[str, StreamState] = {}
@@ -107,16 +123,27 @@ def run(ctx: AppContext, target: str | None = None) -> StreamResult:
     spool.mkdir(parents=True, exist_ok=True)
     with connection.connect(source, autocommit=True, application_name="opskit wal stream") as conn:
         server = connection.server_facts(conn)
-        _ensure_slot(conn, settings.slot)
         row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()
-    segment_size = int(row[0]) if row else layout.DEFAULT_SEGMENT_SIZE
-    remove_torn_partials(spool, segment_size)
+        segment_size = int(row[0]) if row else layout.DEFAULT_SEGMENT_SIZE
+        # pg_receivewal's slot first (without it nothing streams); the keeping slot is copied from it, so it
+        # starts where that one is (an upgraded streamer's), or is left out when no slot is free.
+        _ensure_slot(conn, settings.slot)
+        keeps = _ensure_shipped_slot(conn, settings.slot, settings.shipped_slot)
+        remove_torn_partials(spool, segment_size)
+        if keeps:
+            _start_where_stored(conn, settings.shipped_slot, spool, segment_size)
     bin_dir = source.pg_bin_dir or ctx.config.tools.pg_bin_dir
     tool = tools.find_tool("pg_receivewal", server.major, bin_dir)
     argv = commands.pg_receivewal_argv(tool, source, directory=str(spool), slot=settings.slot)
     result = StreamResult(target=source.name)
     state = StreamState(
-        source.name, settings.slot, spool, settings.max_spool, segment_size=segment_size, spool_bytes=spool_size(spool)
+        source.name,
+        settings.slot,
+        spool,
+        settings.max_spool,
+        segment_size=segment_size,
+        spool_bytes=spool_size(spool),
+        shipped_slot=settings.shipped_slot if keeps else None,
     )
     with _LIVE_LOCK:
         _LIVE[source.name] = state
@@ -138,6 +165,7 @@ def _stream(ctx: AppContext, argv: list[str], settings: WalSettings, state: Stre
     with (
         connection.password_env(source, ctx.state_dir) as env,
         spawn(argv, env=env, stdout=subprocess.DEVNULL) as child,
+        _advance_at_exit(source, state),
     ):
         while not ctx.cancel.is_set():
             shipped = _ship_completed(ctx, state)
@@ -199,6 +227,106 @@ def _ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
             if held is None or not held[0]:
                 return
             time.sleep(0.1)
+
+
+def _ensure_shipped_slot(conn: psycopg.Connection[Any], slot: str, shipped: str) -> bool:
+    """Create ``shipped``, the slot that keeps WAL until it is stored, unless it exists; return True when it does.
+
+    A copy of pg_receivewal's ``slot`` when that exists (an upgraded streamer: the new slot
+    starts where the old one is, not at the current position), else a new slot reserving WAL
+    now; one the server invalidated (``max_slot_wal_keep_size``) is made again. Returns
+    False, with one warning, when it cannot be made (``max_replication_slots`` reached, a
+    role without REPLICATION): the streamer then runs with pg_receivewal's slot alone.
+    """
+    row = conn.execute(
+        "SELECT restart_lsn IS NULL FROM pg_replication_slots WHERE slot_name = %s", (shipped,)
+    ).fetchone()
+    if row is not None and not row[0]:
+        return True
+    main = conn.execute(
+        "SELECT restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    ).fetchone()
+    try:
+        if row is not None:
+            # Invalidated: it keeps nothing any more. Made again, it keeps WAL from now on.
+            log.warning(
+                "wal stream: the slot that keeps unstored WAL was invalidated (max_slot_wal_keep_size); "
+                "WAL the server dropped is missing from the archive: take a new base backup",
+                slot=shipped,
+            )
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (shipped,))
+        copied = False
+        if main is not None and main[0]:
+            with contextlib.suppress(psycopg.Error):  # pg_copy_physical_replication_slot() is PostgreSQL 12+
+                conn.execute("SELECT pg_copy_physical_replication_slot(%s, %s)", (slot, shipped))
+                copied = True
+        if not copied:
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (shipped,))
+    except psycopg.Error as exc:
+        log.warning(
+            "wal stream: cannot create the slot that keeps WAL on the server until it is stored; "
+            "WAL in the spool that is not stored yet is lost with the spool",
+            slot=shipped,
+            error=connection.libpq_reason(exc),
+        )
+        return False
+    log.info("wal stream: created the slot that keeps WAL until it is stored", slot=shipped)
+    return True
+
+
+def _start_where_stored(conn: psycopg.Connection[Any], shipped: str, spool: Path, segment_size: int) -> str | None:
+    """Make pg_receivewal start at the WAL not stored yet when the spool lacks it; return the marker's name or None.
+
+    Reads ``shipped``'s ``restart_lsn`` (the end of the newest stored segment) and the
+    server's timeline; :func:`prepare_spool` decides. On a standby (no current timeline to
+    read) nothing is done, with a warning.
+    """
+    row = conn.execute(
+        "SELECT restart_lsn::text, CASE WHEN pg_is_in_recovery() THEN NULL "
+        "ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END "
+        "FROM pg_replication_slots WHERE slot_name = %s",
+        (shipped,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    if row[1] is None:
+        log.warning("wal stream: the server is a standby; a lost spool is not streamed again", slot=shipped)
+        return None
+    return prepare_spool(spool, layout.parse_lsn(row[0]), int(row[1], 16), segment_size)
+
+
+def prepare_spool(spool: Path, stored_end: int, timeline: int, segment_size: int) -> str | None:
+    """Make pg_receivewal's next start cover the WAL from ``stored_end`` on; return the marker written, or None.
+
+    pg_receivewal starts at the newest WAL file of its directory, and only when there is none
+    at its slot (PostgreSQL 15+) or at the server's current position: after the spool is
+    lost, that skips the WAL spooled but not stored. When the spool holds no WAL file of the
+    segment holding ``stored_end`` or an earlier one, its WAL files are removed (the server
+    still has them: the keeping slot is at ``stored_end``) and an empty ``<segment>.partial``
+    of that segment on ``timeline`` is written, which pg_receivewal pads and fills from its start.
+    """
+    start = stored_end // segment_size
+    files = [p for p in spool.iterdir() if _spool_segment(p.name) is not None]
+    numbers = [layout.segment_number(_spool_segment(p.name) or "", segment_size)[1] for p in files]
+    if numbers and min(numbers) <= start:
+        return None
+    for path in files:
+        path.unlink(missing_ok=True)
+    marker = layout.segment_name(timeline, start * segment_size, segment_size) + ".partial"
+    (spool / marker).touch()
+    log.warning(
+        "wal stream: the spool lacks WAL not stored yet; streaming it again from the server",
+        start=layout.format_lsn(start * segment_size),
+        wal=marker,
+        removed=len(files),
+    )
+    return marker
+
+
+def _spool_segment(name: str) -> str | None:
+    """Return the segment name of a spool file (``<segment>`` or ``<segment>.partial``), or None."""
+    base = name.removesuffix(".partial")
+    return base if layout.is_segment_name(base) else None
 
 
 def _ship_completed(ctx: AppContext, state: StreamState) -> int:
@@ -263,6 +391,11 @@ def _ship_partial(ctx: AppContext, state: StreamState) -> int:
         digest = hashlib.sha1(data, usedforsecurity=False).digest()  # ~10 ms for 16 MiB: only to skip a re-store
         if path.name == state.partial_name and digest == state.partial_digest:
             return 0
+        written = partial.written_bytes(io.BytesIO(data), len(data))
+        if not written:
+            # Empty or only padded (the start marker of a spool streamed again): storing it would overwrite a
+            # shipped partial of the same segment that holds WAL.
+            return 0
         compress_and_store(
             io.BytesIO(data),
             archive.archive_storage(ctx, ctx.target(state.target)),
@@ -275,7 +408,6 @@ def _ship_partial(ctx: AppContext, state: StreamState) -> int:
     except OpskitError as exc:
         _ship_failed(state, path.name, exc)
         return 0
-    written = partial.written_bytes(io.BytesIO(data), len(data))
     _shipped(state, None)
     with _LIVE_LOCK:
         state.partial_name, state.partial_digest, state.partial_written = path.name, digest, written
@@ -308,19 +440,67 @@ def _ship_failed(state: StreamState, name: str, exc: OpskitError) -> None:
 
 
 def _poll_lag(source: TargetConfig, state: StreamState) -> None:
-    """Read the slot lag and archive lag from the server into ``state``; a failure is logged, never raised.
+    """Advance the keeping slot to what is stored, read the slot and archive lag into ``state``; log failures, never raise.
 
     The streamer must keep shipping while the server is briefly away (pg_receivewal reconnects
-    on its own terms); the lag is then unknown until the next poll.
+    on its own terms); the lag is then unknown, and the slot stays where it was (keeping more
+    WAL, never less), until the next poll.
     """
     try:
+        _advance_shipped_slot(source, state)
         found = lag.server_lag(source, state.slot, state.newest_shipped, archived_end=state.archived_end)
     except OpskitError as exc:
-        log.warning("wal stream: cannot read the slot lag", slot=state.slot, error=exc.one_line())
+        log.warning("wal stream: cannot advance the slot or read the slot lag", slot=state.slot, error=exc.one_line())
         found = lag.WalLag(current_lsn=None)
     with _LIVE_LOCK:
         state.slot_lag_bytes = found.slot_lag_bytes
         state.archive_lag_bytes = found.archive_lag_bytes
+
+
+def _advance_shipped_slot(source: TargetConfig, state: StreamState) -> None:
+    """Move ``state.shipped_slot`` to the end of the newest segment this run stored; a no-op when it is there.
+
+    Only whole segments count: a lost spool is streamed again from a segment's start (a
+    shipped partial is overwritten by the whole segment). Segments are stored in order and a
+    failure stops the round, so everything before that end is in the archive. The slot is
+    never moved back (the WHERE clause; pg_replication_slot_advance refuses to). Raises
+    UnreachableError (3) when the server cannot be reached or refuses.
+    """
+    if state.shipped_slot is None or state.newest_shipped is None:
+        return
+    end = lag.segment_end(state.newest_shipped, state.segment_size)
+    if state.slot_advanced_to is not None and end <= state.slot_advanced_to:
+        return
+    with connection.connect(source, autocommit=True, application_name="opskit wal stream") as conn:
+        try:
+            conn.execute(
+                "SELECT pg_replication_slot_advance(slot_name, %(end)s::pg_lsn) FROM pg_replication_slots "
+                "WHERE slot_name = %(slot)s AND restart_lsn < %(end)s::pg_lsn",
+                {"slot": state.shipped_slot, "end": layout.format_lsn(end)},
+            )
+        except psycopg.Error as exc:
+            raise UnreachableError(
+                f"cannot advance the slot '{state.shipped_slot}' of target '{source.name}': "
+                f"{connection.libpq_reason(exc)}",
+                hint="the server keeps the WAL meanwhile; the next poll tries again",
+            ) from exc
+    state.slot_advanced_to = end
+
+
+@contextlib.contextmanager
+def _advance_at_exit(source: TargetConfig, state: StreamState) -> Iterator[None]:
+    """On the way out of a run, advance the keeping slot past what was stored since the last poll (best effort).
+
+    Lets the server recycle that WAL now rather than at the next run's first poll; a failure
+    is logged only (the slot then keeps more WAL, never less).
+    """
+    try:
+        yield
+    finally:
+        try:
+            _advance_shipped_slot(source, state)
+        except OpskitError as exc:
+            log.warning("wal stream: cannot advance the slot", slot=state.shipped_slot, error=exc.one_line())
 
 
 def _check_spool(state: StreamState) -> None:
@@ -333,7 +513,12 @@ def _check_spool(state: StreamState) -> None:
         raise BackupFailed(
             f"the WAL spool '{state.spool}' holds {size} bytes, over wal.max_spool ({state.spool_limit}): "
             f"the storage is not keeping up{cause}",
-            hint="fix the storage (the replication slot keeps the server's WAL meanwhile) and start the stream again",
+            hint=(
+                f"fix the storage (the slot '{state.shipped_slot}' keeps the server's WAL meanwhile) "
+                "and start the stream again"
+                if state.shipped_slot
+                else "fix the storage and start the stream again; keep the spool: it alone holds that WAL"
+            ),
         )
 
 
