@@ -3,6 +3,12 @@
 A copy is committed the same way as a backup: artifacts first, each checked against the
 manifest's stored sha256 before it is committed, the manifest last. Copying is idempotent:
 a backup whose manifest already exists on the destination is skipped.
+
+A base backup is useless without its WAL, so the archived WAL a destination's base backups
+need (:mod:`opskit.wal.replicate`) is copied too, before the base backups' manifests: a
+base backup committed on a secondary has the WAL from its ``wal_start`` on, as far as the
+primary had archived it. ``opskit copy`` copies the WAL first, then the backups; the copy
+right after ``backup now --kind base`` copies that backup's WAL before its manifest.
 """
 
 from __future__ import annotations
@@ -17,25 +23,38 @@ from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
 from opskit.pipeline import HashingReader, pump
 from opskit.storage.base import ServerSideCopy, Storage
+from opskit.wal.replicate import WalCopyResult, copy_wal
 
 log = get_logger(__name__)
 
 
-def copy_backup(ctx: AppContext, manifest: Manifest, source: Storage, dest: Storage) -> None:
+def copy_backup(ctx: AppContext, manifest: Manifest, source: Storage, dest: Storage, wal: bool = True) -> None:
     """Copy one backup's artifacts, then its manifest, from ``source`` to ``dest``.
 
-    Uses a server-side copy when both storages support it. Raises CopyFailed (4) when an
-    artifact's bytes do not match the manifest or a storage fails; nothing is committed
+    With ``wal`` (the copy after a backup), a base backup's archived WAL goes first
+    (:func:`opskit.wal.replicate.copy_wal`); ``opskit copy`` copies WAL once per storage
+    itself. Uses a server-side copy when both storages support it. Raises VerificationFailed
+    (5) when an artifact's bytes (or a WAL file's) do not match their records (the source is
+    corrupt: a retry cannot help), CopyFailed (4) when a storage fails; nothing is committed
     on ``dest`` as a backup unless every artifact arrived intact.
     """
     try:
         # A shared lock on the destination: its prune waits (exit 7) instead of sweeping the
-        # artifacts this copy committed before its manifest.
+        # artifacts this copy committed before its manifest, or the WAL it is copying.
         with locked(dest, manifest.target, "copy", clock=ctx.clock, backup_id=manifest.id):
+            if wal and manifest.kind == "base":
+                copy_wal(ctx, manifest.target, source, dest, [*list_backups(dest, manifest.target), manifest])
             _copy_objects(ctx, manifest, source, dest)
     except OpskitError as exc:
         if isinstance(exc, LockHeld) or exc.exit_code == UnreachableError.exit_code:
             raise  # the report counts lock conflicts and unreachable stores apart (their own exit codes)
+        if isinstance(exc, VerificationFailed):
+            # The source's bytes are wrong: copying again copies the same bytes, so say what helps (exit 5).
+            raise VerificationFailed(
+                f"copy of backup {manifest.id} to storage '{dest.name}' failed: {exc.message}",
+                hint=exc.hint
+                or f"run 'opskit backup verify {manifest.id} --target {manifest.target} --storage {source.name}'",
+            ) from exc
         raise CopyFailed(
             f"copy of backup {manifest.id} to storage '{dest.name}' failed: {exc.message}",
             hint="it is retried by the next 'opskit copy'",
@@ -84,17 +103,22 @@ class CopyReport:
 
     copied: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, backup id)
     skipped: int = 0
+    wal: list[tuple[str, str, WalCopyResult]] = field(default_factory=list)  # (target, storage, WAL copied)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, error)
     locked: list[LockHeld] = field(default_factory=list)  # the failures that were lock conflicts
     unreachable: int = 0  # how many failures were a storage that could not be reached
+    corrupt: list[VerificationFailed] = field(default_factory=list)  # the failures that were a corrupt source
 
     @property
     def exit_code(self) -> int:
-        """Return 0 without failures, 7 when all were lock conflicts, 3 when all were unreachable, else 4."""
+        """Return 0 without failures, 7 when all were lock conflicts, 3 when all were unreachable,
+        5 when all were a corrupt source, else 4."""
         if not self.failed:
             return 0
         if len(self.locked) == len(self.failed):
             return LockHeld.exit_code
+        if len(self.corrupt) == len(self.failed):
+            return VerificationFailed.exit_code
         if self.unreachable == len(self.failed):
             return UnreachableError.exit_code
         return CopyFailed.exit_code
@@ -103,7 +127,8 @@ class CopyReport:
         """Raise for the failed copies, with the code they share (core/errors.py's rule).
 
         LockHeld (7) when every failure was a lock conflict, UnreachableError (3) when every one
-        was an unreachable storage, else CopyFailed (4) naming every copy that failed.
+        was an unreachable storage, VerificationFailed (5) when every one was a corrupt source
+        (its hint: verify the source), else CopyFailed (4) naming every copy that failed.
         """
         code = self.exit_code
         if code == LockHeld.exit_code:
@@ -111,6 +136,8 @@ class CopyReport:
         if code == 0:
             return
         message = "copy failed: " + "; ".join(f"target '{t}' to '{s}': {e}" for t, s, e in self.failed)
+        if code == VerificationFailed.exit_code:
+            raise VerificationFailed(message, hint=self.corrupt[0].hint)
         if code == UnreachableError.exit_code:
             raise UnreachableError(
                 message, hint="fix the network, the credentials or the URL, then run 'opskit copy' again"
@@ -144,20 +171,40 @@ def run(
             report.unreachable += exc.exit_code == UnreachableError.exit_code
             continue
         for dest_name in secondaries:
-            try:
-                dest = ctx.storage(dest_name)
-                for manifest in reversed(backups):  # oldest first: a partial run still helps
-                    if dest.exists(manifest_key(name, manifest.id)):
-                        report.skipped += 1
-                        continue
-                    if ctx.dry_run:
-                        report.copied.append((name, dest_name, manifest.id))
-                        continue
-                    copy_backup(ctx, manifest, primary, dest)
-                    report.copied.append((name, dest_name, manifest.id))
-            except OpskitError as exc:
-                report.failed.append((name, dest_name, exc.one_line()))
-                if isinstance(exc, LockHeld):
-                    report.locked.append(exc)
-                report.unreachable += exc.exit_code == UnreachableError.exit_code
+            _copy_to(ctx, report, name, primary, backups, dest_name)
     return report
+
+
+def _copy_to(
+    ctx: AppContext, report: CopyReport, target: str, primary: Storage, backups: list[Manifest], dest_name: str
+) -> None:
+    """Copy the WAL, then every backup ``dest_name`` lacks, of ``target``; record the outcome in ``report``."""
+    try:
+        dest = ctx.storage(dest_name)
+        missing = []
+        for manifest in reversed(backups):  # oldest first: a partial run still helps
+            if dest.exists(manifest_key(target, manifest.id)):
+                report.skipped += 1
+            else:
+                missing.append(manifest)
+        # The WAL first, for the backups the destination will hold: a base backup's manifest
+        # is never there before the WAL that makes it consistent.
+        will_hold = [*list_backups(dest, target), *missing]
+        if ctx.dry_run:
+            wal = copy_wal(ctx, target, primary, dest, will_hold, dry_run=True)
+        else:
+            with locked(dest, target, "copy", clock=ctx.clock):
+                wal = copy_wal(ctx, target, primary, dest, will_hold)
+        if wal.copied or wal.present:
+            report.wal.append((target, dest_name, wal))
+        for manifest in missing:
+            if not ctx.dry_run:
+                copy_backup(ctx, manifest, primary, dest, wal=False)
+            report.copied.append((target, dest_name, manifest.id))
+    except OpskitError as exc:
+        report.failed.append((target, dest_name, exc.one_line()))
+        if isinstance(exc, LockHeld):
+            report.locked.append(exc)
+        if isinstance(exc, VerificationFailed):
+            report.corrupt.append(exc)
+        report.unreachable += exc.exit_code == UnreachableError.exit_code

@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import UTC, timedelta
+from typing import TYPE_CHECKING
 
 import click
 
 from opskit.cli.render import echo_json
 from opskit.context import AppContext
 from opskit.core.units import parse_duration
+
+if TYPE_CHECKING:
+    from opskit.plan.retention import Plan
 
 
 def register(group: click.Group) -> None:
@@ -84,17 +88,20 @@ def _render(report: object, as_json: bool) -> None:
             rows = [
                 (
                     d.id,
+                    d.kind,
                     f"{d.snapshot_time.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
                     "keep" if d.keep else "DELETE",
                     ", ".join(d.reasons) or "-",
                 )
                 for d in result.plan.decisions
             ]
-            _table(("ID", "SNAPSHOT (UTC)", "ACTION", "REASONS"), rows)
+            _table(("ID", "KIND", "SNAPSHOT (UTC)", "ACTION", "REASONS"), rows)
         for bad in result.bad_manifests:
             click.echo(f"unreadable manifest left alone: {bad}")
         for refused in result.locked:
             click.echo(f"kept, the storage refused the delete: {refused}")
+        if result.plan is not None and len(result.plan.kinds) > 1:
+            click.echo(f"by kind: {_per_kind(result.plan, result.deleted, verb)}")
         kept = len(result.plan.kept) if result.plan else 0
         summary = (
             f"{result.target}/{result.storage}: kept {kept}, {verb} {len(result.deleted)}, "
@@ -106,6 +113,16 @@ def _render(report: object, as_json: bool) -> None:
         click.echo(summary)
     for name, why in sorted(report.skipped.items()):
         click.echo(f"{name}: skipped, {why}")
+
+
+def _per_kind(plan: Plan, deleted: Sequence[str], verb: str) -> str:
+    """Return ``base kept 2, deleted 1; logical kept 2, deleted 0``: the plan's counts of each kind."""
+    kinds = {d.id: d.kind for d in plan.decisions}
+    return "; ".join(
+        f"{kind} kept {sum(1 for d in plan.kept if d.kind == kind)}, "
+        f"{verb} {sum(1 for i in deleted if kinds.get(i) == kind)}"
+        for kind in plan.kinds
+    )
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

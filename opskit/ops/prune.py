@@ -1,7 +1,8 @@
 """``opskit prune``: apply each target's retention policy to each of its storages.
 
 For every (target, storage): list the complete backups, read pins and the newest passing
-verification, ``retention.plan()`` them, delete what the plan says (manifest first, so a
+verification of each kind, ``retention.plan()`` them (the rules apply to logical dumps and
+base backups apart; a plan that would delete every backup of one kind is refused), delete what the plan says (manifest first, so a
 half-deleted backup is never listed as complete, then the rest of its objects), and sweep
 leftovers of failed runs older than the grace period: objects under ``<target>/<id>/``
 with no manifest, and incomplete uploads of storages implementing ``IncompleteUploads``
@@ -182,11 +183,24 @@ def run(
         names = "; ".join(f"{r.target} in {r.storage}: {r.error}" for r in report.failures)
         raise PruneFailed(
             f"prune failed for {len(report.failures)} target/storage pair(s): {names}",
-            hint="fix the cause and run prune again; the other targets and storages were pruned",
+            hint=_failure_hint(report),
             report=report,
             unreachable=all(r.unreachable for r in report.failures),  # core/errors.py's rule: then exit 3
         )
     return report
+
+
+def _failure_hint(report: PruneReport) -> str:
+    """Return what to do after failed pairs: a full volume says what prune itself needs to run."""
+    if any("no space left on device" in (r.error or "") for r in report.failures):
+        # Prune writes a lock of a few hundred bytes before it deletes anything: on a volume with
+        # no byte left it cannot start, so the operator has to free that much first.
+        hint = "the volume is full and prune cannot write its lock (under 1 KiB); free a little space on it and run prune again"
+    else:
+        hint = "fix the cause and run prune again"
+    if len(report.results) > len(report.failures):
+        hint += "; the other targets and storages were pruned"
+    return hint
 
 
 def _prune_one(
@@ -242,34 +256,27 @@ def _plan_and_delete(
     for item in bad:
         log.warning("unreadable manifest left alone", backup_id=item.backup_id, error=item.error)
     keys = [info.key for info in store.list(f"{target}/")]
-    # A future-dated backup cannot be the "newest verified" floor: its age is unknown.
-    verified = catalog.newest_verified_id(store, target, timeline.present(backups, now))
+    verified = _newest_verified_per_kind(store, target, backups, now)
     result.plan = retention.plan(
-        backups,
-        policy,
-        now,
-        pinned=catalog.pinned_ids(store, target, keys),
-        verified=frozenset({verified}) if verified else frozenset(),
+        backups, policy, now, pinned=catalog.pinned_ids(store, target, keys), verified=verified
     )
     locked = _locked_until(store, target, [d.id for d in result.plan.deleted], keys)
     if locked:
         result.plan = retention.plan(
-            backups,
-            policy,
-            now,
-            pinned=catalog.pinned_ids(store, target, keys),
-            verified=frozenset({verified}) if verified else frozenset(),
-            locked=locked,
+            backups, policy, now, pinned=catalog.pinned_ids(store, target, keys), verified=verified, locked=locked
         )
     doomed = [d.id for d in result.plan.deleted]
-    if result.plan.deletes_every_present_backup:
-        # The plan's min_keep and "newest verified" rules should make this impossible; refuse anyway.
-        # A future-dated backup is kept but does not count: it cannot stand in for the last real one.
+    for kind in result.plan.emptied_kinds:
+        # The plan's min_keep and "newest verified" rules (per kind) should make this impossible;
+        # refuse anyway. A future-dated backup is kept but does not count: it cannot stand in for
+        # the last real one. The last base backup is what every archived WAL segment replays onto.
+        count = sum(1 for d in result.plan.deleted if d.kind == kind)
+        what = "base backups (point-in-time recovery would be lost)" if kind == "base" else f"{kind} backups"
         raise BackupFailed(
-            f"the plan would delete all {len(doomed)} backups of '{target}' in storage '{store.name}' "
+            f"the plan would delete all {count} {what} of '{target}' in storage '{store.name}' "
             "that are not future-dated; "
-            "refusing to delete the last good backup",
-            hint="check the retention policy (min_keep >= 1) and the clock",
+            "refusing to delete the last good backup of a kind",
+            hint="check the retention policy (min_keep >= 1 keeps one of each kind) and the clock",
         )
     by_id = {m.id: m for m in backups}
     for backup_id in doomed:
@@ -290,6 +297,22 @@ def _plan_and_delete(
                 log.warning("the storage refused to delete an immutable object: kept", backup_id=backup_id)
                 continue
         result.deleted.append(backup_id)
+
+
+def _newest_verified_per_kind(
+    store: Storage, target: str, backups: list[catalog.Manifest], now: datetime
+) -> frozenset[str]:
+    """Return the id of the newest backup of each kind whose latest verification passed (the per-kind floor).
+
+    A future-dated backup cannot be the "newest verified" floor: its age is unknown. Raises StorageError.
+    """
+    present = timeline.present(backups, now)
+    found = set()
+    for kind in sorted({m.kind for m in present}):
+        verified = catalog.newest_verified_id(store, target, [m for m in present if m.kind == kind])
+        if verified:
+            found.add(verified)
+    return frozenset(found)
 
 
 def _locked_until(store: Storage, target: str, backup_ids: list[str], keys: list[str]) -> dict[str, datetime]:

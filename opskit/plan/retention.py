@@ -17,6 +17,13 @@ every reason, following restic's ``forget`` (``internal/restic/snapshot_policy.g
 - Always kept: the ``min_keep`` newest backups, every pinned backup, and the newest backup
   that passed a verification or a drill.
 
+Every rule applies to each backup kind (``logical`` dumps, ``base`` backups) on its own, as
+pgBackRest keeps its full and differential backups under their own counts: ``keep_last 2``
+keeps the 2 newest dumps and the 2 newest base backups, ``min_keep`` and "newest verified"
+hold per kind. Counted together, a run of dumps would push every base backup out and lose
+point-in-time recovery without a word (:attr:`Plan.emptied_kinds` is the floor that catches
+a policy that would still do it). A backup without a ``kind`` attribute is ``logical``.
+
 Future-dated backups (snapshot time more than ``timeline.CLOCK_SKEW`` after ``now``, i.e.
 taken by a host whose clock was ahead) are always kept, reason ``"future-dated"``, and take
 no part in the rules: their age is unknown, so deleting them could lose the newest data,
@@ -49,8 +56,11 @@ NEWEST_VERIFIED = "newest verified"
 IMMUTABLE = "immutable until"
 
 
+LOGICAL = "logical"
+
+
 class Backup(Protocol):
-    """What the planner needs of a backup: an id and an aware snapshot time (a Manifest fits)."""
+    """What the planner needs of a backup: an id and an aware snapshot time (a Manifest fits; its ``kind`` is read too)."""
 
     @property
     def id(self) -> str: ...
@@ -67,11 +77,13 @@ class Decision:
     snapshot_time: datetime
     keep: bool
     reasons: tuple[str, ...]
+    kind: str = LOGICAL
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready form: id, snapshot_time (ISO, UTC), action, reasons."""
+        """Return the JSON-ready form: id, kind, snapshot_time (ISO, UTC), action, reasons."""
         return {
             "id": self.id,
+            "kind": self.kind,
             "snapshot_time": _iso_utc(self.snapshot_time),
             "action": "keep" if self.keep else "delete",
             "reasons": list(self.reasons),
@@ -97,22 +109,45 @@ class Plan:
         return tuple(d for d in self.decisions if not d.keep)
 
     @property
-    def deletes_every_present_backup(self) -> bool:
-        """Return True when the plan deletes every backup that is not future-dated (and there is one).
+    def kinds(self) -> tuple[str, ...]:
+        """Return the backup kinds the plan decides on, sorted."""
+        return tuple(sorted({d.kind for d in self.decisions}))
 
-        The "never delete everything" floor: a future-dated backup is kept but cannot stand
-        in for the last real one, since its age (and so whether it is usable) is unknown.
+    @property
+    def emptied_kinds(self) -> tuple[str, ...]:
+        """Return the kinds of which the plan deletes every backup that is not future-dated (sorted).
+
+        The "never delete everything" floor, per kind: the last base backup is what PITR
+        replays the archived WAL onto, the last dump what a logical restore needs; one kind
+        cannot stand in for the other. A future-dated backup is kept but cannot stand in for
+        the last real one either, since its age (and so whether it is usable) is unknown.
         """
-        present = [d for d in self.decisions if FUTURE not in d.reasons]
-        return bool(present) and not any(d.keep for d in present)
+        emptied = []
+        for kind in self.kinds:
+            present = [d for d in self.decisions if d.kind == kind and FUTURE not in d.reasons]
+            if present and not any(d.keep for d in present):
+                emptied.append(kind)
+        return tuple(emptied)
+
+    @property
+    def deletes_every_present_backup(self) -> bool:
+        """Return True when the plan deletes every present backup of some kind (see :attr:`emptied_kinds`)."""
+        return bool(self.emptied_kinds)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready plan: now, policy, decisions, counts."""
+        """Return the JSON-ready plan: now, policy, decisions (each with its kind), counts in all and per kind."""
         return {
             "now": _iso_utc(self.now),
             "policy": self.policy.to_dict(),
             "keep": len(self.kept),
             "delete": len(self.deleted),
+            "by_kind": {
+                kind: {
+                    "keep": sum(1 for d in self.kept if d.kind == kind),
+                    "delete": sum(1 for d in self.deleted if d.kind == kind),
+                }
+                for kind in self.kinds
+            },
             "decisions": [d.to_dict() for d in self.decisions],
         }
 
@@ -130,17 +165,42 @@ def plan(
 ) -> Plan:
     """Return the plan for ``backups`` under ``policy`` at ``now``: keep or delete each, with reasons.
 
-    ``pinned`` holds the ids of pinned backups, ``verified`` the ids that passed a
-    verification or a drill (only the newest of them is protected), ``locked`` the
-    retain-until date of immutable backups. Raises ValueError when ``now`` or a snapshot
-    time is naive (no time zone).
+    The rules apply to each kind of backup apart (module docstring). ``pinned`` holds the
+    ids of pinned backups, ``verified`` the ids that passed a verification or a drill (only
+    the newest of each kind is protected), ``locked`` the retain-until date of immutable
+    backups. Decisions are newest first across kinds. Raises ValueError when ``now`` or a
+    snapshot time is naive (no time zone).
     """
     if now.tzinfo is None:
         raise ValueError("plan() needs an aware 'now'")
-    zone = ZoneInfo(policy.timezone)
     ordered = sorted(backups, key=lambda b: (_aware(b).snapshot_time, b.id), reverse=True)
     reasons: dict[str, list[str]] = {b.id: [] for b in ordered}
+    for kind in sorted({kind_of(b) for b in ordered}):
+        same_kind = [b for b in ordered if kind_of(b) == kind]
+        _plan_kind(same_kind, policy, now, pinned, verified, locked or {}, reasons)
+    decisions = tuple(
+        Decision(b.id, b.snapshot_time, keep=bool(reasons[b.id]), reasons=tuple(reasons[b.id]), kind=kind_of(b))
+        for b in ordered
+    )
+    return Plan(policy=policy, now=now, decisions=decisions)
 
+
+def kind_of(backup: Backup) -> str:
+    """Return the kind of ``backup`` (``logical`` or ``base``); ``logical`` when it has none."""
+    return str(getattr(backup, "kind", LOGICAL) or LOGICAL)
+
+
+def _plan_kind(
+    ordered: list[Backup],
+    policy: RetentionPolicy,
+    now: datetime,
+    pinned: frozenset[str],
+    verified: frozenset[str],
+    locked: Mapping[str, datetime],
+    reasons: dict[str, list[str]],
+) -> None:
+    """Add the reasons every rule keeps each of ``ordered`` (one kind, newest first) to ``reasons``."""
+    zone = ZoneInfo(policy.timezone)
     future = timeline.future(ordered, now)
     past = timeline.present(ordered, now)
     for backup in future:
@@ -163,14 +223,9 @@ def plan(
     if newest_verified is not None:
         reasons[newest_verified.id].append(NEWEST_VERIFIED)
     for backup in ordered:
-        until = (locked or {}).get(backup.id)
+        until = locked.get(backup.id)
         if until is not None and until > now:
             reasons[backup.id].append(immutable_reason(until))
-
-    decisions = tuple(
-        Decision(b.id, b.snapshot_time, keep=bool(reasons[b.id]), reasons=tuple(reasons[b.id])) for b in ordered
-    )
-    return Plan(policy=policy, now=now, decisions=decisions)
 
 
 def immutable_reason(until: datetime) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat as stat_module
 from builtins import list as builtins_list
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,12 @@ def _storage_error(action: str, key: str, exc: OSError, name: str) -> StorageErr
             hint="free space on the backup volume or point the storage elsewhere; nothing was committed",
         )
     return StorageError(f"storage '{name}': {action} '{key}' failed: {exc.strerror or exc}")
+
+
+def _volume_full(exc: StorageError) -> bool:
+    """Return True when ``exc`` was raised for a full disk (ENOSPC), not a missing or read-only directory."""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno == errno.ENOSPC
 
 
 class LocalStorage:
@@ -138,15 +145,55 @@ class LocalStorage:
         with handle:
             yield handle
 
+    def _root_exists(self) -> bool:
+        """Return False when the root does not exist yet (an empty storage: writers create it).
+
+        Raises StorageError (unreachable, exit 3) when the root is there but is not a directory
+        (a file, or a path through a file) or cannot be read: that is a wrong URL or wrong
+        permissions, never "no backups".
+        """
+        try:
+            mode = self.root.stat().st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._root_error(exc.strerror or str(exc)) from exc
+        if not stat_module.S_ISDIR(mode):
+            raise self._root_error("not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise self._root_error("permission denied")
+        return True
+
+    def _root_error(self, why: str) -> StorageError:
+        return StorageError(
+            f"storage '{self.name}': its root {self.root} cannot be listed: {why}",
+            hint=f"point storages.{self.name}.url at a directory opskit may read and write",
+            unreachable=True,
+        )
+
+    def _walk_error(self, exc: OSError) -> None:
+        """os.walk's onerror: a directory that vanished meanwhile is skipped, any other error raises."""
+        if isinstance(exc, FileNotFoundError):
+            return
+        raise StorageError(
+            f"storage '{self.name}': cannot list {exc.filename}: {exc.strerror or exc}",
+            hint="check the permissions of the storage's directories",
+            unreachable=isinstance(exc, PermissionError),
+        ) from exc
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield every committed file under the root whose key starts with ``prefix``."""
-        if not self.root.is_dir():
+        """Yield every committed file under the root whose key starts with ``prefix``.
+
+        A root that does not exist yet lists nothing. Raises StorageError when the root is not a
+        directory or a directory under it cannot be read (exit 3 for permissions and a wrong root).
+        """
+        if not self._root_exists():
             return
         # Walk only the deepest directory the prefix names, not the whole tree.
         start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not start.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(start):
+        for dirpath, _dirnames, filenames in os.walk(start, onerror=self._walk_error):
             for filename in filenames:
                 path = Path(dirpath) / filename
                 if filename.startswith(TEMP_PREFIX):
@@ -182,9 +229,9 @@ class LocalStorage:
         """
         removed: builtins_list[str] = []
         emptied: set[Path] = set()
-        if not self.root.is_dir():
+        if not self._root_exists():
             return removed
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        for dirpath, _dirnames, filenames in os.walk(self.root, onerror=self._walk_error):
             for filename in filenames:
                 if not filename.startswith(TEMP_PREFIX):
                     continue
@@ -242,6 +289,8 @@ class LocalStorage:
         try:
             probe_round_trip(self)
         except StorageError as exc:
+            if _volume_full(exc):
+                raise  # exit 4 with its "free space" hint: the directory is fine, the disk is not
             raise UnreachableError(
                 f"storage '{self.name}' ({self.url}) is not writable: {exc.message}",
                 hint="fix the directory's permissions or free space",

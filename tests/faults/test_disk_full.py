@@ -72,3 +72,49 @@ def test_a_parallel_restore_of_tables_needs_no_spool_and_passes_through_a_tiny_v
     assert result.returncode == 0, result.stderr
     assert list(state.iterdir()) == []
     assert len(databases_like(database + "_restore_")) == 1
+
+
+def _fill(volume: Path) -> None:
+    """Write one file until the volume has no byte left."""
+    with open(volume / "filler", "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    # What the buffered writer could not flush is gone; the volume is full.
+
+
+def test_a_volume_full_before_the_backup_starts_exits_4_with_the_free_space_hint(
+    tmp_path: Path, database: str, tiny_tmpfs: Callable[[str], Path]
+) -> None:
+    volume = tiny_tmpfs("1m")
+    storage = StorageConfig(name="local", url=f"file://{volume / 'backups'}")
+    (volume / "backups").mkdir()
+    setup = write_setup(tmp_path, database, storage)
+    _fill(volume)
+
+    result = setup.run("backup", "now")
+
+    assert result.returncode == 4, result.stderr  # a full disk, not a directory to fix (3)
+    line = one_line_error(result.stderr)
+    assert "no space left on device" in line and "free space on the backup volume" in line
+
+
+def test_prune_on_a_full_volume_says_it_needs_room_for_its_lock_and_claims_no_other_pruning(
+    tmp_path: Path, database: str, tiny_tmpfs: Callable[[str], Path]
+) -> None:
+    volume = tiny_tmpfs("2m")
+    storage = StorageConfig(name="local", url=f"file://{volume / 'backups'}")
+    setup = write_setup(tmp_path, database, storage)
+    for _ in range(3):
+        assert setup.run("backup", "now").returncode == 0
+    _fill(volume)
+
+    result = setup.run("prune")
+
+    assert result.returncode == 4, result.stderr
+    line = one_line_error(result.stderr)
+    assert "prune cannot write its lock" in line and "free a little space" in line
+    assert "the other targets and storages were pruned" not in line

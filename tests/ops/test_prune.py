@@ -347,6 +347,7 @@ def test_the_prune_command_prints_the_plan_and_a_summary(tmp_path: Path) -> None
     assert document["results"][0]["deleted"] == [doomed.id]
     assert document["results"][0]["plan"]["decisions"][1] == {
         "id": doomed.id,
+        "kind": "logical",
         "snapshot_time": catalog.format_time(doomed.snapshot_time),
         "action": "delete",
         "reasons": [],
@@ -380,3 +381,19 @@ min_keep = 0
     assert "opskit: error: prune failed" in result.stderr
     assert "app in local" in result.stderr and "refusing to delete the last good backup" in result.stderr
     assert "app/local: kept 0, deleted 0" in result.stdout and "FAILED" in result.stdout
+
+
+def test_prune_refuses_to_delete_the_last_base_backup_however_many_dumps_it_keeps(local_storage: StorageConfig) -> None:
+    now = datetime.now(UTC)
+    ctx = make_context([local_storage], RetentionPolicy(keep_within=timedelta(days=1), min_keep=0))
+    store = ctx.storage(local_storage.name)
+    base = replace(store_backup(store, now - timedelta(days=3)), kind="base")
+    catalog.write_manifest(store, base)
+    dumps = [store_backup(store, now - timedelta(hours=h)) for h in (1, 2)]
+
+    with pytest.raises(prune.PruneFailed) as caught:
+        prune.run(ctx, target=TARGET)
+
+    assert caught.value.exit_code == 4
+    assert "would delete all 1 base backups (point-in-time recovery would be lost)" in caught.value.message
+    assert sorted(m.id for m in catalog.list_backups(store, TARGET)) == sorted([base.id, *(d.id for d in dumps)])

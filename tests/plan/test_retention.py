@@ -183,6 +183,7 @@ def test_the_plan_serializes_every_decision_for_json_output() -> None:
     assert result.to_dict()["decisions"] == [
         {
             "id": "2026-11-26T10:00",
+            "kind": "logical",
             "snapshot_time": "2026-11-26T10:00:00Z",
             "action": "keep",
             "reasons": ["last", "min_keep"],
@@ -287,3 +288,53 @@ def test_a_plan_that_keeps_a_real_backup_does_not_delete_everything() -> None:
     result = plan(backups, RetentionPolicy(keep_last=1), now=at("2026-11-26T12:00"))
 
     assert not result.deletes_every_present_backup
+
+
+@dataclass(frozen=True)
+class KindBackup:
+    """A backup of a kind: ``logical`` (a dump) or ``base`` (pg_basebackup, what PITR replays WAL onto)."""
+
+    id: str
+    snapshot_time: datetime
+    kind: str
+
+
+def test_keep_last_2_keeps_2_base_backups_and_2_dumps_when_dumps_are_newer() -> None:
+    bases = [KindBackup(f"base-{h}", at(f"2026-11-26T0{h}:00"), "base") for h in (1, 2, 3)]
+    dumps = [KindBackup(f"dump-{h}", at(f"2026-11-26T0{h}:00"), "logical") for h in (4, 5)]
+
+    result = plan([*bases, *dumps], RetentionPolicy(keep_last=2, min_keep=1), now=at("2026-11-26T12:00"))
+
+    assert kept_ids(result) == {"base-3", "base-2", "dump-5", "dump-4"}
+    assert [(d.id, d.kind) for d in result.deleted] == [("base-1", "base")]
+    assert reasons_of(result, "base-3") == ("last", "min_keep")
+    assert result.to_dict()["by_kind"] == {"base": {"keep": 2, "delete": 1}, "logical": {"keep": 2, "delete": 0}}
+    assert result.to_dict()["decisions"][-1]["kind"] == "base"
+
+
+def test_min_keep_and_newest_verified_hold_for_each_kind() -> None:
+    bases = [KindBackup(f"base-{h}", at(f"2026-11-2{h}T00:00"), "base") for h in (1, 2, 3)]
+    dumps = [KindBackup(f"dump-{h}", at(f"2026-11-2{h}T12:00"), "logical") for h in (4, 5)]
+    policy = RetentionPolicy(keep_within=timedelta(hours=1), min_keep=1)
+
+    result = plan([*bases, *dumps], policy, now=at("2026-11-26T00:00"), verified=frozenset({"base-1", "dump-4"}))
+
+    assert {d.id: d.reasons for d in result.kept} == {
+        "dump-5": ("min_keep",),
+        "dump-4": ("newest verified",),
+        "base-3": ("min_keep",),
+        "base-1": ("newest verified",),
+    }
+
+
+def test_a_plan_that_deletes_every_base_backup_but_keeps_dumps_deletes_everything_of_a_kind() -> None:
+    backups = [
+        KindBackup("base", at("2026-11-20T00:00"), "base"),
+        KindBackup("dump", at("2026-11-26T11:30"), "logical"),
+    ]
+
+    result = plan(backups, RetentionPolicy(keep_within=timedelta(hours=1), min_keep=0), now=at("2026-11-26T12:00"))
+
+    assert kept_ids(result) == {"dump"}
+    assert result.emptied_kinds == ("base",)
+    assert result.deletes_every_present_backup

@@ -48,6 +48,7 @@ def test_the_immutable_reason_is_in_the_json_plan() -> None:
 
     assert result.to_dict()["decisions"][1] == {
         "id": "d9",
+        "kind": "logical",
         "snapshot_time": "2026-05-23T12:00:00Z",
         "action": "keep",
         "reasons": ["immutable until 2026-06-02T12:00:00Z"],

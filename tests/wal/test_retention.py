@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from opskit.wal import layout
 from opskit.wal.retention import plan_wal_deletes
@@ -50,3 +51,74 @@ def test_prune_keeps_the_wal_of_the_kept_base_backup_and_deletes_only_what_is_ol
     assert not any((wal / name).exists() for name in older)
     assert (wal / f"{new['base']['wal_start']}.zst").exists()
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_prune_keeps_keep_last_base_backups_whatever_the_number_of_newer_dumps(
+    archiving_cluster: Callable[..., ArchivingCluster],
+) -> None:
+    cluster = archiving_cluster()
+    with open(cluster.config_path, "a", encoding="utf-8") as config:
+        config.write("\n[retention.two]\nkeep_last = 2\nmin_keep = 1\n")
+    text = cluster.config_path.read_text().replace(
+        'storages = ["local"]\n', 'storages = ["local"]\nretention = "two"\n', 1
+    )
+    cluster.config_path.write_text(text)
+    bases = []
+    for _ in range(3):
+        bases.append(json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)["id"])
+        cluster.wait_archived(cluster.switch_wal())
+    dumps = [json.loads(cluster.opskit("backup", "now", "--json").stdout)["id"] for _ in range(2)]
+
+    dry = cluster.opskit("prune", "--dry-run")
+    pruned = cluster.opskit("prune", "--json")
+    listed = cluster.opskit("backup", "list", "--json")
+    verify = cluster.opskit("wal", "verify")
+
+    assert dry.returncode == 0, dry.stderr
+    assert f"{bases[0]}  base     " in dry.stdout and "DELETE" in dry.stdout
+    assert "by kind: base kept 2, would delete 1; logical kept 2, would delete 0" in dry.stdout
+    assert pruned.returncode == 0, pruned.stderr
+    result = json.loads(pruned.stdout)["results"][0]
+    assert result["deleted"] == [bases[0]]
+    assert {(d["id"], d["kind"], d["action"]) for d in result["plan"]["decisions"]} == {
+        (bases[0], "base", "delete"),
+        (bases[1], "base", "keep"),
+        (bases[2], "base", "keep"),
+        (dumps[0], "logical", "keep"),
+        (dumps[1], "logical", "keep"),
+    }
+    assert sorted(b["id"] for b in json.loads(listed.stdout)) == sorted([*bases[1:], *dumps])
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_copy_after_each_base_backup_carries_its_wal_and_prune_trims_the_wal_of_each_storage(
+    archiving_cluster: Callable[..., ArchivingCluster], tmp_path: Path
+) -> None:
+    cluster = archiving_cluster()
+    offsite = tmp_path / "off"
+    text = cluster.config_path.read_text().replace(
+        'storages = ["local"]\n', 'storages = ["local", "off"]\nretention = "one"\n', 1
+    )
+    cluster.config_path.write_text(
+        text + f'\n[storages.off]\nurl = "file://{offsite}"\noffsite = true\n\n[retention.one]\nkeep_last = 1\n'
+    )
+    old = json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)
+    cluster.wait_archived(cluster.switch_wal())
+    new = json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)
+    cluster.wait_archived(cluster.switch_wal())
+    status = json.loads(cluster.opskit("status", "--json").stdout)["targets"][0]
+    cutoff = layout.segment_number(new["base"]["wal_start"])[1]
+
+    pruned = cluster.opskit("prune", "--json")
+    verify_off = cluster.opskit("wal", "verify", "--storage", "off")
+
+    assert {s["name"]: s["base_backups_without_wal"] for s in status["storages"]} == {"local": [], "off": []}
+    assert status["three_two_one"]["copies"] == 3
+    assert pruned.returncode == 0, pruned.stderr
+    results = {r["storage"]: r for r in json.loads(pruned.stdout)["results"]}
+    assert {name: r["deleted"] for name, r in results.items()} == {"local": [old["id"]], "off": [old["id"]]}
+    for name, root in (("local", cluster.archive_dir), ("off", offsite)):
+        assert results[name]["wal_deleted"], name
+        left = [p.name for p in (root / "app" / "wal").iterdir() if layout.is_segment_name(p.name[:24])]
+        assert min(layout.segment_number(n[:24])[1] for n in left) == cutoff, name
+    assert verify_off.returncode == 0, verify_off.stdout + verify_off.stderr
