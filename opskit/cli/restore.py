@@ -16,9 +16,10 @@ from opskit.core.units import format_size
 from opskit.restore import restore as restore_action
 
 
-def _confirm_on_tty(target: str, database: str) -> bool:
+def _confirm_on_tty(why: str, database: str) -> bool:
+    """Return True when the user types ``database`` after being told ``why`` it needs confirmation."""
     typed = click.prompt(
-        f"Target '{target}' is protected. Type the database name '{database}' to restore into it",
+        f"{why}. Type the database name '{database}' to restore into it",
         default="",
         show_default=False,
         err=True,
@@ -29,7 +30,12 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 @click.command("restore")
 @click.argument("backup_id", metavar="ID|latest", required=False)
 @click.option("--target", "-t", help="Target whose backup to restore (default: the default target).")
-@click.option("--to", "to", metavar="TARGET|DSN", help="Destination (default: a NEW database <db>_restore_<id>).")
+@click.option(
+    "--to",
+    "to",
+    metavar="TARGET|DSN",
+    help="Destination (default: a NEW database <db>_restore_<id>); a DSN must name its database (dbname=...).",
+)
 @click.option("--storage", "-s", help="Storage to read from (default: the target's primary).")
 @click.option(
     "--jobs",
@@ -38,13 +44,14 @@ def _confirm_on_tty(target: str, database: str) -> bool:
     default=1,
     show_default=True,
     help="Connections loading the data (one big table too) and pg_restore jobs for indexes; "
-    "--clean or large objects spool the dump to the state directory instead.",
+    "large objects spool the dump to the state directory instead; --clean always uses one.",
 )
 @click.option(
     "--clean",
     is_flag=True,
     help="Restore over a non-empty destination, dropping the objects the dump holds first; the whole "
-    "backup is read and checked before anything is dropped.",
+    "backup is read and checked before anything is dropped, and the restore is one transaction "
+    "(a failure or an interrupt leaves the destination as it was).",
 )
 @click.option(
     "--replace",
@@ -56,7 +63,9 @@ def _confirm_on_tty(target: str, database: str) -> bool:
 @click.option("--encoding", metavar="NAME", help="Encoding of a new database (default: the backup's).")
 @click.option("--locale", metavar="NAME", help="Collation and ctype of a new database, libc (default: the backup's).")
 @click.option("--no-owner", is_flag=True, help="Skip ownership and privileges (restoring onto another server).")
-@click.option("--yes", "-y", is_flag=True, help="Confirm a restore into a protected target without a prompt.")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Confirm a restore into a protected target or 'postgres' without a prompt."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pitr_options
 @pass_app

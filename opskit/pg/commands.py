@@ -26,7 +26,8 @@ pg_basebackup (a base backup for point-in-time recovery, 13+ for ``backup_manife
 pg_restore
     ``--exit-on-error``, ``--clean --if-exists``, ``--no-owner --no-privileges``, ``--section``,
     ``--jobs`` (a file only, never stdin), ``--file=-`` (the SQL script instead of a database),
-    ``--list`` (the table of contents); all 9.6+
+    ``--list`` (the table of contents), ``--single-transaction`` (with ``--clean``: a failed or
+    killed run rolls the drops back; pg_restore refuses it with ``--jobs``); all 9.6+
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ class PgRestoreCommand:
     """pg_restore into one database, with the options every run of one restore shares.
 
     A restore may run pg_restore several times (schema, data script, indexes, or one run from a
-    spool file); each method returns one of those command lines.
+    spool file); each method returns one of those command lines. ``clean`` restores over an
+    existing database in ONE transaction (``--single-transaction``), so a failure or a kill
+    leaves it as it was; such a command has one job only (``from_stdin``).
     """
 
     tool: Tool
@@ -141,7 +144,9 @@ class PgRestoreCommand:
         if self.exit_on_error:
             argv.append("--exit-on-error")
         if self.clean:
-            argv += ["--clean", "--if-exists"]
+            # The drops and the restore commit together or not at all (pg_restore then stops at
+            # the first error, as --exit-on-error does).
+            argv += ["--clean", "--if-exists", "--single-transaction"]
         if self.no_owner:
             argv += ["--no-owner", "--no-privileges"]
         return argv
@@ -151,15 +156,29 @@ class PgRestoreCommand:
         return self.options()
 
     def section_from_file(self, section: Section, archive: Path, jobs: int | None = None) -> list[str]:
-        """Return the command line restoring one ``section`` of the ``archive`` file, with ``jobs`` if given."""
+        """Return the command line restoring one ``section`` of the ``archive`` file, with ``jobs`` if given.
+
+        Raises ValueError for a ``clean`` command with ``jobs``: one transaction is one connection.
+        """
+        if jobs is not None and jobs > 1:
+            self._check_parallel()
         argv = [*self.options(), f"--section={section}"]
         if jobs is not None:
             argv.append(f"--jobs={jobs}")
         return [*argv, str(archive)]
 
     def from_file(self, archive: Path, jobs: int) -> list[str]:
-        """Return the command line restoring the whole ``archive`` file with ``jobs`` parallel jobs."""
+        """Return the command line restoring the whole ``archive`` file with ``jobs`` parallel jobs.
+
+        Raises ValueError for a ``clean`` command with more than one job (see :meth:`section_from_file`).
+        """
+        if jobs > 1:
+            self._check_parallel()
         return [*self.options(), f"--jobs={jobs}", str(archive)]
+
+    def _check_parallel(self) -> None:
+        if self.clean:
+            raise ValueError("a --clean restore runs in one transaction, which pg_restore cannot split over --jobs")
 
     def data_script(self) -> list[str]:
         """Return the command line printing the data section of the archive on stdin as SQL to stdout.

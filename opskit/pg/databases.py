@@ -167,6 +167,23 @@ def database_exists(server: TargetConfig, database: str) -> bool:
     return row is not None
 
 
+# Databases CREATE DATABASE copies (template1 by default, template0 for opskit's own): never a destination.
+TEMPLATE_DATABASES = ("template0", "template1")
+
+
+def is_template(server: TargetConfig, database: str) -> bool:
+    """Return True when ``database`` is template0, template1, or marked ``datistemplate`` on the server.
+
+    A restore into one would put the backup's objects into every database created from it
+    afterwards (and ``--replace`` would turn it into a database that is no template).
+    """
+    if database in TEMPLATE_DATABASES:
+        return True
+    with _maintenance_connection(server, database) as conn:
+        row = conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (database,)).fetchone()
+    return bool(row and row[0])
+
+
 def database_is_empty(server: TargetConfig, database: str) -> bool:
     """Return True when ``database`` holds no user tables, views, sequences or functions."""
     with connect(server, dbname=database, application_name="opskit restore") as conn:
@@ -223,7 +240,9 @@ def create_database(
 
     With ``identity`` the new database gets that encoding, collation, ctype and locale provider
     (the provider only on PostgreSQL 15+, which has them). Raises RestoreFailed when the server
-    refuses: most often the role lacks CREATEDB, or the server lacks the locale (named).
+    refuses: the name was taken since the caller checked it (another run creating the same
+    database at the same time: that database is left alone), the role lacks CREATEDB, or the
+    server lacks the locale (named).
     """
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(database))
     if owner:
@@ -233,6 +252,13 @@ def create_database(
             statement = sql.SQL("{} {}").format(statement, _identity_clause(identity, conn.info.server_version))
         try:
             conn.execute(statement)
+        except psycopg.errors.DuplicateDatabase as exc:
+            # The callers check that the name is free first: someone made it in between.
+            raise RestoreFailed(
+                f"database '{database}' was created by another run at the same time on target '{server.name}'; "
+                "this run left it alone",
+                hint="let the other run finish and check its result, or restore with --to into another database",
+            ) from exc
         except psycopg.Error as exc:
             reason = exc.diag.message_primary or str(exc)
             # "invalid locale name", "encoding ... does not match locale ...": the server lacks the identity.

@@ -12,8 +12,11 @@ table of contents, is captured first; then the route is chosen:
   schedule of ``pg_restore --jobs``); then the sequences' ``setval``; then ``pg_restore
   --section=post-data --jobs N`` builds the rest from the same TOC-only copy. No spool file is
   written.
-- **Spool** (``--clean``, large objects, an archive version opskit cannot read): the stream is
-  written to a spool file in the state directory and ``pg_restore --jobs N`` restores from it.
+- **Spool** (large objects, an archive version opskit cannot read): the stream is written to a
+  spool file in the state directory and ``pg_restore --jobs N`` restores from it.
+
+``--clean`` never comes here: it restores in one transaction, which is one connection
+(:func:`opskit.restore.restore.restore_backup` runs it with one job).
 
 Either way the temporary files are removed whatever happens, and a failure raises, so the
 caller drops a database it created.
@@ -43,7 +46,7 @@ from opskit.pg.copy_loader import CopyLoader, LoadFailed, ScriptError, ScriptSpl
 from opskit.pipeline import process_cpu
 from opskit.restore import post_data
 from opskit.restore.reader import OpenedBackup
-from opskit.restore.result import RestoreResult
+from opskit.restore.result import RestoreResult, failure_note
 
 log = get_logger(__name__)
 
@@ -91,12 +94,20 @@ class ParallelRestore:
     """
 
     def __init__(
-        self, ctx: AppContext, backup: OpenedBackup, command: PgRestoreCommand, env: dict[str, str], jobs: int
+        self,
+        ctx: AppContext,
+        backup: OpenedBackup,
+        command: PgRestoreCommand,
+        env: dict[str, str],
+        jobs: int,
+        created: bool = True,
     ) -> None:
         manifest = backup.manifest
         self.ctx, self.manifest, self.command, self.env, self.jobs = ctx, manifest, command, env, jobs
         self.server, self.database = command.target, command.database
         self.clean, self.exit_on_error = command.clean, command.exit_on_error
+        # What a failure leaves of the destination, for the hints (``created``: this run made it).
+        self.left = failure_note(self.database, created, self.clean)
         token = random_tokens.token_hex(3)
         self.toc_path = Path(ctx.state_dir) / f"toc-{manifest.id}-{token}.dump"
         self.spool_path = Path(ctx.state_dir) / f"spool-{manifest.id}-{token}.dump"
@@ -275,12 +286,12 @@ class ParallelRestore:
             self._data_child.check(
                 RestoreFailed,
                 f"pg_restore could not read the data of backup {self.manifest.id}",
-                hint="the message above is pg_restore's; a database this run created was dropped",
+                hint=f"the message above is pg_restore's; {self.left}",
             )
         if isinstance(exc, ScriptError):
             raise RestoreFailed(
                 f"restoring backup {self.manifest.id}: pg_restore's output was not what opskit expects: {exc}",
-                hint="restore with --jobs 1 (pg_restore alone); a database this run created was dropped",
+                hint=f"restore with --jobs 1 (pg_restore alone); {self.left}",
             ) from exc
         if exc is not None:
             raise exc
@@ -288,7 +299,7 @@ class ParallelRestore:
     def _load_failure(self, exc: LoadFailed) -> RestoreFailed:
         return RestoreFailed(
             f"restoring backup {self.manifest.id} into '{self.database}' failed: {exc}",
-            hint="a database this run created was dropped; the message is PostgreSQL's",
+            hint=f"{self.left}; the message is PostgreSQL's",
         )
 
     def _run_sql(self) -> None:
@@ -383,7 +394,7 @@ class ParallelRestore:
             child.check(
                 RestoreFailed,
                 f"{what} for backup {self.manifest.id} in '{self.database}' failed",
-                hint="the message above is pg_restore's; a database this run created was dropped",
+                hint=f"the message above is pg_restore's; {self.left}",
             )
 
     def data_child_stopped(self, check_stored_bytes: Callable[[], None]) -> None:
@@ -455,7 +466,7 @@ def restore(
     """
     manifest = backup.manifest
     plain_size = manifest.artifact("db").plain_size  # what the progress counts: percent and ETA
-    job = ParallelRestore(ctx, backup, command, env, jobs)
+    job = ParallelRestore(ctx, backup, command, env, jobs, created=result.created)
     failed = True
     process_started = process_cpu()
     try:

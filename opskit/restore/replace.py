@@ -117,13 +117,7 @@ def replace_database(
     )
     if not result.ok:
         _drop_quietly(server, new_name)
-        first = result.mismatches[0]
-        raise VerificationFailed(
-            f"the restored copy of backup {manifest.id} differs from its manifest in {len(result.mismatches)} "
-            f"table(s) ({first.table}: expected {_rows(first.expected)}, got {_rows(first.actual)}); "
-            f"'{database}' was not touched",
-            hint="the copy was dropped; verify the backup (opskit verify) or restore another one",
-        )
+        raise mismatch_error(manifest, result, f"'{database}' was not touched; the copy was dropped")
     _swap(server, database, new_name, old_name)
     result.database = database
     result.created = False
@@ -142,6 +136,16 @@ def replace_database(
             command=databases.drop_command(server, old_name),
         )
     return result
+
+
+def mismatch_error(manifest: Manifest, result: RestoreResult, left: str) -> VerificationFailed:
+    """Return the error (5) for a restored copy whose row counts differ; ``left`` says what became of it."""
+    first = result.mismatches[0]
+    return VerificationFailed(
+        f"the restored copy of backup {manifest.id} differs from its manifest in {len(result.mismatches)} "
+        f"table(s) ({first.table}: expected {_rows(first.expected)}, got {_rows(first.actual)}); {left}",
+        hint="verify the backup (opskit backup verify) or restore another one",
+    )
 
 
 def _rows(value: int | None) -> str:

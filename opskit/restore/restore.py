@@ -4,21 +4,24 @@ The default destination is a NEW database ``<db>_restore_<id>`` on the target's 
 so a restore never overwrites anything unless asked to. A non-empty destination needs
 ``--clean`` (restore over it, dropping the objects the dump contains) or ``--replace`` (a new
 database swapped in for it, so objects created after the backup go too); neither touches the
-destination before the backup is proven readable (see :mod:`opskit.restore.replace`). A
-destination is protected when its server and database are those of a ``protected`` target,
-however ``--to`` spells them; it needs confirmation (the typed database name on a terminal,
-``--yes`` otherwise).
+destination before the backup is proven readable (see :mod:`opskit.restore.replace`), and
+``--clean`` runs pg_restore in one transaction, so a failure or an interrupt rolls everything
+back. A ``--to`` connection string must name its database (``dbname=``), never a template
+database. A destination is protected when its server and database are those of a
+``protected`` target, however ``--to`` spells them; it needs confirmation (the typed database
+name on a terminal, ``--yes`` otherwise), as does the server's ``postgres`` database.
 
 A new database gets the backup's encoding, collation, ctype and locale provider (recorded in
 the manifest), unless ``--encoding``/``--locale`` override them.
 
 ``--jobs 1`` streams storage -> [age] -> zstd -> ``pg_restore`` stdin with no temp file.
 ``--jobs N`` streams too, and loads the data over N connections, one big table included
-(``restore_parallel``); only ``--clean`` and archives with large objects spool the dump to a
-file for ``pg_restore --jobs N``, and the spool is removed whatever happens. Either way, a
-database this run created is dropped again if the restore fails (retrying while the server
-restarts), so no partial restore is left behind; when it cannot be dropped, the warning names
-it with the command that drops it.
+(``restore_parallel``); only archives with large objects spool the dump to a file for
+``pg_restore --jobs N``, and the spool is removed whatever happens (``--clean`` is one
+transaction, so one job). Either way, a database this run created is dropped again if the
+restore fails or its row counts differ from the manifest (retrying while the server restarts),
+so no partial restore is left behind; when it cannot be dropped, the error or warning names it
+with the command that drops it.
 """
 
 from __future__ import annotations
@@ -40,13 +43,17 @@ from opskit.pg.commands import PgRestoreCommand, psql_script_argv
 from opskit.restore import parallel
 from opskit.restore import replace as replace_route
 from opskit.restore.reader import OpenedBackup, open_backup
-from opskit.restore.result import RestoreResult
+from opskit.restore.result import RestoreResult, failure_note
 
 __all__ = ["Confirm", "RestoreResult", "default_database_name", "restore_backup", "restore_globals", "run"]
 
 log = get_logger(__name__)
 
-Confirm = Callable[[str, str], bool]  # (target name, database) -> confirmed?
+# (why it needs confirmation, e.g. "Target 'app' is protected"; database) -> confirmed?
+Confirm = Callable[[str, str], bool]
+
+# The maintenance database every server has: restoring into it needs the same confirmation as a protected target.
+MAINTENANCE_DATABASE = "postgres"
 
 
 def default_database_name(manifest: Manifest) -> str:
@@ -61,7 +68,10 @@ def default_database_name(manifest: Manifest) -> str:
 def resolve_destination(
     ctx: AppContext, source: TargetConfig, to: str | None, manifest: Manifest
 ) -> tuple[TargetConfig, str, bool]:
-    """Return (server target, database, is_new_default) for ``--to``: None, a target name, or a DSN."""
+    """Return (server target, database, is_new_default) for ``--to``: None, a target name, or a DSN.
+
+    Raises ConfigError (2) for a name that is neither, or a DSN without ``dbname``.
+    """
     if to is None:
         return source, default_database_name(manifest), True
     if to in ctx.config.targets:
@@ -69,6 +79,12 @@ def resolve_destination(
         return dest, connection.database_of(dest), False
     if "=" in to or "://" in to:
         dest = TargetConfig(name="--to", dsn=to)
+        if not connection.dsn_parts(dest).get("dbname"):
+            # libpq would pick a database itself (PGDATABASE, else the user name: often postgres).
+            raise ConfigError(
+                "the --to connection string names no database",
+                hint="name the database with dbname=... (or .../<database> in a postgresql:// URI)",
+            )
         return dest, connection.database_of(dest), False
     raise ConfigError(
         f"--to '{to}' is neither a configured target nor a connection string",
@@ -130,11 +146,13 @@ def run(
 ) -> RestoreResult:
     """Restore the backup ``selector`` names (id, id prefix or ``latest``) of ``target``.
 
-    Raises ConfigError (2) for a refused destination or a missing confirmation,
-    UnreachableError (3), RestoreFailed (4) when pg_restore or decryption fails,
-    VerificationFailed (5) when a hash differs (or, for ``--replace``, the restored copy's
-    row counts: the destination is then untouched). Other row-count mismatches are returned
-    in the result (the CLI exits 5 on them).
+    Raises ConfigError (2) for a refused destination (a ``--to`` DSN without ``dbname``, a
+    template database) or a missing confirmation (a protected target, ``postgres``),
+    UnreachableError (3), RestoreFailed (4) when pg_restore or decryption fails (``--clean``:
+    rolled back), VerificationFailed (5) when a hash differs, or when the row counts of a
+    database this run created differ (it is dropped first; ``--replace``: the destination is
+    untouched). Row-count mismatches in an existing database (``--clean``, an empty one) are
+    returned in the result (the CLI exits 5 on them).
     """
     if clean and replace:
         raise ConfigError("--clean and --replace exclude each other", hint="--replace alone also removes newer objects")
@@ -144,18 +162,18 @@ def run(
     storage_name = storage or source.primary_storage
     manifest = find_backup(ctx.storage(storage_name), source.name, selector, now=ctx.clock(), kind="logical")
     server, database, is_default = resolve_destination(ctx, source, to, manifest)
+    if databases.is_template(server, database):
+        raise ConfigError(
+            f"database '{database}' on target '{server.name}' is a template database; opskit never restores into one",
+            hint="new databases are copied from it: restore into another database (omit --to for a new one)",
+        )
     if is_default and not (clean or replace) and databases.database_exists(server, database):
         raise ConfigError(
             f"database '{database}' already exists on target '{server.name}' (restored earlier, or left by a "
             "restore the server interrupted?)",
             hint=f"drop it ({databases.drop_command(server, database)}), or pass --clean to restore over it",
         )
-    protected = protected_target(ctx, server, database)
-    if protected is not None and not confirmed and (confirm is None or not confirm(protected.name, database)):
-        raise ConfigError(
-            f"target '{protected.name}' is protected; restoring into database '{database}' needs confirmation",
-            hint="type the database name when asked, or pass --yes",
-        )
+    _confirm_destination(ctx, server, database, confirmed, confirm)
     identity = chosen_identity(manifest, encoding, locale)
     if replace and databases.database_exists(server, database):
         return replace_route.replace_database(
@@ -170,8 +188,43 @@ def run(
             keep_old=keep_old,
             identity=identity,
         )
-    return restore_backup(
+    result = restore_backup(
         ctx, manifest, storage_name, server, database, jobs=jobs, clean=clean, no_owner=no_owner, identity=identity
+    )
+    if result.created and not result.ok:
+        # A copy that differs from its manifest is no restore: remove it as any failed run's database.
+        dropped = _drop_after_failure(server, database, "row counts differ from the manifest")
+        left = (
+            f"database '{database}' was dropped"
+            if dropped
+            else f"database '{database}' could not be dropped: {databases.drop_command(server, database)}"
+        )
+        raise replace_route.mismatch_error(manifest, result, left)
+    return result
+
+
+def _confirm_destination(
+    ctx: AppContext, server: TargetConfig, database: str, confirmed: bool, confirm: Confirm | None
+) -> None:
+    """Ask for confirmation for a protected target or the server's ``postgres`` database.
+
+    Raises ConfigError (2) when it is needed and neither ``confirmed`` (--yes) nor given by ``confirm``.
+    """
+    protected = protected_target(ctx, server, database)
+    if protected is not None:
+        why, what = f"Target '{protected.name}' is protected", f"target '{protected.name}' is protected"
+    elif database == MAINTENANCE_DATABASE:
+        why, what = (
+            f"Database '{database}' is the server's maintenance database",
+            f"'{database}' is the server's maintenance database",
+        )
+    else:
+        return
+    if confirmed or (confirm is not None and confirm(why, database)):
+        return
+    raise ConfigError(
+        f"{what}; restoring into database '{database}' needs confirmation",
+        hint="type the database name when asked, or pass --yes",
     )
 
 
@@ -227,7 +280,9 @@ def restore_backup(
 
     A database this creates gets ``owner`` and ``identity`` (encoding and locale; default: the
     manifest's). An existing one must be empty unless ``clean``, and then the whole backup is
-    read once first (:func:`replace.prove_readable`), so a corrupt one cleans nothing.
+    read once first (:func:`replace.prove_readable`), so a corrupt one cleans nothing, and
+    pg_restore runs in one transaction with one job, so a failure or an interrupt leaves the
+    database as it was.
     ``backup`` is ``manifest`` already opened in ``storage_name`` (see :func:`restore_to_new_database`).
 
     With ``exit_on_error`` False, pg_restore carries on past errors and they are returned
@@ -242,6 +297,10 @@ def restore_backup(
     with connection.connect(server, dbname="postgres", application_name="opskit restore") as conn:
         tools.check_restore_into(pg_restore, connection.server_facts(conn).major, backup.dump_major)
 
+    if clean and jobs > 1:
+        # One transaction is one connection: pg_restore refuses --single-transaction with --jobs.
+        log.warning("--clean restores in one transaction, on one connection: --jobs is ignored", jobs=jobs)
+        jobs = 1
     created = False
     if databases.database_exists(server, database):
         if not clean and not databases.database_is_empty(server, database):
@@ -315,11 +374,12 @@ def _restore_streaming(
         except VerificationFailed:
             child.kill()
             raise
-        _finish_pg_restore(child, result, manifest)
+        _finish_pg_restore(child, result, manifest, command.clean)
     result.phases["restore"] = time.monotonic() - started
 
 
-def _finish_pg_restore(child: Child, result: RestoreResult, manifest: Manifest) -> None:
+def _finish_pg_restore(child: Child, result: RestoreResult, manifest: Manifest, clean: bool) -> None:
+    """Wait for pg_restore; raise RestoreFailed (4) when it failed and errors stop the restore."""
     code = child.wait()
     result.pg_restore_errors = list(child.error_lines)
     if code == 0:
@@ -328,7 +388,7 @@ def _finish_pg_restore(child: Child, result: RestoreResult, manifest: Manifest) 
         child.check(
             RestoreFailed,
             f"pg_restore of backup {manifest.id} into '{result.database}' failed",
-            hint="the message above is pg_restore's; a database this run created was dropped",
+            hint=f"the message above is pg_restore's; {failure_note(result.database, result.created, clean)}",
         )
 
 
@@ -355,11 +415,12 @@ def _check_rows(server: TargetConfig, database: str, manifest: Manifest, result:
     result.mismatches = facts.compare_rows(manifest.tables, actual)
 
 
-def _drop_after_failure(server: TargetConfig, database: str, cause: BaseException) -> None:
-    """Drop the database this run created, waiting for a restarting server; name it when that fails."""
+def _drop_after_failure(server: TargetConfig, database: str, cause: BaseException | str) -> bool:
+    """Drop the database this run created, waiting for a restarting server; return False (and name it) if that fails."""
     try:
         databases.drop_database(server, database, wait=databases.DROP_RETRY_SECONDS)
         log.info("dropped the partially restored database", database=database)
+        return True
     except Exception as exc:  # the original failure matters more
         log.warning(
             "could not drop the partially restored database; drop it by hand",
@@ -368,6 +429,7 @@ def _drop_after_failure(server: TargetConfig, database: str, cause: BaseExceptio
             error=str(exc),
             cause=str(cause),
         )
+        return False
 
 
 def restore_globals(ctx: AppContext, manifest: Manifest, storage_name: str, server: TargetConfig) -> list[str]:

@@ -37,3 +37,16 @@ class RestoreResult:
     def ok(self) -> bool:
         """Return True when every table's row count matches the manifest."""
         return not self.mismatches
+
+
+def failure_note(database: str, created: bool, clean: bool) -> str:
+    """Return what a failed restore left of ``database``, for the hint after its error line.
+
+    ``created``: the run made the database (and drops it again); ``clean``: it restored over an
+    existing one in one transaction (rolled back); otherwise it restored into an existing empty one.
+    """
+    if created:
+        return "a database this run created was dropped"
+    if clean:
+        return f"'{database}' was left as it was (--clean restores in one transaction, rolled back)"
+    return f"'{database}' may hold part of the backup now: drop and recreate it, or restore again with --clean"

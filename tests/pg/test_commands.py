@@ -83,6 +83,7 @@ def test_pg_restore_connects_to_the_destination_database_with_the_chosen_options
         "--no-password",
         "--clean",
         "--if-exists",
+        "--single-transaction",
         "--no-owner",
         "--no-privileges",
     ]

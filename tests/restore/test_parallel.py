@@ -1,8 +1,9 @@
 """``restore --jobs N`` against the local PostgreSQL: data loaded over N connections, or spooled.
 
 Backups opskit writes (table data and sequence values) take the loader route: schema from
-the TOC, each table's COPY data split over N connections, then indexes. ``--clean`` and
-archives with large objects take the spool route: ``pg_restore --jobs N`` on a spool file.
+the TOC, each table's COPY data split over N connections, then indexes. Archives with large
+objects take the spool route: ``pg_restore --jobs N`` on a spool file. ``--clean`` restores in
+one transaction, so on one connection whatever ``--jobs`` says.
 Either way the restored database equals the source, and the state directory is left empty.
 """
 
@@ -115,7 +116,9 @@ def test_an_archive_with_large_objects_is_restored_from_a_spool_file_that_is_rem
     assert list((tmp_path / "state").iterdir()) == []
 
 
-def test_a_clean_restore_with_jobs_goes_through_the_spool(pg_database: str, tmp_path: Path, make_context: Any) -> None:
+def test_a_clean_restore_with_jobs_streams_in_one_transaction(
+    pg_database: str, tmp_path: Path, make_context: Any
+) -> None:
     ctx = backed_up(
         pg_database,
         tmp_path,
@@ -126,7 +129,7 @@ def test_a_clean_restore_with_jobs_goes_through_the_spool(pg_database: str, tmp_
 
     restored = restore.run(ctx, target="app", to="app", clean=True, jobs=2)
 
-    assert restored.route == "spool" and restored.ok
+    assert restored.route == "stream" and restored.jobs == 1 and restored.ok
     with psycopg.connect(dsn_for(pg_database)) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
 
