@@ -11,7 +11,7 @@ import pyrage
 import zstandard
 
 from opskit.catalog import Artifact
-from opskit.core.errors import RestoreFailed, VerificationFailed
+from opskit.core.errors import ObjectNotFound, RestoreFailed, VerificationFailed
 from opskit.pipeline import (
     Discard,
     HashingReader,
@@ -64,10 +64,11 @@ def read_artifact(
     """Stream an artifact out of storage, decrypt and decompress it into ``sink``, checking both hashes.
 
     Raises RestoreFailed when the artifact is encrypted and no identity fits (exit 4),
-    VerificationFailed when a size or sha256 differs from the manifest (exit 5), and
-    StorageError/ObjectNotFound for storage problems. The result's ``cpu`` holds this thread's
-    CPU seconds per stage: ``download``, ``sha256 stored``, ``age``, ``zstd``, ``sha256 plain``
-    and ``hand-off`` (writing into ``sink``, and whatever the sink does in this thread).
+    VerificationFailed when a size or sha256 differs from the manifest, the object is missing
+    or its age payload is corrupt (exit 5), and StorageError for other storage problems. The
+    result's ``cpu`` holds this thread's CPU seconds per stage: ``download``, ``sha256 stored``,
+    ``age``, ``zstd``, ``sha256 plain`` and ``hand-off`` (writing into ``sink``, and whatever
+    the sink does in this thread).
     """
     check_can_decrypt(artifact, identities, backup_id)
     clock = StageClock()
@@ -80,30 +81,110 @@ def read_artifact(
         "zstd",
         nested=("sha256 plain", "hand-off"),
     )
-    with storage.reader(artifact.key) as raw:
-        stored = HashingReader(raw, cancel=cancel, clock=clock, read_stage="download", hash_stage="sha256 stored")
-        try:
-            if artifact.encryption:
-                started = time.thread_time()
-                try:
-                    pyrage.decrypt_io(stored, decompressor, list(identities))
-                except pyrage.DecryptError as exc:
-                    raise _decrypt_failure(artifact, backup_id, stored, exc) from exc
-                spent = time.thread_time() - started
-                clock.add("age", max(0.0, spent - clock.total(*READ_STAGES)))
-            else:
-                pump(stored, decompressor)
-            decompressor.finish()
-        except zstandard.ZstdError as exc:
-            raise VerificationFailed(
-                f"artifact '{artifact.key}' of backup {backup_id} does not decompress: {exc}",
-                hint="the object is corrupt; restore another backup or a copy from another storage",
-            ) from exc
-        # Drain whatever the decoder did not need, so the stored hash covers the whole object.
-        pump(stored, Discard())
+    try:
+        with storage.reader(artifact.key) as raw:
+            stored = HashingReader(raw, cancel=cancel, clock=clock, read_stage="download", hash_stage="sha256 stored")
+            try:
+                if artifact.encryption:
+                    _decrypt(artifact, backup_id, stored, decompressor, identities, clock)
+                else:
+                    pump(stored, decompressor)
+                decompressor.finish()
+            except zstandard.ZstdError as exc:
+                raise VerificationFailed(
+                    f"artifact '{artifact.key}' of backup {backup_id} does not decompress: {exc}",
+                    hint="the object is corrupt; restore another backup or a copy from another storage",
+                ) from exc
+            # Drain whatever the decoder did not need, so the stored hash covers the whole object.
+            pump(stored, Discard())
+    except ObjectNotFound as exc:
+        # The manifest lists it, so the backup is incomplete: the data is wrong (5), not the run (4).
+        raise missing_artifact(artifact, backup_id, storage.name) from exc
     result = StoreResult(plain=plain.stats(), stored=stored.stats(), cpu=clock.rounded())
     check_stats(artifact, result, backup_id)
     return result
+
+
+def missing_artifact(artifact: Artifact, backup_id: str, storage_name: str) -> VerificationFailed:
+    """Return the error for an artifact the manifest lists but the storage does not hold (exit 5)."""
+    return VerificationFailed(
+        f"artifact '{artifact.key}' of backup {backup_id} is missing from storage '{storage_name}': "
+        "the backup is incomplete",
+        hint="restore another backup or a copy from another storage, and run 'opskit backup verify --all' "
+        "to find other incomplete ones",
+    )
+
+
+class _Watched:
+    """A file-like object's ``read``/``write`` passed through, remembering every exception it raised.
+
+    pyrage reports a corrupt or truncated payload as a bare OSError, the same class a full spool
+    disk or a closed pipe raises from our own side; what the wrapped object raised is ours. Every
+    one is kept: after a failed write pyrage may write again, and the second error (zstd's, on a
+    decoder left mid-frame) is not the one pyrage raises.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.raised: list[BaseException] = []
+
+    def read(self, size: int = -1) -> bytes:
+        """Return ``inner.read(size)``; remember what it raised."""
+        try:
+            return cast(bytes, self._inner.read(size))
+        except BaseException as exc:
+            self.raised.append(exc)
+            raise
+
+    def write(self, data: Any) -> int:
+        """Return ``inner.write(data)``; remember what it raised."""
+        try:
+            return cast(int, self._inner.write(data))
+        except BaseException as exc:
+            self.raised.append(exc)
+            raise
+
+    def raised_this(self, exc: BaseException) -> bool:
+        """Return True when ``exc`` is one of the exceptions the wrapped object raised."""
+        return any(exc is mine for mine in self.raised)
+
+
+def _decrypt(
+    artifact: Artifact,
+    backup_id: str,
+    stored: HashingReader,
+    decompressor: TimedWriter,
+    identities: Sequence[Any],
+    clock: StageClock,
+) -> None:
+    """Decrypt ``stored`` into ``decompressor`` with age, adding age's own CPU time to ``clock``.
+
+    Raises VerificationFailed (5) naming the object when the payload is corrupt or truncated,
+    RestoreFailed (4) when the identity does not fit; what the storage or the sink raised passes.
+    """
+    source, sink = _Watched(stored), _Watched(decompressor)
+    started = time.thread_time()
+    try:
+        pyrage.decrypt_io(source, sink, list(identities))
+    except pyrage.DecryptError as exc:
+        raise _decrypt_failure(artifact, backup_id, stored, exc) from exc
+    except OSError as exc:
+        if source.raised_this(exc) or sink.raised_this(exc):
+            raise  # the storage's read or the sink's write failed, not the payload
+        raise _payload_failure(artifact, backup_id, stored, exc) from exc
+    spent = time.thread_time() - started
+    clock.add("age", max(0.0, spent - clock.total(*READ_STAGES)))
+
+
+def _payload_failure(artifact: Artifact, backup_id: str, stored: HashingReader, exc: OSError) -> VerificationFailed:
+    # The identity fitted (a wrong one is a DecryptError before any payload is read): the bytes are bad.
+    pump(stored, Discard())
+    changed = stored.stats().sha256 != artifact.sha256
+    what = "stored sha256 mismatch (object is corrupt or truncated)" if changed else "the age payload is corrupt"
+    return VerificationFailed(
+        f"artifact '{artifact.key}' of backup {backup_id} does not decrypt: {what}: {exc}",
+        hint="the object is corrupt; restore another backup or a copy from another storage",
+    )
 
 
 def _decrypt_failure(artifact: Artifact, backup_id: str, stored: HashingReader, exc: Exception) -> Exception:

@@ -17,7 +17,8 @@ daemons, a CronJob and a person at a terminal)::
   from a thread; :meth:`RepositoryLock.check` says whether the lock is still there (an
   ``opskit unlock --all`` may have removed it).
 - **Stale**: a lock not refreshed for :data:`STALE_AFTER` (by its own time and by the storage's
-  modification time, so one host's slow clock does not make a live lock look dead), or one
+  modification time, so one host's slow clock does not make a live lock look dead; a
+  ``refreshed`` time in the future, a writer's fast clock, counts for nothing), or one
   written on this host by a process that no longer exists. Stale locks never block anyone;
   the next run on the same host removes those of its dead processes, ``opskit unlock`` the rest.
 - **Releasing** deletes the lock at the end of the run, also on an error and on SIGTERM (the
@@ -47,6 +48,8 @@ log = get_logger(__name__)
 
 LOCKS_DIR = "locks"
 STALE_AFTER = timedelta(minutes=10)
+# How far a writer's clock may run ahead of ours (or the storage's) before its times are not trusted.
+CLOCK_TOLERANCE = timedelta(minutes=1)
 REFRESH_EVERY = timedelta(seconds=60)
 EXCLUSIVE_OPERATIONS = frozenset({"prune"})
 
@@ -126,20 +129,50 @@ class LockRecord:
         """Return True when this lock no longer protects anything.
 
         Stale means: not refreshed for ``stale_after`` by both its own clock and the storage's
-        (the newer of the two counts), or written on this host by a pid that is gone.
+        (the newer of the two counts), or written on this host by a pid that is gone. A
+        ``refreshed`` time ahead of ``now`` by more than :data:`CLOCK_TOLERANCE` comes from a
+        writer whose clock runs fast: only the storage's time counts then, or such a lock
+        would block everyone until its future time plus ``stale_after``.
         """
         if self.host == socket.gethostname() and not _pid_alive(self.pid):
             return True
-        last = max(self.refreshed, self.modified) if self.modified else self.refreshed
-        return now - last > stale_after
+        if self.modified is None:
+            return now - self.refreshed > stale_after
+        if self.clock_ahead(now) is not None:
+            return now - self.modified > stale_after
+        return now - max(self.refreshed, self.modified) > stale_after
 
-    def describe(self) -> str:
-        """Return the holder in words: ``prune (exclusive) by pid 12 on host 'db1' since <time>``."""
+    def clock_ahead(self, now: datetime) -> timedelta | None:
+        """Return how far ``refreshed`` is ahead of ``now`` when by more than :data:`CLOCK_TOLERANCE`, else None."""
+        ahead = self.refreshed - now
+        return ahead if ahead > CLOCK_TOLERANCE else None
+
+    def describe(self, now: datetime | None = None) -> str:
+        """Return the holder in words: ``prune (exclusive) by pid 12 on host 'db1' since <time>``.
+
+        With ``now``, a ``refreshed`` time in the future is explained: the writer's clock is ahead.
+        """
         kind = "exclusive" if self.exclusive else "shared"
+        ahead = self.clock_ahead(now) if now is not None else None
+        skew = ""
+        if ahead is not None:
+            # Its times are the writer's clock's: say which time the staleness is judged by instead.
+            judged = (
+                f"the storage's time, {format_time(self.modified.replace(microsecond=0))}"
+                if self.modified
+                else "its own time"
+            )
+            skew = f" ({_rounded(ahead)} in the future: the writer's clock is ahead; judged by {judged})"
         return (
             f"{self.operation} ({kind}) by pid {self.pid} on host '{self.host}' since {format_time(self.created)}"
-            f", refreshed {format_time(self.refreshed)}"
+            f", refreshed {format_time(self.refreshed)}{skew}"
         )
+
+
+def _rounded(delta: timedelta) -> str:
+    """Return ``delta`` in words to the minute: ``3h 0min``, ``12 min``."""
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes // 60}h {minutes % 60}min" if minutes >= 60 else f"{minutes} min"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -312,7 +345,7 @@ def acquire_lock(
         first = conflicts[0]
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
         raise LockHeld(
-            f"target '{target}' in storage '{storage.name}' is locked by {first.describe()}{more}",
+            f"target '{target}' in storage '{storage.name}' is locked by {first.describe(now)}{more}",
             hint=f"this {operation} changed nothing; run it again once that run ends. If that run is gone, "
             f"its lock goes stale after {int(STALE_AFTER.total_seconds() // 60)} min without a refresh and "
             f"'opskit unlock --target {target}' removes it",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -16,6 +18,7 @@ from opskit.cli import pass_app
 from opskit.cli.render import echo_json, echo_table
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, CopyFailed, OpskitError
+from opskit.core.redaction import redact_text
 from opskit.core.units import format_duration, format_size
 from opskit.plan.timeline import is_future
 
@@ -25,10 +28,42 @@ def backup_group() -> None:
     """Take, list, verify and pin backups."""
 
 
+def _check_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """Return ``labels`` when each is printable text with no comma; raise click.BadParameter (exit 2) if not.
+
+    ``backup list`` joins a backup's labels with commas in one table cell: a comma would make
+    one label read as two, a newline or other control character would break the table, and an
+    empty label would show as nothing at all.
+    """
+    for label in labels:
+        if not label.strip():
+            raise click.BadParameter("a label cannot be empty", param_hint="--label")
+        bad = next((c for c in label if c == "," or _unprintable(c)), None)
+        if bad is not None:
+            raise click.BadParameter(
+                f"{label!r} contains {bad!r}: labels are printable text without commas "
+                "(backup list joins them with commas)",
+                param_hint="--label",
+            )
+    return labels
+
+
+def _unprintable(char: str) -> bool:
+    """Return True for a control, format or unassigned character, or a line or paragraph separator."""
+    category = unicodedata.category(char)
+    return category.startswith("C") or category in ("Zl", "Zp")
+
+
 @backup_group.command("now")
 @click.option("--target", "-t", help="Target to back up (default: the default target).")
 @click.option("--all", "all_targets", is_flag=True, help="Back up every target that is not a staging target.")
-@click.option("--label", "labels", multiple=True, help="Label recorded in the manifest (repeatable).")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=lambda _ctx, _param, value: _check_labels(value),
+    help="Label recorded in the manifest (repeatable; no commas or control characters).",
+)
 @click.option(
     "--kind",
     type=click.Choice(backup_kinds.KINDS),
@@ -54,6 +89,8 @@ def backup_now(
         results, errors, warnings = _outcomes(outcome)
     if as_json:
         docs = [r.manifest.to_dict() | {"copies": r.copies} for r in results]
+        if all_targets:  # a failed target's entry beside the manifests, so a script sees it failed
+            docs += [_error_entry(name, failure) for name, failure in errors.items()]
         echo_json(server_run.to_dict() if server_run else docs if all_targets else docs[0])
     else:
         for result in results:
@@ -69,6 +106,18 @@ def backup_now(
         sys.exit(max(e.exit_code for e in errors.values()))
     if failed_copies:
         sys.exit(CopyFailed.exit_code)
+
+
+def _error_entry(target: str, failure: OpskitError) -> dict[str, Any]:
+    """Return the ``--all --json`` entry of a target whose backup failed (the error object's fields, redacted)."""
+    return {
+        "target": target,
+        "ok": False,
+        "exit_code": failure.exit_code,
+        "type": type(failure).__name__,
+        "message": redact_text(failure.message),
+        "hint": redact_text(failure.hint or "") or None,
+    }
 
 
 _Outcomes = tuple[list[backup_action.BackupResult], dict[str, OpskitError], list[str]]
@@ -128,53 +177,74 @@ def _summary(result: backup_action.BackupResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
 @pass_app
 def backup_list(app: AppContext, target: str | None, storage: str | None, as_json: bool) -> None:
-    """List complete backups, newest first."""
+    """List complete backups, newest first; a backup whose manifest cannot be read is listed as UNREADABLE."""
     # A server target lists the derived targets (one per database) its storages hold.
     names = catalog.expand_targets(app.config, app.storage, [target] if target else list(app.config.targets))
-    rows: list[tuple[list[str], Manifest]] = []
+    rows: list[tuple[list[str], Manifest | catalog.BadManifest]] = []
     for name in names:
         rows.extend(_held_backups(app, name, storage))
     now = app.clock()
+    for storages, item in rows:
+        if isinstance(item, catalog.BadManifest):
+            click.echo(
+                f"opskit: warning: backup {item.backup_id} of target '{item.target}' in {','.join(storages)}: "
+                f"{item.error}; do not rely on it, run 'opskit backup verify --all'",
+                err=True,
+            )
     if as_json:
-        echo_json(
-            [
-                m.to_dict() | {"storage": s[0], "storages": s, "future_dated": is_future(m.snapshot_time, now)}
-                for s, m in rows
-            ]
-        )
+        echo_json([_json_row(storages, item, now) for storages, item in rows])
         return
     if not rows:
         click.echo("no backups" + (f" of target '{target}'" if target else ""))
         return
-    table: list[list[Any]] = []
-    for storage_name, m in rows:
-        table.append(
-            [
-                m.id,
-                m.target,
-                m.kind,
-                format_time(m.snapshot_time),
-                # A wrong host clock: say so instead of a negative age (never picked as "latest").
-                "FUTURE-DATED" if is_future(m.snapshot_time, now) else format_duration(now - m.snapshot_time),
-                format_size(m.size),
-                ",".join(storage_name),
-                ",".join(m.labels),
-            ]
-        )
-    echo_table(["ID", "TARGET", "KIND", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"], table)
+    echo_table(
+        ["ID", "TARGET", "KIND", "SNAPSHOT (UTC)", "AGE", "SIZE", "STORAGE", "LABELS"],
+        [_table_row(storages, item, now) for storages, item in rows],
+    )
 
 
-def _held_backups(app: AppContext, target: str, only: str | None) -> list[tuple[list[str], Manifest]]:
+def _json_row(storages: list[str], item: Manifest | catalog.BadManifest, now: datetime) -> dict[str, Any]:
+    """Return one backup's ``--json`` entry: the manifest, or for an unreadable one its id and the error."""
+    where = {"storage": storages[0], "storages": storages}
+    if isinstance(item, catalog.BadManifest):
+        return {"id": item.backup_id, "target": item.target, "unreadable": True, "error": item.error} | where
+    return item.to_dict() | where | {"future_dated": is_future(item.snapshot_time, now), "unreadable": False}
+
+
+def _table_row(storages: list[str], item: Manifest | catalog.BadManifest, now: datetime) -> list[str]:
+    """Return one backup's row of the table; an unreadable manifest's row says so in KIND and AGE."""
+    if isinstance(item, catalog.BadManifest):
+        return [item.backup_id, item.target, "UNREADABLE", "-", "-", "-", ",".join(storages), ""]
+    return [
+        item.id,
+        item.target,
+        item.kind,
+        format_time(item.snapshot_time),
+        # A wrong host clock: say so instead of a negative age (never picked as "latest").
+        "FUTURE-DATED" if is_future(item.snapshot_time, now) else format_duration(now - item.snapshot_time),
+        format_size(item.size),
+        ",".join(storages),
+        ",".join(item.labels),
+    ]
+
+
+def _held_backups(
+    app: AppContext, target: str, only: str | None
+) -> list[tuple[list[str], Manifest | catalog.BadManifest]]:
     """Return (every storage holding it, primary first; its manifest) per backup of ``target``, newest first.
 
-    The primary (or ``only``) must be readable (its error propagates); a secondary that cannot be
+    A manifest that exists but cannot be read is returned as its ``BadManifest`` (one per id, with
+    the storages where it is unreadable), so a corrupt backup is shown rather than hidden. The
+    primary (or ``only``) must be listable (its error propagates); a secondary that cannot be
     listed is a warning on stderr, so an offsite outage never hides the primary's list.
     """
     config = app.target(target)
     held: dict[str, tuple[list[str], Manifest]] = {}
+    unreadable: dict[str, tuple[list[str], catalog.BadManifest]] = {}
     for storage_name in [only] if only else config.storages:
+        bad: list[catalog.BadManifest] = []
         try:
-            manifests = list_backups(app.storage(storage_name), target)
+            manifests = list_backups(app.storage(storage_name), target, bad=bad)
         except OpskitError as exc:
             if only or storage_name == config.primary_storage:
                 raise
@@ -182,7 +252,21 @@ def _held_backups(app: AppContext, target: str, only: str | None) -> list[tuple[
             continue
         for m in manifests:
             held.setdefault(m.id, ([], m))[0].append(storage_name)
-    return sorted(held.values(), key=lambda item: (item[1].snapshot_time, item[1].id), reverse=True)
+        for b in bad:
+            unreadable.setdefault(b.backup_id, ([], b))[0].append(storage_name)
+    rows: list[tuple[list[str], Manifest | catalog.BadManifest]] = [*held.values(), *unreadable.values()]
+    # A backup id starts with its snapshot's UTC time, so an unreadable one sorts by it too.
+    return sorted(rows, key=lambda row: _sort_key(row[1]), reverse=True)
+
+
+def _sort_key(item: Manifest | catalog.BadManifest) -> tuple[datetime, str]:
+    """Return the newest-first sort key: the snapshot time (an unreadable one's from its id), then the id."""
+    if isinstance(item, catalog.BadManifest):
+        try:
+            return (datetime.strptime(item.backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC), item.backup_id)
+        except ValueError:  # not an id opskit wrote: last
+            return (datetime.min.replace(tzinfo=UTC), item.backup_id)
+    return (item.snapshot_time, item.id)
 
 
 def register(group: click.Group) -> None:

@@ -62,7 +62,8 @@ def register_backup_commands(backup_group: click.Group) -> None:
         Streams every artifact and checks its size and sha256 (no key needed); with the
         age identity configured (or for unencrypted backups) also decrypts, decompresses,
         checks the plain sha256 and lists the archive with pg_restore. Records the result
-        next to the manifest. Exits 5 naming the artifact and check that failed.
+        next to the manifest. Exits 5 naming the artifact and check that failed; exits 4,
+        recording nothing, when the configured identity fits none of a backup's recipients.
         """
         from opskit import actions
         from opskit.restore import verify as action

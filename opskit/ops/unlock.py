@@ -63,7 +63,7 @@ def run(
             store = ctx.storage(storage_name)
             for lock in catalog.list_locks(store, name):
                 if not all_locks and not lock.is_stale(now):
-                    report.kept.append((name, storage_name, lock.describe()))
+                    report.kept.append((name, storage_name, lock.describe(now)))
             for key in catalog.remove_locks(store, name, now=now, stale_only=not all_locks, dry_run=dry_run):
                 report.removed.append((name, storage_name, key))
     log.info("unlock finished", removed=len(report.removed), kept=len(report.kept), dry_run=dry_run)

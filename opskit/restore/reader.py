@@ -110,7 +110,8 @@ class OpenedBackup:
         """Stream artifact ``name`` decrypted and decompressed into ``sink``; return both streams' stats.
 
         Raises RestoreFailed when no identity fits (4), VerificationFailed when a size or sha256
-        differs from the manifest (5), ObjectNotFound/StorageError for storage problems.
+        differs from the manifest, the object is missing or does not decrypt (5), StorageError
+        for other storage problems.
         """
         return artifacts.read_artifact(
             self.storage,

@@ -6,7 +6,9 @@ Levels of checking, per artifact:
 - ``full`` (the artifact is not encrypted, or ``[encryption] identity`` is configured):
   stream, decrypt and decompress it (``artifacts.read_artifact``), which checks the stored
   and plain sizes and sha256s; the db artifact is also fed to ``pg_restore --list``, which
-  must read the archive's table of contents.
+  must read the archive's table of contents. A configured identity that fits none of the
+  backup's recipients says nothing about the backup: it exits 4 as restore does and records
+  no verdict (with ``--all``, the other backups are verified first).
 
 The result is recorded as ``<target>/<id>/verify-<UTC time>.json`` (time, level, every
 check with expected and actual, verdict), pass or fail, so retention protects the newest
@@ -121,8 +123,10 @@ def run(
 
     Checks the target's primary storage unless ``storage`` is given. Every result is
     recorded next to its manifest (not in dry-run). Returns the VerifyReport; raises
-    VerifyFailed (exit 5) naming the artifact and check of each failure, ConfigError for
-    unknown names or backups, UnreachableError when no usable pg_restore exists.
+    VerifyFailed (exit 5) naming the artifact and check of each failure, RestoreFailed
+    (exit 4, nothing recorded for that backup) when the configured identity fits none of a
+    backup's recipients, ConfigError for unknown names or backups, UnreachableError when no
+    usable pg_restore exists.
     """
     target_config = ctx.target(target)
     if target_config.is_server:
@@ -141,6 +145,7 @@ def run(
         manifests = [catalog.find_backup(store, target_config.name, selector or "latest", now=ctx.clock())]
     reader = BackupReader(ctx, store, target_config.pg_bin_dir or ctx.config.tools.pg_bin_dir)
     report = VerifyReport()
+    undecryptable: list[RestoreFailed] = []  # the identity fits none of their recipients: no verdict
     for manifest in manifests:
         with structlog.contextvars.bound_contextvars(target=manifest.target, backup_id=manifest.id):
             if timeline.is_future(manifest.snapshot_time, ctx.clock()):
@@ -148,7 +153,14 @@ def run(
                     "future-dated backup",
                     detail=timeline.describe_future(manifest.id, manifest.snapshot_time, ctx.clock()),
                 )
-            verification = verify_backup(ctx, reader.open(manifest))
+            try:
+                verification = verify_backup(ctx, reader.open(manifest))
+            except RestoreFailed as exc:
+                if not all_backups:
+                    raise
+                log.warning("backup not verified: the identity does not fit", error=exc.message)
+                undecryptable.append(exc)
+                continue
             if not ctx.dry_run:
                 # A shared repository lock: a prune (exclusive) never deletes the backup while its
                 # record is written; during a prune this exits 7 naming it.
@@ -167,12 +179,26 @@ def run(
     if report.failures or corrupt:
         names = "; ".join([_failure_text(v) for v in report.failures] + corrupt)
         failed, total = len(report.failures) + len(corrupt), len(report.verifications) + len(corrupt)
+        unverified = f"; {len(undecryptable)} not verified: the identity fits none of their recipients"
         raise VerifyFailed(
-            f"{failed} of {total} backup(s) failed verification: {names}",
+            f"{failed} of {total} backup(s) failed verification: {names}" + (unverified if undecryptable else ""),
             hint="do not rely on these backups: restore another one or a copy from another storage",
             report=report,
         )
+    if undecryptable:
+        raise _not_decryptable(undecryptable, len(report.verifications))
     return report
+
+
+def _not_decryptable(errors: list[RestoreFailed], verified: int) -> RestoreFailed:
+    """Return the error for the backups of a ``--all`` run that the configured identity cannot decrypt (exit 4)."""
+    if len(errors) == 1 and not verified:
+        return errors[0]
+    return RestoreFailed(
+        f"{len(errors)} backup(s) not verified, {verified} verified and intact: {errors[0].message}"
+        + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
+        hint=errors[0].hint,
+    )
 
 
 def _failure_text(verification: Verification) -> str:
@@ -189,12 +215,18 @@ def verify_backup(ctx: AppContext, backup: OpenedBackup) -> Verification:
     """Check every artifact of one opened backup and return the Verification (not yet recorded).
 
     Mismatches become failed checks, not exceptions; StorageError, ConfigError (an unusable
-    identity) and UnreachableError (no usable pg_restore) propagate.
+    identity), RestoreFailed (4: the configured identity fits no recipient, which says nothing
+    about the backup, so no verdict may be recorded) and UnreachableError (no usable
+    pg_restore) propagate.
     """
     started = ctx.clock()
     manifest = backup.manifest
     checks: list[Check] = []
     full = not manifest.encrypted or bool(backup.identities)
+    if full:
+        # A key that does not fit is the configuration's fault: raise before any check is made.
+        for artifact in manifest.artifacts:
+            backup.check_can_decrypt(artifact.name)
     for artifact in manifest.artifacts:
         # The progress counts plain bytes when decoding, stored bytes otherwise.
         expected = artifact.plain_size if full else artifact.size
@@ -243,9 +275,6 @@ def _check_full(backup: OpenedBackup, artifact: Artifact, progress: Progress | N
             result = backup.read(artifact.name, Discard(), progress=progress)
     except ObjectNotFound:
         return [_missing(artifact)]
-    except RestoreFailed as exc:
-        # No identity fits the recipients: the backup cannot be restored with this configuration.
-        return [Check(artifact.name, "decrypt with the configured identity", "decrypts", exc.message, False)]
     except VerificationFailed as exc:
         # read_artifact stops at the first problem; hash the stored bytes again so the record says
         # whether the object itself changed or only its decoded content is wrong.

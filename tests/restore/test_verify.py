@@ -15,6 +15,7 @@ from opskit import catalog
 from opskit.backup import backup
 from opskit.cli.backup_extra import register_backup_commands
 from opskit.config.model import EncryptionConfig
+from opskit.core.errors import RestoreFailed
 from opskit.core.execute import run as run_command
 from opskit.pg import tools
 from opskit.restore import verify
@@ -150,9 +151,9 @@ def test_an_encrypted_backup_is_checked_without_the_key_and_fully_with_it(
         policy=None,
         encryption=EncryptionConfig(identity=SecretRef(str(pyrage.x25519.Identity.generate()))),
     )
-    with pytest.raises(verify.VerifyFailed) as wrong:
+    with pytest.raises(RestoreFailed) as wrong:  # the key is wrong, not the backup: exit 4, no verdict
         verify.run(wrong_key, "latest", target=TARGET)
-    assert "artifact 'db': decrypt with the configured identity" in wrong.value.message
+    assert "the configured identity matches none" in wrong.value.message
 
     flip_a_byte(store, manifest.artifact("db").key)
     with pytest.raises(verify.VerifyFailed) as caught:
