@@ -50,7 +50,9 @@ target_option = click.option(
 @click.option("--rehearse", is_flag=True, help="Apply on a restored copy on the target's staging server first.")
 @click.option("--dry-run", is_flag=True, help="List what would run; change nothing.")
 @click.option(
-    "--restore-on-failure", is_flag=True, help="With --backup-first: restore the backup if a migration fails."
+    "--restore-on-failure",
+    is_flag=True,
+    help="With --backup-first: restore the backup if a migration fails after this run committed any.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Confirm the restore into a protected target without a prompt.")
 @click.pass_context
@@ -67,8 +69,9 @@ def migrate_group(
     """Apply pending Flyway migrations (V*.sql, R__*.sql), one transaction each.
 
     Reads [migrations] of opskit.toml, an existing flyway.conf/flyway.toml and FLYWAY_*
-    variables. Exit 4 when a migration fails (the restore command that undoes it is printed),
-    5 when validation fails, 7 when another migration holds the lock.
+    variables. Exit 4 when a migration fails (after --backup-first, the restore command that
+    undoes what the run committed is printed), 5 when validation fails, 7 when another
+    migration holds the lock, 130 when interrupted (naming what was committed before).
     """
     cctx.meta[_TARGET_KEY] = target_name
     if cctx.invoked_subcommand is not None:
@@ -96,6 +99,14 @@ def migrate_group(
     except MigrationFailed as exc:
         _print_failure(exc)
         raise
+    except action.MigrateInterrupted as interrupted:
+        # Not the generic "nothing was committed" of an interrupt: this run had committed
+        # migrations before it, and the operator must know which (and how to undo them).
+        lines = interrupted.lines()
+        click.echo(f"opskit: {lines[0]}", err=True)
+        for line in lines[1:]:
+            click.echo(line, err=True)
+        raise click.exceptions.Exit(130) from None
     report = outcome.report
     if report.dry_run:
         if report.applied:
@@ -131,8 +142,8 @@ def migrate_group(
 
 def _print_failure(exc: MigrationFailed) -> None:
     click.echo(f"migration failed: {exc.migration or '?'}", err=True)
-    database_error = exc.database_error if exc.database_error is not None else exc.message
-    click.echo(f"database error: {database_error}", err=True)
+    if exc.database_error is not None:  # else the error line that follows says what stopped the run
+        click.echo(f"database error: {exc.database_error}", err=True)
     if exc.restore_command and not exc.restored:
         click.echo(f"to undo this run, restore the pre-migrate backup: {exc.restore_command}", err=True)
 

@@ -171,6 +171,8 @@ def _build(section: Section, environ: Mapping[str, str], cwd: Path, home: Path) 
             own[flyway_key] = section.int(snake, 50, minimum=-1)
         elif kind == "list":
             own[flyway_key] = list(section.str_list(snake))
+        elif flyway_key in _VERSION_KEYS:
+            own[flyway_key] = _version_text(section, snake)
         else:
             own[flyway_key] = section.str(snake, None)
     table = section.table("placeholders")
@@ -190,6 +192,22 @@ def _build(section: Section, environ: Mapping[str, str], cwd: Path, home: Path) 
     section.finish()
 
     return _settings_from(values, placeholders, section, engine, flyway_binary, tuple(sources))
+
+
+# Keys holding a version, which TOML (and an OPSKIT_* variable, read as TOML) may give as an integer.
+_VERSION_KEYS = frozenset({"baselineVersion", "target"})
+
+
+def _version_text(section: Section, key: str) -> str | None:
+    """Return the version at ``key`` as text: a string, or an integer (``baseline_version = 3``) as its digits.
+
+    A float is refused, because TOML has already lost its spelling (``1.10`` reads as 1.1).
+    """
+    value = section.get(key, (str, int), None, 'a version such as "3" or "1.1"')
+    if isinstance(value, bool):
+        section.errors.add(section.key_path(key), 'must be a version such as "3" or "1.1", not true or false')
+        return None
+    return None if value is None else str(value)
 
 
 def _merge(values: dict[str, Any], placeholders: dict[str, str], new: Mapping[str, Any]) -> None:

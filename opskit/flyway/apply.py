@@ -4,7 +4,12 @@
 one script on the engine's autocommit connection:
 
 * a transactional script runs in its own transaction (a savepoint inside ``group = true``)
-  together with its history row, so a failure leaves neither a row nor a partial change;
+  together with its history row, so a failure leaves neither a row nor a partial change; the
+  row is written as the connecting role (the session is reset after the script, as Flyway
+  writes it on a connection of its own);
+* a transactional script may not end that transaction: a top-level COMMIT or ROLLBACK is
+  refused before it runs, and one the check cannot see (a callback's) is found after the
+  script and recorded as a failed row, since what it committed cannot be rolled back;
 * a script PostgreSQL refuses inside a transaction runs statement by statement in autocommit;
   if one fails, a row with ``success = FALSE`` is written, as Flyway does.
 """
@@ -17,14 +22,14 @@ from typing import Any
 
 import psycopg
 
-from opskit.core.errors import ConfigError, OpskitError
+from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
 from opskit.flyway.callbacks import CallbackRunner
 from opskit.flyway.history import HistoryTable, NewRow
 from opskit.flyway.names import abbreviate_description, abbreviate_script
 from opskit.flyway.results import Applied
 from opskit.flyway.state import Info
-from opskit.flyway.statements import split_statements
+from opskit.flyway.statements import ends_transaction, split_statements
 from opskit.flyway.transactions import migration_failure
 
 # The runner's own log lines: they keep the logger name they have always carried.
@@ -82,15 +87,28 @@ def apply_script(
         return int((time.perf_counter_ns() - started) / 1_000_000)
 
     if transactional:
+        statements = split_statements(text)
+        refuse_transaction_control(script.script, statements, text)
         try:
             # Inside a group this is a savepoint of the group's transaction.
             with conn.transaction():
                 callbacks.fire_each("beforeEachMigrate", transactional=True)
-                if split_statements(text):
-                    conn.execute(text)
+                if statements:
+                    _execute_in_transaction(conn, text)
                 callbacks.fire_each("afterEachMigrate", transactional=True)
+                _check_still_in_transaction(conn)
                 ms = elapsed()
+                # Flyway writes the row on its own connection, as the connecting role: a SET ROLE
+                # (or search_path) in the script must not decide who writes it.
+                reset_session()
                 history.insert(conn, _with_time(row, ms))
+        except _TransactionEnded as ended:
+            # A COMMIT or ROLLBACK in the script ended the migration's transaction: what it
+            # committed stays, so the run is recorded as a failed migration, as Flyway records a
+            # failure it could not roll back, and repair is needed before the next migrate.
+            _after_each_error(conn, callbacks, transactional=False)
+            _record_failure(conn, history, _with_time(row, elapsed()), reset_session)
+            raise _ended_failure(script.script, ended.error) from ended.error
         except psycopg.Error as exc:
             _after_each_error(conn, callbacks, transactional=True)
             raise migration_failure(script, exc, rolled_back=True) from exc
@@ -107,10 +125,11 @@ def apply_script(
                 conn.execute(statement)
             except psycopg.Error as exc:
                 _after_each_error(conn, callbacks, transactional=False)
-                _record_failure(conn, history, _with_time(row, elapsed()))
+                _record_failure(conn, history, _with_time(row, elapsed()), reset_session)
                 raise migration_failure(script, exc, rolled_back=False) from exc
         callbacks.fire_each("afterEachMigrate", transactional=False)
         ms = elapsed()
+        reset_session()  # the row is written as the connecting role (see above)
         history.insert(conn, _with_time(row, ms))
     applied = applied_entry(info, ms, transactional)
     log.info("applied migration", migration=script.script, ms=applied.execution_ms)
@@ -131,24 +150,82 @@ def _after_each_error(conn: psycopg.Connection[Any], callbacks: CallbackRunner, 
         log.error("the afterEachMigrateError callback failed too", error=str(exc))
 
 
-def _record_failure(conn: psycopg.Connection[Any], history: HistoryTable, row: NewRow) -> None:
+def _record_failure(
+    conn: psycopg.Connection[Any], history: HistoryTable, row: NewRow, reset_session: Callable[[], None]
+) -> None:
+    """Write ``row`` with ``success = FALSE`` as the connecting role; a failure to write it is only logged."""
+    failed = NewRow(
+        row.version, row.description, row.type, row.script, row.checksum, row.installed_by, row.execution_time, False
+    )
     try:
-        with conn.transaction():
-            history.insert(
-                conn,
-                NewRow(
-                    row.version,
-                    row.description,
-                    row.type,
-                    row.script,
-                    row.checksum,
-                    row.installed_by,
-                    row.execution_time,
-                    False,
-                ),
-            )
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # Autocommit, and no transaction open on the server: also the case of a script that
+            # ended group = true's transaction, where psycopg still counts it as open and would
+            # send a SAVEPOINT the server refuses.
+            reset_session()
+            history.insert(conn, failed)
+        else:
+            with conn.transaction():
+                reset_session()
+                history.insert(conn, failed)
     except psycopg.Error as exc:
         log.error("could not record the failed migration", error=str(exc))
+
+
+class _TransactionEnded(Exception):
+    """The script ended the migration's transaction (COMMIT, ROLLBACK); ``error`` is what failed after, if anything.
+
+    Internal to this module: :func:`apply_script` turns it into a MigrationFailed.
+    """
+
+    def __init__(self, error: psycopg.Error | None = None) -> None:
+        super().__init__("the migration's transaction was ended by its script")
+        self.error = error
+
+
+def _execute_in_transaction(conn: psycopg.Connection[Any], text: str) -> None:
+    """Run ``text`` in the open transaction; raise _TransactionEnded when the script ended it, psycopg.Error else."""
+    try:
+        conn.execute(text)
+    except psycopg.Error as exc:
+        # A failure in the migration's own transaction leaves it aborted (INERROR); after a
+        # COMMIT or ROLLBACK in the script the server runs the rest in an implicit transaction
+        # of its own, and an error there leaves no transaction at all.
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            raise _TransactionEnded(exc) from exc
+        raise
+    _check_still_in_transaction(conn)
+
+
+def _check_still_in_transaction(conn: psycopg.Connection[Any]) -> None:
+    """Raise _TransactionEnded when no transaction is open any more (the script or a callback ended it)."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        raise _TransactionEnded()
+
+
+def refuse_transaction_control(script: str, statements: list[str], text: str) -> None:
+    """Raise ConfigError (exit 2) when a transactional script ends its own transaction; nothing of it has run yet."""
+    keyword = ends_transaction(statements, text)
+    if keyword:
+        raise ConfigError(
+            f"migration {script} runs {keyword}, which would end the transaction opskit runs it in "
+            "(a failure could then not be rolled back)",
+            hint=f"remove the {keyword}, or set executeInTransaction=false in {script}.conf to run it "
+            "statement by statement in autocommit",
+        )
+
+
+def _ended_failure(script: str, error: psycopg.Error | None) -> MigrationFailed:
+    """Return the MigrationFailed for a script that ended its own transaction, failing after (``error``) or not."""
+    reason = (error.diag.message_primary or str(error)).strip() if error is not None else None
+    what = f"failed ({reason}) after ending" if reason else "ended"
+    return MigrationFailed(
+        f"Migration {script} {what} its own transaction (a COMMIT or ROLLBACK in the script): what it "
+        "committed cannot be rolled back, so a failed row was recorded",
+        hint="check what the script left, remove its COMMIT/ROLLBACK, run 'opskit migrate repair' and migrate again",
+        migration=script,
+        database_error=reason,
+    )
 
 
 def _with_time(row: NewRow, ms: int) -> NewRow:

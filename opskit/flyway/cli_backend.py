@@ -128,8 +128,11 @@ def run_flyway(
 ) -> dict[str, Any]:
     """Run ``flyway <command>`` and return its JSON document.
 
-    Raises UnreachableError when the binary cannot start or prints no JSON, and
-    VerificationFailed / MigrationFailed / OpskitError for Flyway's own errors.
+    Raises, by Flyway's ``errorCode`` (:func:`_error_kind`): UnreachableError (exit 3) when Flyway
+    could not connect, ConfigError (exit 2) for its configuration errors or a binary that
+    cannot start or prints no JSON, VerificationFailed (exit 5) for a failed validation, and
+    MigrationFailed (exit 4) for every other failure, including a binary that exits non-zero
+    without saying why (whatever the command: whether anything was applied is unknown).
     """
     args, env = _arguments(target, settings)
     argv = [find_binary(settings), *args, *(extra or []), command]
@@ -143,12 +146,25 @@ def run_flyway(
     error = document.get("error") or document.get("exception")
     if result.returncode != 0 or error:
         message = (error or {}).get("message") if isinstance(error, dict) else error
-        message = message or result.stderr.decode("utf-8", "replace").strip()[-500:] or "no output"
         code = error.get("errorCode") if isinstance(error, dict) else None
+        if not message:
+            # No JSON error to read: Flyway died before it could write one (no Java, killed, a
+            # crash). Say so with its exit status and whatever it wrote to stderr.
+            tail = result.stderr.decode("utf-8", "replace").strip()[-500:]
+            status = f"exited with status {result.returncode}" if result.returncode else "reported an error"
+            message = f"{status} and " + (f"wrote: {tail}" if tail else "printed nothing")
+            raise MigrationFailed(
+                f"flyway {command} {message}",
+                hint="run the flyway binary by hand (flyway -v) to see why; check 'opskit migrate info' "
+                "before migrating again",
+            )
         kind = _error_kind(command, code, str(message))
-        raise kind(f"flyway {command} failed: {message}", hint="see Flyway's message above")
+        raise kind(f"flyway {command} failed: {message}", hint=_HINTS.get(kind, "see Flyway's message above"))
     if not document:
-        raise UnreachableError(f"flyway {command} printed no JSON document", hint="check the flyway installation")
+        raise ConfigError(
+            f"flyway {command} printed no JSON document",
+            hint="check that migrations.flyway_binary is Flyway 7 or later (it needs -outputType=json)",
+        )
     return document
 
 
@@ -157,6 +173,7 @@ def run_flyway(
 VALIDATION_ERROR_CODES = frozenset(
     {
         "VALIDATE_ERROR",
+        "SCHEMA_DOES_NOT_EXIST",
         "CHECKSUM_MISMATCH",
         "TYPE_MISMATCH",
         "DESCRIPTION_MISMATCH",
@@ -169,7 +186,23 @@ VALIDATION_ERROR_CODES = frozenset(
         "FAILED_VERSIONED_MIGRATION",
     }
 )
-_KIND_BY_COMMAND: dict[str, type[OpskitError]] = {"validate": VerificationFailed, "migrate": MigrationFailed}
+# The other codes with a meaning of their own (Flyway's ErrorCode enum); the rest (ERROR, FAULT,
+# and codes newer than this list) are the command failing.
+_CODE_KINDS: dict[str, type[OpskitError]] = {
+    "DB_CONNECTION": UnreachableError,
+    "CONFIGURATION": ConfigError,
+    "CLI_USAGE": ConfigError,
+    "JDBC_DRIVER": ConfigError,
+    "DUPLICATE_VERSIONED_MIGRATION": ConfigError,
+    "DUPLICATE_REPEATABLE_MIGRATION": ConfigError,
+    "DUPLICATE_UNDO_MIGRATION": ConfigError,
+    "DUPLICATE_DELETED_MIGRATION": ConfigError,
+}
+_KIND_BY_COMMAND: dict[str, type[OpskitError]] = {"validate": VerificationFailed}
+_HINTS: dict[type[OpskitError], str] = {
+    UnreachableError: "check the target's host, port and credentials; see Flyway's message above",
+    ConfigError: "fix the Flyway setting Flyway's message names",
+}
 
 
 def _error_kind(command: str, code: object, message: str) -> type[OpskitError]:
@@ -177,12 +210,17 @@ def _error_kind(command: str, code: object, message: str) -> type[OpskitError]:
 
     A failure Flyway reports before it can print JSON (a bad configuration, an old release whose JSON
     has no ``errorCode``) leaves its message as the only signal that validation is what failed.
+    Every command without a kind of its own fails with MigrationFailed (exit 4): info, baseline
+    and repair work on the schema history as migrate does.
     """
     if isinstance(code, str) and code:
-        return VerificationFailed if code in VALIDATION_ERROR_CODES else _KIND_BY_COMMAND.get(command, OpskitError)
-    if "validat" in message.lower():
+        if code in VALIDATION_ERROR_CODES:
+            return VerificationFailed
+        if code in _CODE_KINDS:
+            return _CODE_KINDS[code]
+    elif "validat" in message.lower():
         return VerificationFailed
-    return _KIND_BY_COMMAND.get(command, OpskitError)
+    return _KIND_BY_COMMAND.get(command, MigrationFailed)
 
 
 def migrate(target: TargetConfig, settings: MigrationSettings, dry_run: bool = False) -> MigrateReport:

@@ -19,7 +19,8 @@ One script's execution lives in :mod:`opskit.flyway.apply`, repair's writes in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ import psycopg
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
-from opskit.flyway.apply import applied_entry, apply_script
+from opskit.flyway.apply import applied_entry, apply_script, refuse_transaction_control
 from opskit.flyway.baseline import baseline_table, create_schemas
 from opskit.flyway.callbacks import CallbackRunner, load_callbacks
 from opskit.flyway.history import (
@@ -38,8 +39,8 @@ from opskit.flyway.history import (
     quote_java,
     release_lock,
 )
-from opskit.flyway.names import Version
-from opskit.flyway.placeholders import executable_text, placeholder_values, resolved_checksums
+from opskit.flyway.names import Version, abbreviate_script
+from opskit.flyway.placeholders import check_placeholders, executable_text, placeholder_values, resolved_checksums
 from opskit.flyway.repair_run import run_repair
 from opskit.flyway.results import Applied, BaselineReport, MigrateReport, RepairReport
 from opskit.flyway.scripts import Discovery, Script, discover
@@ -51,10 +52,35 @@ from opskit.flyway.state import (
     Target,
     build_state,
 )
+from opskit.flyway.statements import split_statements
 from opskit.flyway.transactions import runs_in_transaction
 from opskit.flyway.validation import check_target, state_ignored, validation_errors, validation_failed
 
 log = get_logger(__name__)
+
+# The callback events a ``migrate`` may fire (docs/migrations.md, Callbacks): planning checks
+# their placeholders, as the real run would fail on them after the backup.
+MIGRATE_EVENTS = frozenset(
+    {
+        "beforeValidate",
+        "afterValidate",
+        "afterValidateError",
+        "createSchema",
+        "beforeBaseline",
+        "afterBaseline",
+        "afterBaselineError",
+        "beforeMigrate",
+        "beforeEachMigrate",
+        "afterEachMigrate",
+        "afterEachMigrateError",
+        "afterVersioned",
+        "beforeRepeatables",
+        "afterMigrateApplied",
+        "afterMigrate",
+        "afterMigrateOperationFinish",
+        "afterMigrateError",
+    }
+)
 
 
 class Engine:
@@ -77,6 +103,12 @@ class Engine:
         self._user: str | None = None
         self._discovery: Discovery | None = None
         self._callbacks: CallbackRunner | None = None
+        # What this engine's migrate runs committed, in order (a group's only once the group
+        # committed), and the non-transactional migration that failed or was interrupted half-way
+        # (its completed statements stay): the migrate feature decides from these whether a
+        # restore is needed and what an interrupted run reports.
+        self.committed: list[Applied] = []
+        self.partial: str | None = None
         row = conn.execute(
             "SELECT current_user, current_setting('search_path'), current_database(),"
             " current_schema(), current_setting('server_version_num')::int"
@@ -218,24 +250,51 @@ class Engine:
 
     # ------------------------------------------------------------------ migrate
 
-    def migrate(self, dry_run: bool = False, on_applied: Callable[[Applied], None] | None = None) -> MigrateReport:
-        """Apply the pending migrations, one transaction each (§4.1); return what ran.
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold Flyway's advisory lock (a session lock, §2.7) for the block; release it after.
 
-        Raises VerificationFailed when validation fails, MigrationFailed (exit 4) when a
-        migration fails (after rolling it back), LockHeld when another run holds the lock.
+        Re-entrant: ``migrate``, ``baseline`` and ``repair`` inside the block take it again on the
+        same session, which PostgreSQL grants at once. A connection that died meanwhile (a
+        restore that swapped the database) has released it already. Raises LockHeld (exit 7)
+        when another run holds it past ``lock_retry_count``.
         """
-        target = Target.parse(self.settings.target)
-        if dry_run:
-            return self._plan(target)
         acquire_lock(
             self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
         )
         try:
-            return self._migrate_locked(target, on_applied)
+            yield
         finally:
             release_lock(self.conn, self.history.lock_key)
 
-    def _plan(self, target: Target) -> MigrateReport:
+    def migrate(self, dry_run: bool = False, on_applied: Callable[[Applied], None] | None = None) -> MigrateReport:
+        """Apply the pending migrations, one transaction each (§4.1); return what ran.
+
+        ``on_applied`` is called for each migration once it is committed (with ``group = true``,
+        for all of them after the group's transaction committed). ``dry_run`` returns
+        :meth:`plan`'s report instead. Raises VerificationFailed when validation fails,
+        MigrationFailed (exit 4) when a migration fails (after rolling it back), LockHeld when
+        another run holds the lock.
+        """
+        target = Target.parse(self.settings.target)
+        if dry_run:
+            return self.plan()
+        with self.locked():
+            return self._migrate_locked(target, on_applied)
+
+    def plan(self) -> MigrateReport:
+        """Return what ``migrate`` would apply, raising what the real run would refuse, changing nothing.
+
+        Runs no callback and takes no lock (a caller holding :meth:`locked` plans exactly the
+        state the run starts from). Raises as the real run: VerificationFailed (validation),
+        ConfigError (a missing target version, a non-empty schema without history and without
+        ``baseline_on_migrate``, a non-transactional migration in ``group = true``, a callback
+        mixing statement kinds), PlaceholderError (a placeholder with no value, in a pending
+        script or a callback migrate fires), MigrationFailed (a failed row with
+        ``validate_on_migrate = false``). A script mixing statement kinds without ``mixed`` is
+        reported in ``refusal``, not raised, so a dry run shows the whole plan.
+        """
+        target = Target.parse(self.settings.target)
         if self.settings.validate_on_migrate:
             self.validate(["*:pending"], fire_callbacks=False)
         state = self.state(target)
@@ -245,25 +304,52 @@ class Engine:
         if not self.history.exists(self.conn):
             report.created_table = True
             schemas = self.settings.schemas or (self.schema,)
-            if self.settings.baseline_on_migrate and any(
-                self._schema_exists(s) and not self.schema_empty(s) for s in schemas
-            ):
+            # createSchemas creates the missing configured schemas, and the table with them.
+            creates = self.settings.create_schemas and any(not self._schema_exists(s) for s in self.settings.schemas)
+            non_empty = [] if creates else [s for s in schemas if self._schema_exists(s) and not self.schema_empty(s)]
+            if non_empty and not self.settings.baseline_on_migrate:
+                raise non_empty_error(non_empty)
+            if non_empty:
                 # migrate would baseline first; what is at or below the baseline would not run.
                 report.baselined = True
                 floor = Version.parse(self.settings.baseline_version)
                 pending = [
                     i for i in pending if i.resolved is None or i.resolved.version is None or i.resolved.version > floor
                 ]
+        self._refuse_failed(state)
+        values = self.placeholder_values()
         for info in pending:
             script = info.resolved.script  # type: ignore[union-attr]
             try:
-                report.applied.append(applied_entry(info, 0, self._transactional(script)))
+                transactional = self._transactional(script)
             except ConfigError as exc:
                 # Reported, not raised: the dry run shows the whole plan and where it stops (a mixed
                 # script with mixed = false); migrate refuses the run up front from this report.
                 report.applied.append(replace(applied_entry(info, 0, False), refusal=exc.message))
+                continue
+            if self.settings.group and not transactional:
+                raise group_refusal(script.script)
+            if transactional:  # refused here, before any backup, not when its turn comes
+                refuse_transaction_control(script.script, split_statements(script.text), script.text)
+            check_placeholders(script, values, self.settings.placeholder_syntax)
+            report.applied.append(applied_entry(info, 0, transactional))
+        for callback in self.callbacks.callbacks:
+            if callback.event in MIGRATE_EVENTS:
+                check_placeholders(callback.script, values, self.settings.placeholder_syntax)
         report.target_version = _last_version(report.applied) or None
         return report
+
+    def _refuse_failed(self, state: InfoState) -> None:
+        """Raise MigrationFailed when the history holds a failed row migrate stops at (§4.1 item 4)."""
+        failed = state.failed(future_ignored=state_ignored(self.settings.ignore_migration_patterns, "future", False))
+        if failed:
+            info = failed[0]
+            script = info.resolved.script.script if info.resolved else (info.applied.script if info.applied else None)
+            raise MigrationFailed(
+                f"Schema {quote_java(self.schema)} contains a failed migration to version {info.label} !",
+                hint="remove its half-completed changes, then run 'opskit migrate repair'",
+                migration=script,
+            )
 
     def _migrate_locked(self, target: Target, on_applied: Callable[[Applied], None] | None) -> MigrateReport:
         if self.settings.validate_on_migrate:
@@ -278,12 +364,7 @@ class Engine:
                 self._baseline_with_callbacks(self.settings.baseline_version, self.settings.baseline_description)
                 report.baselined = True
             elif non_empty:
-                names = ", ".join(quote_java(s) for s in non_empty)
-                raise ConfigError(
-                    f"Found non-empty schema(s) {names} but no schema history table. Use baseline() or set "
-                    "baselineOnMigrate to true to initialize the schema history table.",
-                    hint="run 'opskit migrate baseline' or set migrations.baseline_on_migrate = true",
-                )
+                raise non_empty_error(non_empty)
             else:
                 with self.conn.transaction():
                     self.history.create(self.conn)
@@ -295,13 +376,21 @@ class Engine:
             check_target(state, target)
             values = self.placeholder_values()
             if self.settings.group:
-                # group = true: every pending migration in one transaction, all or nothing.
+                # group = true: every pending migration in one transaction, all or nothing. Nothing
+                # counts as applied (committed, reported) before that transaction commits.
                 try:
                     with self.conn.transaction():
-                        self._apply_pending(state, target, values, report, on_applied)
-                except MigrationFailed:
+                        self._apply_pending(state, target, values, report, None)
+                except MigrationFailed as exc:
+                    rolled_back = [a.script for a in report.applied]
+                    report.applied.clear()
+                    if not rolled_back:
+                        raise  # the first of the group failed: its message says all there is
+                    raise group_rolled_back(exc, rolled_back) from exc
+                except BaseException:
                     report.applied.clear()
                     raise
+                self._committed(report.applied, on_applied)
             else:
                 self._apply_pending(state, target, values, report, on_applied)
         except OpskitError:
@@ -322,17 +411,14 @@ class Engine:
         report: MigrateReport,
         on_applied: Callable[[Applied], None] | None,
     ) -> None:
+        """Apply ``state``'s pending migrations in order into ``report``.
+
+        Outside a group each one is recorded as committed (and given to ``on_applied``) as soon
+        as it is; in a group the caller does that once the group's transaction committed.
+        """
         previous_versioned = True  # Flyway's isPreviousVersioned: afterVersioned fires once, even for none
         while True:
-            failed = state.failed(
-                future_ignored=state_ignored(self.settings.ignore_migration_patterns, "future", False)
-            )
-            if failed:
-                info = failed[0]
-                raise MigrationFailed(
-                    f"Schema {quote_java(self.schema)} contains a failed migration to version {info.label} !",
-                    hint="remove its half-completed changes, then run 'opskit migrate repair'",
-                )
+            self._refuse_failed(state)
             pending = state.pending()
             if not pending:
                 break
@@ -342,13 +428,20 @@ class Engine:
                 previous_versioned = False
             applied = self._apply(pending[0], values)
             report.applied.append(applied)
-            if on_applied is not None:
-                on_applied(applied)
+            if not self.settings.group:
+                self._committed([applied], on_applied)
             if target.kind == "next":
                 break
             state = self.state(target)
         if previous_versioned:
             self.callbacks.fire("afterVersioned")
+
+    def _committed(self, applied: Sequence[Applied], on_applied: Callable[[Applied], None] | None) -> None:
+        """Record ``applied`` as committed by this engine and tell ``on_applied`` about each."""
+        for entry in applied:
+            self.committed.append(entry)
+            if on_applied is not None:
+                on_applied(entry)
 
     def _create_schemas(self) -> tuple[str, ...]:
         return create_schemas(self.conn, self.history, self.settings, self.installed_by)
@@ -359,16 +452,35 @@ class Engine:
         script = resolved.script
         text = executable_text(script, values, self.settings.placeholder_syntax)
         transactional = self._transactional(script)
-        return apply_script(
-            self.conn,
-            self.history,
-            self.callbacks,
-            info,
-            text,
-            transactional,
-            self.installed_by,
-            self._reset_session,
-        )
+        try:
+            return apply_script(
+                self.conn,
+                self.history,
+                self.callbacks,
+                info,
+                text,
+                transactional,
+                self.installed_by,
+                self._reset_session,
+            )
+        except BaseException:
+            # Autocommit, statement by statement: what ran before the failure (or the interrupt)
+            # is committed, and so may be its success = FALSE row. A transactional script is rolled
+            # back, unless it ended its transaction itself: then apply recorded a failed row.
+            if not transactional or self._failed_row_recorded(script):
+                self.partial = script.script
+            raise
+
+    def _failed_row_recorded(self, script: Script) -> bool:
+        """Return True when the history's newest row is a failed row of ``script`` (written just now)."""
+        try:
+            rows = self.history.read(self.conn)
+        except (psycopg.Error, OpskitError):
+            return False  # the session is gone: nothing more can have been committed on it
+        if not rows:
+            return False
+        newest = max(rows, key=lambda r: r.installed_rank)
+        return not newest.success and newest.script == abbreviate_script(script.script)
 
     # ------------------------------------------------------------------ baseline
 
@@ -377,15 +489,10 @@ class Engine:
 
         Raises VerificationFailed when the table already holds a different baseline or migrations.
         """
-        acquire_lock(
-            self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
-        )
-        try:
+        with self.locked():
             return self._baseline_with_callbacks(
                 version or self.settings.baseline_version, description or self.settings.baseline_description
             )
-        finally:
-            release_lock(self.conn, self.history.lock_key)
 
     def _baseline_with_callbacks(self, version_text: str, description: str) -> BaselineReport:
         report: BaselineReport = self._around(
@@ -405,10 +512,7 @@ class Engine:
 
     def repair(self) -> RepairReport:
         """Remove failed rows, mark missing migrations deleted, realign checksums (§4.5), under the lock."""
-        acquire_lock(
-            self.conn, self.history.lock_key, self.settings.lock_retry_count, session=True, on_wait=self.on_lock_wait
-        )
-        try:
+        with self.locked():
 
             def work() -> RepairReport:
                 with self.conn.transaction():
@@ -416,8 +520,6 @@ class Engine:
 
             report: RepairReport = self._around("beforeRepair", "afterRepair", "afterRepairError", work)
             return report
-        finally:
-            release_lock(self.conn, self.history.lock_key)
 
     def _repair_locked(self) -> RepairReport:
         latest = Target("latest")
@@ -428,6 +530,42 @@ class Engine:
             self.settings.ignore_migration_patterns,
             self.installed_by,
         )
+
+
+def non_empty_error(schemas: Sequence[str]) -> ConfigError:
+    """Return Flyway's error for non-empty ``schemas`` without a history table (exit 2)."""
+    names = ", ".join(quote_java(s) for s in schemas)
+    return ConfigError(
+        f"Found non-empty schema(s) {names} but no schema history table. Use baseline() or set "
+        "baselineOnMigrate to true to initialize the schema history table.",
+        hint="run 'opskit migrate baseline' or set migrations.baseline_on_migrate = true",
+    )
+
+
+def group_refusal(script: str) -> ConfigError:
+    """Return the ConfigError for ``script``, which cannot run in a transaction, under ``group = true`` (exit 2).
+
+    The words :func:`opskit.flyway.apply.apply_script` uses when it meets the open group.
+    """
+    return ConfigError(
+        f"migration {script} cannot run inside a transaction, and group = true puts every migration in one",
+        hint="set migrations.group = false",
+    )
+
+
+def group_rolled_back(exc: MigrationFailed, scripts: Sequence[str]) -> MigrationFailed:
+    """Return ``exc`` restated for ``group = true``: the failure rolled back every migration of the group.
+
+    ``scripts`` are the group's migrations that ran before the failing one (at least one).
+    """
+    names = [*scripts, exc.migration] if exc.migration and exc.migration not in scripts else list(scripts)
+    return MigrationFailed(
+        f"{exc.message.rstrip('.')}; group = true, so all {len(names)} migration(s) of the group "
+        f"({', '.join(names)}) were rolled back with it and none was applied",
+        hint=exc.hint,
+        migration=exc.migration,
+        database_error=exc.database_error,
+    )
 
 
 def _last_version(applied: Iterable[Applied]) -> str:

@@ -122,3 +122,12 @@ def resolved_checksums(script: Script, values: Mapping[str, str], syntax: Placeh
     if not replaces_placeholders(script, syntax):
         return script.raw_checksum, script.raw_checksum
     return checksum_text(executable_text(script, values, syntax)), script.raw_checksum
+
+
+def check_placeholders(script: Script, values: Mapping[str, str], syntax: PlaceholderSyntax) -> None:
+    """Raise PlaceholderError (exit 2) when running ``script`` would, for a placeholder with no value.
+
+    Planning calls it for every pending script and callback, so a run that would stop on one
+    half-way is refused before anything is applied or backed up.
+    """
+    executable_text(script, values, syntax)

@@ -14,6 +14,10 @@ _NON_TRANSACTIONAL = [
     re.compile(r"REINDEX\s+(\([^)]*\)\s*)?(VERBOSE\s+)?(SCHEMA|DATABASE|SYSTEM)\b", re.I),
     # Not in Flyway's list, but PostgreSQL 12+ refuses it inside a transaction just the same.
     re.compile(r"REINDEX\s+(\([^)]*\)\s*)?(VERBOSE\s+)?(INDEX|TABLE)\s+CONCURRENTLY\b", re.I),
+    # ... and in the parenthesised option form, unless switched off: REINDEX (CONCURRENTLY) TABLE t.
+    re.compile(r"REINDEX\s*\([^)]*\bCONCURRENTLY\b(?!\s*(FALSE|OFF|0)\b)[^)]*\)", re.I),
+    # PostgreSQL 14+: ALTER TABLE ... DETACH PARTITION p CONCURRENTLY.
+    re.compile(r"ALTER\s+TABLE\b.*\bDETACH\s+PARTITION\b.*\bCONCURRENTLY\s*\Z", re.I | re.S),
     re.compile(r"VACUUM\b", re.I),
     re.compile(r"DISCARD\s+ALL\b", re.I),
 ]
@@ -93,3 +97,27 @@ def can_run_in_transaction(statement: str, server_version_num: int = 150000) -> 
     if any(pattern.match(body) for pattern in _NON_TRANSACTIONAL):
         return False
     return not (server_version_num < 120000 and _ADD_ENUM_VALUE.match(body))
+
+
+# Statements that end the open transaction (ROLLBACK TO SAVEPOINT does not). BEGIN and START
+# TRANSACTION inside one are only a warning, so they do not count.
+_ENDS_TRANSACTION = re.compile(
+    r"(COMMIT|END|ABORT|PREPARE\s+TRANSACTION)\b|ROLLBACK\b(?!\s+(WORK\s+|TRANSACTION\s+)?TO\b)", re.I
+)
+_BEGIN_ATOMIC = re.compile(r"\bBEGIN\s+ATOMIC\b", re.I)
+
+
+def ends_transaction(statements: list[str], text: str) -> str | None:
+    """Return the keyword (``COMMIT``, ``ROLLBACK``, ...) of the first statement that ends the open transaction, or None.
+
+    ``statements`` are ``text``'s, from :func:`split_statements`. A SQL-standard ``BEGIN ATOMIC
+    ... END`` body ends in an ``END`` the splitter takes for a statement, so ``END`` does not
+    count in a script holding one.
+    """
+    atomic = _BEGIN_ATOMIC.search(text) is not None
+    for statement in statements:
+        body = strip_leading_comments(statement)
+        match = _ENDS_TRANSACTION.match(body)
+        if match and not (atomic and (match.group(1) or "").upper() == "END"):
+            return body.split(None, 1)[0].upper()
+    return None

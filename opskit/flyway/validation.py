@@ -153,5 +153,5 @@ def check_target(state: InfoState, target: Target) -> None:
         raise ConfigError(
             f"No migration with a target version {target.version} could be found. Ensure target is specified "
             "correctly and the migration exists.",
-            hint="fix --target/migrations.target, or append '?' to allow a missing target",
+            hint="fix --to-version (or migrations.target), or append '?' to allow a missing target",
         )

@@ -1,14 +1,21 @@
 """``opskit migrate``: apply Flyway migrations behind a backup, optionally rehearsed on staging.
 
-The order of a guarded run (``--rehearse --backup-first``):
+The order of a guarded run (``--rehearse --backup-first``), all of it under the migration lock
+(Flyway's advisory lock, taken on one session before planning and held to the end, so the
+backup is exactly the state the run starts from and no other migrator commits in between):
 
-1. take a ``pre-migrate`` backup (its manifest records the schema version before); if it
+1. plan: everything the run would refuse (validation, a missing target version, a mixed
+   script, a missing placeholder, a non-empty schema without history, ...) is refused here,
+   before any backup;
+2. take a ``pre-migrate`` backup (its manifest records the schema version before); if it
    fails nothing is migrated;
-2. restore that backup (or, without ``--backup-first``, the newest one, taking one if there is
+3. restore that backup (or, without ``--backup-first``, the newest one, taking one if there is
    none) into a fresh database on the target's staging server, apply the pending migrations
    there, time each one, drop the database; a failure stops before production;
-3. apply the migrations to the target; if one fails, say exactly which ``opskit restore``
-   command undoes the run, and with ``--restore-on-failure`` run it.
+4. apply the migrations to the target; if one fails after this run committed something, say
+   exactly which ``opskit restore`` command undoes the run, and with ``--restore-on-failure``
+   run it; if the run committed nothing, say so: there is nothing to undo, and a restore would
+   only throw away other sessions' writes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from opskit.context import AppContext
 from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
 from opskit.flyway.backend import EngineBackend, MigrationBackend, backend_for
+from opskit.flyway.engine import Engine
 from opskit.flyway.results import Applied, BaselineReport, InfoOutcome, MigrateReport, RepairReport
 from opskit.flyway.state import InfoState, sort_infos_for_display
 from opskit.pg import connection, databases
@@ -56,6 +64,43 @@ class MigrateOutcome:
     rehearsal: Rehearsal | None = None
 
 
+class MigrateInterrupted(KeyboardInterrupt):
+    """An interrupted ``opskit migrate`` (SIGINT, SIGTERM) that had committed migrations already.
+
+    A KeyboardInterrupt, so every caller treats it as the interrupt it is (exit 130); it carries
+    what the run committed before it (``committed``, in order; ``partial``, the script of a
+    non-transactional migration cut off half-way) and, after ``--backup-first``, the command
+    that undoes the run (``restore_command``). Raised only when something was committed: an
+    interrupt before that leaves the plain KeyboardInterrupt ("nothing was committed").
+    """
+
+    def __init__(self, target: str, committed: list[Applied], partial: str | None, restore_command: str | None) -> None:
+        super().__init__("interrupted after committing migrations")
+        self.target = target
+        self.committed = committed
+        self.partial = partial
+        self.restore_command = restore_command
+
+    def lines(self) -> list[str]:
+        """Return what the CLI prints: what stays committed, and how to undo it."""
+        parts = []
+        if self.committed:
+            done = ", ".join(a.script for a in self.committed)
+            versions = [a.version for a in self.committed if a.version]
+            now = f" (schema now at version {versions[-1]})" if versions else ""
+            parts.append(
+                f"this run had committed {len(self.committed)} migration(s) to target '{self.target}': {done}{now}"
+            )
+        if self.partial:
+            parts.append(f"{self.partial} ran outside a transaction and was cut off: its completed statements stay")
+        else:
+            parts.append("the migration in progress, if any, was rolled back")
+        lines = ["interrupted; " + "; ".join(parts)]
+        if self.restore_command:
+            lines.append(f"to undo this run, restore the pre-migrate backup: {self.restore_command}")
+        return lines
+
+
 # --------------------------------------------------------------------------- plumbing
 
 
@@ -67,6 +112,12 @@ def settings_for(ctx: AppContext) -> MigrationSettings:
 def resolve_target(ctx: AppContext, name: str | None, settings: MigrationSettings) -> TargetConfig:
     """Return the target to migrate; a target with no DSN takes the Flyway URL when one is configured."""
     target = ctx.target(name)
+    if target.is_server:
+        # Its dsn names only the database discovery connects to: migrating that one is never meant.
+        raise ConfigError(
+            f"target '{target.name}' is a server target (databases = [...]): migrations run on one database",
+            hint=f"name the database: -t {target.name}.<database>",
+        )
     if not target.dsn and settings.conninfo:
         password = SecretRef(settings.password) if settings.password else target.password
         target = replace(target, dsn=settings.conninfo, password=password)
@@ -114,10 +165,13 @@ def run(
 ) -> MigrateOutcome:
     """Apply the pending migrations to ``target`` and return what ran.
 
-    Raises BackupFailed (4) when the pre-migrate backup fails (nothing migrated),
-    MigrationFailed (4) when a migration fails on staging (production untouched) or on the
-    target (with the restore command in its hint), VerificationFailed (5) when validation
-    fails, LockHeld (7) when another migration holds the lock.
+    ``on_applied`` is called for each migration once it is committed. Raises ConfigError (2)
+    for what planning refuses (before any backup; the dry run raises the same), BackupFailed
+    (4) when the pre-migrate backup fails (nothing migrated), MigrationFailed (4) when a
+    migration fails on staging (production untouched) or on the target (with the restore
+    command in its hint when the run had committed something), VerificationFailed (5) when
+    validation fails, LockHeld (7) when another migration holds the lock, MigrateInterrupted
+    (a KeyboardInterrupt) when interrupted after committing migrations.
     """
     say = on_event or (lambda _msg: None)
     settings = settings_for(ctx)
@@ -131,93 +185,166 @@ def run(
             say("waiting for the migration lock: another migration (opskit or Flyway) is running")
 
     runner = backend(ctx, settings, on_lock_wait=waiting)
-    if not runner.supports_guarded_runs:
+    if not runner.supports_guarded_runs or not isinstance(runner, EngineBackend):
         if backup_first or rehearse or restore_on_failure:
             raise ConfigError(
                 '--backup-first, --rehearse and --restore-on-failure need engine = "opskit"',
                 hint="run 'opskit backup now' first, or set migrations.engine = \"opskit\"",
             )
         return MigrateOutcome(name, runner.migrate(target_config, dry_run=dry_run))
-
-    plan = runner.migrate(target_config, dry_run=True)
-    if plan.refused and not dry_run:
-        # Flyway would apply the migrations before the refused one and fail there; opskit applies
-        # none, before any backup is taken (docs/migrations.md, "Choices where opskit differs").
-        raise refusal_error(plan)
-    if not plan.applied:
-        say("nothing to migrate: the schema is up to date")
-    if dry_run:
-        return MigrateOutcome(name, plan)
-    if not plan.applied:
-        # Run anyway, without a backup: Flyway fires beforeMigrate/afterMigrate callbacks when
-        # nothing is pending too, and teams rely on that to refresh grants on every deploy.
-        return MigrateOutcome(name, runner.migrate(target_config, on_applied=on_applied))
-
-    outcome = MigrateOutcome(name, plan)
-    manifest = None
-    if backup_first:
-        from opskit.backup import backup
-
-        say(f"taking a pre-migrate backup of target '{name}'")
-        result = backup.run(
-            ctx, target=name, labels=("pre-migrate",), extra={"schema_version_before": plan.initial_version}
-        )
-        manifest = result.manifest
-        outcome.backup_id = manifest.id
-        outcome.restore_command = restore_command(manifest.id, name)
-        say(f"backup {manifest.id} committed; to undo this migration: {outcome.restore_command}")
     if rehearse:
-        outcome.rehearsal = rehearse_on_staging(ctx, target_config, settings, manifest, say=say)
+        staging_of(target_config)  # refused up front, before the lock, the plan and any backup
 
-    try:
-        outcome.report = runner.migrate(target_config, on_applied=on_applied)
-    except MigrationFailed as exc:
-        _after_failure(ctx, exc, outcome, restore_on_failure, yes, say)
-        raise
-    return outcome
+    if dry_run:
+        # No lock (docs/migrations.md): the plan raises whatever the real run would refuse.
+        plan = runner.migrate(target_config, dry_run=True)
+        if not plan.applied:
+            say("nothing to migrate: the schema is up to date")
+        return MigrateOutcome(name, plan)
+
+    guarded = Guarded(ctx, target_config, settings, backup_first, rehearse, restore_on_failure, yes, on_applied, say)
+    with runner.open(target_config) as engine, engine.locked():
+        return guarded.run(engine)
 
 
-def _after_failure(
-    ctx: AppContext,
-    exc: MigrationFailed,
-    outcome: MigrateOutcome,
-    restore_on_failure: bool,
-    yes: bool,
-    say: Callable[[str], None],
-) -> None:
-    exc.restore_command = outcome.restore_command
-    if outcome.restore_command is None:
-        return
-    if not restore_on_failure:
-        exc.hint = f"to put the database back as it was before this run: {outcome.restore_command}"
-        return
-    from opskit.restore import restore
+@dataclass
+class Guarded:
+    """One real ``opskit migrate`` run on an engine that holds the migration lock (see the module docstring)."""
 
-    say(f"restoring backup {outcome.backup_id} into target '{outcome.target}' (--restore-on-failure)")
-    try:
-        result = restore.run(
-            ctx,
-            selector=outcome.backup_id or "latest",
-            target=outcome.target,
-            to=outcome.target,
-            replace=True,
-            confirmed=yes,
+    ctx: AppContext
+    target: TargetConfig
+    settings: MigrationSettings
+    backup_first: bool
+    rehearse: bool
+    restore_on_failure: bool
+    yes: bool
+    on_applied: Callable[[Applied], None] | None
+    say: Callable[[str], None]
+
+    def run(self, engine: Engine) -> MigrateOutcome:
+        """Plan, back up, rehearse, apply; return what ran. Raises as :func:`run` says."""
+        name = self.target.name
+        plan = engine.plan()
+        if plan.refused:
+            # Flyway would apply the migrations before the refused one and fail there; opskit applies
+            # none, before any backup is taken (docs/migrations.md, "Choices where opskit differs").
+            raise refusal_error(plan)
+        if not plan.applied:
+            self.say("nothing to migrate: the schema is up to date")
+            # Run anyway, without a backup: Flyway fires beforeMigrate/afterMigrate callbacks when
+            # nothing is pending too, and teams rely on that to refresh grants on every deploy.
+            return MigrateOutcome(name, self._apply(engine, MigrateOutcome(name, plan)))
+
+        outcome = MigrateOutcome(name, plan)
+        manifest = None
+        if self.backup_first:
+            from opskit.backup import backup
+
+            self.say(f"taking a pre-migrate backup of target '{name}'")
+            result = backup.run(
+                self.ctx, target=name, labels=("pre-migrate",), extra={"schema_version_before": plan.initial_version}
+            )
+            manifest = result.manifest
+            outcome.backup_id = manifest.id
+            outcome.restore_command = restore_command(manifest.id, name)
+            self.say(f"backup {manifest.id} committed; to undo this migration: {outcome.restore_command}")
+        if self.rehearse:
+            outcome.rehearsal = rehearse_on_staging(self.ctx, self.target, self.settings, manifest, say=self.say)
+        try:
+            outcome.report = self._apply(engine, outcome)
+        except OpskitError as exc:
+            self._after_failure(exc, outcome, engine)
+            raise
+        return outcome
+
+    def _apply(self, engine: Engine, outcome: MigrateOutcome) -> MigrateReport:
+        """Return the engine's migrate report; an interrupt after a commit becomes MigrateInterrupted."""
+        try:
+            return engine.migrate(on_applied=self.on_applied)
+        except KeyboardInterrupt as exc:
+            if engine.committed or engine.partial:
+                raise MigrateInterrupted(
+                    outcome.target, list(engine.committed), engine.partial, outcome.restore_command
+                ) from exc
+            raise
+
+    def _after_failure(self, exc: OpskitError, outcome: MigrateOutcome, engine: Engine) -> None:
+        """Tell the truth about what the failed run left, and restore only what it changed.
+
+        A run that committed nothing (its one migration rolled back, a failing callback, a failed
+        row it stopped at) leaves the database as it found it, plus whatever other sessions wrote
+        meanwhile: restoring the backup would throw those writes away, so it is not restored and
+        no undo command is offered.
+        """
+        committed = [a.script for a in engine.committed]
+        if engine.partial and engine.partial not in committed:
+            committed.append(engine.partial)
+        fix = exc.hint or "fix the migration and run migrate again"
+        failed = exc if isinstance(exc, MigrationFailed) else None  # the one kind that carries the command
+        if not committed:
+            if failed is not None:
+                failed.restore_command = None
+            if outcome.backup_id is None:
+                return
+            what = (
+                f"backup {outcome.backup_id} was not restored (no restore was needed)"
+                if self.restore_on_failure
+                else "there is nothing to undo"
+            )
+            exc.hint = f"nothing of this run was committed, so the database is as the run found it and {what}; {fix}"
+            return
+        done = f"this run had committed {', '.join(committed)} before the failure"
+        if failed is not None:
+            failed.restore_command = outcome.restore_command
+        if outcome.restore_command is None:
+            exc.hint = f"{done}; {fix}"
+            return
+        if not self.restore_on_failure:
+            exc.hint = f"{done}; to put the database back as it was before this run: {outcome.restore_command}"
+            return
+        from opskit.restore import restore
+
+        self.say(f"restoring backup {outcome.backup_id} into target '{outcome.target}' (--restore-on-failure)")
+        try:
+            # The lock is still held: no other migrator can commit between the failure and the
+            # restore (the swap ends this session, and its lock, with the old database).
+            result = restore.run(
+                self.ctx,
+                selector=outcome.backup_id or "latest",
+                target=outcome.target,
+                to=outcome.target,
+                replace=True,
+                confirmed=self.yes,
+            )
+        except OpskitError as restore_error:
+            exc.hint = (
+                f"{done}; the automatic restore failed too ({restore_error.one_line()}); "
+                f"run it by hand: {outcome.restore_command}"
+            )
+            return
+        if not result.ok:
+            names = ", ".join(sorted(m.table for m in result.mismatches)) if result.mismatches else "?"
+            exc.hint = (
+                f"{done}; backup {outcome.backup_id} was restored into '{outcome.target}', but "
+                f"{len(result.mismatches)} table(s) differ from it ({names}): drop what the failed run created and check"
+            )
+        else:
+            exc.hint = (
+                f"{done}; backup {outcome.backup_id} was restored into '{outcome.target}'; "
+                "fix the migration and run again"
+            )
+        if failed is not None:
+            failed.restored = True
+
+
+def staging_of(target: TargetConfig) -> str:
+    """Return the name of ``target``'s staging target. Raises ConfigError (2) when it has none."""
+    if not target.staging:
+        raise ConfigError(
+            f"target '{target.name}' has no staging target to rehearse on",
+            hint=f"set targets.{target.name}.staging, or drop --rehearse",
         )
-    except OpskitError as restore_error:
-        exc.hint = (
-            f"the automatic restore failed too ({restore_error.one_line()}); run it by hand: {outcome.restore_command}"
-        )
-        return
-    if not result.ok:
-        names = ", ".join(sorted(m.table for m in result.mismatches)) if result.mismatches else "?"
-        exc.hint = (
-            f"backup {outcome.backup_id} was restored into '{outcome.target}', but {len(result.mismatches)} "
-            f"table(s) differ from it ({names}): drop what the failed run created and check"
-        )
-        exc.restored = True
-        return
-    exc.hint = f"backup {outcome.backup_id} was restored into '{outcome.target}'; fix the migration and run again"
-    exc.restored = True
+    return target.staging
 
 
 def rehearse_on_staging(
@@ -237,12 +364,7 @@ def rehearse_on_staging(
     from opskit.catalog import latest_backup, list_backups
     from opskit.restore import restore
 
-    if not target.staging:
-        raise ConfigError(
-            f"target '{target.name}' has no staging target to rehearse on",
-            hint=f"set targets.{target.name}.staging, or drop --rehearse",
-        )
-    staging = ctx.target(target.staging)
+    staging = ctx.target(staging_of(target))
     storage_name = target.primary_storage
     if manifest is None:
         # Never a future-dated backup (a host with a wrong clock): its age is unknown.
@@ -266,6 +388,8 @@ def rehearse_on_staging(
             raise MigrationFailed(
                 f"rehearsal on staging '{staging.name}' failed, production was not touched: {exc.message}",
                 hint="fix the migration and rehearse again",
+                migration=exc.migration,
+                database_error=exc.database_error,
             ) from exc
     finally:
         try:

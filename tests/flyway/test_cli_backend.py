@@ -45,3 +45,62 @@ def test_flyway_engine_migrates_and_opskit_reads_the_same_history(
     assert opskit(opskit_config, "migrate", "validate").returncode == 0
     info = json.loads(opskit(flyway_config, "migrate", "info", "--json").stdout)
     assert [m["state"] for m in info["migrations"]] == ["Success", "Success"]
+
+
+def stub_flyway(tmp_path: Path, stdout: str, status: int) -> Path:
+    """Write an executable stand-in for flyway that prints ``stdout`` and exits ``status``."""
+    stub = tmp_path / "flyway-stub"
+    (tmp_path / "flyway-stub.out").write_text(stdout, encoding="utf-8")
+    stub.write_text(f'#!/bin/sh\ncat "{tmp_path / "flyway-stub.out"}"\nexit {status}\n', encoding="utf-8")
+    stub.chmod(0o755)
+    return stub
+
+
+CONNECTION_ERROR = json.dumps(
+    {"error": {"errorCode": "DB_CONNECTION", "message": "Unable to obtain connection from database: refused"}}
+)
+
+
+@pytest.mark.parametrize(
+    "verb", [("migrate",), ("migrate", "info"), ("migrate", "validate"), ("migrate", "repair"), ("migrate", "baseline")]
+)
+def test_a_flyway_that_cannot_connect_exits_3_whatever_the_verb(
+    migrate_db: str, tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    stub = stub_flyway(tmp_path, CONNECTION_ERROR, 1)
+    (tmp_path / "sql").mkdir()
+    config = write_config(tmp_path, migrate_db, f'engine = "flyway"\nflyway_binary = "{stub}"\n')
+    result = opskit(config, *verb)
+    assert result.returncode == 3, result.stderr
+    assert "Unable to obtain connection from database: refused" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("stdout", "status", "code", "words"),
+    [
+        ("", 1, 4, "flyway migrate exited with status 1 and printed nothing"),
+        (
+            json.dumps({"error": {"errorCode": "CONFIGURATION", "message": "Unknown configuration property"}}),
+            1,
+            2,
+            "Unknown configuration property",
+        ),
+        (
+            json.dumps({"error": {"errorCode": "FAULT", "message": "NullPointerException"}}),
+            1,
+            4,
+            "NullPointerException",
+        ),
+        ("Flyway says hello\n", 0, 2, "printed no JSON document"),
+    ],
+)
+def test_a_flyway_failure_maps_to_the_documented_exit_codes(
+    migrate_db: str, tmp_path: Path, stdout: str, status: int, code: int, words: str
+) -> None:
+    stub = stub_flyway(tmp_path, stdout, status)
+    (tmp_path / "sql").mkdir()
+    config = write_config(tmp_path, migrate_db, f'engine = "flyway"\nflyway_binary = "{stub}"\n')
+    result = opskit(config, "migrate")
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr
+    assert "unexpected error" not in result.stderr
