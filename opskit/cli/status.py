@@ -59,7 +59,16 @@ def _render(item: status_action.TargetStatus) -> None:
     if item.wal is not None:
         click.echo(f"  WAL: {_wal_line(item.wal)}")
     for state in item.storages:
-        where = f"{state.backups} backups, newest {state.newest_id}" if not state.error else f"ERROR {state.error}"
+        if state.error:
+            where = f"ERROR {state.error}"
+        elif state.backups == 0:
+            where = "no backups"
+        elif state.newest_id is None:
+            where = f"{state.backups} backups, none dated before now"  # every one is future-dated
+        else:
+            where = f"{state.backups} backups, newest {state.newest_id}"
+        if state.without_wal:
+            where += f", {len(state.without_wal)} base backup(s) WITHOUT the WAL they need"
         click.echo(f"  storage {state.name} ({state.kind}{', offsite' if state.offsite else ''}): {where}")
         if state.object_lock_detail is not None:
             locked = (

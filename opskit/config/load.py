@@ -46,11 +46,16 @@ DEFAULT_STORAGE_URL = "file://./opskit-backups"
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
     """Return the config file to load: explicit, ``$OPSKIT_CONFIG``, ``./opskit.toml``, or None.
 
-    Raises ConfigError when an explicitly named file does not exist.
+    Raises ConfigError when an explicitly named file does not exist or is a directory.
     """
     for candidate, origin in ((explicit, "--config"), (os.environ.get("OPSKIT_CONFIG"), "OPSKIT_CONFIG")):
         if candidate:
             path = Path(candidate)
+            if path.is_dir():
+                raise ConfigError(
+                    f"config file {path} (from {origin}) is a directory",
+                    hint=f"name the file itself, e.g. {path / DEFAULT_CONFIG_NAME}",
+                )
             if not path.is_file():
                 raise ConfigError(f"config file {path} (from {origin}) does not exist")
             return path

@@ -69,7 +69,8 @@ def parse_settings(section: Section) -> NotifySettings:
 
 
 def _url_problem(ref: SecretRef) -> str | None:
-    problem = ref.problem()
-    if problem is None and ref.is_literal and not ref.reference.startswith(("http://", "https://")):
-        problem = "must be an http(s):// URL or a secret reference such as 'env:NAME'"
-    return problem
+    # A literal that is not http(s) is first of all a wrong URL: say that, rather than the
+    # general "unknown secret scheme" an ftp:// would otherwise get.
+    if ref.is_literal and not ref.reference.startswith(("http://", "https://")):
+        return "must be an http(s):// URL or a secret reference such as 'env:NAME'"
+    return ref.problem()

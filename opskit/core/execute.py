@@ -14,11 +14,12 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import IO, Any
 
-from opskit.core.errors import OpskitError
+from opskit.core.errors import Cancelled, ConfigError, OpskitError
 from opskit.core.log import get_logger
 from opskit.core.redaction import redact_text, resolved_values
 
@@ -138,7 +139,7 @@ def spawn(
     """Start ``argv`` and yield the Child; if the block raises, the child is killed and reaped.
 
     The caller decides what a failure means by calling ``child.check(...)``. Raises
-    OpskitError when the program cannot be started.
+    ConfigError (exit 2) when the program cannot be started.
     """
     log.debug("starting", argv=redact_text(" ".join(argv)))
     try:
@@ -151,7 +152,7 @@ def spawn(
             close_fds=True,
         )
     except OSError as exc:
-        raise OpskitError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        raise _cannot_start(argv, exc) from exc
     child = Child(argv, popen)
     try:
         yield child
@@ -173,13 +174,19 @@ def run(
     env: Mapping[str, str] | None = None,
     input_bytes: bytes | None = None,
     timeout: float = 60,
+    cancel: threading.Event | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to completion and return its result (stdout and stderr captured).
 
-    Does not raise on a non-zero exit; raises OpskitError when the program cannot be
-    started or exceeds ``timeout`` seconds.
+    Does not raise on a non-zero exit; raises ConfigError (exit 2) when the program cannot be
+    started and OpskitError when it exceeds ``timeout`` seconds. With ``cancel`` (an operator's
+    hook), the child runs in a process group of its own, and the whole group (a shell's
+    children too) is stopped when ``cancel`` is set, raising Cancelled, at the timeout, or when
+    the caller is interrupted: nothing it started outlives the run.
     """
     log.debug("running", argv=redact_text(" ".join(argv)))
+    if cancel is not None:
+        return _run_in_group(argv, env=env, input_bytes=input_bytes, timeout=timeout, cancel=cancel)
     try:
         return subprocess.run(
             list(argv),
@@ -190,6 +197,75 @@ def run(
             check=False,
         )
     except OSError as exc:
-        raise OpskitError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        raise _cannot_start(argv, exc) from exc
     except subprocess.TimeoutExpired as exc:
         raise OpskitError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
+
+
+def _cannot_start(argv: Sequence[str], exc: OSError) -> ConfigError:
+    """Return the error for a program that cannot be started: the command names a wrong program (exit 2)."""
+    return ConfigError(
+        f"cannot start {argv[0]}: {exc.strerror or exc}",
+        hint="check the command: the program must exist and be executable (an absolute path, or on PATH)",
+    )
+
+
+# How often a cancellable child's wait looks at the cancel event, and how long a stopped
+# group gets between SIGTERM and SIGKILL.
+_POLL_SECONDS = 0.2
+_TERM_SECONDS = 3.0
+
+
+def _run_in_group(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None,
+    input_bytes: bytes | None,
+    timeout: float,
+    cancel: threading.Event,
+) -> subprocess.CompletedProcess[bytes]:
+    """:func:`run` for a cancellable child: its own session, the group stopped on cancel, timeout or interrupt."""
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(env),
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise _cannot_start(argv, exc) from exc
+    deadline = time.monotonic() + timeout
+    pending_input = input_bytes
+    try:
+        while True:
+            try:
+                stdout, stderr = popen.communicate(pending_input, timeout=_POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pending_input = None  # communicate() keeps sending what it was given first
+            if cancel.is_set():
+                _stop_group(popen)
+                raise Cancelled(f"{argv[0]} was stopped: the run was cancelled (shutdown requested)")
+            if time.monotonic() >= deadline:
+                _stop_group(popen)
+                raise OpskitError(f"{argv[0]} did not finish within {timeout:.0f} s")
+    except BaseException:
+        _stop_group(popen)  # an interrupt (KeyboardInterrupt, SystemExit) must not leave it behind
+        raise
+    return subprocess.CompletedProcess(list(argv), popen.returncode, stdout, stderr)
+
+
+def _stop_group(popen: subprocess.Popen[bytes]) -> None:
+    """Stop ``popen``'s process group: SIGTERM, SIGKILL after a few seconds; reap the child."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        popen.wait(timeout=_TERM_SECONDS)
+    # The leader may be gone while the rest of its group lives on (a shell's background job).
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        popen.communicate(timeout=_TERM_SECONDS)

@@ -21,7 +21,11 @@ Monday of each quarter.
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -165,7 +169,7 @@ def cron_trigger(spec: str | Mapping[str, Any], timezone: tzinfo) -> tuple[CronT
             day_of_week=crontab_weekdays(weekday),
             timezone=timezone,
         )
-        return trigger, f"cron '{spec}'"
+        return _fires(trigger, f"cron '{spec}'")
     unknown = sorted(set(spec) - set(_CRON_FIELDS))
     if unknown:
         raise ValueError(f"unknown cron field(s) {', '.join(unknown)} (use {', '.join(_CRON_FIELDS)})")
@@ -175,7 +179,18 @@ def cron_trigger(spec: str | Mapping[str, Any], timezone: tzinfo) -> tuple[CronT
     # (hour = 6 alone means 06:00:00) and coarser ones to "*".
     values = {key: str(value) for key, value in spec.items()}
     trigger = CronTrigger(timezone=timezone, **values)
-    return trigger, "cron {" + ", ".join(f"{k}={v}" for k, v in values.items()) + "}"
+    return _fires(trigger, "cron {" + ", ".join(f"{k}={v}" for k, v in values.items()) + "}")
+
+
+def _fires(trigger: CronTrigger, schedule: str) -> tuple[CronTrigger, str]:
+    """Return ``(trigger, schedule)``; raise ValueError when the trigger has no future fire time.
+
+    "0 0 31 2 *" (February 31st) or a year in the past is accepted by APScheduler and then
+    never runs: a job that silently never happens is refused like any other bad schedule.
+    """
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"{schedule} never fires (no such date from now on)")
+    return trigger, schedule
 
 
 def interval_trigger(every: timedelta, timezone: tzinfo) -> tuple[IntervalTrigger, str]:
@@ -259,6 +274,8 @@ def parse_job(name: str, raw: Mapping[str, Any], config: Config, source: Path | 
     args = dict(args_section.raw)
     if "target" in args:
         errors.add("args.target", "set the target with the top-level 'target' key")
+    elif isinstance(action, str) and action in known_actions():
+        _check_args(action, args, errors)
     section.finish()
     where = source or Path(f"{name}.toml")
     if errors.problems:
@@ -278,6 +295,127 @@ def parse_job(name: str, raw: Mapping[str, Any], config: Config, source: Path | 
         misfire_grace_time=grace,
         args=args,
     )
+
+
+# Parameters the daemon passes itself, or that only make sense at a terminal.
+_NOT_FROM_JOB_FILES = frozenset({"ctx", "target"})
+
+
+def _check_args(action: str, args: Mapping[str, Any], errors: ConfigErrors) -> None:
+    """Record in ``errors`` every ``[args]`` key ``action``'s run() would refuse or misread.
+
+    Checks names against the function's parameters (unless it takes ``**kwargs``), values
+    against their annotations (:func:`_matches`), and that required parameters are given, so
+    a job that could only ever fail with a TypeError stops the daemon at start instead.
+    """
+    try:
+        func = resolve_action(action)
+    except ConfigError as exc:
+        errors.add("action", exc.message)
+        return
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to read
+    try:
+        annotated: Any = func if inspect.isroutine(func) else type(func).__call__  # a callable object's __call__
+        hints = typing.get_type_hints(annotated)
+    except (NameError, TypeError, AttributeError):  # an annotation that does not resolve: no type check
+        hints = {}
+    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    by_name = {p.name: p for p in named[1:] if p.name not in _NOT_FROM_JOB_FILES}  # [0] is ctx
+    for key, value in args.items():
+        parameter = by_name.get(key)
+        if parameter is None:
+            if not takes_any:
+                known = ", ".join(by_name) or "none"
+                errors.add(f"args.{key}", f"action '{action}' has no argument '{key}' (its arguments: {known})")
+            continue
+        hint = hints.get(key, Any)
+        if not _matches(value, hint):
+            errors.add(f"args.{key}", f"must be {_describe(hint)}, not {_describe_value(value)}")
+    for name, parameter in by_name.items():
+        if parameter.default is parameter.empty and name not in args:
+            errors.add(f"args.{name}", f"action '{action}' needs '{name}'")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Return True when a TOML ``value`` fits the annotation ``hint`` (an unknown kind of hint always fits)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, member) for member in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is not None and isinstance(origin, type):
+        if issubclass(origin, Mapping):
+            inner = typing.get_args(hint)
+            return isinstance(value, dict) and (
+                len(inner) != 2 or all(_matches(k, inner[0]) and _matches(v, inner[1]) for k, v in value.items())
+            )
+        if issubclass(origin, collections.abc.Sequence) and not issubclass(origin, str):
+            inner = typing.get_args(hint)
+            item = inner[0] if inner else Any
+            return isinstance(value, list) and all(_matches(v, item) for v in value)
+        if issubclass(origin, collections.abc.Callable):  # type: ignore[arg-type]
+            return False  # a TOML value is never a function
+    if hint is collections.abc.Callable or origin is collections.abc.Callable:
+        return False
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    """Return ``hint`` in a job file's words: "a list of strings", "true or false", ..."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(hint) if m is not type(None)]
+        return " or ".join(dict.fromkeys(_describe(m) for m in members))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    if origin is not None and isinstance(origin, type):
+        inner = typing.get_args(hint)
+        if issubclass(origin, Mapping):
+            return "a table" + (f" of {_plural(inner[1])}" if len(inner) == 2 and inner[1] is not Any else "")
+        if issubclass(origin, collections.abc.Sequence):
+            return "a list" + (f" of {_plural(inner[0])}" if inner and inner[0] is not Any else "")
+    if hint is collections.abc.Callable or origin is collections.abc.Callable:
+        return "a function (it cannot be set in a job file)"
+    return f"a {getattr(hint, '__name__', str(hint))}"
+
+
+def _plural(hint: Any) -> str:
+    return {str: "strings", int: "integers", bool: "booleans", float: "numbers"}.get(hint, _describe(hint))
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
 
 
 def _parse_timezone(section: Section) -> tzinfo:

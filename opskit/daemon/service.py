@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from opskit import pipeline
 from opskit.config.daemon import DaemonSettings, parse_listen
 from opskit.config.model import Config
 from opskit.config.notify import NotifySettings
@@ -78,6 +79,10 @@ class Daemon:
         for name, ref in _secret_refs(self.ctx.config):
             checks[f"secret:{name}"] = _probe(ref.resolve)
         checks["control_database"] = _probe(self.ledger.check)
+        recipients = self.ctx.config.encryption.recipients
+        if recipients:
+            # A recipient that is not an age key fails every backup: not ready, as config check says.
+            checks["encryption_recipients"] = _probe(lambda: pipeline.parse_recipients(recipients))
         for name in _storages_of(self.ctx.config, self.jobs):
             checks[f"storage:{name}"] = _probe(lambda name=name: self.ctx.storage(name).exists(".opskit-readyz"))
         ready = all(value == "ok" for value in checks.values())

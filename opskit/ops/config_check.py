@@ -323,6 +323,10 @@ def _check_encryption(config: Config, report: CheckReport) -> None:
         else:
             report.add("encryption", WARN, "backups are not encrypted (no [encryption] recipients)")
         return
+    # A recipient that is not an age public key fails every backup, whether or not this host
+    # holds an identity: checked on its own, before the identity question.
+    if not _guard(report, "encryption recipients", functools.partial(_recipients_parse, config)):
+        return
     if identity is None:
         report.add(
             "encryption",
@@ -332,6 +336,13 @@ def _check_encryption(config: Config, report: CheckReport) -> None:
         )
         return
     _guard(report, "encryption", functools.partial(_identity_matches, config))
+
+
+def _recipients_parse(config: Config) -> str:
+    """Return an OK detail when every configured recipient is an age public key; raise ConfigError naming a bad one."""
+    recipients = config.encryption.recipients
+    pipeline.parse_recipients(recipients)
+    return f"{len(recipients)} valid age public key(s)"
 
 
 def _identity_matches(config: Config) -> str:

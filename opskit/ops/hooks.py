@@ -6,6 +6,9 @@ SQL raises. What a failure means is the hook's ``on_failure``: ``fail`` raises
 :class:`~opskit.core.errors.BackupFailed` (exit 4, "the run failed") naming the hook and its
 last line of output, ``warn`` logs a warning and the run goes on. An ``on_error`` hook never
 raises: the run has already failed, and its own error is the one the operator must see.
+A command hook runs in a process group of its own: at its timeout, or when the run is
+cancelled (daemon shutdown: :class:`~opskit.core.errors.Cancelled`), the whole group is
+stopped, so no process of the hook outlives the run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from opskit.config.hooks import Hook, HookSettings
 from opskit.core import execute
-from opskit.core.errors import BackupFailed, OpskitError
+from opskit.core.errors import BackupFailed, Cancelled, OpskitError
 from opskit.core.log import get_logger
 from opskit.core.redaction import redact_text
 
@@ -31,13 +34,21 @@ def run_hooks(
     """Run every hook of ``when`` for ``verb`` with the run's context ``env``; return the warnings.
 
     Raises BackupFailed for a failed hook whose ``on_failure`` is ``fail`` (never for ``on_error``
-    hooks); the hooks after it do not run.
+    hooks), Cancelled when the run was cancelled while a hook ran; the hooks after it do not run.
     """
     if settings is None:
         return []
     warnings: list[str] = []
     for hook in settings.for_run(when, verb):
-        problem = _run_one(ctx, hook, {**env, "OPSKIT_HOOK": when})
+        try:
+            problem = _run_one(ctx, hook, {**env, "OPSKIT_HOOK": when})
+        except Cancelled as exc:
+            # The daemon is shutting down: the hook's processes were stopped, and no hook after
+            # it starts. Never a "failed hook" a warn setting could let the run go on after.
+            if when == "on_error":
+                log.warning("on_error hook stopped: the run was cancelled", hook=hook.name, verb=verb)
+                return warnings
+            raise Cancelled(f"{when} hook {hook.name} was stopped: the run was cancelled (shutdown requested)") from exc
         if problem is None:
             log.info("hook ran", hook=hook.name, verb=verb)
             continue
@@ -53,14 +64,17 @@ def _run_one(ctx: AppContext, hook: Hook, env: Mapping[str, str]) -> str | None:
     """Run one hook; return None when it succeeded, else why it failed (one line)."""
     try:
         if hook.command:
-            return _run_command(hook, env)
+            return _run_command(ctx, hook, env)
         return _run_sql(ctx, hook, env)
+    except Cancelled:
+        raise
     except OpskitError as exc:
         return exc.one_line()
 
 
-def _run_command(hook: Hook, env: Mapping[str, str]) -> str | None:
-    result = execute.run(hook.command, env=env, timeout=hook.timeout.total_seconds())
+def _run_command(ctx: AppContext, hook: Hook, env: Mapping[str, str]) -> str | None:
+    """Run a command hook; its process group is stopped at its timeout or when ``ctx.cancel`` is set (Cancelled)."""
+    result = execute.run(hook.command, env=env, timeout=hook.timeout.total_seconds(), cancel=ctx.cancel)
     if result.returncode == 0:
         return None
     output = (result.stderr or result.stdout).decode("utf-8", "replace").strip().splitlines()

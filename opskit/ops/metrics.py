@@ -37,6 +37,7 @@ Where a stored fact comes from:
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -65,7 +66,7 @@ from opskit.catalog import (
     read_manifest,
 )
 from opskit.catalog.runs import count_runs
-from opskit.core.errors import ManifestError, ObjectNotFound, OpskitError
+from opskit.core.errors import BackupFailed, ConfigError, ManifestError, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
 from opskit.plan import timeline
 from opskit.storage.base import Storage
@@ -335,14 +336,17 @@ class Metrics:
     def write_textfile(self, path: Path) -> None:
         """Write the metrics for node_exporter's textfile collector, atomically (temp file + rename).
 
-        Raises OpskitError when the file cannot be written.
+        Raises ConfigError (exit 2) when ``path`` cannot be written there (no such directory,
+        not a directory, permission denied: the option is wrong), BackupFailed (exit 4) when the
+        write itself failed (a full disk).
         """
         try:
             with self._lock:
                 self._apply_streamers()
                 write_to_textfile(str(path), self.registry)
         except OSError as exc:
-            raise OpskitError(
+            error = BackupFailed if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT) else ConfigError
+            raise error(
                 f"cannot write metrics to {path}: {exc.strerror or exc}",
                 hint="point --textfile at node_exporter's --collector.textfile.directory, writable by opskit",
             ) from exc

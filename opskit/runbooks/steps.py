@@ -109,7 +109,7 @@ def _run_opskit(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
     # (env: references such as APP_DB_PASSWORD, OPSKIT_*) that execute.child_env() strips for
     # other programs, so it gets this process's whole environment back.
     env = dict(os.environ)
-    return _process_step(step, rendered, argv, allowed, env, opskit_child=True)
+    return _process_step(run, step, rendered, argv, allowed, env, opskit_child=True)
 
 
 def _action_step(ctx: AppContext, step: Step, rendered: Rendered) -> StepResult:
@@ -138,10 +138,11 @@ def _describe_shell(rendered: Rendered, prefix: str) -> str:
 
 
 def _run_shell(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
-    return _process_step(step, rendered, list(rendered["argv"]), [int(rendered.get("expect_exit", 0))], None)
+    return _process_step(run, step, rendered, list(rendered["argv"]), [int(rendered.get("expect_exit", 0))], None)
 
 
 def _process_step(
+    run: StepRun,
     step: Step,
     rendered: Rendered,
     argv: list[str],
@@ -152,10 +153,11 @@ def _process_step(
     """Run ``argv``; ok when its exit code is in ``allowed``. Keeps the last lines of its output, redacted.
 
     An opskit child's JSON log lines (its stderr) stay out of the output: its results and its
-    one error line are what the runbook shows.
+    one error line are what the runbook shows. The daemon's shutdown (``ctx.cancel``) stops the
+    child's whole process group, as it stops a hook's.
     """
     timeout = parse_duration(str(rendered["timeout"])) if "timeout" in rendered else DEFAULT_TIMEOUT
-    completed = run_command(argv, env=env, timeout=timeout.total_seconds())
+    completed = run_command(argv, env=env, timeout=timeout.total_seconds(), cancel=run.ctx.cancel)
     stderr = completed.stderr.decode("utf-8", "replace")
     if opskit_child:
         stderr = "".join(line for line in stderr.splitlines(keepends=True) if not _is_log_line(line))
@@ -315,7 +317,7 @@ def _condition(run: StepRun, step: Step, rendered: Rendered) -> StepResult | Non
     if run.ctx.config.source is not None:
         argv += ["--config", str(run.ctx.config.source)]
     argv += list(rendered[key])
-    asked = _process_step(step, {"timeout": "10m"}, argv, [0, 1], dict(os.environ), opskit_child=True)
+    asked = _process_step(run, step, {"timeout": "10m"}, argv, [0, 1], dict(os.environ), opskit_child=True)
     question = "opskit " + " ".join(rendered[key])
     if asked.status == FAILED:
         return StepResult(

@@ -4,12 +4,15 @@ A configured secret is a *reference* such as ``env:APP_DB_PASSWORD`` or
 ``file:/run/secrets/db``; it is parsed when the config loads (so a typo is a config
 error) and resolved once per run, on first use, into a :class:`Secret`. Logs name the
 reference, never the value. A value with no known scheme is taken literally (allowed,
-but ``opskit config check`` warns about it).
+but ``opskit config check`` warns about it), except one shaped like ``scheme://...`` with a
+scheme opskit does not know (``vault://app/db``), which is a config error: it is a reference
+meant for a secret manager, not a password (``http(s)://`` stays literal: webhook URLs).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +79,10 @@ def _resolve_file(rest: str) -> str:
 RESOLVERS: dict[str, Resolver] = {"env": _resolve_env, "file": _resolve_file}
 # Schemes that are references even though their resolver is registered lazily.
 CLOUD_SCHEMES = ("aws-sm", "gcp-sm", "azure-kv")
+# A literal that looks like scheme://... is refused unless it is a web URL (a webhook or ping URL
+# is a secret that is written as one).
+LITERAL_URL_SCHEMES = ("http", "https")
+_URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,14 @@ class SecretRef:
         Checks the shape only; nothing is read or fetched.
         """
         scheme = self.scheme
-        _, _, rest = self.reference.partition(":")
+        head, _, rest = self.reference.partition(":")
+        if scheme == "literal" and _URL_LIKE.match(self.reference) and head.lower() not in LITERAL_URL_SCHEMES:
+            # vault://app/db would otherwise be sent as the password itself: a reference to a
+            # manager opskit does not know is a mistake, not a literal (the value is not shown).
+            return (
+                f"'{head}://' is not a secret scheme opskit knows (use env:, file:, "
+                f"{', '.join(s + '://' for s in CLOUD_SCHEMES)}); a literal value with '://' goes through env: or file:"
+            )
         if scheme == "env" and not rest.strip():
             return "names no environment variable (use 'env:NAME')"
         if scheme == "file" and not rest.strip():
