@@ -6,8 +6,13 @@ For each target (every target that is not another's staging target, or the one a
 - current RPO and worst RPO over 7 days against the target (docs/operations.md §2),
   and, said plainly, when the schedule itself cannot meet the target;
 - 3-2-1 for the newest backup: >= 3 copies counting the live database, >= 2 distinct storage
-  kinds (``file``, ``s3``, ``gs``, ``az``), >= 1 storage marked ``offsite = true``;
-- the last verification record and the last drill (verdict, measured and estimated RTO);
+  kinds (``file``, ``s3``, ``gs``, ``az``), >= 1 storage marked ``offsite = true``. A base
+  backup counts only in a storage that also holds the WAL it needs to be consistent (every
+  segment from its ``wal_start`` to its ``wal_stop``): without it, that copy restores nothing
+  (``opskit copy`` carries the WAL); each storage lists its base backups that lack WAL;
+- a warning when WAL is archived but no base backup is kept: point-in-time recovery is impossible;
+- the last verification record and the last drill (verdict, measured and estimated RTO); a
+  failed one is a warning;
 - per storage that can hold immutable objects (S3 Object Lock): whether its bucket enforces
   them, and until when the newest backup there is locked (its manifest's retain-until date,
   the latest of its objects: it is written last), so the primary and the offsite copies can
@@ -41,8 +46,9 @@ from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
 from opskit.restore import pitr
 from opskit.storage.base import ObjectLocks, Storage
-from opskit.wal import lag, stream
+from opskit.wal import lag, layout, stream
 from opskit.wal.archive import newest_archived
+from opskit.wal.replicate import missing_for_consistency
 
 log = get_logger(__name__)
 
@@ -64,6 +70,8 @@ class StorageState:
     object_lock: bool | None = None  # the bucket enforces retention (None: unknown or not applicable)
     object_lock_detail: str | None = None
     immutable_until: datetime | None = None  # the newest backup here is locked until then (future only)
+    # Base backups here whose WAL (wal_start .. wal_stop) this storage lacks -> the first missing segment.
+    without_wal: dict[str, str] = field(default_factory=dict)
 
     @property
     def immutable(self) -> bool:
@@ -85,6 +93,9 @@ class StorageState:
                 "newest_immutable": self.immutable,
                 "newest_immutable_until": catalog.format_time(self.immutable_until) if self.immutable_until else None,
             },
+            "base_backups_without_wal": [
+                {"id": backup_id, "missing_segment": segment} for backup_id, segment in self.without_wal.items()
+            ],
             "error": self.error,
         }
 
@@ -258,6 +269,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
     held: dict[str, list[str]] = {}
     states: list[StorageState] = []
     opened: dict[str, Storage] = {}
+    status_warnings: list[str] = []
     for name in target.storages:
         config = ctx.storage_config(name)
         state = StorageState(name=name, kind=config.kind, offsite=config.offsite)
@@ -275,6 +287,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         if newest_here is not None:
             state.newest_id, state.newest_time = newest_here.id, newest_here.snapshot_time
         _read_immutability(store, state, target.name, now)
+        _read_wal_coverage(store, state, target.name, backups, status_warnings)
         for manifest in backups:
             by_id.setdefault(manifest.id, manifest)
             held.setdefault(manifest.id, []).append(name)
@@ -292,12 +305,28 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         newest = max(present, key=lambda m: (m.snapshot_time, m.id))
         status.newest = newest
         status.holders = held[newest.id]
-        configs = [ctx.storage_config(name) for name in status.holders]
+        # A base backup without its WAL in a storage is no copy: it cannot be made consistent there.
+        states_by_name = {state.name: state for state in states}
+        counted = [name for name in status.holders if newest.id not in states_by_name[name].without_wal]
+        for name in status.holders:
+            if name not in counted:
+                status.warnings.append(
+                    f"storage '{name}' holds the newest backup {newest.id} (base) but not the WAL it needs to be "
+                    f"consistent (segment {states_by_name[name].without_wal[newest.id]} is missing): "
+                    "not counted toward 3-2-1; run 'opskit copy'"
+                )
+        configs = [ctx.storage_config(name) for name in counted]
         status.copies = 1 + len(configs)
         status.kinds = sorted({c.kind for c in configs})
         status.offsite = [c.name for c in configs if c.offsite]
+    status.warnings.extend(status_warnings)
     status.pitr = _pitr_window(opened.get(target.primary_storage), target.name, present, now)
     status.wal = _wal_state(ctx, target, opened.get(target.primary_storage), status.pitr)
+    if status.pitr is None and _wal_archived(opened.get(target.primary_storage), target.name, status.wal):
+        status.warnings.append(
+            "WAL is archived but no base backup is kept: point-in-time recovery is impossible; "
+            "take one now (opskit backup now --kind base) and check the retention policy"
+        )
     if not status.three_two_one:
         status.warnings.append(
             f"3-2-1 does not hold for the newest backup: {status.copies} copies "
@@ -313,6 +342,7 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
     for store in opened.values():
         if status.last_verify is None:
             status.last_verify = last_verification(store, target.name)
+    _warn_failed_verification(status)
     drill = _newest_drill(opened.values(), target.name, status)
     if drill is not None:
         status.last_drill = drill.summary()
@@ -348,6 +378,45 @@ def _read_immutability(store: Storage, state: StorageState, target: str, now: da
         state.object_lock_detail = f"cannot read its retention: {exc.one_line()}"
 
 
+def _wal_archived(store: Storage | None, target: str, wal: dict[str, Any] | None) -> bool:
+    """Return True when ``target`` has archived WAL in ``store`` (from the WAL state when read, else one listing)."""
+    if wal is not None and wal.get("newest_segment"):
+        return True
+    if store is None:
+        return False
+    try:
+        return newest_archived(store, target) is not None
+    except OpskitError:
+        return False  # the storage's own entry already says why
+
+
+def _read_wal_coverage(
+    store: Storage, state: StorageState, target: str, backups: list[Manifest], warnings: list[str]
+) -> None:
+    """Fill in the base backups in ``store`` that lack the WAL they need to be consistent, warning for each.
+
+    One listing of the WAL, only when the storage holds a base backup. A failure to list it
+    is a warning: the backups' own status stands without it.
+    """
+    bases = [m for m in backups if m.kind == "base"]
+    if not bases:
+        return
+    try:
+        names = {name for info in store.list(layout.wal_prefix(target)) if (name := layout.name_of_key(info.key))}
+    except OpskitError as exc:
+        warnings.append(f"cannot list the WAL in storage '{store.name}': {exc.one_line()}")
+        return
+    for manifest in bases:
+        missing = missing_for_consistency(manifest, names)
+        if missing:
+            state.without_wal[manifest.id] = missing[0]
+    if state.without_wal:
+        warnings.append(
+            f"storage '{store.name}' holds {len(state.without_wal)} base backup(s) without the WAL they need "
+            f"({', '.join(sorted(state.without_wal))}): they cannot be restored from there; run 'opskit copy'"
+        )
+
+
 def _newest_drill(stores: Iterable[Storage], target: str, status: TargetStatus) -> catalog.DrillRecord | None:
     """Return the newest drill of ``target`` in any of ``stores``; a storage that cannot be read is a warning."""
     found: list[catalog.DrillRecord | None] = []
@@ -357,6 +426,24 @@ def _newest_drill(stores: Iterable[Storage], target: str, status: TargetStatus) 
         except OpskitError as exc:
             status.warnings.append(f"cannot read drill reports in '{store.name}': {exc.one_line()}")
     return catalog.newest_drill(found)
+
+
+def _warn_failed_verification(status: TargetStatus) -> None:
+    """Add a warning to ``status`` when the target's newest verification failed (as a failed drill warns).
+
+    A warning, not a breach: like the drill's, it does not change the exit code, but it must
+    not read as "all is well" while the backup the RPO counts may be corrupt.
+    """
+    verify = status.last_verify
+    if verify is None or verify.get("verdict") != catalog.FAIL:
+        return
+    newest = status.newest is not None and status.newest.id == verify["backup_id"]
+    counted = " (the newest backup: the RPO counts it)" if newest else ""
+    status.warnings.append(
+        f"the last verification ({verify['time']}) of backup {verify['backup_id']} in storage "
+        f"'{verify['storage']}' failed{counted}: do not rely on it; take a new backup and run "
+        "'opskit backup verify --all'"
+    )
 
 
 def last_verification(store: Storage, target: str) -> dict[str, object] | None:

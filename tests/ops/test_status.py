@@ -173,3 +173,15 @@ def test_status_shows_the_last_verify_and_the_last_drill_and_breaches_on_a_slow_
     assert item.last_drill is not None and item.last_drill["drill_id"] == "20261126T115500Z-abcd"
     assert item.rto is not None and item.rto.status == "breached"
     assert item.breaches == ["RTO: the last drill's estimated RTO is 5h, target 4h"]
+
+
+def test_status_warns_that_archived_wal_without_a_base_backup_cannot_be_recovered(local_storage: StorageConfig) -> None:
+    ctx = make_context([local_storage])
+    store = ctx.storage(local_storage.name)
+    store_backup(store, NOW - timedelta(hours=1))
+    store.create("app/wal/000000010000000000000005.zst", b"segment bytes")
+
+    (target,) = status.run(ctx, target="app").targets
+
+    assert target.pitr is None
+    assert any("WAL is archived but no base backup is kept" in w for w in target.warnings), target.warnings
