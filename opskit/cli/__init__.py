@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -31,6 +32,7 @@ from opskit.core.redaction import redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 JSON_ERRORS = "opskit.json_errors"  # ctx.meta key: --json was given, so errors are JSON too
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, as the shell reports a tool whose reader left (core/errors.py)
 
 # Command name -> the module whose `register(group)` adds it. Modules are imported only when
 # their command runs (or help lists them): a backup started from cron pays for no migration code.
@@ -108,7 +110,11 @@ class OpskitGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that left shows here, not in the interpreter's exit
+            return result
+        except BrokenPipeError:
+            _leave_for_closed_stdout()
         except OpskitError as exc:
             if getattr(ctx.obj, "debug", False):
                 _print_traceback(exc)
@@ -117,7 +123,8 @@ class OpskitGroup(click.Group):
             sys.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            _echo_json_interrupt(ctx, interrupt)
             click.echo("opskit: interrupted; nothing was committed for the run in progress", err=True)
             sys.exit(130)
         except Exception as exc:
@@ -151,7 +158,8 @@ def main(ctx: click.Context, config_path: str | None, debug: bool, log_format: s
     Exit codes (the same for every verb): 0 ok, 1 unexpected error, 2 usage/config
     error, 3 target or storage unreachable or refusing the credentials, 4 the run failed
     (backup, copy, restore, prune), 5 verification or drill check failed or a corrupt
-    object, 6 objective breached, 7 lock held by another run, 130 interrupted.
+    object, 6 objective breached, 7 lock held by another run, 130 interrupted, 141
+    stdout closed by its reader.
     """
     configure_logging(debug=debug, json_logs=None if log_format == "auto" else log_format == "json", quiet=quiet)
     progress.set_quiet(quiet)
@@ -171,6 +179,18 @@ def _print_traceback(exc: BaseException) -> None:
     click.echo(redact_text(text), err=True, nl=False)
 
 
+def _leave_for_closed_stdout() -> NoReturn:
+    """Exit 141 without a word: stdout's reader left (``opskit backup list | head -1``).
+
+    141 is what the shell reports for a tool killed by SIGPIPE, which Python ignores and turns
+    into BrokenPipeError. stdout goes to /dev/null first, or the interpreter's own flush at exit
+    raises again and prints "Exception ignored".
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_STDOUT_CLOSED)
+
+
 def _echo_json_error(ctx: click.Context, code: int, kind: str, message: str, hint: str | None) -> None:
     """With ``--json``, print the error as one JSON object on stdout, where the script reads the result.
 
@@ -186,6 +206,14 @@ def _echo_json_error(ctx: click.Context, code: int, kind: str, message: str, hin
             "hint": redact_text(hint or "") or None,
         }
         click.echo(json.dumps({"error": error}))
+
+
+def _echo_json_interrupt(ctx: click.Context, interrupt: KeyboardInterrupt) -> None:
+    """With ``--json``, print the interrupt as the error object (exit 130, type ``Interrupted``), like any error."""
+    signal_name = "SIGTERM" if interrupt.args == (f"signal {int(signal.SIGTERM)}",) else "SIGINT"
+    _echo_json_error(
+        ctx, 130, "Interrupted", f"interrupted by {signal_name}", "the run was stopped; run it again to finish it"
+    )
 
 
 def _terminate(signum: int, _frame: Any) -> None:

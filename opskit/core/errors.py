@@ -21,7 +21,8 @@ the operator must do next, whatever the verb.
   backup cannot be trusted, including a restore stopped by a corrupt object.
 - A verb that works through several (target, storage) pairs and carries on past a failing one
   (``prune``, ``copy``) exits with the code its failures share: 3 when every failed pair was
-  unreachable, 7 when every one was a lock conflict, 4 for any other failure or a mix.
+  unreachable, 7 when every one was a lock conflict, 5 when every one was a corrupt source
+  (``copy``), 4 for any other failure or a mix.
   ``status`` exits 3 when a storage it had to read was unreachable (its objectives cannot be
   judged without it), before 6 for a breach; the full report is printed either way.
 - 2 the input is wrong, 6 an objective is breached, 7 another run holds the lock, 130 the run
@@ -312,5 +313,6 @@ EXIT_CODES: dict[int, str] = {
     7: "lock held by another run",
     130: "interrupted: Ctrl-C (SIGINT) or SIGTERM (`docker stop`, a CronJob's deadline); every open upload is"
     " aborted, nothing of the run is committed",
+    141: "stdout closed by its reader (a pipe into `head -1`); nothing else went wrong",
 }
 """Every exit code opskit uses and what it means (the rule is the module docstring's); the README's table is this."""

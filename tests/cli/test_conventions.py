@@ -113,3 +113,18 @@ def listed_ids(config: Path) -> list[str]:
 @pytest.fixture(autouse=True)
 def _no_stray_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPSKIT_CONFIG", raising=False)
+
+
+def test_a_reader_that_leaves_early_ends_the_run_with_141_and_no_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "opskit_t_no_such_database")
+    with subprocess.Popen(
+        [sys.executable, "-m", "opskit", "--config", str(config), "backup", "list", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(None),
+    ) as run:
+        assert run.stdout is not None and run.stderr is not None
+        run.stdout.close()  # the reader is gone before the first line: `| head -0`
+        stderr = run.stderr.read().decode()
+        assert run.wait(timeout=60) == 141
+    assert stderr == ""
