@@ -61,7 +61,7 @@ def run_pitr(
     options: dict[str, Any],
 ) -> None:
     """Run ``restore --pitr`` with the parsed ``options`` and print its result."""
-    from opskit.restore import pitr
+    from opskit.restore import pitr, pitr_model
 
     if not options.get("pgdata"):
         raise click.UsageError("--pitr needs --pgdata DIR (a new, empty data directory)")
@@ -100,4 +100,4 @@ def run_pitr(
         click.echo(
             f"start it with: pg_ctl -D {shlex.quote(result.pgdata)} start (recovery runs, then the server promotes)"
         )
-    click.echo(pitr.ARCHIVING_OFF)
+    click.echo(pitr_model.ARCHIVING_OFF)

@@ -113,13 +113,13 @@ def wal_covers(app: AppContext, moment: str, target: str | None, as_json: bool) 
     """
     from opskit.cli.restore_pitr import parse_time
     from opskit.core.errors import ConfigError
-    from opskit.restore import pitr
+    from opskit.restore import pitr_model
 
     try:
         when = parse_time(moment)
     except ConfigError as exc:
         raise ConfigError(f"MOMENT '{moment}' is not an ISO 8601 time", hint=exc.hint) from exc
-    answer = pitr.coverage(app, target, when)
+    answer = pitr_model.coverage(app, target, when)
     if as_json:
         echo_json(answer.to_dict())
     else:

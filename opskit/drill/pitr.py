@@ -3,9 +3,9 @@
 Order of work, and why:
 
 1. Decide before touching anything: the PITR window (oldest base backup's consistent point
-   .. the newest archived WAL, :func:`opskit.restore.pitr.pitr_window`), the moment (``--to-time``,
+   .. the newest archived WAL, :func:`opskit.restore.pitr_model.pitr_window`), the moment (``--to-time``,
    ``--random-time``: uniform inside the window, or the archive's end), the base backup
-   (:func:`opskit.restore.pitr.choose_base`). A moment outside the window is ConfigError (exit 2).
+   (:func:`opskit.restore.pitr_model.choose_base`). A moment outside the window is ConfigError (exit 2).
 2. ``fetch``: stream the stored tar and check its size and sha256 (the logical drill's check).
 3. ``extract``: the tar into a scratch data directory under ``[drill] scratch_dir`` (or the
    system's temp dir), then PostgreSQL's own ``backup_manifest`` from its stored artifact.
@@ -60,8 +60,8 @@ from opskit.drill import checks, finish
 from opskit.drill.result import DrillReport
 from opskit.drill.timing import PhaseClock
 from opskit.pg import connection, facts, tools
-from opskit.restore import pitr
-from opskit.restore.pitr import PitrResult, PitrWindow, RecoveryTarget
+from opskit.restore import pitr, pitr_chain, pitr_directory, pitr_model, pitr_server, pitr_settings, server_user
+from opskit.restore.pitr_model import PitrResult, PitrWindow, RecoveryTarget
 from opskit.restore.reader import open_backup
 from opskit.storage.base import Storage
 from opskit.wal import archive, layout
@@ -71,7 +71,7 @@ log = get_logger(__name__)
 SCRATCH = "scratch server"  # the report's staging target: no configured target is touched
 BACKUP_MANIFEST = "backup_manifest"
 NOT_REACHED = pitr.NOT_REACHED
-RECOVERY_LOG = pitr.RECOVERY_LOG  # the scratch server's log (pg_ctl -l), in its data directory
+RECOVERY_LOG = pitr_settings.RECOVERY_LOG  # the scratch server's log (pg_ctl -l), in its data directory
 # PostgreSQL's line for where a targeted recovery stopped (xlogrecovery.c, recoveryStopsBefore and
 # recoveryStopsAfter); the time is timestamptz_to_str's, e.g. "2026-12-02 04:54:49.04304+00".
 STOPPING = re.compile(
@@ -113,7 +113,7 @@ def run(
     store = ctx.storage(source.primary_storage)
     started_at = ctx.clock()
     backups = catalog.list_backups(store, source.name)
-    window = pitr.pitr_window(store, source.name, backups, started_at)
+    window = pitr_model.pitr_window(store, source.name, backups, started_at)
     if window is None:
         raise ConfigError(
             f"target '{source.name}' has no base backup with archived WAL in storage '{store.name}' to drill",
@@ -121,12 +121,12 @@ def run(
         )
     moment = _moment(window, to_time, random_time)
     recovery = RecoveryTarget(time=moment)
-    manifest = pitr.choose_base(backups, recovery, started_at)
+    manifest = pitr_model.choose_base(backups, recovery, started_at)
     if manifest is None:  # the window starts at the oldest base backup: only a race gets here
         raise ConfigError(f"target '{source.name}' has no base backup consistent before {recovery.describe()}")
     pitr.check_wal_archived(store, source.name, manifest)
     # Listed before the server starts: what the replay must reach (a gap or a refused segment fails it).
-    chain = pitr.archived_chain(ctx, source.name, source.primary_storage, manifest)
+    chain = pitr_chain.archived_chain(ctx, source.name, source.primary_storage, manifest)
     command = pitr.restore_command(ctx, source, opskit_command)
     drill_id = catalog.new_backup_id(started_at)
     result = DrillReport(
@@ -182,7 +182,7 @@ def _moment(window: PitrWindow, to_time: datetime | None, random_time: bool) -> 
     if random_time:
         return window.start + (window.end - window.start) * random.random()
     hint = "pick a moment inside it (see 'opskit status'), or use --random-time"
-    pitr.check_reachable(RecoveryTarget(time=to_time), window, layout.DEFAULT_SEGMENT_SIZE, hint)
+    pitr_chain.check_reachable(RecoveryTarget(time=to_time), window, layout.DEFAULT_SEGMENT_SIZE, hint)
     return to_time
 
 
@@ -192,10 +192,10 @@ def _scratch_root(parent: str | Path | None, target: str) -> Path:
     Raises ConfigError (2) when ``parent`` holds a character pg_ctl cannot pass to the server.
     """
     if parent is not None:
-        pitr.check_server_path(Path(parent).resolve(), "--scratch-dir")
+        pitr_directory.check_server_path(Path(parent).resolve(), "--scratch-dir")
         Path(parent).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"opskit-pitr-drill-{target}-", dir=parent))
-    pitr.give_to_server_user(root)  # mkdtemp's 0700 directory is root's: postgres could not reach pgdata
+    server_user.give_to_server_user(root)  # mkdtemp's 0700 directory is root's: postgres could not reach pgdata
     return root
 
 
@@ -215,7 +215,7 @@ class _Drill:
         clock: PhaseClock,
         pgdata: Path,
         backups: list[Manifest],
-        chain: pitr.ArchivedChain,
+        chain: pitr_chain.ArchivedChain,
     ) -> None:
         self.ctx, self.settings, self.source, self.store = ctx, settings, source, store
         self.backups = backups  # every backup of the target: the size check compares with the base ones
@@ -242,8 +242,8 @@ class _Drill:
             before_verify(self.pgdata)
         if not self._verifybackup():
             return
-        pitr.write_recovery_settings(self.pgdata, restore_command, self.recovery, self.manifest.id)
-        pitr.give_to_server_user(self.pgdata)
+        pitr_settings.write_recovery_settings(self.pgdata, restore_command, self.recovery, self.manifest.id)
+        server_user.give_to_server_user(self.pgdata)
         if not self._replay():
             return
         self.result.restored = True
@@ -255,8 +255,8 @@ class _Drill:
     def _extract(self) -> bool:
         with self.clock.phase(self.result.phases, "extract") as timing:
             try:
-                pitr.empty_directory(str(self.pgdata))
-                pitr.extract(self.ctx, self.store, self.manifest, self.pgdata)
+                pitr_directory.empty_directory(str(self.pgdata))
+                pitr_directory.extract(self.ctx, self.store, self.manifest, self.pgdata)
                 with open(self.pgdata / BACKUP_MANIFEST, "wb") as out:
                     open_backup(self.ctx, self.store, self.manifest).read(BACKUP_MANIFEST, out)
             except OpskitError as exc:
@@ -397,13 +397,13 @@ class _Drill:
 
     def clean_up(self, scratch: Path, keep: bool) -> None:
         """Stop the scratch server and remove its directory, unless kept; record what was done."""
-        pitr.release_directory(self.pgdata)  # the extract's lock: a daemon runs many drills in one process
+        pitr_directory.release_directory(self.pgdata)  # the extract's lock: a daemon runs many drills in one process
         failed = not self.result.passed
         if keep or (failed and self.settings.keep_on_failure):
             self.result.cleanup = self._kept(scratch, "--keep" if keep else "keep_on_failure: a check failed")
             return
         try:
-            stopped = pitr.stop_server(self.ctx, self.source, self.manifest, self.pgdata)
+            stopped = pitr_server.stop_server(self.ctx, self.source, self.manifest, self.pgdata)
         except OpskitError as exc:
             stopped = False
             self.result.warnings.append(f"could not stop the scratch server: {exc.message}")
@@ -423,10 +423,10 @@ class _Drill:
         port = self.server.port
         rm = shlex.join(["rm", "-r", str(scratch)])
         try:
-            pg_ctl = pitr.server_tool(self.ctx, self.source, self.manifest, "pg_ctl").path
+            pg_ctl = pitr_server.server_tool(self.ctx, self.source, self.manifest, "pg_ctl").path
         except OpskitError:
             pg_ctl = "pg_ctl"
-        stop = shlex.join(pitr.as_server_user([pg_ctl, "-D", str(self.pgdata), "-m", "fast", "stop"]))
+        stop = shlex.join(server_user.as_server_user([pg_ctl, "-D", str(self.pgdata), "-m", "fast", "stop"]))
         database = self.result.staging_database
         user = connection.dsn_parts(self.source).get("user")
         address = f"host=127.0.0.1 port={port} dbname={database}" + (f" user={user}" if user else "")
@@ -441,7 +441,7 @@ class _Drill:
 
     def _server_target(self) -> TargetConfig:
         assert self.server.port is not None
-        return pitr.server_target(self.source, self.server.port)
+        return pitr_server.server_target(self.source, self.server.port)
 
     def _bin_dir(self) -> tools.BinDirs:
         return self.source.pg_bin_dir or self.ctx.config.tools.pg_bin_dir

@@ -44,7 +44,7 @@ from opskit.context import AppContext
 from opskit.core.errors import ObjectiveBreached, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.plan import objectives, timeline
-from opskit.restore import pitr
+from opskit.restore import pitr_model
 from opskit.storage.base import ObjectLocks, Storage
 from opskit.wal import lag, layout, stream
 from opskit.wal.archive import newest_archived
@@ -465,12 +465,12 @@ def last_verification(store: Storage, target: str) -> dict[str, object] | None:
 
 
 def _pitr_window(store: Storage | None, target: str, present: list[Manifest], now: datetime) -> dict[str, Any] | None:
-    """Return the PITR window (``restore.pitr.pitr_window``) and its RPO as JSON, or None without base backups."""
+    """Return the PITR window (``restore.pitr_model.pitr_window``) and its RPO as JSON, or None without base backups."""
     bases = [m for m in present if m.kind == "base"]
     if store is None or not bases:
         return None
     try:
-        window = pitr.pitr_window(store, target, present, now)
+        window = pitr_model.pitr_window(store, target, present, now)
     except OpskitError as exc:
         return {"error": exc.one_line()}
     return {

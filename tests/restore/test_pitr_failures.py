@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from opskit.core.errors import RestoreFailed, UnreachableError, VerificationFailed
-from opskit.restore import pitr
-from opskit.restore.pitr import ArchivedChain, PitrResult, RecoveryTarget
+from opskit.restore import pitr_server, pitr_settings
+from opskit.restore.pitr_chain import ArchivedChain
+from opskit.restore.pitr_model import PitrResult, RecoveryTarget
 
 SEGMENT = 16 * 1024 * 1024
 
@@ -25,12 +26,12 @@ opskit: error: archived WAL file 000000010000000000000004 does not decompress: z
 
 
 def result_in(tmp_path: Path, log: str) -> PitrResult:
-    (tmp_path / pitr.RECOVERY_LOG).write_text(log)
+    (tmp_path / pitr_settings.RECOVERY_LOG).write_text(log)
     return PitrResult(manifest=None, pgdata=str(tmp_path), target=RecoveryTarget())  # type: ignore[arg-type]
 
 
 def test_a_segment_the_fetch_refused_as_corrupt_is_exit_5_naming_it_and_the_fetchs_reason(tmp_path: Path) -> None:
-    error = pitr.server_failure("recovery failed", tmp_path, result_in(tmp_path, REFUSED))
+    error = pitr_server.server_failure("recovery failed", tmp_path, result_in(tmp_path, REFUSED))
 
     assert isinstance(error, VerificationFailed) and error.exit_code == 5
     assert error.message == (
@@ -42,7 +43,7 @@ def test_a_segment_the_fetch_refused_as_corrupt_is_exit_5_naming_it_and_the_fetc
 def test_a_storage_the_fetch_could_not_reach_is_exit_3(tmp_path: Path) -> None:
     log = REFUSED.replace("exit code 133", "exit code 131")
 
-    error = pitr.server_failure("recovery failed", tmp_path, result_in(tmp_path, log))
+    error = pitr_server.server_failure("recovery failed", tmp_path, result_in(tmp_path, log))
 
     assert isinstance(error, UnreachableError) and error.exit_code == 3
 
@@ -53,7 +54,7 @@ def test_another_failure_carries_the_logs_fatal_line_not_the_shutdown_after_it(t
         "recovery ended before configured recovery target was reached",
     )
 
-    error = pitr.server_failure("recovery failed", tmp_path, result_in(tmp_path, log))
+    error = pitr_server.server_failure("recovery failed", tmp_path, result_in(tmp_path, log))
 
     assert isinstance(error, RestoreFailed)
     assert error.message == "recovery failed: FATAL: recovery ended before configured recovery target was reached"

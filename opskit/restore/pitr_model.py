@@ -1,0 +1,187 @@
+"""What a point-in-time restore aims at and what it reached: the target, the window, the base backup to start from, the result."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opskit.catalog import Manifest, format_time, latest_backup, list_backups
+from opskit.context import AppContext
+from opskit.core.errors import ConfigError
+from opskit.plan import timeline
+from opskit.wal import layout
+from opskit.wal.archive import newest_archived
+
+ARCHIVING_OFF = (
+    "archiving is off in the restored copy (archive_mode = 'off' in postgresql.auto.conf), so it cannot write "
+    "into the archive it came from; to make it a primary that archives, point archive_command at a target of "
+    "its own, then run ALTER SYSTEM RESET archive_mode and restart it"
+)
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """Where recovery stops: one of a time, an LSN, a restore point name, or the end of the archive."""
+
+    time: datetime | None = None
+    lsn: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [v for v in (self.time, self.lsn, self.name) if v is not None]
+        if len(given) > 1:
+            raise ConfigError("give one of --to-time, --to-lsn, --to-name or --latest")
+        if self.lsn is not None:
+            try:
+                layout.parse_lsn(self.lsn)
+            except ValueError as exc:
+                raise ConfigError(f"--to-lsn: {exc}") from exc
+
+    def settings(self) -> dict[str, str]:
+        """Return the ``recovery_target_*`` settings for this target ({} for the end of the archive)."""
+        if self.time is not None:
+            # PostgreSQL reads a timestamptz literal: "2026-12-01 14:59:00.000000+00", not ISO's "T...Z".
+            return {"recovery_target_time": self.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")}
+        if self.lsn is not None:
+            return {"recovery_target_lsn": self.lsn}
+        if self.name is not None:
+            return {"recovery_target_name": self.name}
+        return {}
+
+    def describe(self) -> str:
+        """Return the target in words, for messages."""
+        if self.time is not None:
+            return f"time {format_time(self.time)}"
+        if self.lsn is not None:
+            return f"LSN {self.lsn}"
+        if self.name is not None:
+            return f"restore point '{self.name}'"
+        return "the end of the archived WAL"
+
+
+@dataclass
+class PitrResult:
+    """A restored data directory, the base backup it came from and, after ``--start``, the point recovery reached."""
+
+    manifest: Manifest
+    pgdata: str
+    target: RecoveryTarget
+    started: bool = False
+    port: int | None = None
+    replay_lsn: str | None = None
+    last_transaction_time: datetime | None = None
+    timeline: int | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    note: str | None = None  # how the target was reached when not as asked (the archive's end)
+    log_start: int = 0  # where the latest start's lines begin in the server log
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form of the result."""
+        return {
+            "backup": self.manifest.id,
+            "pgdata": self.pgdata,
+            "target": self.target.describe(),
+            "started": self.started,
+            "port": self.port,
+            "replay_lsn": self.replay_lsn,
+            "last_transaction_time": format_time(self.last_transaction_time) if self.last_transaction_time else None,
+            "timeline": self.timeline,
+            "note": self.note,
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "archiving": ARCHIVING_OFF,  # what to do before the copy can archive as a new primary
+        }
+
+
+@dataclass(frozen=True)
+class PitrWindow:
+    """The moments a target can be recovered to: its oldest base backup's consistent point .. its newest WAL.
+
+    ``end`` is when the newest archived segment reached the storage (what ``status`` shows as
+    the end of the window); ``newest_segment`` is that segment's name.
+    """
+
+    start: datetime
+    end: datetime
+    newest_segment: str
+
+    def contains(self, moment: datetime) -> bool:
+        """Return True when ``moment`` lies inside the window (both ends included)."""
+        return self.start <= moment <= self.end
+
+    def describe(self) -> str:
+        """Return ``<start> .. <end>`` for messages."""
+        return f"{format_time(self.start)} .. {format_time(self.end)}"
+
+
+def pitr_window(store: Any, target: str, backups: Sequence[Manifest], now: datetime) -> PitrWindow | None:
+    """Return the PITR window of ``target`` in ``store``, or None without a base backup or archived WAL.
+
+    ``backups`` are the target's backups of any kind; future-dated ones are left out.
+    Raises StorageError when the archive cannot be listed.
+    """
+    bases = [m for m in timeline.present(backups, now) if m.kind == "base"]
+    newest = newest_archived(store, target) if bases else None
+    if not bases or newest is None:
+        return None
+    return PitrWindow(start=min(m.snapshot_time for m in bases), end=newest[1], newest_segment=newest[0])
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Whether point-in-time recovery can reach ``moment`` on a target, and the window that says so."""
+
+    target: str
+    moment: datetime
+    window: PitrWindow | None
+
+    @property
+    def covered(self) -> bool:
+        """Return True when the moment lies inside the PITR window."""
+        return self.window is not None and self.window.contains(self.moment)
+
+    def describe(self) -> str:
+        """Return one line for people: covered, or why not."""
+        when = format_time(self.moment)
+        if self.window is None:
+            return f"target '{self.target}' has no base backup with archived WAL: {when} is not recoverable by PITR"
+        verdict = "inside" if self.covered else "outside"
+        return f"{when} is {verdict} the PITR window of target '{self.target}' ({self.window.describe()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form."""
+        return {
+            "target": self.target,
+            "moment": format_time(self.moment),
+            "covered": self.covered,
+            "window": None
+            if self.window is None
+            else {"start": format_time(self.window.start), "end": format_time(self.window.end)},
+        }
+
+
+def coverage(ctx: AppContext, target: str | None, moment: datetime) -> Coverage:
+    """Return whether ``moment`` is inside ``target``'s PITR window in its primary storage.
+
+    Raises ConfigError for an unknown target, StorageError when the storage cannot be read.
+    """
+    source = ctx.target(target)
+    store = ctx.storage(source.primary_storage)
+    window = pitr_window(store, source.name, list_backups(store, source.name), ctx.clock())
+    return Coverage(target=source.name, moment=moment, window=window)
+
+
+def choose_base(backups: Sequence[Manifest], target: RecoveryTarget, now: datetime) -> Manifest | None:
+    """Return the base backup to recover ``target`` from: the newest consistent before it, or None.
+
+    ``backups`` may hold both kinds, newest first; logical and future-dated ones are skipped.
+    """
+    bases = [m for m in backups if m.kind == "base"]
+    if target.time is not None:
+        moment = target.time
+        bases = [m for m in bases if m.snapshot_time <= moment]
+    elif target.lsn is not None:
+        lsn = layout.parse_lsn(target.lsn)
+        bases = [m for m in bases if layout.parse_lsn(str(m.base.get("stop_lsn", "0/0"))) <= lsn]
+    return latest_backup(bases, now)
