@@ -82,6 +82,9 @@ class LockRecord:
     refreshed: datetime
     backup_id: str | None = None
     modified: datetime | None = None
+    # The writer's pid namespace (``pid:[4026531836]``): a container sharing the host's name
+    # (``--network host``) has pids of its own, which this host's process table cannot judge.
+    pid_namespace: str | None = None
 
     @property
     def key(self) -> str:
@@ -100,6 +103,7 @@ class LockRecord:
             "created": format_time(self.created),
             "refreshed": format_time(self.refreshed),
             "backup_id": self.backup_id,
+            "pid_namespace": self.pid_namespace,
         }
         return json.dumps(data, indent=2).encode("utf-8") + b"\n"
 
@@ -121,6 +125,7 @@ class LockRecord:
                 refreshed=parse_time(str(data["refreshed"])),
                 backup_id=str(data["backup_id"]) if data.get("backup_id") else None,
                 modified=modified,
+                pid_namespace=str(data["pid_namespace"]) if data.get("pid_namespace") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or malformed field: {exc}") from exc
@@ -134,13 +139,25 @@ class LockRecord:
         writer whose clock runs fast: only the storage's time counts then, or such a lock
         would block everyone until its future time plus ``stale_after``.
         """
-        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+        if self.writer_gone():
             return True
         if self.modified is None:
             return now - self.refreshed > stale_after
         if self.clock_ahead(now) is not None:
             return now - self.modified > stale_after
         return now - max(self.refreshed, self.modified) > stale_after
+
+    def writer_gone(self) -> bool:
+        """Return True when this lock's writer ran here (same host, same pid namespace) and its pid is gone.
+
+        A lock without a namespace (an older writer) is judged by host name alone, as before.
+        """
+        if self.host != socket.gethostname():
+            return False
+        here = pid_namespace()
+        if self.pid_namespace is not None and here is not None and self.pid_namespace != here:
+            return False  # another container on this host: its pids are not ours to look up
+        return not _pid_alive(self.pid)
 
     def clock_ahead(self, now: datetime) -> timedelta | None:
         """Return how far ``refreshed`` is ahead of ``now`` when by more than :data:`CLOCK_TOLERANCE`, else None."""
@@ -173,6 +190,14 @@ def _rounded(delta: timedelta) -> str:
     """Return ``delta`` in words to the minute: ``3h 0min``, ``12 min``."""
     minutes = int(delta.total_seconds() // 60)
     return f"{minutes // 60}h {minutes % 60}min" if minutes >= 60 else f"{minutes} min"
+
+
+def pid_namespace() -> str | None:
+    """Return this process's pid namespace (``pid:[4026531836]``), or None where /proc does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -322,6 +347,7 @@ def acquire_lock(
             created=now,
             refreshed=now,
             backup_id=backup_id,
+            pid_namespace=pid_namespace(),
         )
         if storage.create(record.key, record.to_json()):
             break  # a random id taken already is astronomically rare; draw again if so
@@ -330,7 +356,7 @@ def acquire_lock(
         # A lock of a process gone from this host is certainly dead (restic removes these too):
         # remove it now, so a killed run leaves nothing behind once the next run starts.
         for other in others:
-            if other.host == record.host and not _pid_alive(other.pid):
+            if other.writer_gone():
                 with suppress(OpskitError):
                     storage.delete(other.key)
                 log.info("removed the lock of a run that is gone", key=other.key, operation=other.operation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -11,14 +12,22 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opskit import catalog
-from opskit.catalog.locks import STALE_AFTER, LockRecord
+from opskit.catalog.locks import STALE_AFTER, LockRecord, pid_namespace
 from opskit.core.errors import LockHeld
 from opskit.storage.base import Storage, StorageConfig
 from opskit.storage.registry import open_storage
 
-# The real time: staleness also counts the storage's own modification time of a lock.
+# The real time: staleness also counts the storage's own modification time of a lock. Set
+# again as each test starts (below): a worker may run a test minutes after collecting it.
 NOW = datetime.now(UTC).replace(microsecond=0)
 LATER = NOW + STALE_AFTER + timedelta(minutes=5)  # when a lock written now has gone stale
+
+
+@pytest.fixture(autouse=True)
+def _now_is_when_the_test_runs() -> None:
+    global NOW, LATER
+    NOW = datetime.now(UTC).replace(microsecond=0)
+    LATER = NOW + STALE_AFTER + timedelta(minutes=5)
 
 
 def clock() -> datetime:
@@ -163,3 +172,27 @@ def test_a_held_lock_is_refreshed_by_its_thread_while_the_run_goes_on(storage: S
     finally:
         held.release()
     assert lock_keys(storage) == []
+
+
+def test_a_dead_pid_in_another_pid_namespace_of_this_host_is_not_judged_dead(storage: Storage) -> None:
+    # A container with --network host shares the host's name but not its pids: its live lock
+    # must not be removed because this host has no such pid.
+    here = pid_namespace()
+    assert here is not None
+    other = plant(storage, host=socket.gethostname(), pid=2**22 + 7, refreshed=NOW, pid_namespace="pid:[1]")
+
+    with pytest.raises(LockHeld):
+        catalog.acquire_lock(storage, "app", "prune", clock=clock)
+    assert other.key in [info.key for info in storage.list("app/locks/")]
+
+    mine = plant(
+        storage,
+        id="20261201T115900Z-000000000009",
+        host=socket.gethostname(),
+        pid=2**22 + 7,
+        refreshed=NOW,
+        pid_namespace=here,
+    )
+    with catalog.locked(storage, "app", "backup", clock=clock):  # the other container's lock is shared
+        pass
+    assert mine.key not in [info.key for info in storage.list("app/locks/")]  # ours, gone: removed
