@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from opskit.backup.server import ServerBackupResult
 from opskit.catalog import Manifest, format_time, list_backups
 from opskit.cli import pass_app
 from opskit.cli.render import echo_json, echo_table
+from opskit.config.names import label_problem
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError, CopyFailed, OpskitError
 from opskit.core.redaction import redact_text
@@ -29,29 +29,12 @@ def backup_group() -> None:
 
 
 def _check_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
-    """Return ``labels`` when each is printable text with no comma; raise click.BadParameter (exit 2) if not.
-
-    ``backup list`` joins a backup's labels with commas in one table cell: a comma would make
-    one label read as two, a newline or other control character would break the table, and an
-    empty label would show as nothing at all.
-    """
+    """Return ``labels`` when each can label a backup (config.names.label_problem); raise click.BadParameter (exit 2) if not."""
     for label in labels:
-        if not label.strip():
-            raise click.BadParameter("a label cannot be empty", param_hint="--label")
-        bad = next((c for c in label if c == "," or _unprintable(c)), None)
-        if bad is not None:
-            raise click.BadParameter(
-                f"{label!r} contains {bad!r}: labels are printable text without commas "
-                "(backup list joins them with commas)",
-                param_hint="--label",
-            )
+        problem = label_problem(label)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--label")
     return labels
-
-
-def _unprintable(char: str) -> bool:
-    """Return True for a control, format or unassigned character, or a line or paragraph separator."""
-    category = unicodedata.category(char)
-    return category.startswith("C") or category in ("Zl", "Zp")
 
 
 @backup_group.command("now")

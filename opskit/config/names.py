@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from opskit.config.schema import ConfigErrors
@@ -33,6 +34,29 @@ def name_problem(name: str) -> str | None:
             "or control characters)"
         )
     return None
+
+
+def label_problem(label: str) -> str | None:
+    """Return why ``label`` cannot label a backup (``--label``, a job's ``labels``), or None when it can.
+
+    ``backup list`` joins a backup's labels with commas in one table cell: a comma would make
+    one label read as two, a newline or other control character would break the table, and an
+    empty label would show as nothing at all.
+    """
+    if not label.strip():
+        return "a label cannot be empty"
+    bad = next((c for c in label if c == "," or _unprintable(c)), None)
+    if bad is not None:
+        return (
+            f"{label!r} contains {bad!r}: labels are printable text without commas (backup list joins them with commas)"
+        )
+    return None
+
+
+def _unprintable(char: str) -> bool:
+    """Return True for a control, format or unassigned character, or a line or paragraph separator."""
+    category = unicodedata.category(char)
+    return category.startswith("C") or category in ("Zl", "Zp")
 
 
 def check_names(section: str, names: Iterable[str], errors: ConfigErrors) -> None:

@@ -40,6 +40,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from opskit import actions
 from opskit.actions import Action
 from opskit.config.model import Config
+from opskit.config.names import label_problem
 from opskit.config.schema import ConfigErrors, Section
 from opskit.core.errors import ConfigError
 from opskit.core.units import format_duration, parse_duration
@@ -335,6 +336,9 @@ def _check_args(action: str, args: Mapping[str, Any], errors: ConfigErrors) -> N
         hint = hints.get(key, Any)
         if not _matches(value, hint):
             errors.add(f"args.{key}", f"must be {_describe(hint)}, not {_describe_value(value)}")
+        elif key == "labels":
+            for problem in filter(None, (label_problem(str(label)) for label in value)):
+                errors.add(f"args.{key}", problem)
     for name, parameter in by_name.items():
         if parameter.default is parameter.empty and name not in args:
             errors.add(f"args.{name}", f"action '{action}' needs '{name}'")

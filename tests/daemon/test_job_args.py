@@ -37,6 +37,10 @@ def job_file(tmp_path: Path, body: str) -> Path:
             "At 'args.labels': must be a list of strings, not the string 'nightly'",
         ),
         ('action = "backup"\ninterval = "1h"\n[args]\nlabels = [1]\n', "At 'args.labels': must be a list of strings"),
+        (
+            'action = "backup"\ninterval = "1h"\n[args]\nlabels = ["night,ly"]\n',
+            "At 'args.labels': 'night,ly' contains ',': labels are printable text without commas",
+        ),
         ('action = "prune"\ninterval = "1h"\n[args]\ndry_run = "yes"\n', "At 'args.dry_run': must be true or false"),
         ('action = "runbook"\ninterval = "1h"\n', "At 'args.name': action 'runbook' needs 'name'"),
         (
