@@ -21,6 +21,7 @@ from opskit.core.errors import LockHeld
 from opskit.ops import unlock
 from opskit.storage.base import Storage, StorageConfig
 from opskit.storage.registry import open_storage
+from tests.catalog.test_locks import plant
 from tests.ops.test_prune import make_context
 
 
@@ -48,9 +49,9 @@ def storage(request: pytest.FixtureRequest) -> Storage:
 def plant_fast_clock_prune(storage: Storage, now: datetime) -> LockRecord:
     """Store the exclusive lock of a prune on 'otherhost' whose clock is three hours ahead of ``now``."""
     ahead = now + timedelta(hours=3)
-    record = LockRecord(
+    return plant(
+        storage,
         id="20261204T150000Z-00000000000f",
-        target="app",
         operation="prune",
         exclusive=True,
         host="otherhost",
@@ -58,8 +59,6 @@ def plant_fast_clock_prune(storage: Storage, now: datetime) -> LockRecord:
         created=ahead,
         refreshed=ahead,
     )
-    assert storage.create(record.key, record.to_json())
-    return record
 
 
 def test_a_lock_refreshed_in_the_future_goes_stale_by_the_storages_time(storage: Storage, moments: Moments) -> None:

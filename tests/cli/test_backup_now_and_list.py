@@ -9,51 +9,25 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
+from tests.cli.test_conventions import write_targets
 from tests.databases import dsn_for, run_sql
-from tests.faults.helpers import cli_env, wait_for
+from tests.faults.helpers import cli_env, run_opskit, wait_for
+
+DOWN_DSN = "host=127.0.0.1 port=1 user=postgres dbname=nothing connect_timeout=2"
 
 
 def write_config(folder: Path, dbname: str, extra: str = "") -> Path:
     """Write targets ``app`` (on ``dbname``) and ``down`` (a port nothing listens on), one local storage."""
-    path = folder / "opskit.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            [targets.app]
-            dsn = "{dsn_for(dbname)}"
-            storages = ["local"]
-
-            [targets.down]
-            dsn = "host=127.0.0.1 port=1 user=postgres dbname=nothing connect_timeout=2"
-            storages = ["local"]
-
-            [storages.local]
-            url = "file://{folder / "backups"}"
-            """
-        )
-        + extra
-    )
-    return path
-
-
-def opskit(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "opskit", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=120,
-    )
+    return write_targets(folder, {"app": dsn_for(dbname), "down": DOWN_DSN}, extra)
 
 
 def test_backup_all_with_json_lists_the_failed_target_beside_the_manifests(tmp_path: Path, pg_database: str) -> None:
     run_sql(pg_database, "CREATE TABLE t (id int);")
     config = write_config(tmp_path, pg_database)
 
-    result = opskit(config, "backup", "now", "--all", "--json")
+    result = run_opskit(config, "backup", "now", "--all", "--json")
 
     assert result.returncode == 3, result.stderr
     entries = json.loads(result.stdout)
@@ -99,13 +73,13 @@ def test_an_interrupted_run_with_json_prints_the_error_object_and_exits_130(tmp_
 def test_a_backup_whose_manifest_is_unreadable_is_listed_as_unreadable(tmp_path: Path, pg_database: str) -> None:
     run_sql(pg_database, "CREATE TABLE t (id int);")
     config = write_config(tmp_path, pg_database)
-    assert opskit(config, "backup", "now", "--target", "app").returncode == 0
-    assert opskit(config, "backup", "now", "--target", "app").returncode == 0
-    [newer, older] = json.loads(opskit(config, "backup", "list", "--json").stdout)
+    assert run_opskit(config, "backup", "now", "--target", "app").returncode == 0
+    assert run_opskit(config, "backup", "now", "--target", "app").returncode == 0
+    [newer, older] = json.loads(run_opskit(config, "backup", "list", "--json").stdout)
     (tmp_path / "backups" / "app" / older["id"] / "manifest.json").write_text('{"id": "truncated')
 
-    table = opskit(config, "backup", "list")
-    listed = opskit(config, "backup", "list", "--json")
+    table = run_opskit(config, "backup", "list")
+    listed = run_opskit(config, "backup", "list", "--json")
 
     assert table.returncode == 0, table.stderr
     [row] = [line for line in table.stdout.splitlines() if older["id"] in line]
@@ -123,12 +97,12 @@ def test_labels_with_control_characters_commas_or_nothing_are_refused_with_exit_
     config = write_config(tmp_path, pg_database)
 
     for label in ("two\nlines", "tab\there", "a,b", "", "  "):
-        result = opskit(config, "backup", "now", "--target", "app", "--label", label)
+        result = run_opskit(config, "backup", "now", "--target", "app", "--label", label)
 
         assert result.returncode == 2, (label, result.stderr)
         assert "--label" in result.stderr
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").rglob("manifest.json"))
 
-    kept = opskit(config, "backup", "now", "--target", "app", "--label", "before upgrade 16", "--json")
+    kept = run_opskit(config, "backup", "now", "--target", "app", "--label", "before upgrade 16", "--json")
     assert kept.returncode == 0, kept.stderr
     assert json.loads(kept.stdout)["labels"] == ["before upgrade 16"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,25 +14,20 @@ from tests.databases import dsn_for, run_sql
 from tests.faults.helpers import cli_env
 
 
-def write_config(folder: Path, dbname: str) -> Path:
+def write_targets(folder: Path, dsns: dict[str, str], extra: str = "") -> Path:
+    """Write ``folder/opskit.toml``: a target per name in ``dsns``, each on the local storage ``folder/backups``.
+
+    ``extra`` is appended at the top level. Returns the file's path.
+    """
+    targets = "".join(f'[targets.{name}]\ndsn = "{dsn}"\nstorages = ["local"]\n\n' for name, dsn in dsns.items())
     path = folder / "opskit.toml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            [targets.app]
-            dsn = "{dsn_for(dbname)}"
-            storages = ["local"]
-
-            [targets.app-staging]
-            dsn = "{dsn_for(dbname)}"
-            storages = ["local"]
-
-            [storages.local]
-            url = "file://{folder / "backups"}"
-            """
-        )
-    )
+    path.write_text(targets + f'[storages.local]\nurl = "file://{folder / "backups"}"\n' + extra)
     return path
+
+
+def write_config(folder: Path, dbname: str) -> Path:
+    """Write targets ``app`` and ``app-staging``, both on ``dbname``, and one local storage."""
+    return write_targets(folder, {"app": dsn_for(dbname), "app-staging": dsn_for(dbname)})
 
 
 def opskit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from opskit.core import execute
 from opskit.core.errors import ConfigError
+from tests.faults.helpers import one_line_error, run_opskit
 
 
 def test_running_a_program_that_does_not_exist_is_a_config_error_naming_it() -> None:
@@ -24,16 +23,10 @@ def test_a_runbook_shell_step_whose_command_cannot_start_exits_2_with_one_line(t
     (tmp_path / "runbooks" / "bad.toml").write_text(
         'title = "t"\n[[steps]]\nkind = "shell"\nargv = ["/nonexistent/x"]\n', encoding="utf-8"
     )
-    (tmp_path / "opskit.toml").write_text(
+    config = tmp_path / "opskit.toml"
+    config.write_text(
         f'[storages.local]\nurl = "file://{tmp_path}/b"\n[targets.app]\ndsn = "dbname=app"\n', encoding="utf-8"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "opskit", "-q", "runbook", "run", "bad", "--yes"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = run_opskit(config, "-q", "runbook", "run", "bad", "--yes", timeout=60)
     assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("opskit: error:")]
-    assert len(errors) == 1 and "cannot start /nonexistent/x: No such file or directory" in errors[0]
+    assert "cannot start /nonexistent/x: No such file or directory" in one_line_error(result.stderr)

@@ -10,8 +10,8 @@ import pytest
 
 from opskit.config.load import parse_config
 from opskit.config.model import Config
-from opskit.core.errors import ConfigError
 from opskit.daemon.jobs import load_job
+from tests.daemon.test_jobs import assert_job_refused
 
 
 @pytest.fixture
@@ -54,12 +54,7 @@ def job_file(tmp_path: Path, body: str) -> Path:
 def test_a_job_whose_args_or_schedule_could_never_work_is_refused_naming_the_file_and_key(
     tmp_path: Path, config: Config, body: str, reason: str
 ) -> None:
-    path = job_file(tmp_path, body)
-    with pytest.raises(ConfigError) as caught:
-        load_job(path, config)
-    assert str(path) in caught.value.message
-    assert reason in caught.value.message
-    assert caught.value.exit_code == 2
+    assert_job_refused(job_file(tmp_path, body), config, reason)
 
 
 def test_args_that_fit_the_action_are_accepted(tmp_path: Path, config: Config) -> None:

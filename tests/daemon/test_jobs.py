@@ -48,6 +48,15 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def assert_job_refused(path: Path, config: Config, reason: str) -> None:
+    """Assert that loading the job file ``path`` raises a ConfigError (exit 2) naming the file and ``reason``."""
+    with pytest.raises(ConfigError) as caught:
+        load_job(path, config)
+    assert str(path) in caught.value.message
+    assert reason in caught.value.message
+    assert caught.value.exit_code == 2
+
+
 def test_a_valid_job_file_becomes_a_job_named_after_the_file(tmp_path: Path, config: Config) -> None:
     path = write(
         tmp_path,
@@ -88,12 +97,7 @@ def test_the_misfire_grace_time_defaults_to_an_hour_not_one_second(config: Confi
 def test_a_bad_job_file_fails_with_the_file_and_the_reason(
     tmp_path: Path, config: Config, body: str, reason: str
 ) -> None:
-    path = write(tmp_path, "bad", body)
-    with pytest.raises(ConfigError) as caught:
-        load_job(path, config)
-    assert str(path) in caught.value.message
-    assert reason in caught.value.message
-    assert caught.value.exit_code == 2
+    assert_job_refused(write(tmp_path, "bad", body), config, reason)
 
 
 def test_a_job_file_that_is_not_toml_is_a_config_error(tmp_path: Path, config: Config) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -21,6 +22,9 @@ from opskit.daemon.jobs import parse_job, register_action, unregister_action
 from opskit.daemon.ledger import ABORTED, FAILED, SUCCESS, Ledger
 from opskit.daemon.scheduler import Runner, Scheduler
 from opskit.ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from opskit.daemon.service import Daemon
 
 
 class FakeAction:
@@ -148,29 +152,36 @@ def test_stop_lets_a_run_finish_within_the_grace_period_then_aborts_it(
     assert runner.fire(job) is None  # a stopping runner claims nothing more
 
 
-def test_readyz_names_each_unreachable_dependency_and_livez_needs_no_network(
-    tmp_path: Path, pg_database: str, fake: FakeAction, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def running_daemon(tmp_path: Path, config: Config) -> Iterator[Daemon]:
+    """Yield a started daemon (listening on a free port) with one hourly job of the fake action; stop it after."""
     from opskit.daemon.service import build_daemon
 
-    monkeypatch.delenv("OPSKIT_T_MISSING_PASSWORD", raising=False)
-    config = parse_config(
-        f'[storages.local]\nurl = "file://{tmp_path}/backups"\n'
-        f'[targets.app]\ndsn = "{pg_database}"\npassword = "env:OPSKIT_T_MISSING_PASSWORD"\n'
-        f'[daemon]\ncontrol_dsn = "{pg_database}"\nledger_table = "runs"\n'
-    )
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     (jobs / "j.toml").write_text('action = "fake"\ntarget = "app"\ninterval = "1h"\nmisfire_grace_time = "1s"\n')
     daemon = build_daemon(AppContext(config=config), jobs, "127.0.0.1:0")
     daemon.start()
     try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_readyz_names_each_unreachable_dependency_and_livez_needs_no_network(
+    tmp_path: Path, pg_database: str, fake: FakeAction, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPSKIT_T_MISSING_PASSWORD", raising=False)
+    config = parse_config(
+        f'[storages.local]\nurl = "file://{tmp_path}/backups"\n'
+        f'[targets.app]\ndsn = "{pg_database}"\npassword = "env:OPSKIT_T_MISSING_PASSWORD"\n'
+        f'[daemon]\ncontrol_dsn = "{pg_database}"\nledger_table = "runs"\n'
+    )
+    with running_daemon(tmp_path, config) as daemon:
         ready, detail = daemon.readyz()
         assert not ready
         assert "OPSKIT_T_MISSING_PASSWORD" in detail["checks"]["secret:targets.app.password"]
         assert detail["checks"]["control_database"] == "ok"
         assert detail["checks"]["storage:local"] == "ok"
         assert daemon.livez()[0] is True
-    finally:
-        daemon.stop()
     assert daemon.livez()[0] is False

@@ -127,9 +127,7 @@ class Setup:
         self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m opskit --config <this> ARGS`` and return the finished process."""
-        return subprocess.run(
-            self.argv(*args), capture_output=True, text=True, timeout=timeout, env=cli_env(env), cwd=self.path.parent
-        )
+        return run_opskit(self.path, *args, timeout=timeout, env=env)
 
     def argv(self, *args: str) -> list[str]:
         """Return the command line for ``opskit ARGS`` with this config."""
@@ -160,6 +158,23 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and not k.startswith("OPSKIT_")}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env | (extra or {})
+
+
+def run_opskit(
+    config: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m opskit --config CONFIG ARGS`` in the config's folder (:func:`cli_env`, plus ``env``).
+
+    Returns the finished process; raises subprocess.TimeoutExpired after ``timeout`` seconds.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "opskit", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        cwd=config.parent,
+    )
 
 
 def write_setup(

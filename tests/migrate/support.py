@@ -66,3 +66,11 @@ def write_config(tmp_path: Path, dbname: str, extra: str = "") -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def write_staged_config(tmp_path: Path, dbname: str) -> Path:
+    """Write :func:`write_config`'s file with a target ``stage`` on the same database, ``app``'s staging."""
+    path = write_config(tmp_path, dbname, f'\n[targets.stage]\ndsn = "{dsn_for(dbname)}"\n')
+    text = path.read_text(encoding="utf-8").replace("[targets.app]\n", '[targets.app]\nstaging = "stage"\n', 1)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -6,8 +6,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.databases import dsn_for
-from tests.migrate.support import opskit, query, write_config
+from tests.migrate.support import opskit, query, write_config, write_staged_config
 
 BASE = {"V1__base.sql": "CREATE TABLE base (id int); INSERT INTO base VALUES (1);"}
 FAILING = {
@@ -93,10 +92,7 @@ def test_rehearse_stops_before_production_when_a_migration_fails_on_staging(
     migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
 ) -> None:
     scripts_dir(BASE)
-    staging = f'\n[targets.stage]\ndsn = "{dsn_for(migrate_db)}"\n'
-    config = write_config(tmp_path, migrate_db, staging)
-    text = config.read_text(encoding="utf-8").replace("[targets.app]\n", '[targets.app]\nstaging = "stage"\n', 1)
-    config.write_text(text, encoding="utf-8")
+    config = write_staged_config(tmp_path, migrate_db)
     first = opskit(config, "migrate", "--target", "app", "--rehearse", timeout=300)
     assert first.returncode == 0, first.stderr
     assert "rehearsed V1__base.sql on staging" in first.stderr

@@ -7,17 +7,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.databases import dsn_for
-from tests.migrate.support import opskit, write_config
+from tests.migrate.support import opskit, write_staged_config
 
 
 def test_rehearse_takes_a_fresh_backup_instead_of_a_future_dated_one(
     migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
 ) -> None:
     scripts_dir({"V1__base.sql": "CREATE TABLE base (id int);"})
-    config = write_config(tmp_path, migrate_db, f'\n[targets.stage]\ndsn = "{dsn_for(migrate_db)}"\n')
-    text = config.read_text(encoding="utf-8").replace("[targets.app]\n", '[targets.app]\nstaging = "stage"\n', 1)
-    config.write_text(text, encoding="utf-8")
+    config = write_staged_config(tmp_path, migrate_db)
     assert opskit(config, "backup", "now", "--target", "app").returncode == 0
     (manifest_path,) = (tmp_path / "backups" / "app").glob("*/manifest.json")
     data = json.loads(manifest_path.read_text())

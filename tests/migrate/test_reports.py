@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.databases import dsn_for
-from tests.migrate.support import opskit, query, start_opskit, write_config
+from tests.migrate.support import opskit, query, start_opskit, write_config, write_staged_config
 
 
 def _error_line(stderr: str) -> str:
@@ -88,9 +87,7 @@ def test_a_rehearsal_failure_names_the_migration_and_its_database_error(
     migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
 ) -> None:
     scripts_dir({"V1__base.sql": "CREATE TABLE base (id int);"})
-    config = write_config(tmp_path, migrate_db, f'\n[targets.stage]\ndsn = "{dsn_for(migrate_db)}"\n')
-    text = config.read_text(encoding="utf-8").replace("[targets.app]\n", '[targets.app]\nstaging = "stage"\n', 1)
-    config.write_text(text, encoding="utf-8")
+    config = write_staged_config(tmp_path, migrate_db)
     assert opskit(config, "migrate", "--target", "app").returncode == 0
     scripts_dir({"V2__breaks.sql": "INSERT INTO base VALUES (2);\nSELECT 1/0;\n"})
 

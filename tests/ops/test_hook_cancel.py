@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit.config.load import parse_config
 from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, Cancelled
 from opskit.ops.hooks import run_hooks
-
-BASE = '[storages.local]\nurl = "file:///tmp/opskit-unit-never-written"\n[targets.app]\ndsn = "dbname=app"\n'
-ENV = {"OPSKIT_VERB": "backup", "OPSKIT_TARGET": "app", "OPSKIT_JOB": ""}
+from tests.ops.test_hooks import ENV, context
 
 
 def alive(pid: int) -> bool:
@@ -32,7 +29,7 @@ def shell_hook(tmp_path: Path, extra: str = "") -> tuple[AppContext, Path]:
     # The shell's background sleep is a grandchild: killing the shell alone would orphan it.
     pid_file = tmp_path / "sleep.pid"
     hook = f'[[hooks.before]]\ncommand = ["/bin/sh", "-c", "sleep 41 & echo $! > {pid_file}; wait"]\n{extra}'
-    return AppContext(config=parse_config(BASE + hook)), pid_file
+    return context(hook), pid_file
 
 
 def test_a_cancelled_run_stops_its_hooks_whole_process_group_and_raises_cancelled(tmp_path: Path) -> None:

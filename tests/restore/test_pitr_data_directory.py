@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -23,13 +22,14 @@ from pathlib import Path
 import pytest
 
 from opskit.restore import pitr_model, pitr_settings
+from tests.faults.helpers import run_opskit
 from tests.pgcluster import as_postgres
 from tests.restore.test_pitr import marker_ids, write_markers
 from tests.wal.cluster import (
     ArchivingCluster,
     config_text,
     give_to_postgres,
-    opskit_command,
+    pitr_start_args,
     start_archiving_cluster,
 )
 
@@ -94,29 +94,8 @@ def private_copy(src: Source, name: str, storages: dict[str, Path] | None = None
 
 
 def opskit(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI with ``config`` and return its result."""
-    return subprocess.run(
-        [sys.executable, "-m", "opskit", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def restore_args(pgdata: Path, *extra: str) -> list[str]:
-    """Return ``restore --pitr --latest --pgdata PGDATA --start`` arguments, the server running this opskit."""
-    return [
-        "restore",
-        "--pitr",
-        "--latest",
-        "--pgdata",
-        str(pgdata),
-        "--start",
-        "--opskit-command",
-        shlex.join(opskit_command()),
-        "--json",
-        *extra,
-    ]
+    """Run the real CLI with ``config`` and return its result (a restore that starts the server may take minutes)."""
+    return run_opskit(config, *args, timeout=300)
 
 
 def server_running(bin_dir: str, pgdata: Path) -> bool:
@@ -270,7 +249,7 @@ def test_ctrl_c_during_a_started_restore_stops_the_server_exits_130_and_the_retr
     pgdata = config.parent / "restored"
     restored_dirs.append((source.cluster.bin_dir, pgdata))
     run = subprocess.Popen(
-        [sys.executable, "-m", "opskit", "--config", str(config), *restore_args(pgdata)],
+        [sys.executable, "-m", "opskit", "--config", str(config), *pitr_start_args(pgdata, "--latest")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -298,7 +277,7 @@ def test_ctrl_c_during_a_started_restore_stops_the_server_exits_130_and_the_retr
     assert not server_running(source.cluster.bin_dir, pgdata)
     assert not (pgdata / "postmaster.pid").exists()
     assert "was stopped" in err and "remove it" in err, err
-    retry = opskit(config, *restore_args(pgdata))
+    retry = opskit(config, *pitr_start_args(pgdata, "--latest"))
     assert retry.returncode == 2
     assert "holds an interrupted or failed opskit restore --pitr" in retry.stderr
     assert f"rm -r {pgdata}" in retry.stderr
@@ -316,7 +295,7 @@ def test_a_data_directory_whose_path_holds_a_space_and_a_quote_starts_and_recove
     pgdata = parent / "pg data"
     restored_dirs.append((source.cluster.bin_dir, pgdata))
 
-    result = opskit(source.cluster.config_path, *restore_args(pgdata))
+    result = opskit(source.cluster.config_path, *pitr_start_args(pgdata, "--latest"))
 
     assert result.returncode == 0, result.stderr
     assert marker_ids(json.loads(result.stdout)["port"])[-1] == source.newest_marker
@@ -327,7 +306,7 @@ def test_a_data_directory_whose_path_pg_ctl_cannot_pass_is_refused_before_anythi
 ) -> None:
     pgdata = source.cluster.root / 'say "cheese"'
 
-    result = opskit(source.cluster.config_path, *restore_args(pgdata))
+    result = opskit(source.cluster.config_path, *pitr_start_args(pgdata, "--latest"))
 
     assert result.returncode == 2
     assert "which pg_ctl cannot pass to the server" in result.stderr
@@ -372,7 +351,7 @@ def test_a_restore_from_a_second_storage_fetches_its_wal_from_that_storage(
     pgdata = config.parent / "restored"
     restored_dirs.append((source.cluster.bin_dir, pgdata))
 
-    result = opskit(config, *restore_args(pgdata, "--storage", "off"))
+    result = opskit(config, *pitr_start_args(pgdata, "--latest", "--storage", "off"))
 
     assert result.returncode == 0, result.stderr
     assert marker_ids(json.loads(result.stdout)["port"])[-1] == source.newest_marker

@@ -178,6 +178,24 @@ def _on_cluster(cluster: ScramCluster, dsn_text: str) -> str:
     return f"host={cluster.host} port={cluster.port} user={cluster.user}" + dsn_text
 
 
+def _restore_on_cluster(
+    setup: Setup, cluster: ScramCluster, dsn_text: str, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``restore latest --to <cluster> DSN_TEXT FLAGS --no-owner`` with the cluster's password; return the result.
+
+    ``--no-owner``: the cluster has no role postgres, without it a restore would fail for that.
+    """
+    return setup.run(
+        "restore",
+        "latest",
+        "--to",
+        _on_cluster(cluster, dsn_text),
+        *flags,
+        "--no-owner",
+        env={PASSWORD_ENV: cluster.password},
+    )
+
+
 def _cluster_tables(cluster: ScramCluster, database: str) -> list[str]:
     with cluster.connect(database) as conn:
         rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()
@@ -192,15 +210,7 @@ def test_a_to_dsn_that_names_no_database_is_refused_with_exit_2(
         before = [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
 
     # libpq would pick the database named as the user (here opskit_admin; often postgres).
-    result = setup.run(
-        "restore",
-        "latest",
-        "--to",
-        _on_cluster(scram_cluster, ""),
-        "--replace",
-        "--no-owner",
-        env={PASSWORD_ENV: scram_cluster.password},
-    )
+    result = _restore_on_cluster(setup, scram_cluster, "", "--replace")
 
     assert result.returncode == 2, result.stderr
     assert one_line_error(result.stderr) == (
@@ -217,15 +227,7 @@ def test_template1_is_never_a_destination(
 ) -> None:
     setup = refused_from
 
-    result = setup.run(
-        "restore",
-        "latest",
-        "--to",
-        _on_cluster(scram_cluster, " dbname=template1"),
-        *flags,
-        "--no-owner",  # the cluster has no role postgres: without it a restore would fail for that
-        env={PASSWORD_ENV: scram_cluster.password},
-    )
+    result = _restore_on_cluster(setup, scram_cluster, " dbname=template1", *flags)
 
     assert result.returncode == 2, result.stderr
     assert "database 'template1' on target '--to' is a template database" in one_line_error(result.stderr)
@@ -256,15 +258,7 @@ def test_the_postgres_database_needs_confirmation_like_a_protected_target(
 ) -> None:
     setup = refused_from
 
-    result = setup.run(
-        "restore",
-        "latest",
-        "--to",
-        _on_cluster(scram_cluster, " dbname=postgres"),
-        "--replace",
-        "--no-owner",
-        env={PASSWORD_ENV: scram_cluster.password},
-    )
+    result = _restore_on_cluster(setup, scram_cluster, " dbname=postgres", "--replace")
 
     assert result.returncode == 2, result.stderr
     assert one_line_error(result.stderr) == (

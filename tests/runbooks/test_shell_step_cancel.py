@@ -6,10 +6,9 @@ import threading
 import time
 from pathlib import Path
 
-from opskit.config.load import parse_config
-from opskit.context import AppContext
 from opskit.runbooks import runbook
-from tests.ops.test_hook_cancel import BASE, alive
+from tests.ops.test_hook_cancel import alive
+from tests.ops.test_hooks import context
 
 
 def test_a_cancelled_runbook_stops_its_shell_steps_process_group(tmp_path: Path) -> None:
@@ -19,7 +18,7 @@ def test_a_cancelled_runbook_stops_its_shell_steps_process_group(tmp_path: Path)
         'title = "waits"\n[[steps]]\nkind = "shell"\n'
         f'argv = ["/bin/sh", "-c", "sleep 41 & echo $$! > {pid_file}; wait"]\n'
     )
-    ctx = AppContext(config=parse_config(BASE))
+    ctx = context("")
     threading.Timer(1.0, ctx.cancel.set).start()
     started = time.monotonic()
 

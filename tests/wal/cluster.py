@@ -55,6 +55,21 @@ def opskit_command() -> list[str]:
     return ["env", f"PYTHONPATH={REPO_ROOT}:{site}", system_python, "-m", "opskit"]
 
 
+def pitr_start_args(pgdata: Path, *selection: str) -> list[str]:
+    """Return ``restore --pitr SELECTION --pgdata PGDATA --start --json``, the server's restore_command this opskit."""
+    return [
+        "restore",
+        "--pitr",
+        *selection,
+        "--pgdata",
+        str(pgdata),
+        "--start",
+        "--opskit-command",
+        shlex.join(opskit_command()),
+        "--json",
+    ]
+
+
 def give_to_postgres(path: Path) -> None:
     """Make ``path`` (and everything under it) owned by postgres when the tests run as root."""
     if os.geteuid() != 0:
@@ -122,17 +137,7 @@ class ArchivingCluster:
 
         The recovered server runs opskit as ``postgres`` (:func:`opskit_command`) in its restore_command.
         """
-        result = self.opskit(
-            "restore",
-            "--pitr",
-            *selection,
-            "--pgdata",
-            str(pgdata),
-            "--start",
-            "--opskit-command",
-            shlex.join(opskit_command()),
-            "--json",
-        )
+        result = self.opskit(*pitr_start_args(pgdata, *selection))
         assert result.returncode == 0, result.stderr
         report: dict[str, Any] = json.loads(result.stdout)
         return report

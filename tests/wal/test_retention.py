@@ -11,6 +11,14 @@ from opskit.wal.retention import plan_wal_deletes
 from tests.wal.cluster import ArchivingCluster
 
 
+def _give_app_retention(cluster: ArchivingCluster, policy: str, rules: str, storages: str = '"local"') -> None:
+    """Append ``[retention.POLICY]`` (``rules``) to the cluster's config; target app keeps by it, on ``storages``."""
+    text = cluster.config_path.read_text().replace(
+        'storages = ["local"]\n', f'storages = [{storages}]\nretention = "{policy}"\n', 1
+    )
+    cluster.config_path.write_text(text + f"\n[retention.{policy}]\n{rules}")
+
+
 def test_with_no_base_backup_kept_no_wal_is_deleted() -> None:
     keys = ["app/wal/000000010000000000000001.zst", "app/wal/000000010000000000000001.sha256"]
 
@@ -21,12 +29,7 @@ def test_prune_keeps_the_wal_of_the_kept_base_backup_and_deletes_only_what_is_ol
     archiving_cluster: Callable[..., ArchivingCluster],
 ) -> None:
     cluster = archiving_cluster()
-    with open(cluster.config_path, "a", encoding="utf-8") as config:
-        config.write("\n[retention.one]\nkeep_last = 1\n")
-    text = cluster.config_path.read_text().replace(
-        'storages = ["local"]\n', 'storages = ["local"]\nretention = "one"\n', 1
-    )
-    cluster.config_path.write_text(text)
+    _give_app_retention(cluster, "one", "keep_last = 1\n")
     old = json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)
     cluster.wait_archived(cluster.switch_wal())
     new = json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)
@@ -57,12 +60,7 @@ def test_prune_keeps_keep_last_base_backups_whatever_the_number_of_newer_dumps(
     archiving_cluster: Callable[..., ArchivingCluster],
 ) -> None:
     cluster = archiving_cluster()
-    with open(cluster.config_path, "a", encoding="utf-8") as config:
-        config.write("\n[retention.two]\nkeep_last = 2\nmin_keep = 1\n")
-    text = cluster.config_path.read_text().replace(
-        'storages = ["local"]\n', 'storages = ["local"]\nretention = "two"\n', 1
-    )
-    cluster.config_path.write_text(text)
+    _give_app_retention(cluster, "two", "keep_last = 2\nmin_keep = 1\n")
     bases = []
     for _ in range(3):
         bases.append(json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)["id"])
@@ -96,12 +94,9 @@ def test_the_copy_after_each_base_backup_carries_its_wal_and_prune_trims_the_wal
 ) -> None:
     cluster = archiving_cluster()
     offsite = tmp_path / "off"
-    text = cluster.config_path.read_text().replace(
-        'storages = ["local"]\n', 'storages = ["local", "off"]\nretention = "one"\n', 1
-    )
-    cluster.config_path.write_text(
-        text + f'\n[storages.off]\nurl = "file://{offsite}"\noffsite = true\n\n[retention.one]\nkeep_last = 1\n'
-    )
+    _give_app_retention(cluster, "one", "keep_last = 1\n", storages='"local", "off"')
+    with open(cluster.config_path, "a", encoding="utf-8") as config:
+        config.write(f'\n[storages.off]\nurl = "file://{offsite}"\noffsite = true\n')
     old = json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)
     cluster.wait_archived(cluster.switch_wal())
     new = json.loads(cluster.opskit("backup", "now", "--kind", "base", "--json").stdout)
