@@ -42,7 +42,8 @@ def list_(app: AppContext, directory: str | None) -> None:
     """List the runbooks."""
     books = loader.list_runbooks(app, directory)
     if not books:
-        click.echo(f"no runbooks in {loader.runbooks_dir(app, directory)}")
+        searched = ", ".join(str(path) for path in loader.searched_dirs(app, directory))
+        click.echo(f"no runbooks (looked in {searched}); put *.toml files in one of them or pass --dir")
     for book in books:
         click.echo(f"{book.name:<28} {len(book.steps):>2} steps  {book.title}")
 

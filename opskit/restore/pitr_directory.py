@@ -47,6 +47,14 @@ def empty_directory(pgdata: str) -> Path:
     check_server_path(path, "--pgdata")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--pgdata '{pgdata}' is not a directory", hint="give a new or empty directory")
+    cluster = _enclosing_data_directory(path)
+    if cluster is not None:
+        # An empty pg_tblspc/ or base/ of a live cluster passes the empty check: writing a
+        # cluster there would corrupt the one around it.
+        raise ConfigError(
+            f"--pgdata '{pgdata}' lies inside the data directory of another cluster ('{cluster}')",
+            hint="give a new or empty directory outside any data directory",
+        )
     created = False
     if not path.exists():
         try:
@@ -65,6 +73,14 @@ def empty_directory(pgdata: str) -> Path:
         raise
     _CLAIMS[path] = claim
     return path
+
+
+def _enclosing_data_directory(path: Path) -> Path | None:
+    """Return the PostgreSQL data directory ``path`` lies inside (a parent with PG_VERSION and global/), or None."""
+    for parent in path.parents:
+        if (parent / "PG_VERSION").is_file() and (parent / "global").is_dir():
+            return parent
+    return None
 
 
 def _lock_directory(path: Path, pgdata: str) -> int:

@@ -34,6 +34,14 @@ def runbooks_dir(ctx: AppContext, directory: str | Path | None = None) -> Path:
     return Path("runbooks")
 
 
+def searched_dirs(ctx: AppContext, directory: str | Path | None = None) -> list[Path]:
+    """Return the directories :func:`runbooks_dir` looks in, in its order, as absolute paths (for messages)."""
+    if directory is not None:
+        return [Path(directory).resolve()]
+    candidates = [ctx.config.source.parent / "runbooks"] if ctx.config.source is not None else []
+    return list(dict.fromkeys(p.resolve() for p in [*candidates, Path("runbooks"), *SHARE_DIRS]))
+
+
 def list_runbooks(ctx: AppContext, directory: str | Path | None = None) -> list[Runbook]:
     """Return every runbook in the directory, by name. Raises ConfigError for a malformed file."""
     folder = runbooks_dir(ctx, directory)

@@ -313,6 +313,16 @@ def test_a_data_directory_whose_path_pg_ctl_cannot_pass_is_refused_before_anythi
     assert not pgdata.exists()
 
 
+def test_an_empty_directory_inside_a_live_clusters_data_directory_is_refused(source: Source) -> None:
+    inside = source.cluster.data_dir / "pg_tblspc" / "restored"  # empty, and would pass the empty check
+
+    result = opskit(source.cluster.config_path, *pitr_start_args(inside, "--latest"))
+
+    assert result.returncode == 2, result.stderr
+    assert f"lies inside the data directory of another cluster ('{source.cluster.data_dir}')" in result.stderr
+    assert not inside.exists()
+
+
 # --------------------------------------------------------------------------- finding 15: a failed extract
 
 

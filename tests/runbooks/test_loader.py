@@ -79,3 +79,21 @@ def test_the_transcript_describes_each_step_except_notes(tmp_path: Path) -> None
 
     assert "### 1. note (note): ok, 0.0 s\n\n```\nread me\n```" in transcript
     assert "### 2. true (shell): ok, 0.0 s\n\nRun: true\n" in transcript
+
+
+def test_runbook_list_without_runbooks_names_every_directory_it_looked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from opskit.cli import main
+
+    config = tmp_path / "opskit.toml"
+    config.write_text(f'[targets.a]\ndsn = "dbname=x"\nstorages = ["l"]\n[storages.l]\nurl = "file://{tmp_path}/r"\n')
+
+    monkeypatch.chdir(tmp_path)  # not the checkout, whose ./runbooks would be found
+    listed = CliRunner().invoke(main, ["--config", str(config), "runbook", "list"])
+
+    assert listed.exit_code == 0, listed.output
+    assert f"no runbooks (looked in {tmp_path.resolve() / 'runbooks'}, " in listed.output
+    assert "put *.toml files in one of them or pass --dir" in listed.output
