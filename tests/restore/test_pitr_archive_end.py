@@ -147,3 +147,19 @@ def test_a_restore_point_not_in_the_wal_after_the_backup_says_to_pass_an_older_b
     line = error_line(result)
     assert "restore point no-such-point was not reached from base backup " in line, line
     assert "pass an older backup: opskit restore <older id> --pitr --to-name no-such-point" in line
+
+
+def test_wal_covers_says_a_moment_behind_a_gap_is_not_covered_and_names_the_gap(
+    archived_history: ArchivedHistory, history_copy: ArchivingCluster
+) -> None:
+    middle = archived_history.segments[1]
+    moment = archived_history.quiet_moment.isoformat()
+    assert history_copy.opskit("wal", "covers", "--target", "app", moment).returncode == 0
+    wal_object(history_copy, middle).unlink()
+
+    result = history_copy.opskit("wal", "covers", "--target", "app", moment)
+    as_json = history_copy.opskit("wal", "covers", "--target", "app", moment, "--json")
+
+    assert result.returncode == 1, result.stderr
+    assert f"has a gap at segment {middle}: recovery from it stops there" in result.stdout
+    assert json.loads(as_json.stdout)["gap"]["first_missing"] == middle
