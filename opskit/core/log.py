@@ -95,10 +95,36 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None, quiet:
         logger_factory=lambda *args: NamedPrintLogger(file=sys.stderr, name=args[0] if args else None),
         cache_logger_on_first_use=False,
     )
-    # Library loggers (boto3, urllib3, azure) stay quiet unless debugging.
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr)
+    # Library loggers (boto3, urllib3, azure, google-auth) stay quiet unless debugging, and what
+    # they do say is rendered as opskit's own lines: a raw "WARNING:google.auth._default:..."
+    # would be the one line on stderr a JSON log collector cannot parse.
+    _route_library_logging(renderer, use_json, logging.DEBUG if debug else logging.WARNING)
     for noisy in ("botocore", "boto3", "urllib3", "azure", "google", "s3transfer", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
+
+
+_LIBRARY_HANDLER = "opskit-library-records"
+
+
+def _route_library_logging(renderer: Any, use_json: bool, level: int) -> None:
+    """Send the standard library's log records (the SDKs') through ``renderer`` on stderr, at ``level`` and above."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processor=renderer,
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_processor,
+            *([message_processor] if use_json else []),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name(_LIBRARY_HANDLER)
+    root = logging.getLogger()
+    # configure_logging may run again (tests, the daemon): replace our handler, keep any other.
+    root.handlers = [h for h in root.handlers if h.get_name() != _LIBRARY_HANDLER] + [handler]
+    root.setLevel(level)
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

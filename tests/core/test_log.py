@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -56,3 +57,15 @@ def test_log_calls_name_durations_duration_seconds_only() -> None:
             if re.search(r"^\s+seconds=round\(", line):
                 offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}")
     assert not offenders, f"log fields named 'seconds' (use duration_seconds): {offenders}"
+
+
+def test_a_librarys_warning_is_a_json_line_too_with_its_secrets_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(json_logs=True)
+    logging.getLogger("google.auth._default").warning("No project ID could be determined; password=hunter2")
+    err = capsys.readouterr().err
+    configure_logging(json_logs=True)  # re-bound to the real stderr by the next test's call; one handler only
+    (line,) = json_lines(err)
+    assert err.count("\n") == 1 and not err.startswith("WARNING:")
+    assert line["logger"] == "google.auth._default" and line["level"] == "warning"
+    assert "hunter2" not in line["message"]  # type: ignore[operator]
+    assert [h.get_name() for h in logging.getLogger().handlers].count("opskit-library-records") == 1
