@@ -43,7 +43,7 @@ from opskit.pg.commands import PgRestoreCommand, psql_script_argv
 from opskit.restore import parallel
 from opskit.restore import replace as replace_route
 from opskit.restore.reader import OpenedBackup, open_backup
-from opskit.restore.result import RestoreResult, failure_note
+from opskit.restore.result import RestoreResult, clean_lock_advice, failure_note
 
 __all__ = ["Confirm", "RestoreResult", "default_database_name", "restore_backup", "restore_globals", "run"]
 
@@ -388,7 +388,8 @@ def _finish_pg_restore(child: Child, result: RestoreResult, manifest: Manifest, 
         child.check(
             RestoreFailed,
             f"pg_restore of backup {manifest.id} into '{result.database}' failed",
-            hint=f"the message above is pg_restore's; {failure_note(result.database, result.created, clean)}",
+            hint=f"the message above is pg_restore's; {failure_note(result.database, result.created, clean)}"
+            + clean_lock_advice(clean, child.stderr_tail()),
         )
 
 

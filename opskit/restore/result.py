@@ -50,3 +50,19 @@ def failure_note(database: str, created: bool, clean: bool) -> str:
     if clean:
         return f"'{database}' was left as it was (--clean restores in one transaction, rolled back)"
     return f"'{database}' may hold part of the backup now: drop and recreate it, or restore again with --clean"
+
+
+def clean_lock_advice(clean: bool, stderr: str) -> str:
+    """Return the way out when a --clean restore ran out of the server's lock table ("" otherwise).
+
+    --clean restores in one transaction, which holds a lock on every object it drops and
+    creates until it commits: some 800 tables, or ~10,000 large objects, exceed the default
+    lock table (max_locks_per_transaction 64 x max_connections 100).
+    """
+    if not clean or "max_locks_per_transaction" not in stderr:  # PostgreSQL's HINT for "out of shared memory"
+        return ""
+    return (
+        "; --clean restores in one transaction and this backup has more objects than the server's lock table "
+        "holds: restore with --replace (a new database, swapped in once it is proven), or raise "
+        "max_locks_per_transaction on the server (a restart) and run it again"
+    )

@@ -129,6 +129,27 @@ def test_a_clean_restore_whose_drop_fails_exits_4_and_leaves_every_table_index_a
     assert databases_like(source) == [source]
 
 
+def test_a_clean_restore_past_the_servers_lock_table_rolls_back_and_names_replace_as_the_way_out(
+    tmp_path: Path, source: str, local_storage: StorageConfig
+) -> None:
+    # One transaction locks every table, sequence, index and TOAST table it drops: 1200 tables
+    # are more than the default lock table (64 x 100 connections) holds.
+    _sql(
+        source,
+        "DO $$ BEGIN FOR i IN 1..1200 LOOP EXECUTE format('CREATE TABLE m%s (id serial PRIMARY KEY, v text)', i); END LOOP; END $$",
+    )
+    setup = backed_up(tmp_path, source, local_storage)
+    before = snapshot(source)
+
+    result = setup.run("restore", "latest", "--to", dsn(source), "--clean", "--yes")
+
+    assert result.returncode == 4, result.stderr
+    line = one_line_error(result.stderr)
+    assert f"'{source}' was left as it was" in line
+    assert "restore with --replace (a new database, swapped in once it is proven)" in line
+    assert snapshot(source) == before
+
+
 def test_a_clean_restore_interrupted_by_sigterm_exits_130_and_leaves_the_destination(
     tmp_path: Path, source: str, local_storage: StorageConfig
 ) -> None:
