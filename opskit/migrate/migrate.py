@@ -194,6 +194,8 @@ def run(
         return MigrateOutcome(name, runner.migrate(target_config, dry_run=dry_run))
     if rehearse:
         staging_of(target_config)  # refused up front, before the lock, the plan and any backup
+    if restore_on_failure and not yes:
+        _refuse_unconfirmed_restore(ctx, target_config)
 
     if dry_run:
         # No lock (docs/migrations.md): the plan raises whatever the real run would refuse.
@@ -205,6 +207,23 @@ def run(
     guarded = Guarded(ctx, target_config, settings, backup_first, rehearse, restore_on_failure, yes, on_applied, say)
     with runner.open(target_config) as engine, engine.locked():
         return guarded.run(engine)
+
+
+def _refuse_unconfirmed_restore(ctx: AppContext, target: TargetConfig) -> None:
+    """Raise ConfigError (2) when --restore-on-failure would restore over a database that needs confirmation.
+
+    The restore runs after a failure, with nobody to ask (a protected target, the server's
+    ``postgres`` database): asking for --yes now, before anything is planned or backed up,
+    beats a failed migration whose restore then refuses.
+    """
+    from opskit.restore import restore
+
+    needed = restore.confirmation_needed(ctx, target, connection.database_of(target))
+    if needed is not None:
+        raise ConfigError(
+            f"--restore-on-failure on target '{target.name}': {needed[1]}, and restoring over it needs confirmation",
+            hint="pass --yes to consent now to the restore a failure would run",
+        )
 
 
 @dataclass

@@ -79,10 +79,14 @@ def resolve_destination(
         return dest, connection.database_of(dest), False
     if "=" in to or "://" in to:
         dest = TargetConfig(name="--to", dsn=to)
-        if not connection.dsn_parts(dest).get("dbname"):
+        parts = connection.dsn_parts(dest)
+        if not parts.get("dbname"):
             # libpq would pick a database itself (PGDATABASE, else the user name: often postgres).
+            # A service's dbname lives in pg_service.conf, which opskit does not read: it must
+            # know the database before it connects, to check it is empty or confirm replacing it.
+            via = " itself (a service's dbname in pg_service.conf is not read)" if parts.get("service") else ""
             raise ConfigError(
-                "the --to connection string names no database",
+                f"the --to connection string names no database{via}",
                 hint="name the database with dbname=... (or .../<database> in a postgresql:// URI)",
             )
         return dest, connection.database_of(dest), False
@@ -203,23 +207,33 @@ def run(
     return result
 
 
-def _confirm_destination(
-    ctx: AppContext, server: TargetConfig, database: str, confirmed: bool, confirm: Confirm | None
-) -> None:
-    """Ask for confirmation for a protected target or the server's ``postgres`` database.
+def confirmation_needed(ctx: AppContext, server: TargetConfig, database: str) -> tuple[str, str] | None:
+    """Return (the prompt's reason, the refusal's words) when restoring over ``database`` needs confirmation, else None.
 
-    Raises ConfigError (2) when it is needed and neither ``confirmed`` (--yes) nor given by ``confirm``.
+    It does for a protected target and for the server's ``postgres`` database.
     """
     protected = protected_target(ctx, server, database)
     if protected is not None:
-        why, what = f"Target '{protected.name}' is protected", f"target '{protected.name}' is protected"
-    elif database == MAINTENANCE_DATABASE:
-        why, what = (
+        return f"Target '{protected.name}' is protected", f"target '{protected.name}' is protected"
+    if database == MAINTENANCE_DATABASE:
+        return (
             f"Database '{database}' is the server's maintenance database",
             f"'{database}' is the server's maintenance database",
         )
-    else:
+    return None
+
+
+def _confirm_destination(
+    ctx: AppContext, server: TargetConfig, database: str, confirmed: bool, confirm: Confirm | None
+) -> None:
+    """Ask for confirmation where :func:`confirmation_needed` says so.
+
+    Raises ConfigError (2) when it is needed and neither ``confirmed`` (--yes) nor given by ``confirm``.
+    """
+    needed = confirmation_needed(ctx, server, database)
+    if needed is None:
         return
+    why, what = needed
     if confirmed or (confirm is not None and confirm(why, database)):
         return
     raise ConfigError(

@@ -112,6 +112,26 @@ def test_rehearse_without_a_staging_target_is_refused_before_any_backup(
     assert _tables(migrate_db) == []
 
 
+def test_restore_on_failure_over_a_protected_target_without_yes_is_refused_before_any_backup(
+    migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The restore a failure would run has nobody to ask: consent is asked for up front.
+    scripts_dir({"V1__a.sql": "CREATE TABLE a (id int);"})
+    config = write_config(tmp_path, migrate_db)
+    config.write_text(config.read_text().replace("[targets.app]\n", "[targets.app]\nprotected = true\n", 1))
+
+    refused = opskit(config, "migrate", "--backup-first", "--restore-on-failure", timeout=300)
+    consented = opskit(config, "migrate", "--backup-first", "--restore-on-failure", "--yes", timeout=300)
+
+    assert refused.returncode == 2, refused.stderr
+    assert _error_line(refused.stderr) == (
+        "opskit: error: --restore-on-failure on target 'app': target 'app' is protected, and restoring over it "
+        "needs confirmation; pass --yes to consent now to the restore a failure would run"
+    )
+    assert consented.returncode == 0, consented.stderr
+    assert _tables(migrate_db) == ["a", "flyway_schema_history"]
+
+
 def test_a_failed_row_with_validate_on_migrate_off_stops_the_dry_run_as_it_stops_the_real_run(
     migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
 ) -> None:

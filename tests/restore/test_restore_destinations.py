@@ -223,6 +223,16 @@ def _cluster_tables(cluster: ScramCluster, database: str) -> list[str]:
     return [row[0] for row in rows]
 
 
+def test_a_to_service_without_dbname_is_refused_saying_the_service_file_is_not_read(refused_from: Setup) -> None:
+    result = refused_from.run("restore", "latest", "--to", "service=opskit_no_such_service")
+
+    assert result.returncode == 2, result.stderr
+    assert one_line_error(result.stderr).startswith(
+        "opskit: error: the --to connection string names no database itself "
+        "(a service's dbname in pg_service.conf is not read); name the database with dbname="
+    )
+
+
 def test_a_to_dsn_that_names_no_database_is_refused_with_exit_2(
     refused_from: Setup, scram_cluster: ScramCluster
 ) -> None:
