@@ -44,14 +44,22 @@ from opskit.core.log import get_logger
 from opskit.restore.pitr_chain import (
     ArchivedChain,
     archived_chain,
+    check_newest_on_path,
     check_no_gap,
     check_not_reached,
     check_reachable,
     check_reached,
 )
-from opskit.restore.pitr_directory import empty_directory, extract
+from opskit.restore.pitr_directory import empty_again, empty_directory, extract
 from opskit.restore.pitr_model import PitrResult, RecoveryTarget, choose_base, pitr_window
-from opskit.restore.pitr_server import read_log, start_server, stop_server, stopped_when_interrupted, wait_for_recovery
+from opskit.restore.pitr_server import (
+    read_log,
+    server_ran,
+    start_server,
+    stop_server,
+    stopped_when_interrupted,
+    wait_for_recovery,
+)
 from opskit.restore.pitr_settings import retarget_to_end, write_recovery_settings
 from opskit.restore.server_user import give_to_server_user, server_user
 from opskit.wal import archive, layout, readahead
@@ -116,32 +124,54 @@ def run(
     # Listed now, before the server starts: WAL archived later is not what recovery had to reach.
     chain = archived_chain(ctx, source.name, storage or source.primary_storage, manifest)
     check_no_gap(chain, recovery)
+    check_newest_on_path(chain, window, recovery)
     restore_command(ctx, source, opskit_command, storage)  # no config file: refused before anything is written
     result = PitrResult(manifest=manifest, pgdata=str(directory), target=recovery)
     log.info("pitr restore started", target=source.name, backup_id=manifest.id, to=recovery.describe())
     began = time.monotonic()
     extract(ctx, store, manifest, directory)
     result.phases["extract"] = time.monotonic() - began
-    write_recovery_settings(directory, restore_command(ctx, source, opskit_command, storage), recovery, manifest.id)
-    give_to_server_user(directory)
-    if start:
-        began = time.monotonic()
-        with stopped_when_interrupted(ctx, source, manifest, directory):  # Ctrl-C: no server left running
-            reader = start_read_ahead(ctx, source, manifest, directory, storage)
-            try:
-                recover(ctx, source, manifest, directory, result, chain)
-            except VerificationFailed as exc:
-                if not (directory / "postmaster.pid").exists():
-                    raise
-                # Promoted short of the archive: such a copy must not pass for the restored cluster.
-                stop_server(ctx, source, manifest, directory)
-                hint = f"{exc.hint}; the server was stopped, its data directory is left at '{directory}'"
-                raise VerificationFailed(exc.message, hint=hint) from exc
-        if reader is not None:
-            reader.join(READER_EXIT_SECONDS)  # it removes pg_wal/opskit-prefetch as the server is ready
-        result.phases["recovery"] = time.monotonic() - began
+    try:
+        command = restore_command(ctx, source, opskit_command, storage)
+        write_recovery_settings(directory, command, recovery, manifest.id)
+        give_to_server_user(directory)
+        if start:
+            _start_and_recover(ctx, source, manifest, directory, result, chain, storage)
+    except KeyboardInterrupt:
+        if not server_ran(directory):
+            # Interrupted between the extract and any server: leave the directory as it was found.
+            empty_again(directory)
+            log.warning("interrupted before the restored server started: what was extracted was removed")
+        raise
     log.info("pitr restore done", backup_id=manifest.id, pgdata=str(directory), started=result.started)
     return result
+
+
+def _start_and_recover(
+    ctx: AppContext,
+    source: TargetConfig,
+    manifest: Manifest,
+    directory: Path,
+    result: PitrResult,
+    chain: ArchivedChain,
+    storage: str | None,
+) -> None:
+    """Start the read-ahead and the server, recover (:func:`recover`), record the phase; stop a server promoted short."""
+    began = time.monotonic()
+    with stopped_when_interrupted(ctx, source, manifest, directory):  # Ctrl-C: no server left running
+        reader = start_read_ahead(ctx, source, manifest, directory, storage)
+        try:
+            recover(ctx, source, manifest, directory, result, chain)
+        except VerificationFailed as exc:
+            if not (directory / "postmaster.pid").exists():
+                raise
+            # Promoted short of the archive: such a copy must not pass for the restored cluster.
+            stop_server(ctx, source, manifest, directory)
+            hint = f"{exc.hint}; the server was stopped, its data directory is left at '{directory}'"
+            raise VerificationFailed(exc.message, hint=hint) from exc
+    if reader is not None:
+        reader.join(READER_EXIT_SECONDS)  # it removes pg_wal/opskit-prefetch as the server is ready
+    result.phases["recovery"] = time.monotonic() - began
 
 
 def restore_command(

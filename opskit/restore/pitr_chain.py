@@ -99,6 +99,30 @@ def check_no_gap(chain: ArchivedChain, target: RecoveryTarget) -> None:
     )
 
 
+def check_newest_on_path(chain: ArchivedChain, window: PitrWindow | None, target: RecoveryTarget) -> None:
+    """Raise VerificationFailed (5) before the extract when ``--latest`` cannot reach the archive's newest segment.
+
+    The chain follows the timelines the archived history files connect to the base backup; a
+    newer segment on a timeline no history file reaches (its ``.history`` was never archived:
+    a promoted copy archiving with archive_mode reset) would be skipped, and recovery would
+    end on the old timeline and promote into a timeline number the archive already holds.
+    """
+    if target != RecoveryTarget() or window is None or chain.newest is None:
+        return
+    newest = window.newest_segment
+    if layout.segment_number(newest, chain.segment_size) <= layout.segment_number(chain.newest, chain.segment_size):
+        return
+    timeline = layout.segment_number(newest, chain.segment_size)[0]
+    raise VerificationFailed(
+        f"the archive's newest WAL segment {newest} is on timeline {timeline}, which no archived history file "
+        f"connects to base backup {chain.backup_id} (its WAL ends at {chain.newest}): recovery to "
+        f"{target.describe()} would stop at {chain.newest} and promote into a timeline the archive already holds",
+        hint=f"archive {timeline:08X}.history from the server that created timeline {timeline} "
+        f"('opskit wal push pg_wal/{timeline:08X}.history'), or pass --to-lsn to recover timeline "
+        f"{layout.segment_number(chain.newest, chain.segment_size)[0]} up to a point",
+    )
+
+
 def check_reachable(target: RecoveryTarget, window: PitrWindow, segment_size: int, hint: str) -> None:
     """Raise ConfigError (2) when ``target`` lies outside ``window``: a time, or an LSN past the newest segment's end.
 

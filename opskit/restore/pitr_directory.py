@@ -159,6 +159,15 @@ def extract(ctx: AppContext, store: Any, manifest: Manifest, directory: Path) ->
         raise
 
 
+def empty_again(directory: Path) -> None:
+    """Remove everything a restore wrote into ``directory``, which :func:`empty_directory` found empty.
+
+    For a restore interrupted after its extract and before any server ran in it: the directory
+    is left as it was found (removed when opskit created it).
+    """
+    _remove_extracted(directory, set())
+
+
 def _remove_extracted(directory: Path, before: set[str]) -> None:
     """Remove the entries of ``directory`` not in ``before``, and the directory when opskit created it and it is empty."""
     for name in set(os.listdir(directory)) - before:

@@ -121,6 +121,8 @@ def stopped_when_interrupted(
     try:
         yield
     except KeyboardInterrupt:
+        if not server_ran(directory):
+            raise  # no server yet (the read-ahead's first batch): the caller empties the directory
         with _signals_held():  # a second Ctrl-C must not cut the shutdown short
             stopped = stop_after_interrupt(ctx, source, manifest, directory)
         where = shlex.quote(str(directory))
@@ -135,6 +137,11 @@ def stopped_when_interrupted(
                 f"{shlex.join(as_server_user(['pg_ctl', '-D', str(directory), '-m', 'immediate', 'stop']))}"
             )
         raise
+
+
+def server_ran(directory: Path) -> bool:
+    """Return True once a server was started in ``directory`` (pg_ctl opens its log first, then the server writes its pid)."""
+    return (directory / RECOVERY_LOG).exists() or (directory / "postmaster.pid").exists()
 
 
 def stop_after_interrupt(ctx: AppContext, source: TargetConfig, manifest: Manifest, directory: Path) -> bool:

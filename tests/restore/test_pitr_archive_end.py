@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -163,3 +164,21 @@ def test_wal_covers_says_a_moment_behind_a_gap_is_not_covered_and_names_the_gap(
     assert result.returncode == 1, result.stderr
     assert f"has a gap at segment {middle}: recovery from it stops there" in result.stdout
     assert json.loads(as_json.stdout)["gap"]["first_missing"] == middle
+
+
+def test_a_latest_restore_refuses_a_newest_segment_on_a_timeline_no_history_file_reaches(
+    archived_history: ArchivedHistory, history_copy: ArchivingCluster
+) -> None:
+    # A promoted copy that archives into the same target without its 00000002.history: the
+    # chain ends on timeline 1, and recovery would promote into a timeline 2 the archive holds.
+    last = archived_history.segments[-1]
+    orphan = "00000002" + last[8:]
+    shutil.copy(wal_object(history_copy, last), wal_object(history_copy, orphan))
+
+    result = restore(history_copy, "--latest")
+
+    assert result.returncode == 5, result.stderr[-3000:]
+    line = error_line(result)
+    assert f"the archive's newest WAL segment {orphan} is on timeline 2, which no archived history file" in line
+    assert "archive 00000002.history from the server that created timeline 2" in line
+    assert not (history_copy.root / "restored").exists() or not any((history_copy.root / "restored").iterdir())

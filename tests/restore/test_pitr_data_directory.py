@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit.restore import pitr_model, pitr_settings
+from opskit.config.load import load_config
+from opskit.context import AppContext
+from opskit.restore import pitr, pitr_model, pitr_settings
 from tests.faults.helpers import run_opskit
 from tests.pgcluster import as_postgres
 from tests.restore.test_pitr import marker_ids, write_markers
@@ -29,6 +32,7 @@ from tests.wal.cluster import (
     ArchivingCluster,
     config_text,
     give_to_postgres,
+    opskit_command,
     pitr_start_args,
     start_archiving_cluster,
 )
@@ -281,6 +285,30 @@ def test_ctrl_c_during_a_started_restore_stops_the_server_exits_130_and_the_retr
     assert retry.returncode == 2
     assert "holds an interrupted or failed opskit restore --pitr" in retry.stderr
     assert f"rm -r {pgdata}" in retry.stderr
+
+
+def test_ctrl_c_after_the_extract_and_before_any_server_leaves_the_directory_as_it_was_found(
+    source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interrupt lands where the read-ahead waits for its first batch: after the extract and
+    # the settings, before pg_ctl. Raised there in-process, the one point no timing can aim at.
+    config = private_copy(source, "interrupted-early")
+    pgdata = config.parent / "restored"
+    extracted: list[int] = []
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        extracted.append(len(os.listdir(pgdata)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pitr, "start_read_ahead", interrupted)
+    ctx = AppContext(config=load_config(str(config)))
+
+    with pytest.raises(KeyboardInterrupt):
+        pitr.run(ctx, str(pgdata), target="app", start=True, opskit_command=shlex.join(opskit_command()))
+
+    assert extracted and extracted[0] > 10  # a whole data directory was there when it was interrupted
+    assert not pgdata.exists()  # opskit created it, and removed it again
+    assert not server_running(source.cluster.bin_dir, pgdata)
 
 
 # --------------------------------------------------------------------------- finding 14: paths with spaces
