@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 
 import pytest
 
@@ -59,12 +61,19 @@ def test_log_calls_name_durations_duration_seconds_only() -> None:
     assert not offenders, f"log fields named 'seconds' (use duration_seconds): {offenders}"
 
 
-def test_a_librarys_warning_is_a_json_line_too_with_its_secrets_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_librarys_warning_is_a_json_line_too_with_its_secrets_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = io.StringIO()  # the handler binds the stderr of the moment: this one, not pytest's capture
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(logging.getLogger("google"), "propagate", True)  # google-auth may turn it off
     configure_logging(json_logs=True)
-    logging.getLogger("google.auth._default").warning("No project ID could be determined; password=hunter2")
-    err = capsys.readouterr().err
-    configure_logging(json_logs=True)  # re-bound to the real stderr by the next test's call; one handler only
-    (line,) = json_lines(err)
+    try:
+        logging.getLogger("google.auth._default").warning("No project ID could be determined; password=hunter2")
+    finally:
+        monkeypatch.undo()
+        configure_logging(json_logs=True)  # bound to the real stderr again; one handler only
+    err = stderr.getvalue()
+    (line,) = json_lines(err) or [err]
+    assert isinstance(line, dict), err
     assert err.count("\n") == 1 and not err.startswith("WARNING:")
     assert line["logger"] == "google.auth._default" and line["level"] == "warning"
     assert "hunter2" not in line["message"]  # type: ignore[operator]
