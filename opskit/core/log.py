@@ -100,7 +100,11 @@ def configure_logging(debug: bool = False, json_logs: bool | None = None, quiet:
     # would be the one line on stderr a JSON log collector cannot parse.
     _route_library_logging(renderer, use_json, logging.DEBUG if debug else logging.WARNING)
     for noisy in ("botocore", "boto3", "urllib3", "azure", "google", "s3transfer", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
+        library = logging.getLogger(noisy)
+        library.setLevel(logging.INFO if debug else logging.WARNING)
+        # google-auth turns propagation of "google" off when it first finds that logger
+        # unconfigured (a GCS storage opened before this ran): its warnings would vanish.
+        library.propagate = True
 
 
 _LIBRARY_HANDLER = "opskit-library-records"

@@ -64,7 +64,7 @@ def test_log_calls_name_durations_duration_seconds_only() -> None:
 def test_a_librarys_warning_is_a_json_line_too_with_its_secrets_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     stderr = io.StringIO()  # the handler binds the stderr of the moment: this one, not pytest's capture
     monkeypatch.setattr(sys, "stderr", stderr)
-    monkeypatch.setattr(logging.getLogger("google"), "propagate", True)  # google-auth may turn it off
+    logging.getLogger("google").propagate = False  # as google-auth leaves it, used before configure_logging
     configure_logging(json_logs=True)
     try:
         logging.getLogger("google.auth._default").warning("No project ID could be determined; password=hunter2")
