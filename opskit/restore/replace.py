@@ -11,8 +11,8 @@ It needs room for two copies of the database until the old one is dropped.
 
 ``--clean`` restores over the destination's own objects, so it is refused unless the backup is
 first proven readable end to end (:func:`prove_readable`: every stored and plain byte hashed,
-the archive's table of contents parsed) and the key decrypts it: one extra read of the backup,
-no extra disk.
+the archive's table of contents parsed, which then orders the drops: see
+:mod:`opskit.pg.clean_order`) and the key decrypts it: one extra read of the backup, no extra disk.
 """
 
 from __future__ import annotations
@@ -63,23 +63,26 @@ class _ReadableProof:
         return len(data)
 
 
-def prove_readable(backup: OpenedBackup) -> None:
+def prove_readable(backup: OpenedBackup) -> dump_toc.ArchiveToc | None:
     """Read the whole dump artifact, checking both hashes and its table of contents; write nothing.
 
-    Raises VerificationFailed (5) when a size or sha256 differs or the TOC is cut off,
-    RestoreFailed (4) when no identity decrypts it, StorageError/ObjectNotFound for storage problems.
+    Returns the archive's table of contents (the order of the drops is decided from it), None
+    for an archive version opskit cannot parse (pg_restore still reads it). Raises
+    VerificationFailed (5) when a size or sha256 differs or the TOC is cut off, RestoreFailed (4)
+    when no identity decrypts it, StorageError/ObjectNotFound for storage problems.
     """
     backup.check_can_decrypt()
     proof = _ReadableProof()
     backup.read("db", proof)
     if proof.capture is not None:
         try:
-            proof.capture.finish()
+            return proof.capture.finish()
         except dump_toc.UnsupportedArchive as exc:
             raise VerificationFailed(
                 f"backup {backup.manifest.id} cannot be restored: {exc}",
                 hint="nothing was cleaned; restore another backup",
             ) from exc
+    return proof.toc
 
 
 def replace_database(

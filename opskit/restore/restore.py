@@ -26,10 +26,13 @@ with the command that drops it.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import secrets as random_tokens
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from opskit.catalog import GLOBALS_ARTIFACT, Manifest, TableFacts, find_backup
 from opskit.config.model import TargetConfig
@@ -38,8 +41,9 @@ from opskit.core.errors import ConfigError, RestoreFailed, VerificationFailed
 from opskit.core.execute import Child, spawn
 from opskit.core.log import get_logger
 from opskit.core.progress import ByteProgress
-from opskit.pg import connection, databases, facts, tools
+from opskit.pg import clean_order, connection, databases, facts, tools
 from opskit.pg.commands import PgRestoreCommand, psql_script_argv
+from opskit.pg.toc import TocEntry
 from opskit.restore import parallel
 from opskit.restore import replace as replace_route
 from opskit.restore.reader import OpenedBackup, open_backup
@@ -316,6 +320,7 @@ def restore_backup(
         log.warning("--clean restores in one transaction, on one connection: --jobs is ignored", jobs=jobs)
         jobs = 1
     created = False
+    order: list[TocEntry] | None = None  # --clean over an existing database: the entries in an order it can drop
     if databases.database_exists(server, database):
         if not clean and not databases.database_is_empty(server, database):
             raise ConfigError(
@@ -325,7 +330,8 @@ def restore_backup(
             )
         if clean:
             log.info("reading the whole backup before cleaning the destination", backup_id=manifest.id)
-            replace_route.prove_readable(backup)
+            toc = replace_route.prove_readable(backup)
+            order = clean_order.drop_safe_order(toc) if toc is not None else None
     else:
         databases.create_database(
             server, database, owner=owner, identity=identity if identity is not None else manifest.database_identity
@@ -341,7 +347,7 @@ def restore_backup(
             if jobs > 1:
                 parallel.restore(ctx, backup, command, env, jobs, result)
             else:
-                _restore_streaming(ctx, backup, command, env, result)
+                _restore_streaming(ctx, backup, command, env, result, order)
         started = time.monotonic()
         _check_rows(server, database, manifest, result)
         result.phases["verify"] = time.monotonic() - started
@@ -361,18 +367,25 @@ def restore_backup(
 
 
 def _restore_streaming(
-    ctx: AppContext, backup: OpenedBackup, command: PgRestoreCommand, env: dict[str, str], result: RestoreResult
+    ctx: AppContext,
+    backup: OpenedBackup,
+    command: PgRestoreCommand,
+    env: dict[str, str],
+    result: RestoreResult,
+    order: list[TocEntry] | None = None,
 ) -> None:
     """Stream the archive into one pg_restore's stdin (no temp file); fill ``result``.
 
-    Raises VerificationFailed (5) when a hash differs or the stored object is corrupt,
-    RestoreFailed (4) when pg_restore fails.
+    ``order`` is every TOC entry in the order to restore them (see :mod:`opskit.pg.clean_order`);
+    None keeps the archive's. Raises VerificationFailed (5) when a hash differs or the stored
+    object is corrupt, RestoreFailed (4) when pg_restore fails.
     """
     started = time.monotonic()
     manifest = backup.manifest
     plain_size = manifest.artifact("db").plain_size  # what the progress counts: percent and ETA
     with (
-        spawn(command.from_stdin(), env=env, stdin=subprocess.PIPE) as child,
+        _order_options(ctx.state_dir, manifest.id, order) as ordered,
+        spawn([*command.from_stdin(), *ordered], env=env, stdin=subprocess.PIPE) as child,
         ByteProgress(f"restore {manifest.id}", ctx.interactive, expected=plain_size) as progress,
     ):
         try:
@@ -390,6 +403,29 @@ def _restore_streaming(
             raise
         _finish_pg_restore(child, result, manifest, command.clean)
     result.phases["restore"] = time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _order_options(state_dir: Path, backup_id: str, order: list[TocEntry] | None) -> Iterator[list[str]]:
+    """Yield the pg_restore options restoring in ``order``: a ``-L`` list in ``state_dir``, removed after; none for None.
+
+    Raises RestoreFailed (4) when the list cannot be written (before pg_restore starts).
+    """
+    if order is None:
+        yield []
+        return
+    listing = state_dir / f"clean-{backup_id}-{random_tokens.token_hex(3)}.list"
+    try:
+        try:
+            listing.write_text(clean_order.list_file_text(order))
+        except OSError as exc:
+            raise RestoreFailed(
+                f"cannot write the order of the restore to {listing}: {exc.strerror or exc}; nothing was cleaned",
+                hint="check tools.state_dir: it must be writable and have a little free space",
+            ) from exc
+        yield [f"--use-list={listing}"]
+    finally:
+        listing.unlink(missing_ok=True)
 
 
 def _finish_pg_restore(child: Child, result: RestoreResult, manifest: Manifest, clean: bool) -> None:
