@@ -82,7 +82,7 @@ ACTIONS: dict[str, ActionSpec] = _table(
     # PostgreSQL's archive_command and restore_command (point-in-time recovery).
     ActionSpec("wal-push", "opskit.wal.archive", cli=("wal", "push")),
     ActionSpec("wal-fetch", "opskit.wal.archive", function="fetch", cli=("wal", "fetch")),
-    ActionSpec("wal-verify", "opskit.wal.chain", function="check", cli=("wal", "verify")),
+    ActionSpec("wal-verify", "opskit.wal.verify", cli=("wal", "verify")),
     ActionSpec("wal-stream", "opskit.wal.stream", cli=("wal", "stream"), schedulable=True),
     # Only runbooks replay globals on their own (opskit restore does it as part of a restore).
     ActionSpec(

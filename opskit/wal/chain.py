@@ -19,7 +19,7 @@ from typing import Any
 from opskit.catalog import Manifest, format_time, list_backups
 from opskit.context import AppContext
 from opskit.core.errors import VerificationFailed
-from opskit.storage.base import Storage
+from opskit.storage.base import ObjectInfo, Storage
 from opskit.wal import archive, layout
 
 MAX_REPORTED = 20  # missing segments named per base backup; the count says how many more
@@ -141,9 +141,20 @@ def check(ctx: AppContext, target: str | None = None, storage: str | None = None
     source = ctx.target(target)
     store = ctx.storage(storage or source.primary_storage)
     bases = [m for m in list_backups(store, source.name) if m.kind == "base"]
-    report = ArchiveReport(target=source.name)
+    return check_listed(ctx, store, source.name, bases, list(store.list(layout.wal_prefix(source.name))))
+
+
+def check_listed(
+    ctx: AppContext, store: Storage, target: str, bases: Sequence[Manifest], listing: Iterable[ObjectInfo]
+) -> ArchiveReport:
+    """Return the chain report of the base backups ``bases`` from ``listing``, the objects under ``target``'s WAL prefix.
+
+    For a caller that reads the listing for more (``wal verify``'s content check), so the archive
+    is listed once. Raises StorageError when a history file cannot be read.
+    """
+    report = ArchiveReport(target=target)
     names: list[str] = []
-    for info in store.list(layout.wal_prefix(source.name)):
+    for info in listing:
         name = layout.name_of_key(info.key)
         if name is None:
             continue
@@ -152,7 +163,7 @@ def check(ctx: AppContext, target: str | None = None, storage: str | None = None
             report.segments += 1
             if report.newest_archived_at is None or info.modified > report.newest_archived_at:
                 report.newest_archived_at = info.modified
-    histories = _histories(ctx, store, source.name, names)
+    histories = _histories(ctx, store, target, names)
     segment_names = [n for n in names if layout.is_segment_name(n)]
     if segment_names:
         report.newest_segment = max(segment_names, key=layout.segment_number)

@@ -131,7 +131,7 @@ def run(ctx: AppContext, target: str | None = None) -> StreamResult:
         keeps = _ensure_shipped_slot(conn, settings.slot, settings.shipped_slot)
         remove_torn_partials(spool, segment_size)
         if keeps:
-            _start_where_stored(conn, settings.shipped_slot, spool, segment_size)
+            _start_where_stored(conn, settings.slot, settings.shipped_slot, spool, segment_size)
     bin_dir = source.pg_bin_dir or ctx.config.tools.pg_bin_dir
     tool = tools.find_tool("pg_receivewal", server.major, bin_dir)
     argv = commands.pg_receivewal_argv(tool, source, directory=str(spool), slot=settings.slot)
@@ -274,28 +274,35 @@ def _ensure_shipped_slot(conn: psycopg.Connection[Any], slot: str, shipped: str)
     return True
 
 
-def _start_where_stored(conn: psycopg.Connection[Any], shipped: str, spool: Path, segment_size: int) -> str | None:
+def _start_where_stored(
+    conn: psycopg.Connection[Any], slot: str, shipped: str, spool: Path, segment_size: int
+) -> str | None:
     """Make pg_receivewal start at the WAL not stored yet when the spool lacks it; return the marker's name or None.
 
-    Reads ``shipped``'s ``restart_lsn`` (the end of the newest stored segment) and the
-    server's timeline; :func:`prepare_spool` decides. On a standby (no current timeline to
-    read) nothing is done, with a warning.
+    Reads ``shipped``'s ``restart_lsn`` (the end of the newest stored segment), pg_receivewal's
+    ``slot``'s (how far WAL had reached the spool) and the server's timeline;
+    :func:`prepare_spool` decides. On a standby (no current timeline to read) nothing is done,
+    with a warning.
     """
     row = conn.execute(
-        "SELECT restart_lsn::text, CASE WHEN pg_is_in_recovery() THEN NULL "
-        "ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END "
-        "FROM pg_replication_slots WHERE slot_name = %s",
-        (shipped,),
+        "SELECT restart_lsn::text, "
+        "(SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = %(slot)s), "
+        "CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END "
+        "FROM pg_replication_slots WHERE slot_name = %(shipped)s",
+        {"slot": slot, "shipped": shipped},
     ).fetchone()
     if row is None or row[0] is None:
         return None
-    if row[1] is None:
+    if row[2] is None:
         log.warning("wal stream: the server is a standby; a lost spool is not streamed again", slot=shipped)
         return None
-    return prepare_spool(spool, layout.parse_lsn(row[0]), int(row[1], 16), segment_size)
+    spooled_end = layout.parse_lsn(row[1]) if row[1] is not None else None
+    return prepare_spool(spool, layout.parse_lsn(row[0]), int(row[2], 16), segment_size, spooled_end)
 
 
-def prepare_spool(spool: Path, stored_end: int, timeline: int, segment_size: int) -> str | None:
+def prepare_spool(
+    spool: Path, stored_end: int, timeline: int, segment_size: int, spooled_end: int | None = None
+) -> str | None:
     """Make pg_receivewal's next start cover the WAL from ``stored_end`` on; return the marker written, or None.
 
     pg_receivewal starts at the newest WAL file of its directory, and only when there is none
@@ -304,6 +311,11 @@ def prepare_spool(spool: Path, stored_end: int, timeline: int, segment_size: int
     segment holding ``stored_end`` or an earlier one, its WAL files are removed (the server
     still has them: the keeping slot is at ``stored_end``) and an empty ``<segment>.partial``
     of that segment on ``timeline`` is written, which pg_receivewal pads and fills from its start.
+
+    ``spooled_end`` is pg_receivewal's slot's position, how far WAL had reached a spool (None:
+    unknown). Only when it is past ``stored_end`` did the spool lose WAL not stored, which is
+    warned about; otherwise (a first start: both slots new, an archive and a spool that are
+    empty) nothing was lost and the start is logged at info.
     """
     start = stored_end // segment_size
     files = [p for p in spool.iterdir() if _spool_segment(p.name) is not None]
@@ -314,12 +326,11 @@ def prepare_spool(spool: Path, stored_end: int, timeline: int, segment_size: int
         path.unlink(missing_ok=True)
     marker = layout.segment_name(timeline, start * segment_size, segment_size) + ".partial"
     (spool / marker).touch()
-    log.warning(
-        "wal stream: the spool lacks WAL not stored yet; streaming it again from the server",
-        start=layout.format_lsn(start * segment_size),
-        wal=marker,
-        removed=len(files),
-    )
+    where = {"start": layout.format_lsn(start * segment_size), "wal": marker, "removed": len(files)}
+    if files or spooled_end is None or spooled_end > stored_end:
+        log.warning("wal stream: the spool lacks WAL not stored yet; streaming it again from the server", **where)
+    else:
+        log.info("wal stream: streaming starts at the first WAL not stored yet", **where)
     return marker
 
 

@@ -81,6 +81,28 @@ def test_streamed_segments_and_the_partial_one_reach_the_archive_and_a_killed_st
     assert streamer.returncode == 130
 
 
+def test_a_first_start_on_an_empty_archive_with_a_new_spool_warns_of_no_lost_wal(
+    archiving_cluster: Callable[..., ArchivingCluster],
+) -> None:
+    cluster = archiving_cluster()
+    with open(cluster.config_path, "a", encoding="utf-8") as config:
+        config.write(f'\n[targets.streamed]\ndsn = "{cluster.dsn()}"\nstorages = ["local"]\n')
+    with cluster.connect() as conn:
+        conn.execute("CREATE TABLE t (id int)")
+    streamer = start_stream(cluster)
+    try:
+        shipped = write_and_switch(cluster)
+        wait_for(cluster.archive_dir / "streamed" / "wal" / f"{shipped}.zst", streamer)
+    finally:
+        streamer.send_signal(signal.SIGTERM)
+        streamer.wait(timeout=30)
+    stderr = streamer.stderr.read().decode()  # type: ignore[union-attr]
+
+    assert streamer.returncode == 130, stderr
+    assert "streaming starts at the first WAL not stored yet" in stderr
+    assert '"level": "warning"' not in stderr, stderr
+
+
 def test_a_partial_segment_left_half_padded_is_removed_before_pg_receivewal_starts(tmp_path: Path) -> None:
     from opskit.wal.stream import remove_torn_partials
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from opskit.wal import layout
 from opskit.wal.stream import prepare_spool
 from tests.wal.cluster import ArchivingCluster
@@ -98,7 +100,9 @@ def test_wal_spooled_while_the_storage_is_down_survives_the_loss_of_the_spool_an
     finally:
         streamer.send_signal(signal.SIGTERM)
         streamer.wait(timeout=30)
+    restarted = streamer.stderr.read().decode()  # type: ignore[union-attr]
 
+    assert "the spool lacks WAL not stored yet; streaming it again from the server" in restarted
     # The lag follows the slot that holds the WAL: the three segments not stored, not pg_receivewal's flush.
     assert slot_lag >= 3 * SEGMENT - 64 * 1024
     verify = cluster.opskit("wal", "verify", "--target", "streamed", "--json")
@@ -121,6 +125,26 @@ def test_a_spool_that_lacks_the_wal_not_stored_yet_is_emptied_and_restarts_at_th
     assert marker == "000000010000000000000005.partial"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000001.history", marker]
     assert (tmp_path / marker).stat().st_size == 0
+
+
+def test_a_spool_that_lost_wal_pg_receivewal_had_received_is_warned_about(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        marker = prepare_spool(tmp_path, 5 * SEGMENT, 1, SEGMENT, spooled_end=8 * SEGMENT + 4096)
+
+    assert marker == "000000010000000000000005.partial"
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "wal stream: the spool lacks WAL not stored yet; streaming it again from the server")
+    ]
+
+
+def test_a_first_start_with_both_slots_at_one_position_and_an_empty_spool_is_no_warning(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        marker = prepare_spool(tmp_path, 2 * SEGMENT + 40, 1, SEGMENT, spooled_end=2 * SEGMENT + 40)
+
+    assert marker == "000000010000000000000002.partial"
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("info", "wal stream: streaming starts at the first WAL not stored yet")
+    ]
 
 
 def test_a_spool_holding_the_wal_not_stored_yet_is_left_as_it_is(tmp_path: Path) -> None:
