@@ -11,13 +11,17 @@ one script on the engine's autocommit connection:
   refused before it runs, and one the check cannot see (a callback's) is found after the
   script and recorded as a failed row, since what it committed cannot be rolled back;
 * a script PostgreSQL refuses inside a transaction runs statement by statement in autocommit;
-  if one fails, a row with ``success = FALSE`` is written, as Flyway does.
+  if one fails, a row with ``success = FALSE`` is written, as Flyway does. Its :class:`Progress`
+  says whether what ran before the failure may have changed the database (read-only statements,
+  ``SELECT 1`` or ``SET``, do not; see :func:`~opskit.flyway.statements.may_write`), which decides
+  whether ``opskit migrate --restore-on-failure`` restores.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -29,11 +33,29 @@ from opskit.flyway.history import HistoryTable, NewRow
 from opskit.flyway.names import abbreviate_description, abbreviate_script
 from opskit.flyway.results import Applied
 from opskit.flyway.state import Info
-from opskit.flyway.statements import ends_transaction, split_statements
+from opskit.flyway.statements import (
+    ends_transaction,
+    leaves_changes_on_error,
+    may_write,
+    read_only_tag,
+    split_statements,
+)
 from opskit.flyway.transactions import migration_failure
 
 # The runner's own log lines: they keep the logger name they have always carried.
 log = get_logger("opskit.flyway.engine")
+
+
+@dataclass
+class Progress:
+    """How far a non-transactional migration got: ``changed`` is True once anything of it may have changed the database.
+
+    :func:`apply_script` fills it in as the statements run (before each one that may write, so an
+    interrupt mid-statement counts it); the engine reads it when the script fails or is
+    interrupted. Its failed history row does not count: it is the run's record, not a change.
+    """
+
+    changed: bool = False
 
 
 def applied_entry(info: Info, elapsed_ms: int, transactional: bool) -> Applied:
@@ -60,12 +82,15 @@ def apply_script(
     transactional: bool,
     installed_by: str,
     reset_session: Callable[[], None],
+    progress: Progress | None = None,
 ) -> Applied:
     """Run ``text`` (``info``'s script, placeholders replaced) and record it in ``history``; return what ran.
 
+    A non-transactional script records in ``progress`` whether it may have changed anything.
     Raises MigrationFailed (exit 4) when the script fails, ConfigError when a script that cannot
     run in a transaction meets ``group = true``'s open one.
     """
+    progress = progress if progress is not None else Progress()
     resolved = info.resolved
     assert resolved is not None
     script = resolved.script
@@ -119,14 +144,17 @@ def apply_script(
                 "puts every migration in one",
                 hint="set migrations.group = false",
             )
+        # The per-migration callbacks run in autocommit too: whatever they hold counts as a change.
+        progress.changed = progress.changed or bool(callbacks.of("beforeEachMigrate"))
         callbacks.fire_each("beforeEachMigrate", transactional=False)
         for statement in split_statements(text):
             try:
-                conn.execute(statement)
+                _execute_autocommit(conn, statement, progress)
             except psycopg.Error as exc:
                 _after_each_error(conn, callbacks, transactional=False)
                 _record_failure(conn, history, _with_time(row, elapsed()), reset_session)
-                raise migration_failure(script, exc, rolled_back=False) from exc
+                raise migration_failure(script, exc, rolled_back=False, changed=progress.changed) from exc
+        progress.changed = progress.changed or bool(callbacks.of("afterEachMigrate"))
         callbacks.fire_each("afterEachMigrate", transactional=False)
         ms = elapsed()
         reset_session()  # the row is written as the connecting role (see above)
@@ -134,6 +162,41 @@ def apply_script(
     applied = applied_entry(info, ms, transactional)
     log.info("applied migration", migration=script.script, ms=applied.execution_ms)
     return applied
+
+
+def _execute_autocommit(conn: psycopg.Connection[Any], statement: str, progress: Progress) -> None:
+    """Run one statement of a non-transactional script, keeping ``progress.changed`` true to what it may have done.
+
+    Raises psycopg.Error when the statement fails.
+    """
+    writes = may_write(statement)
+    changed_before = progress.changed
+    # Set before it runs: an interrupt (or a lost connection) mid-statement leaves its outcome unknown.
+    progress.changed = changed_before or writes
+    try:
+        cursor = conn.execute(statement)
+    except psycopg.Error as exc:
+        progress.changed = changed_before or _failure_may_have_left_changes(conn, statement, exc)
+        raise
+    if not read_only_tag(cursor.statusmessage):
+        # The server ran something other than the read-only statement the check saw.
+        progress.changed = True
+
+
+def _failure_may_have_left_changes(conn: psycopg.Connection[Any], statement: str, exc: psycopg.Error) -> bool:
+    """Return True unless ``statement``, failing with ``exc`` in autocommit, certainly left nothing behind.
+
+    An error the server reported for the statement rolled it back, except for the statements of
+    :func:`~opskit.flyway.statements.leaves_changes_on_error` (an INVALID index, a COMMIT in a
+    ``DO``). A lost connection, or the server ending the session (SQLSTATE class 08, 57P: the
+    commit may have happened just before, e.g. while waiting for a synchronous standby), leaves
+    the outcome unknown.
+    """
+    if not may_write(statement):
+        return False
+    if conn.broken or conn.closed or exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):
+        return True
+    return leaves_changes_on_error(statement)
 
 
 def _after_each_error(conn: psycopg.Connection[Any], callbacks: CallbackRunner, transactional: bool) -> None:

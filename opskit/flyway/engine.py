@@ -11,7 +11,8 @@ The engine works on one autocommit connection it is given:
   a failure leaves neither a row nor a partial change;
 * a migration with statements PostgreSQL refuses inside a transaction (``CREATE INDEX
   CONCURRENTLY``, ...) runs statement by statement in autocommit; if it fails, a row with
-  ``success = FALSE`` is written, as Flyway does, and ``repair`` removes it.
+  ``success = FALSE`` is written, as Flyway does, and ``repair`` removes it. It counts as
+  ``partial`` (changed half-way) unless only read-only statements ran before the failure.
 
 One script's execution lives in :mod:`opskit.flyway.apply`, repair's writes in
 :mod:`opskit.flyway.repair_run`; the :class:`Engine` is the public face of both.
@@ -30,7 +31,7 @@ import psycopg
 from opskit.config.migrations import MigrationSettings
 from opskit.core.errors import ConfigError, MigrationFailed, OpskitError
 from opskit.core.log import get_logger
-from opskit.flyway.apply import applied_entry, apply_script, refuse_transaction_control
+from opskit.flyway.apply import Progress, applied_entry, apply_script, refuse_transaction_control
 from opskit.flyway.baseline import baseline_table, create_schemas
 from opskit.flyway.callbacks import CallbackRunner, load_callbacks
 from opskit.flyway.history import (
@@ -105,10 +106,13 @@ class Engine:
         self._callbacks: CallbackRunner | None = None
         # What this engine's migrate runs committed, in order (a group's only once the group
         # committed), and the non-transactional migration that failed or was interrupted half-way
-        # (its completed statements stay): the migrate feature decides from these whether a
-        # restore is needed and what an interrupted run reports.
+        # after a statement that may have changed the database (its completed statements stay):
+        # the migrate feature decides from these whether a restore is needed and what an
+        # interrupted run reports. ``failed_unchanged`` is the non-transactional migration that
+        # failed having run only read-only statements: its failed history row is all it left.
         self.committed: list[Applied] = []
         self.partial: str | None = None
+        self.failed_unchanged: str | None = None
         row = conn.execute(
             "SELECT current_user, current_setting('search_path'), current_database(),"
             " current_schema(), current_setting('server_version_num')::int"
@@ -452,6 +456,7 @@ class Engine:
         script = resolved.script
         text = executable_text(script, values, self.settings.placeholder_syntax)
         transactional = self._transactional(script)
+        progress = Progress()
         try:
             return apply_script(
                 self.conn,
@@ -462,13 +467,20 @@ class Engine:
                 transactional,
                 self.installed_by,
                 self._reset_session,
+                progress,
             )
-        except BaseException:
+        except BaseException as exc:
             # Autocommit, statement by statement: what ran before the failure (or the interrupt)
-            # is committed, and so may be its success = FALSE row. A transactional script is rolled
+            # is committed, and so may be its success = FALSE row; it counts as a change unless
+            # every statement that ran was read-only (progress). A transactional script is rolled
             # back, unless it ended its transaction itself: then apply recorded a failed row.
-            if not transactional or self._failed_row_recorded(script):
+            if transactional:
+                if self._failed_row_recorded(script):
+                    self.partial = script.script
+            elif progress.changed:
                 self.partial = script.script
+            elif isinstance(exc, MigrationFailed) and self._failed_row_recorded(script):
+                self.failed_unchanged = script.script  # an interrupt writes no failed row
             raise
 
     def _failed_row_recorded(self, script: Script) -> bool:

@@ -37,22 +37,32 @@ def runs_in_transaction(script: Script, settings: MigrationSettings, server_vers
     return True
 
 
-def migration_failure(script: Script, exc: psycopg.Error, rolled_back: bool) -> MigrationFailed:
-    """Return the MigrationFailed for ``script`` failing with ``exc``; ``rolled_back`` says what stayed behind."""
+def migration_failure(script: Script, exc: psycopg.Error, rolled_back: bool, changed: bool = True) -> MigrationFailed:
+    """Return the MigrationFailed for ``script`` failing with ``exc``; ``rolled_back`` and ``changed`` say what stayed.
+
+    ``changed`` (of a script run outside a transaction, ``rolled_back`` False) is False when none
+    of its completed statements could change the database (``SELECT 1``, ``SET``): only its failed
+    row stays.
+    """
     diag = exc.diag
     reason = (diag.message_primary or str(exc)).strip()
     detail = f" (SQL State: {diag.sqlstate})" if diag.sqlstate else ""
     where = f" at position {diag.statement_position}" if diag.statement_position else ""
-    outcome = (
-        "its changes were rolled back and no history row was written"
-        if rolled_back
-        else "it ran outside a transaction, so its completed statements stay and a failed row was recorded"
-    )
+    if rolled_back:
+        outcome = "its changes were rolled back and no history row was written"
+        hint = "fix the migration and run migrate again"
+    elif changed:
+        outcome = "it ran outside a transaction, so its completed statements stay and a failed row was recorded"
+        hint = "undo its completed statements, run 'opskit migrate repair', fix it and migrate again"
+    else:
+        outcome = (
+            "it ran outside a transaction, but none of its completed statements could change the database "
+            "(read-only); a failed row was recorded"
+        )
+        hint = "run 'opskit migrate repair' (it removes the failed row), fix the migration and migrate again"
     return MigrationFailed(
         f"Migration {script.script} failed: {reason}{detail}{where}; {outcome}",
-        hint="fix the migration and run migrate again"
-        if rolled_back
-        else "undo its completed statements, run 'opskit migrate repair', fix it and migrate again",
+        hint=hint,
         migration=script.script,
         database_error=reason,
     )

@@ -15,7 +15,9 @@ backup is exactly the state the run starts from and no other migrator commits in
 4. apply the migrations to the target; if one fails after this run committed something, say
    exactly which ``opskit restore`` command undoes the run, and with ``--restore-on-failure``
    run it; if the run committed nothing, say so: there is nothing to undo, and a restore would
-   only throw away other sessions' writes.
+   only throw away other sessions' writes. A non-transactional migration that failed counts as
+   committed only when a statement that may write ran before the failure (the engine's
+   ``partial``; docs/migrations.md, "Guarded runs").
 """
 
 from __future__ import annotations
@@ -291,9 +293,10 @@ class Guarded:
         """Tell the truth about what the failed run left, and restore only what it changed.
 
         A run that committed nothing (its one migration rolled back, a failing callback, a failed
-        row it stopped at) leaves the database as it found it, plus whatever other sessions wrote
-        meanwhile: restoring the backup would throw those writes away, so it is not restored and
-        no undo command is offered.
+        row it stopped at, a non-transactional migration that failed after read-only statements
+        only, leaving just its failed row) leaves the database as it found it, plus whatever other
+        sessions wrote meanwhile: restoring the backup would throw those writes away, so it is not
+        restored and no undo command is offered.
         """
         committed = [a.script for a in engine.committed]
         if engine.partial and engine.partial not in committed:
@@ -310,7 +313,11 @@ class Guarded:
                 if self.restore_on_failure
                 else "there is nothing to undo"
             )
-            exc.hint = f"nothing of this run was committed, so the database is as the run found it and {what}; {fix}"
+            found = "the database is as the run found it"
+            if engine.failed_unchanged:
+                # Its failed row stays (Flyway writes one too): repair removes it, a restore is not needed for it.
+                found = f"{found} (but for the failed history row of {engine.failed_unchanged})"
+            exc.hint = f"nothing of this run was committed, so {found} and {what}; {fix}"
             return
         done = f"this run had committed {', '.join(committed)} before the failure"
         if failed is not None:

@@ -52,3 +52,57 @@ def test_a_non_transactional_migration_that_fails_half_way_counts_as_partial(
         with pytest.raises(MigrationFailed):
             engine.migrate()
         assert engine.committed == [] and engine.partial == "V1__idx.sql"
+
+
+def _autocommit(name: str, text: str) -> dict[str, str]:
+    """Return migration ``name`` and the ``.conf`` that runs it statement by statement in autocommit."""
+    return {name: text, f"{name}.conf": "executeInTransaction=false\n"}
+
+
+def test_a_non_transactional_migration_that_fails_after_read_only_statements_is_not_partial(
+    migrate_db: str, scripts_dir: Callable[..., Path]
+) -> None:
+    root = scripts_dir(
+        _autocommit("V1__checks.sql", "SELECT 1;\nSHOW search_path;\nSET lock_timeout = '1s';\nSELECT 1/0;\n")
+    )
+    with engine_for(migrate_db, MigrationSettings(locations=(str(root),))) as engine:
+        with pytest.raises(MigrationFailed, match="none of its completed statements could change the database"):
+            engine.migrate()
+        assert engine.committed == [] and engine.partial is None and engine.failed_unchanged == "V1__checks.sql"
+    assert query(migrate_db, "SELECT version, success FROM flyway_schema_history") == [("1", False)]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT setval('s', 5)", "SELECT * FROM t FOR UPDATE", "SELECT * INTO t2 FROM t", "DO $$ BEGIN END $$"],
+    ids=["function-call", "row-locks", "select-into", "do-block"],
+)
+def test_a_non_transactional_migration_that_fails_after_a_statement_that_may_write_is_partial(
+    migrate_db: str, scripts_dir: Callable[..., Path], statement: str
+) -> None:
+    root = scripts_dir(
+        {
+            "V1__base.sql": "CREATE SEQUENCE s; CREATE TABLE t (id int);",
+            **_autocommit("V2__x.sql", f"{statement};\nSELECT 1/0;\n"),
+        }
+    )
+    with engine_for(migrate_db, MigrationSettings(locations=(str(root),))) as engine:
+        with pytest.raises(MigrationFailed, match="its completed statements stay"):
+            engine.migrate()
+        assert engine.partial == "V2__x.sql" and engine.failed_unchanged is None
+
+
+def test_a_failed_create_index_concurrently_that_leaves_an_invalid_index_is_partial(
+    migrate_db: str, scripts_dir: Callable[..., Path]
+) -> None:
+    root = scripts_dir(
+        {
+            "V1__base.sql": "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (1);",
+            "V2__unique.sql": "CREATE UNIQUE INDEX CONCURRENTLY t_id ON t (id);",
+        }
+    )
+    with engine_for(migrate_db, MigrationSettings(locations=(str(root),))) as engine:
+        with pytest.raises(MigrationFailed, match="could not create unique index"):
+            engine.migrate()
+        assert [a.script for a in engine.committed] == ["V1__base.sql"] and engine.partial == "V2__unique.sql"
+    assert query(migrate_db, "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid") == [("t_id",)]

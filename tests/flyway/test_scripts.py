@@ -10,7 +10,13 @@ from opskit.config.migrations import Naming
 from opskit.core.errors import ConfigError
 from opskit.flyway.names import ParsedName, Version, abbreviate_description, abbreviate_script, parse_name
 from opskit.flyway.scripts import discover
-from opskit.flyway.statements import can_run_in_transaction, split_statements
+from opskit.flyway.statements import (
+    can_run_in_transaction,
+    leaves_changes_on_error,
+    may_write,
+    read_only_tag,
+    split_statements,
+)
 
 
 def test_versions_compare_numerically_part_by_part() -> None:
@@ -158,6 +164,74 @@ def test_ordinary_statements_and_enum_values_on_new_servers_run_in_a_transaction
     assert can_run_in_transaction("CREATE INDEX i ON t (a)")
     assert can_run_in_transaction("ALTER TYPE mood ADD VALUE 'meh'", 150000)
     assert not can_run_in_transaction("ALTER TYPE mood ADD VALUE 'meh'", 110000)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT 1",
+        "-- a check (of nothing)\nSELECT 'f(x)' AS \"g(\", $$h()$$",
+        "SELECT id FROM t WHERE id IN (1, 2) AND EXISTS (SELECT 1 FROM u) OR id = ANY ('{3}')",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "VALUES (1), (2)",
+        "TABLE t",
+        "SHOW search_path",
+        "SET lock_timeout = '5s'",
+        "SET ROLE app_owner",
+        "RESET ALL",
+        "EXPLAIN (FORMAT JSON) SELECT * FROM t",
+        "SELECT count(*) FROM t WHERE a > 1",
+        "SELECT max(a), coalesce(min(b), 0) FROM t",
+        "SELECT 1.5::numeric(10, 2), CAST(a AS varchar(3)) FROM t",
+    ],
+)
+def test_read_only_statements_are_not_writes(statement: str) -> None:
+    assert may_write(statement) is False
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT setval('s', 1)",
+        "SELECT my_func()",
+        'SELECT "My Func" (1)',
+        "SELECT app.refresh(1)",
+        "SELECT app.count(*) FROM t",
+        "SELECT max(a), my_func(a) FROM t",
+        "SELECT * INTO t2 FROM t",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * FROM t FOR KEY SHARE",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "EXPLAIN (ANALYZE, BUFFERS) SELECT 1",
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "CALL p()",
+        "INSERT INTO t VALUES (1)",
+        "BEGIN",
+        "ANALYZE t",
+        "CREATE INDEX CONCURRENTLY i ON t (a)",
+    ],
+)
+def test_statements_that_may_write_count_as_writes(statement: str) -> None:
+    assert may_write(statement) is True
+
+
+def test_only_statements_that_commit_on_their_way_leave_changes_when_they_fail() -> None:
+    for statement in (
+        "CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)",
+        "REINDEX TABLE CONCURRENTLY t",
+        "DROP INDEX CONCURRENTLY i",
+        "DO $$ BEGIN COMMIT; END $$",
+        "CALL p()",
+    ):
+        assert leaves_changes_on_error(statement), statement
+    assert not leaves_changes_on_error("ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)")
+    assert not leaves_changes_on_error("INSERT INTO t VALUES (1)")
+
+
+def test_only_the_status_tags_of_read_only_statements_read_as_read_only() -> None:
+    assert all(read_only_tag(tag) for tag in ("SELECT 1", "SHOW", "SET", "RESET", "EXPLAIN"))
+    assert not any(read_only_tag(tag) for tag in ("INSERT 0 1", "CREATE TABLE", "DO", "", None))
 
 
 def test_long_descriptions_and_scripts_are_abbreviated_as_flyway_does() -> None:

@@ -133,3 +133,95 @@ def test_a_failure_after_a_committed_migration_names_it_and_offers_the_restore(
     assert "this run had committed V2__adds.sql before the failure" in result.stderr
     assert "to undo this run, restore the pre-migrate backup: opskit restore " in result.stderr
     assert _versions(migrate_db) == ["1", "2"]
+
+
+def _non_transactional(scripts_dir: Callable[..., Path], name: str, text: str) -> None:
+    """Write migration ``name`` with a ``.conf`` that runs it statement by statement in autocommit."""
+    scripts_dir({name: text, f"{name}.conf": "executeInTransaction=false\n"})
+
+
+def _wait_for_lock_wait(dbname: str, marker: str) -> None:
+    """Wait until a session of ``dbname`` whose query holds ``marker`` waits for a lock."""
+    deadline = time.monotonic() + 60
+    while not query(
+        dbname,
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE %s",
+        (f"%{marker}%",),
+    ):
+        assert time.monotonic() < deadline, f"no session ever waited for a lock in {marker}"
+        time.sleep(0.05)
+
+
+def test_restore_on_failure_restores_nothing_when_a_non_transactional_migration_failed_after_read_only_statements(
+    migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    # V2 runs SELECT 1 and SET, then an ALTER that waits for the test's lock on "gate" and fails
+    # on its row: nothing of V2 changed the database, so the row written meanwhile must survive.
+    scripts_dir(
+        {"V1__base.sql": "CREATE TABLE base (id int); CREATE TABLE gate (id int); INSERT INTO gate VALUES (1);"}
+    )
+    config = write_config(tmp_path, migrate_db)
+    assert opskit(config, "migrate").returncode == 0
+    _non_transactional(
+        scripts_dir,
+        "V2__checks.sql",
+        "SELECT 1;\nSET lock_timeout = '60s';\nALTER TABLE gate ADD CONSTRAINT gate_big CHECK (id > 5);\n",
+    )
+    oid = _oid(migrate_db)
+
+    with psycopg.connect(dsn_for(migrate_db)) as gate:
+        gate.execute("SELECT * FROM gate")  # ACCESS SHARE until the commit: pg_dump passes, the ALTER waits
+        run = start_opskit(config, "migrate", "--backup-first", "--restore-on-failure", "--yes")
+        _wait_for_lock_wait(migrate_db, "gate_big")
+        with psycopg.connect(dsn_for(migrate_db), autocommit=True) as writer:
+            writer.execute("INSERT INTO base VALUES (42)")  # after the backup, before the failure
+    _, err = run.communicate(timeout=300)
+
+    assert run.returncode == 4, err
+    assert "none of its completed statements could change the database" in err
+    assert "nothing of this run was committed" in err and "no restore was needed" in err
+    assert "to undo this run" not in err and "was restored into" not in err
+    assert query(migrate_db, "SELECT id FROM base") == [(42,)]
+    assert _oid(migrate_db) == oid  # the database was never swapped for a restored copy
+    assert query(migrate_db, "SELECT version, success FROM flyway_schema_history ORDER BY installed_rank") == [
+        ("1", True),
+        ("2", False),  # Flyway's failed row stays: repair removes it
+    ]
+
+
+def test_restore_on_failure_restores_when_a_non_transactional_migration_failed_after_a_write(
+    migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    scripts_dir({"V1__base.sql": "CREATE TABLE base (id int);"})
+    config = write_config(tmp_path, migrate_db)
+    assert opskit(config, "migrate").returncode == 0
+    _non_transactional(scripts_dir, "V2__half.sql", "SELECT 1;\nINSERT INTO base VALUES (7);\nSELECT 1/0;\n")
+
+    result = opskit(config, "migrate", "--backup-first", "--restore-on-failure", "--yes", timeout=300)
+
+    assert result.returncode == 4, result.stderr
+    assert "this run had committed V2__half.sql before the failure" in result.stderr
+    assert "was restored into 'app'" in result.stderr
+    assert query(migrate_db, "SELECT id FROM base") == []
+    assert _versions(migrate_db) == ["1"]
+
+
+def test_restore_on_failure_restores_when_a_failed_create_index_concurrently_left_an_invalid_index(
+    migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The duplicate makes the unique build fail after the index was created: it stays, INVALID.
+    scripts_dir({"V1__base.sql": "CREATE TABLE base (id int); INSERT INTO base VALUES (1), (1);"})
+    config = write_config(tmp_path, migrate_db)
+    assert opskit(config, "migrate").returncode == 0
+    scripts_dir({"V2__unique.sql": "CREATE UNIQUE INDEX CONCURRENTLY base_id ON base (id);\n"})
+
+    result = opskit(config, "migrate", "--backup-first", "--restore-on-failure", "--yes", timeout=300)
+
+    assert result.returncode == 4, result.stderr
+    assert "could not create unique index" in result.stderr
+    assert "this run had committed V2__unique.sql before the failure" in result.stderr
+    assert "was restored into 'app'" in result.stderr
+    assert query(migrate_db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
+    assert query(migrate_db, "SELECT id FROM base") == [(1,), (1,)]
+    assert _versions(migrate_db) == ["1"]

@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
+from tests.databases import dsn_for
 from tests.migrate.support import opskit, query, start_opskit, write_config, write_staged_config
 
 
@@ -120,3 +123,35 @@ def test_an_interrupt_in_a_non_transactional_migration_says_its_completed_statem
     assert "nothing was committed" not in err
     assert "V1__nt.sql ran outside a transaction and was cut off: its completed statements stay" in err
     assert query(migrate_db, "SELECT to_regclass('kept') IS NOT NULL") == [(True,)]
+
+
+def test_an_interrupt_in_a_non_transactional_migration_after_read_only_statements_says_nothing_was_committed(
+    migrate_db: str, scripts_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    scripts_dir({"V1__gate.sql": "CREATE TABLE gate (id int);"})
+    config = write_config(tmp_path, migrate_db)
+    assert opskit(config, "migrate").returncode == 0
+    scripts_dir(
+        {"V2__reads.sql": "SELECT 1;\nSELECT id FROM gate;\n", "V2__reads.sql.conf": "executeInTransaction=false\n"}
+    )
+
+    with psycopg.connect(dsn_for(migrate_db)) as gate:
+        gate.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")  # V2's SELECT waits here until the interrupt
+        run = start_opskit(config, "migrate")
+        deadline = time.monotonic() + 30
+        while not query(
+            migrate_db,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%%FROM gate%%'",
+        ):
+            assert time.monotonic() < deadline, "V2 never waited for the lock on gate"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+
+    assert run.returncode == 130, err
+    assert "nothing was committed for the run in progress" in err
+    assert "cut off" not in err
+    assert query(migrate_db, "SELECT version, success FROM flyway_schema_history ORDER BY installed_rank") == [
+        ("1", True)
+    ]
