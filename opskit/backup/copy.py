@@ -9,13 +9,30 @@ need (:mod:`opskit.wal.replicate`) is copied too, before the base backups' manif
 base backup committed on a secondary has the WAL from its ``wal_start`` on, as far as the
 primary had archived it. ``opskit copy`` copies the WAL first, then the backups; the copy
 right after ``backup now --kind base`` copies that backup's WAL before its manifest.
+
+``opskit copy`` copies only what the secondary's retention keeps: the plan prune applies to
+that storage (:func:`opskit.backup.retained.storage_plan`) over the backups it holds and
+those it lacks. A backup the plan deletes there is left out (``not_retained``), and so is
+the WAL only such a backup would need; otherwise prune would delete it and the next copy
+bring it back, run after run. A target without a retention policy is never pruned: every
+backup it lacks is copied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from opskit.catalog import Manifest, check_artifacts_stored, list_backups, locked, manifest_key, pin_key, write_manifest
+from opskit.backup.retained import kept, storage_plan
+from opskit.catalog import (
+    Manifest,
+    check_artifacts_stored,
+    list_backups,
+    locked,
+    manifest_key,
+    pin_key,
+    pinned_ids,
+    write_manifest,
+)
 from opskit.catalog.artifacts import hash_stored
 from opskit.context import AppContext
 from opskit.core.errors import CopyFailed, LockHeld, OpskitError, UnreachableError, VerificationFailed
@@ -103,6 +120,8 @@ class CopyReport:
 
     copied: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, backup id)
     skipped: int = 0
+    # (target, storage, backup id): lacking there, but the storage's retention would delete it
+    not_retained: list[tuple[str, str, str]] = field(default_factory=list)
     wal: list[tuple[str, str, WalCopyResult]] = field(default_factory=list)  # (target, storage, WAL copied)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (target, storage, error)
     locked: list[LockHeld] = field(default_factory=list)  # the failures that were lock conflicts
@@ -148,9 +167,10 @@ class CopyReport:
 def run(
     ctx: AppContext, target: str | None = None, storage: str | None = None, all_targets: bool = False
 ) -> CopyReport:
-    """Copy every backup the primary has and a secondary lacks; carry on past failures.
+    """Copy every backup the primary has and a secondary lacks and would keep; carry on past failures.
 
-    Returns the report; ``raise_for_outcome()`` turns its failures into an exit code.
+    "Would keep": the secondary's retention plan keeps it (module docstring). Returns the
+    report; ``raise_for_outcome()`` turns its failures into an exit code.
     """
     names = (
         list(ctx.config.targets)
@@ -178,7 +198,7 @@ def run(
 def _copy_to(
     ctx: AppContext, report: CopyReport, target: str, primary: Storage, backups: list[Manifest], dest_name: str
 ) -> None:
-    """Copy the WAL, then every backup ``dest_name`` lacks, of ``target``; record the outcome in ``report``."""
+    """Copy the WAL, then every backup ``dest_name`` lacks and keeps, of ``target``; record the outcome in ``report``."""
     try:
         dest = ctx.storage(dest_name)
         missing = []
@@ -187,9 +207,16 @@ def _copy_to(
                 report.skipped += 1
             else:
                 missing.append(manifest)
+        held = list_backups(dest, target)
+        keep = _retained(ctx, target, primary, dest, held, missing)
+        if keep is not None:
+            report.not_retained += [(target, dest_name, m.id) for m in missing if m.id not in keep]
+            missing = [m for m in missing if m.id in keep]
+            held = [m for m in held if m.id in keep]
         # The WAL first, for the backups the destination will hold: a base backup's manifest
-        # is never there before the WAL that makes it consistent.
-        will_hold = [*list_backups(dest, target), *missing]
+        # is never there before the WAL that makes it consistent. Only the backups its prune
+        # keeps count: the WAL of one it deletes would be deleted with it.
+        will_hold = [*held, *missing]
         if ctx.dry_run:
             wal = copy_wal(ctx, target, primary, dest, will_hold, dry_run=True)
         else:
@@ -208,3 +235,22 @@ def _copy_to(
         if isinstance(exc, VerificationFailed):
             report.corrupt.append(exc)
         report.unreachable += exc.exit_code == UnreachableError.exit_code
+
+
+def _retained(
+    ctx: AppContext, target: str, primary: Storage, dest: Storage, held: list[Manifest], missing: list[Manifest]
+) -> frozenset[str] | None:
+    """Return the ids of ``held`` and ``missing`` that ``dest``'s retention keeps, or None without a policy.
+
+    The plan is the one prune would make once the copy is done: the backups ``dest`` holds and
+    those it lacks, its pins plus the primary's pins of the ones it lacks (the copy carries
+    them), verifications of either storage (``retained.storage_plan``). Raises StorageError.
+    """
+    name = ctx.target(target).retention
+    if name is None:
+        return None  # never pruned: everything is copied
+    carried = pinned_ids(primary, target) & {m.id for m in missing}
+    plan = storage_plan(
+        dest, target, [*held, *missing], ctx.config.retention[name], ctx.clock(), primary=primary, pinned=carried
+    )
+    return kept(plan)

@@ -4,6 +4,14 @@ A record says when a backup was checked, how (``level``: ``stored``, ``full``, o
 for a drill), every check with expected and actual, and the verdict. Retention keeps the
 newest backup whose latest record passed (docs/operations.md §1); ``status`` shows the newest
 record of kind ``verify``. Records are written pass or fail and never rewritten.
+
+A record lives in the storage whose bytes were checked (verify and drills read the primary
+unless told otherwise), and ``opskit copy`` carries no record. On a secondary storage, a
+copy never checked there takes the verdict of the primary's records of the same backup,
+when the primary's manifest names the same artifacts (name, size, stored sha256): the copy
+was checked against those hashes before it was committed, so a check of the primary's bytes
+is a check of the copy's too. Without that, "newest verified" would be a different backup on
+each storage and prune and copy would undo each other (docs/operations.md §1).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from opskit.catalog.layout import format_time, is_verify_name, parse_time, split
 from opskit.catalog.manifest import Manifest
 from opskit.catalog.objects import read_json, write_json
 from opskit.catalog.records import Check, CheckValue
-from opskit.catalog.repository import list_backups
+from opskit.catalog.repository import list_backups, read_manifest
 from opskit.core.errors import ManifestError, ObjectNotFound, VerificationFailed
 from opskit.core.log import get_logger
 from opskit.storage.base import Storage
@@ -127,29 +135,60 @@ def latest_verification(storage: Storage, manifest: Manifest) -> Verification | 
     return read_verification(storage, keys[-1])
 
 
-def newest_verified_id(storage: Storage, target: str, backups: Iterable[Manifest] | None = None) -> str | None:
+def newest_verified_id(
+    storage: Storage,
+    target: str,
+    backups: Iterable[Manifest] | None = None,
+    primary: Storage | None = None,
+) -> str | None:
     """Return the id of the newest complete backup whose most recent verification passed, or None.
 
     ``backups`` (newest first, as ``list_backups`` returns them) saves a listing when the
     caller has it. A backup whose latest record failed is not "verified", even if an older
-    record passed. A malformed record counts as not verified. Raises StorageError.
+    record passed. A malformed record counts as not verified. With ``primary`` (the target's
+    primary storage, when ``storage`` is one of its secondaries), a backup with no record in
+    ``storage`` takes the verdict of its latest record in ``primary`` if both manifests name
+    the same artifacts (module docstring); a record of its own always wins, since it checked
+    these very bytes. Raises StorageError.
     """
     if backups is None:
         backups = list_backups(storage, target)
     records = _record_keys(storage, target)
+    vouching = _record_keys(primary, target) if primary is not None and primary.name != storage.name else {}
     for manifest in backups:
-        keys = records.get(manifest.id)
+        source, keys = storage, records.get(manifest.id)
+        if not keys and manifest.id in vouching and primary is not None and _same_artifacts(primary, manifest):
+            source, keys = primary, vouching[manifest.id]
         if not keys:
             continue
         newest = max(keys)
         try:
-            record = read_verification(storage, newest)
+            record = read_verification(source, newest)
         except VerificationFailed as exc:
             log.warning("unreadable verification record ignored", key=newest, error=exc.message)
             continue
         if record.passed:
             return manifest.id
     return None
+
+
+def _same_artifacts(primary: Storage, copy: Manifest) -> bool:
+    """Return True when ``primary`` holds a manifest of ``copy``'s backup naming the same stored bytes.
+
+    Compares each artifact's name, stored size and stored sha256. False when the primary has no
+    readable manifest of that id (deleted, being deleted, malformed): its records then vouch for
+    nothing. Raises StorageError when the primary cannot be read at all.
+    """
+    try:
+        theirs = read_manifest(primary, copy.target, copy.id)
+    except (ObjectNotFound, VerificationFailed):  # ManifestError is a VerificationFailed
+        return False
+    return _stored_bytes(theirs) == _stored_bytes(copy)
+
+
+def _stored_bytes(manifest: Manifest) -> frozenset[tuple[str, int, str]]:
+    """Return what a verification of ``manifest``'s backup checks: (artifact name, stored size, stored sha256)."""
+    return frozenset((a.name, a.size, a.sha256) for a in manifest.artifacts)
 
 
 def latest_verify_run(storage: Storage, target: str) -> Verification | None:

@@ -22,7 +22,8 @@ def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool
     """Copy every backup a target's primary storage has and a secondary lacks (idempotent).
 
     The archived WAL the secondary's base backups need goes too (first), so a copy can be
-    recovered to a point in time from that storage.
+    recovered to a point in time from that storage. A backup the secondary's retention policy
+    would delete is not copied (prune would delete it again).
     """
     app.dry_run = dry_run
     report = actions.call("copy", app, target=target, storage=storage, all_targets=target is None)
@@ -31,6 +32,9 @@ def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool
             {
                 "copied": [dict(zip(("target", "storage", "backup"), row, strict=True)) for row in report.copied],
                 "skipped": report.skipped,
+                "not_retained": [
+                    dict(zip(("target", "storage", "backup"), row, strict=True)) for row in report.not_retained
+                ],
                 "wal": [
                     {
                         "target": target_name,
@@ -53,7 +57,15 @@ def copy(app: AppContext, target: str | None, storage: str | None, dry_run: bool
             )
         for target_name, storage_name, backup_id in report.copied:
             click.echo(f"{verb} backup {backup_id} of target '{target_name}' to '{storage_name}'")
-        click.echo(f"{len(report.copied)} {verb}, {report.skipped} already present, {len(report.failed)} failed")
+        for target_name, storage_name, backup_id in report.not_retained:
+            click.echo(
+                f"left out backup {backup_id} of target '{target_name}': "
+                f"the retention policy would delete it from '{storage_name}'"
+            )
+        left_out = f", {len(report.not_retained)} left out by retention" if report.not_retained else ""
+        click.echo(
+            f"{len(report.copied)} {verb}, {report.skipped} already present{left_out}, {len(report.failed)} failed"
+        )
     for target_name, storage_name, error in report.failed:
         click.echo(f"opskit: error: copy of target '{target_name}' to '{storage_name}' failed: {error}", err=True)
     if report.failed:

@@ -20,6 +20,12 @@ first, and a backup still locked is kept with the reason ``immutable until <date
 runs show it too). A delete the storage refuses all the same (a retention extended since)
 is recorded in ``locked`` and logged, not a failure: the object is where it should be.
 
+The plan of a storage is :func:`opskit.backup.retained.storage_plan`, the one ``opskit copy``
+follows too, so a copy never brings back what prune deletes. On a secondary storage the
+primary's verifications count for copies with the same stored bytes (the primary must be
+readable: without it the "newest verified" floor of the secondary is unknown, and that pair
+fails rather than delete what may be the last verified copy).
+
 One failing (target, storage) does not stop the others; ``PruneFailed`` at the end names
 them all and carries the report so the CLI can still print every plan.
 """
@@ -35,6 +41,7 @@ import structlog
 
 from opskit import catalog
 from opskit.backup import server as server_backup
+from opskit.backup.retained import storage_plan
 from opskit.catalog.runs import fold_runs
 from opskit.config.model import TargetConfig
 from opskit.config.retention import RetentionPolicy
@@ -50,8 +57,8 @@ from opskit.core.errors import (
 )
 from opskit.core.log import get_logger
 from opskit.core.units import parse_duration
-from opskit.plan import retention, timeline
-from opskit.storage.base import IncompleteUploads, ObjectInfo, ObjectLocks, Storage
+from opskit.plan import retention
+from opskit.storage.base import IncompleteUploads, ObjectInfo, Storage
 from opskit.wal.retention import prune_wal
 
 log = get_logger(__name__)
@@ -217,15 +224,17 @@ def _prune_one(
     with structlog.contextvars.bound_contextvars(target=target.name, storage=storage_name):
         try:
             store = ctx.storage(storage_name)
+            # A secondary's "newest verified" counts the primary's verifications of identical copies.
+            primary = ctx.storage(target.primary_storage) if storage_name != target.primary_storage else None
             if dry_run:
                 # A dry run deletes nothing, so it takes no lock and blocks no backup.
-                _plan_and_delete(store, target.name, policy, now, dry_run, result, None)
+                _plan_and_delete(store, primary, target.name, policy, now, dry_run, result, None)
                 _sweep(store, target.name, now, now - grace, dry_run, result, None)
                 result.wal_deleted = prune_wal(store, target.name, _kept(store, target.name, result), dry_run)
                 result.runs_folded = fold_runs(store, target.name, now - policy.keep_runs, dry_run)
             else:
                 with catalog.locked(store, target.name, "prune", clock=ctx.clock) as lock:
-                    _plan_and_delete(store, target.name, policy, now, dry_run, result, lock)
+                    _plan_and_delete(store, primary, target.name, policy, now, dry_run, result, lock)
                     _sweep(store, target.name, now, now - grace, dry_run, result, lock)
                     kept = _kept(store, target.name, result)
                     result.wal_deleted = prune_wal(store, target.name, kept, dry_run, check=lock.check)
@@ -243,6 +252,7 @@ def _prune_one(
 
 def _plan_and_delete(
     store: Storage,
+    primary: Storage | None,
     target: str,
     policy: RetentionPolicy,
     now: datetime,
@@ -255,16 +265,7 @@ def _plan_and_delete(
     result.bad_manifests = [f"{b.backup_id}: {b.error}" for b in bad]
     for item in bad:
         log.warning("unreadable manifest left alone", backup_id=item.backup_id, error=item.error)
-    keys = [info.key for info in store.list(f"{target}/")]
-    verified = _newest_verified_per_kind(store, target, backups, now)
-    result.plan = retention.plan(
-        backups, policy, now, pinned=catalog.pinned_ids(store, target, keys), verified=verified
-    )
-    locked = _locked_until(store, target, [d.id for d in result.plan.deleted], keys)
-    if locked:
-        result.plan = retention.plan(
-            backups, policy, now, pinned=catalog.pinned_ids(store, target, keys), verified=verified, locked=locked
-        )
+    result.plan = storage_plan(store, target, backups, policy, now, primary=primary)
     doomed = [d.id for d in result.plan.deleted]
     for kind in result.plan.emptied_kinds:
         # The plan's min_keep and "newest verified" rules (per kind) should make this impossible;
@@ -297,39 +298,6 @@ def _plan_and_delete(
                 log.warning("the storage refused to delete an immutable object: kept", backup_id=backup_id)
                 continue
         result.deleted.append(backup_id)
-
-
-def _newest_verified_per_kind(
-    store: Storage, target: str, backups: list[catalog.Manifest], now: datetime
-) -> frozenset[str]:
-    """Return the id of the newest backup of each kind whose latest verification passed (the per-kind floor).
-
-    A future-dated backup cannot be the "newest verified" floor: its age is unknown. Raises StorageError.
-    """
-    present = timeline.present(backups, now)
-    found = set()
-    for kind in sorted({m.kind for m in present}):
-        verified = catalog.newest_verified_id(store, target, [m for m in present if m.kind == kind])
-        if verified:
-            found.add(verified)
-    return frozenset(found)
-
-
-def _locked_until(store: Storage, target: str, backup_ids: list[str], keys: list[str]) -> dict[str, datetime]:
-    """Return the latest retain-until date of the objects of each backup in ``backup_ids`` that has one.
-
-    Asked only of a storage that supports retention and whose bucket may enforce it (one
-    HEAD per object of a backup about to be deleted). Raises StorageError.
-    """
-    if not isinstance(store, ObjectLocks) or not backup_ids or store.lock_state().enabled is False:
-        return {}
-    found: dict[str, datetime] = {}
-    for backup_id in backup_ids:
-        prefix = catalog.backup_prefix(target, backup_id) + "/"
-        dates = [until for key in keys if key.startswith(prefix) and (until := store.retained_until(key))]
-        if dates:
-            found[backup_id] = max(dates)
-    return found
 
 
 def _delete_backup(store: Storage, manifest: catalog.Manifest) -> None:

@@ -7,6 +7,9 @@ segments, ``.history`` and ``.backup`` files, each with its ``.sha256`` record, 
 streamer's ``.partial``) that the source holds and the destination lacks, except what no base
 backup on the destination needs (the segments before the oldest one's ``wal_start``: the
 destination's prune would delete them again, :func:`opskit.wal.retention.plan_wal_deletes`).
+"On the destination" means the backups its retention keeps there once the copy is done
+(``opskit copy`` passes only those, :mod:`opskit.backup.retained`): counting a base backup
+its prune deletes would copy WAL that the same prune deletes again.
 A destination without a base backup gets no WAL: nothing there could replay it.
 
 Each file is copied as push stores it, and verified as a backup's artifact is when copied:
@@ -119,7 +122,7 @@ def copy_wal(
 ) -> WalCopyResult:
     """Copy the WAL of ``target`` that a destination holding ``dest_backups`` needs and lacks; return what was done.
 
-    The caller holds the destination's copy lock (none for ``dry_run``, which writes nothing
+    ``dest_backups`` are the backups the destination will keep (module docstring). The caller holds the destination's copy lock (none for ``dry_run``, which writes nothing
     and returns the names it would copy). Raises VerificationFailed (5) for a source file that
     does not decode to its record's bytes (or cannot be decrypted with the configured
     identity), CopyFailed (4) for a conflicting record on the destination or an object that

@@ -397,3 +397,136 @@ def test_prune_refuses_to_delete_the_last_base_backup_however_many_dumps_it_keep
     assert caught.value.exit_code == 4
     assert "would delete all 1 base backups (point-in-time recovery would be lost)" in caught.value.message
     assert sorted(m.id for m in catalog.list_backups(store, TARGET)) == sorted([base.id, *(d.id for d in dumps)])
+
+
+# --------------------------------------------------------------------------- prune and copy agree
+
+
+def two_storages(tmp_path: Path, secondary: StorageConfig, rules: str) -> tuple[Path, Storage, Storage]:
+    """Write a config: target app on storage ``primary`` (local disk) and ``off`` (``secondary``), kept by ``rules``.
+
+    Returns the config file and both storages, opened as the CLI opens them.
+    """
+    from opskit.storage import open_storage
+    from tests.databases import storage_table
+
+    off = storage_table(secondary)
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in off.items())
+    path = tmp_path / "two.toml"
+    path.write_text(
+        f"""
+[storages.primary]
+url = "file://{tmp_path / "primary"}"
+
+[storages.off]
+{lines}offsite = true
+
+[targets.app]
+dsn = "host=127.0.0.1 user=postgres dbname=test"
+storages = ["primary", "off"]
+retention = "standard"
+
+[retention.standard]
+{rules}"""
+    )
+    primary = open_storage(StorageConfig("primary", f"file://{tmp_path / 'primary'}"))
+    return path, primary, open_storage(replace(secondary, name="off"))
+
+
+def run_json(config_path: Path, *args: str) -> dict[str, object]:
+    """Run ``opskit --config C ARGS --json`` in process; return its JSON document (exit 0 asserted)."""
+    result = CliRunner().invoke(cli(), ["--config", str(config_path), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    document: dict[str, object] = json.loads(result.stdout)
+    return document
+
+
+def by_storage(report: dict[str, object], field_name: str) -> dict[str, object]:
+    """Return {storage: result[field_name]} of a prune JSON report."""
+    results = report["results"]
+    assert isinstance(results, list)
+    return {r["storage"]: r[field_name] for r in results}
+
+
+def test_prune_then_copy_then_prune_change_nothing_more_when_the_newest_verified_backup_was_verified_on_the_primary(
+    tmp_path: Path, storage_config: StorageConfig
+) -> None:
+    config_path, primary, off = two_storages(tmp_path, storage_config, "keep_last = 1\n")
+    now = datetime.now(UTC)
+    newest, verified, oldest = (store_backup(primary, now - timedelta(days=d)) for d in (1, 2, 3))
+    # What 'opskit backup verify' records: the check ran on the primary, so the record is there only.
+    record_verification(primary, Verification(TARGET, verified.id, "primary", now, "verify", "full", "pass"))
+
+    copied = run_json(config_path, "copy")
+    dry = run_json(config_path, "prune", "--dry-run")
+    pruned = run_json(config_path, "prune")
+    again = run_json(config_path, "copy")
+    last = run_json(config_path, "prune")
+
+    off_plan = by_storage(dry, "plan")["off"]
+    assert isinstance(off_plan, dict)
+    assert {d["id"]: (d["action"], d["reasons"]) for d in off_plan["decisions"]} == {
+        newest.id: ("keep", ["last", "min_keep"]),
+        verified.id: ("keep", ["newest verified"]),
+    }
+    assert by_storage(pruned, "deleted") == {"primary": [oldest.id], "off": []}
+    assert copied["copied"] == [
+        {"target": TARGET, "storage": "off", "backup": verified.id},
+        {"target": TARGET, "storage": "off", "backup": newest.id},
+    ]
+    assert copied["not_retained"] == [{"target": TARGET, "storage": "off", "backup": oldest.id}]
+    assert again["copied"] == [] and again["not_retained"] == [] and again["skipped"] == 2
+    assert by_storage(last, "deleted") == {"primary": [], "off": []}
+    assert [m.id for m in catalog.list_backups(off, TARGET)] == [newest.id, verified.id]
+    assert [m.id for m in catalog.list_backups(primary, TARGET)] == [newest.id, verified.id]
+
+
+def test_a_primary_verification_vouches_only_for_a_secondary_copy_with_the_same_stored_bytes(
+    local_storage: StorageConfig, tmp_path: Path
+) -> None:
+    from opskit.backup.copy import copy_backup
+
+    ctx = make_context(
+        [local_storage, StorageConfig("off", f"file://{tmp_path / 'off'}")], RetentionPolicy(keep_last=1)
+    )
+    primary, off = ctx.storage("local"), ctx.storage("off")
+    now = datetime.now(UTC)
+    newest, other_bytes, same_bytes = (store_backup(primary, now - timedelta(days=d)) for d in (1, 2, 3))
+    for manifest in (newest, other_bytes, same_bytes):
+        copy_backup(ctx, manifest, primary, off, wal=False)
+    # The same id on the secondary, but a manifest naming other stored bytes (another cluster, a hand edit).
+    db, *rest = other_bytes.artifacts
+    catalog.write_manifest(off, replace(other_bytes, artifacts=(replace(db, sha256="0" * 64), *rest)))
+    for manifest, age in ((other_bytes, 1), (same_bytes, 2)):
+        record = Verification(TARGET, manifest.id, "local", now - timedelta(hours=age), "verify", "full", "pass")
+        record_verification(primary, record)
+
+    report = prune.run(ctx, target=TARGET, storage="off")
+
+    assert report.results[0].plan is not None
+    assert {d.id: d.reasons for d in report.results[0].plan.kept} == {
+        newest.id: ("last", "min_keep"),
+        same_bytes.id: ("newest verified",),
+    }
+    assert report.results[0].deleted == [other_bytes.id]
+    assert [m.id for m in catalog.list_backups(off, TARGET)] == [newest.id, same_bytes.id]
+
+
+def test_prune_of_a_secondary_deletes_nothing_when_the_primary_cannot_be_read(
+    local_storage: StorageConfig, s3_bucket: StorageConfig
+) -> None:
+    gone = replace(missing_container(s3_bucket), name="gone")  # the primary: a bucket that does not exist
+    ctx = make_context([gone, local_storage], RetentionPolicy(keep_last=1), app_storages=("gone", "local"))
+    store = ctx.storage(local_storage.name)
+    now = datetime.now(UTC)
+    backups = [store_backup(store, now - timedelta(days=d)) for d in (1, 2, 3)]
+
+    with pytest.raises(prune.PruneFailed) as caught:
+        prune.run(ctx, target=TARGET)
+
+    assert caught.value.exit_code == 3  # both pairs failed reading the missing bucket: unreachable
+    assert {r.storage: (bool(r.error), r.deleted) for r in caught.value.report.results} == {
+        "gone": (True, []),
+        "local": (True, []),
+    }
+    assert [m.id for m in catalog.list_backups(store, TARGET)] == [b.id for b in backups]
