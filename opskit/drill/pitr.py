@@ -139,7 +139,7 @@ def run(
         manifest=manifest,
         storage=store.name,
         rpo_target=ctx.config.objectives.rpo,
-        recovery_point=window.end,
+        recovery_point=window.archived_at,  # the newest WAL stored: what a drill to the end recovers
     )
     result.pitr = {
         "target": recovery.describe(),
@@ -180,6 +180,11 @@ def _source_target(ctx: AppContext, target: str | None) -> TargetConfig:
 def _moment(window: PitrWindow, to_time: datetime | None, random_time: bool) -> datetime | None:
     """Return the moment to recover to (None: the archive's end). Raises ConfigError for one outside the window."""
     if random_time:
+        if window.waiting_for is not None:
+            raise ConfigError(
+                f"--random-time: the PITR window holds no moment yet ({window.waiting_note()})",
+                hint="drill to the end of the archive (no moment), or wait for WAL archived after the base backup",
+            )
         return window.start + (window.end - window.start) * random.random()
     hint = "pick a moment inside it (see 'opskit status'), or use --random-time"
     pitr_chain.check_reachable(RecoveryTarget(time=to_time), window, layout.DEFAULT_SEGMENT_SIZE, hint)

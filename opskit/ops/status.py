@@ -10,6 +10,9 @@ For each target (every target that is not another's staging target, or the one a
   backup counts only in a storage that also holds the WAL it needs to be consistent (every
   segment from its ``wal_start`` to its ``wal_stop``): without it, that copy restores nothing
   (``opskit copy`` carries the WAL); each storage lists its base backups that lack WAL;
+- the PITR window (the oldest base backup's consistent point .. when the newest WAL was stored);
+  right after the first base backup, before WAL written after it is stored, no window but a
+  warning that names the backup waiting for WAL (never an end before the start);
 - a warning when WAL is archived but no base backup is kept: point-in-time recovery is impossible;
 - the last verification record and the last drill (verdict, measured and estimated RTO); a
   failed one is a warning;
@@ -321,6 +324,8 @@ def target_status(ctx: AppContext, target: TargetConfig, now: datetime) -> Targe
         status.offsite = [c.name for c in configs if c.offsite]
     status.warnings.extend(status_warnings)
     status.pitr = _pitr_window(opened.get(target.primary_storage), target.name, present, now)
+    if status.pitr is not None and status.pitr.get("note"):
+        status.warnings.append(status.pitr["note"])  # the text view's window line has no end to show yet
     status.wal = _wal_state(ctx, target, opened.get(target.primary_storage), status.pitr)
     if status.pitr is None and _wal_archived(opened.get(target.primary_storage), target.name, status.wal):
         status.warnings.append(
@@ -465,7 +470,12 @@ def last_verification(store: Storage, target: str) -> dict[str, object] | None:
 
 
 def _pitr_window(store: Storage | None, target: str, present: list[Manifest], now: datetime) -> dict[str, Any] | None:
-    """Return the PITR window (``restore.pitr_model.pitr_window``) and its RPO as JSON, or None without base backups."""
+    """Return the PITR window (``restore.pitr_model.pitr_window``) and its RPO as JSON, or None without base backups.
+
+    Right after the first base backup, before WAL written after it reaches the storage, there
+    is no window yet: ``newest_wal_archived_at`` is None (no end before the start) and
+    ``waiting_for_wal_after`` and ``note`` name the backup; the RPO still counts the newest WAL.
+    """
     bases = [m for m in present if m.kind == "base"]
     if store is None or not bases:
         return None
@@ -473,12 +483,15 @@ def _pitr_window(store: Storage | None, target: str, present: list[Manifest], no
         window = pitr_model.pitr_window(store, target, present, now)
     except OpskitError as exc:
         return {"error": exc.one_line()}
+    waiting = window is not None and window.waiting_for is not None
     return {
         "base_backups": len(bases),
         "oldest_restorable": catalog.format_time(min(m.snapshot_time for m in bases)),
         "newest_wal": window.newest_segment if window else None,
-        "newest_wal_archived_at": catalog.format_time(window.end) if window else None,
-        "rpo_seconds": (now - window.end).total_seconds() if window else None,
+        "newest_wal_archived_at": catalog.format_time(window.end) if window and not waiting else None,
+        "rpo_seconds": (now - window.archived_at).total_seconds() if window else None,
+        "waiting_for_wal_after": window.waiting_for if window else None,
+        "note": f"no moment is restorable by PITR yet: {window.waiting_note()}" if window and waiting else None,
     }
 
 

@@ -5,8 +5,10 @@ Order of work, and why:
 1. Decide before touching anything (pure :func:`choose_base`): the newest base backup that
    is consistent before the target (its stop time for ``--to-time``, its stop LSN for
    ``--to-lsn``; the newest for ``--to-name`` and ``--latest``), and check that the archive
-   holds the last WAL segment it needs and WAL up to the target (a time after the newest
-   archived WAL, an LSN past its end), so a hopeless restore fails in a second (exit 2);
+   holds the last WAL segment it needs and WAL up to the target (a time after the moment it is
+   known to hold every transaction up to: its newest WAL's store time, or when the source
+   server confirms it wrote nothing since, :mod:`opskit.restore.pitr_complete`; an LSN past
+   its end), so a hopeless restore fails in a second (exit 2);
    ``--latest`` on a chain with a gap fails there too (exit 5).
 2. Extract the backup's tar stream (``Storage.reader`` -> sha256 -> [age -d] -> zstd -d ->
    sha256 -> ``tar -x``) into the empty ``--pgdata`` directory; the hashes are checked
@@ -51,7 +53,7 @@ from opskit.restore.pitr_chain import (
     check_reached,
 )
 from opskit.restore.pitr_directory import empty_again, empty_directory, extract
-from opskit.restore.pitr_model import PitrResult, RecoveryTarget, choose_base, pitr_window
+from opskit.restore.pitr_model import PitrResult, RecoveryTarget, choose_base, confirmed_window, pitr_window
 from opskit.restore.pitr_server import (
     read_log,
     server_ran,
@@ -119,8 +121,10 @@ def run(
     check_wal_archived(store, source.name, manifest)
     window = pitr_window(store, source.name, [manifest], ctx.clock())
     if window is not None:
+        # A time after the newest WAL's store time: the source server may confirm that it wrote nothing since.
+        window, unconfirmed = confirmed_window(ctx, store, source.name, manifest, window, recovery.time)
         size = int(manifest.base.get("segment_size") or layout.DEFAULT_SEGMENT_SIZE)
-        check_reachable(recovery, window, size, hint=REACHABLE_HINT)
+        check_reachable(recovery, window, size, hint=REACHABLE_HINT, unconfirmed=unconfirmed)
     # Listed now, before the server starts: WAL archived later is not what recovery had to reach.
     chain = archived_chain(ctx, source.name, storage or source.primary_storage, manifest)
     check_no_gap(chain, recovery)

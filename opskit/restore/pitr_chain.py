@@ -123,15 +123,29 @@ def check_newest_on_path(chain: ArchivedChain, window: PitrWindow | None, target
     )
 
 
-def check_reachable(target: RecoveryTarget, window: PitrWindow, segment_size: int, hint: str) -> None:
+def check_reachable(
+    target: RecoveryTarget, window: PitrWindow, segment_size: int, hint: str, unconfirmed: str | None = None
+) -> None:
     """Raise ConfigError (2) when ``target`` lies outside ``window``: a time, or an LSN past the newest segment's end.
 
-    Decided from the archive's listing, before anything is fetched. A restore point cannot
-    be checked so: its name is inside the WAL.
+    Decided from the archive's listing (and, for a time after its end, the source server's
+    answer: ``unconfirmed`` says why it did not confirm the archive complete up to then),
+    before anything is fetched. A restore point cannot be checked so: its name is inside the WAL.
     """
     if target.time is not None and not window.contains(target.time):
+        outside = f"--to-time {format_time(target.time)} is outside the PITR window ({window.describe()})"
+        if target.time < window.start:
+            raise ConfigError(f"{outside}: it is before the oldest base backup's consistent point", hint=hint)
+        known = window.archived_at if window.waiting_for is not None else window.end
+        why = f"; {unconfirmed}" if unconfirmed else ""
         raise ConfigError(
-            f"--to-time {format_time(target.time)} is outside the PITR window ({window.describe()})", hint=hint
+            f"{outside}: the archive is known to hold every transaction only up to {format_time(known)}, when its "
+            f"newest WAL was stored{why}",
+            hint=f"pick a moment up to {format_time(window.end)}, pass --latest for the end of the archive, or "
+            "wait until the WAL written since is archived ('opskit wal stream' stores it every wal.partial_interval)"
+            if window.waiting_for is None
+            else "pass --latest for the end of the archive, or wait until WAL written after the base backup is "
+            "archived ('opskit wal stream' stores it every wal.partial_interval)",
         )
     if target.lsn is not None:
         _timeline, number = layout.segment_number(window.newest_segment, segment_size)

@@ -11,6 +11,7 @@ from opskit.catalog import Manifest, format_time, latest_backup, list_backups
 from opskit.context import AppContext
 from opskit.core.errors import ConfigError
 from opskit.plan import timeline
+from opskit.restore import pitr_complete
 from opskit.wal import chain as wal_chain
 from opskit.wal import layout
 from opskit.wal.archive import newest_archived
@@ -99,34 +100,79 @@ class PitrResult:
 class PitrWindow:
     """The moments a target can be recovered to: its oldest base backup's consistent point .. its newest WAL.
 
-    ``end`` is when the newest archived segment reached the storage (what ``status`` shows as
-    the end of the window); ``newest_segment`` is that segment's name.
+    ``end`` is the newest moment the archive is known to hold every transaction up to: when its
+    newest WAL reached the storage (``archived_at``, what ``status`` shows as the end of the
+    window), or later when the source server confirmed it wrote nothing since
+    (:func:`confirmed_window`); ``newest_segment`` is the newest complete segment's name.
+    ``start <= end`` always: right after the first base backup, before any WAL stored after its
+    consistent point, ``waiting_for`` names that backup and the window holds no moment yet
+    (``end == start``, :meth:`contains` is False); ``--latest`` still recovers it.
     """
 
     start: datetime
     end: datetime
     newest_segment: str
+    archived_at: datetime
+    waiting_for: str | None = None
 
     def contains(self, moment: datetime) -> bool:
-        """Return True when ``moment`` lies inside the window (both ends included)."""
-        return self.start <= moment <= self.end
+        """Return True when ``moment`` lies inside the window (both ends included); never while it waits for WAL."""
+        return self.waiting_for is None and self.start <= moment <= self.end
 
     def describe(self) -> str:
-        """Return ``<start> .. <end>`` for messages."""
+        """Return ``<start> .. <end>`` for messages, or why there is no window yet."""
+        if self.waiting_for is not None:
+            return f"none yet: {self.waiting_note()}"
         return f"{format_time(self.start)} .. {format_time(self.end)}"
+
+    def waiting_note(self) -> str:
+        """Return the sentence saying which base backup waits for WAL (empty when the window is open)."""
+        if self.waiting_for is None:
+            return ""
+        return (
+            f"waiting for WAL after base backup {self.waiting_for} (consistent at {format_time(self.start)}; "
+            f"the newest WAL was stored at {format_time(self.archived_at)})"
+        )
 
 
 def pitr_window(store: Any, target: str, backups: Sequence[Manifest], now: datetime) -> PitrWindow | None:
     """Return the PITR window of ``target`` in ``store``, or None without a base backup or archived WAL.
 
-    ``backups`` are the target's backups of any kind; future-dated ones are left out.
+    ``backups`` are the target's backups of any kind; future-dated ones are left out. The
+    window is one that waits (``waiting_for``) while no WAL reached the storage after the oldest
+    base backup's consistent point: its own last segment is stored before its manifest is.
     Raises StorageError when the archive cannot be listed.
     """
     bases = [m for m in timeline.present(backups, now) if m.kind == "base"]
     newest = newest_archived(store, target) if bases else None
     if not bases or newest is None:
         return None
-    return PitrWindow(start=min(m.snapshot_time for m in bases), end=newest[1], newest_segment=newest[0])
+    oldest = min(bases, key=lambda m: (m.snapshot_time, m.id))
+    name, stored = newest
+    if stored < oldest.snapshot_time:
+        return PitrWindow(oldest.snapshot_time, oldest.snapshot_time, name, stored, waiting_for=oldest.id)
+    return PitrWindow(start=oldest.snapshot_time, end=stored, newest_segment=name, archived_at=stored)
+
+
+def confirmed_window(
+    ctx: AppContext, store: Any, target: str, manifest: Manifest, window: PitrWindow, moment: datetime | None
+) -> tuple[PitrWindow, str | None]:
+    """Return ``window``, its end moved to when the source server confirmed the archive complete, when ``moment`` needs it.
+
+    Only a ``moment`` after the window's end and not after now asks the server
+    (:func:`opskit.restore.pitr_complete.confirm`); ``manifest`` is the base backup recovery
+    starts from. Returns the window and, when the moment stays after its end, why the server
+    did not confirm (None otherwise). Never raises.
+    """
+    if moment is None or moment < window.start or moment > ctx.clock() or window.contains(moment):
+        return window, None
+    answer = pitr_complete.confirm(ctx, ctx.target(target), store, manifest, window.newest_segment)
+    if answer.at is None or answer.at < window.start:
+        return window, answer.reason or None
+    extended = replace(window, end=max(answer.at, window.end), waiting_for=None)
+    if not extended.contains(moment):
+        return extended, f"the server confirmed it only up to {format_time(answer.at)}"
+    return extended, None
 
 
 @dataclass(frozen=True)
@@ -170,8 +216,9 @@ class Coverage:
             "moment": format_time(self.moment),
             "covered": self.covered,
             "window": None
-            if self.window is None
+            if self.window is None or self.window.waiting_for is not None
             else {"start": format_time(self.window.start), "end": format_time(self.window.end)},
+            "waiting_for": None if self.window is None else self.window.waiting_for,
             "gap": None if self.gap is None else {"backup": self.base_id, "first_missing": self.gap},
         }
 
@@ -185,11 +232,11 @@ def coverage(ctx: AppContext, target: str | None, moment: datetime) -> Coverage:
     store = ctx.storage(source.primary_storage)
     backups = list_backups(store, source.name)
     window = pitr_window(store, source.name, backups, ctx.clock())
-    answer = Coverage(target=source.name, moment=moment, window=window)
-    if window is None or not window.contains(moment):
-        return answer
     base = choose_base(backups, RecoveryTarget(time=moment), ctx.clock())
-    if base is None:
+    if window is not None and base is not None:
+        window, _why = confirmed_window(ctx, store, source.name, base, window, moment)
+    answer = Coverage(target=source.name, moment=moment, window=window)
+    if window is None or base is None or not window.contains(moment):
         return answer
     # A gap anywhere after the base counts: where it lies in time is not in the listing, and
     # a runbook asking this question would rather take the logical path than stop at it.

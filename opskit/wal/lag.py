@@ -19,11 +19,15 @@
 
 A standby has no current write position (``pg_current_wal_lsn()`` fails during recovery): both
 lags are None there.
+
+:func:`write_position` is the server's side of a different question: is the archive complete up
+to now? (``restore --pitr --to-time`` on an idle database, :mod:`opskit.restore.pitr_complete`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -47,6 +51,33 @@ SELECT count(*) FILTER (WHERE slot_name = %(slot)s) > 0,
                 ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END)
 FROM pg_replication_slots WHERE slot_name IN (%(slot)s, %(shipped)s)
 """
+
+
+# The insert position, not the write position: a commit with synchronous_commit = off is visible once its
+# record is inserted, before it is written. pg_walfile_name() names the insert timeline (it fails in recovery).
+_INSERT_POSITION = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_block_size'),
+       (SELECT system_identifier::text FROM pg_control_system())
+"""
+
+
+@dataclass(frozen=True)
+class WritePosition:
+    """Where the server inserts its next WAL record, and the server's clock read just before.
+
+    ``insert_lsn`` and ``timeline`` are None on a standby (it inserts nothing of its own).
+    """
+
+    at: datetime
+    insert_lsn: int | None
+    timeline: int | None
+    segment_size: int
+    page_size: int
+    system_identifier: str
 
 
 @dataclass(frozen=True)
@@ -133,3 +164,32 @@ def server_lag(
                 f"cannot read the WAL position of target '{target.name}': {connection.libpq_reason(exc)}",
                 hint="check that the server is up and is not a standby",
             ) from exc
+
+
+def write_position(target: TargetConfig) -> WritePosition:
+    """Connect to ``target`` and return its WAL insert position, with the server's clock read before it.
+
+    The clock is read first, in a statement of its own: every transaction visible at that
+    moment has its commit record inserted before the position is read, so WAL archived up to
+    the position holds every transaction committed by then. Raises UnreachableError (3) when
+    the server cannot be reached or the query fails.
+    """
+    with connection.connect(target, autocommit=True, application_name="opskit wal position") as conn:
+        try:
+            clock = conn.execute("SELECT clock_timestamp()").fetchone()
+            row = conn.execute(_INSERT_POSITION).fetchone()
+        except psycopg.Error as exc:
+            raise UnreachableError(
+                f"cannot read the WAL position of target '{target.name}': {connection.libpq_reason(exc)}",
+                hint="check that the server is up",
+            ) from exc
+    assert clock is not None and row is not None  # one row, always
+    _in_recovery, lsn_text, timeline, segment_size, page_size, system_identifier = row
+    return WritePosition(
+        at=clock[0],
+        insert_lsn=layout.parse_lsn(lsn_text) if lsn_text else None,
+        timeline=int(timeline, 16) if timeline else None,
+        segment_size=int(segment_size),
+        page_size=int(page_size),
+        system_identifier=str(system_identifier),
+    )

@@ -39,6 +39,8 @@ def test_status_and_metrics_show_the_pitr_window_and_the_newest_archived_wal(
     backup = cluster.opskit("backup", "now", "--kind", "base", "--json")
     assert backup.returncode == 0, backup.stderr
     manifest = json.loads(backup.stdout)
+    with cluster.connect() as conn:  # WAL after the backup: a switch right after it may write nothing to archive
+        conn.execute("CREATE TABLE after_the_backup (id int)")
     switched = cluster.switch_wal()
     cluster.wait_archived(switched)
 
