@@ -37,7 +37,7 @@ from opskit.catalog import Check, Manifest
 from opskit.config.drill import DrillSettings
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
-from opskit.core.errors import ConfigError, ManifestError, OpskitError
+from opskit.core.errors import ConfigError, ManifestError, OpskitError, UnreachableError
 from opskit.core.log import get_logger
 from opskit.drill import finish
 from opskit.drill.checks import PreCheckContext, run_post_checks, run_pre_checks
@@ -148,13 +148,20 @@ def run(
             )
             if restored:
                 result.restored = True
-                if before_checks is not None:
-                    before_checks(staging_target, db_name)
-                with (
-                    clock.phase(result.phases, "verify"),
-                    connection.connect(staging_target, dbname=db_name, application_name="opskit drill") as conn,
-                ):
-                    run_post_checks(ctx, settings, manifest, conn, result.checks)
+                try:
+                    if before_checks is not None:
+                        before_checks(staging_target, db_name)
+                    with (
+                        clock.phase(result.phases, "verify"),
+                        connection.connect(staging_target, dbname=db_name, application_name="opskit drill") as conn,
+                    ):
+                        run_post_checks(ctx, settings, manifest, conn, result.checks)
+                except BaseException:
+                    # Interrupted (SIGINT/SIGTERM) or the staging database stopped answering while
+                    # it was checked: the error goes up with no verdict, but the database this drill
+                    # created must not outlive it (the next drill would never find it).
+                    _drop_after_error(staging_target, db_name, keep)
+                    raise
                 _cleanup(staging_target, db_name, keep, settings, result)
             else:
                 result.cleanup = {
@@ -229,7 +236,11 @@ def _pick(
     before: datetime | None,
     result: DrillReport,
 ) -> tuple[Manifest | None, list[Manifest]]:
-    """Return (the chosen backup or None when its manifest is unreadable, every readable backup)."""
+    """Return (the chosen backup or None when its manifest is unreadable, every readable backup).
+
+    Raises ConfigError when no backup matches, or when ``before`` lies in the future (beyond
+    the clock-skew allowance of :mod:`opskit.plan.timeline`).
+    """
     bad: list[catalog.BadManifest] = []
     backups = catalog.list_backups(store, target, bad=bad)
     manifest: Manifest | None
@@ -240,7 +251,15 @@ def _pick(
             result.checks.append(Check("pre", "manifest readable", "a valid manifest", exc.message, False))
             return None, backups
     elif before is not None:
-        earlier = [m for m in backups if m.snapshot_time < before]
+        now = ctx.clock()
+        if timeline.is_future(before, now):
+            # A moment that has not come yet is a mistyped one (a year, a time zone): "the newest
+            # backup before it" would be one taken after the real incident, holding its damage.
+            raise ConfigError(
+                f"--before {catalog.format_time(before)} is in the future (it is now {catalog.format_time(now)})",
+                hint="give the moment the incident began, in UTC (check the year and the time zone)",
+            )
+        earlier = timeline.present([m for m in backups if m.snapshot_time < before], now)
         if not earlier:
             raise ConfigError(
                 f"target '{target}' has no backup taken before {catalog.format_time(before)} in storage '{store.name}'",
@@ -288,7 +307,12 @@ def _restore(
     clock: PhaseClock,
     backup: OpenedBackup,
 ) -> bool:
-    """Restore into a fresh staging database; return True when there is a database to check."""
+    """Restore into a fresh staging database; return True when there is a database to check.
+
+    A failed restore is a failed check (False). Raises ConfigError when the staging database
+    exists already, and any error with exit code 3 (staging or the storage unreachable or
+    refusing the credentials): the drill could not run, which is no verdict on the backup.
+    """
     with clock.phase(result.phases, "restore") as timing:
         try:
             restored = restore_to_new_database(
@@ -305,6 +329,11 @@ def _restore(
         except ConfigError:
             raise  # the staging database exists already: the operator must decide, not the drill
         except OpskitError as exc:
+            if exc.exit_code == UnreachableError.exit_code:
+                # Staging (or the storage) cannot be reached or refuses the credentials: the drill
+                # could not run, which says nothing about the backup. Exit 3, and no "fail" verdict
+                # recorded against a backup that was never tried.
+                raise
             result.checks.append(Check("restore", "pg_restore completes", "exit 0", exc.message, False))
             return False
         timing.bytes = restored.bytes_restored
@@ -321,6 +350,28 @@ def _restore(
         )
     )
     return True
+
+
+def _drop_after_error(staging: TargetConfig, database: str, keep: bool) -> None:
+    """Drop the staging database of a drill stopped after its restore, unless ``--keep``; never raises.
+
+    The error that stopped the drill is the one the operator must see, so a failing drop is
+    logged (with the statement to run by hand) instead of replacing it.
+    """
+    if keep:
+        log.warning("drill stopped after the restore; the staging database is kept (--keep)", database=database)
+        return
+    try:
+        databases.drop_database(staging, database)
+    except (OpskitError, psycopg.Error) as exc:
+        log.error(
+            "drill stopped after the restore and its staging database could not be dropped",
+            database=database,
+            error=exc.message if isinstance(exc, OpskitError) else str(exc),
+            drop=f'DROP DATABASE "{database}" WITH (FORCE)',
+        )
+        return
+    log.warning("drill stopped after the restore; dropped its staging database", database=database)
 
 
 def _cleanup(staging: TargetConfig, database: str, keep: bool, settings: DrillSettings, result: DrillReport) -> None:

@@ -69,6 +69,8 @@ from opskit.runbooks.variables import resolve_variables, substitute
 
 log = get_logger(__name__)
 
+INTERRUPTED = 130  # the exit code of an interrupted run (docs/cli.md)
+
 
 def run(
     ctx: AppContext,
@@ -89,6 +91,8 @@ def run(
     ``yes``). ``echo`` receives progress lines as they happen. Returns the RunbookResult
     (its ``raise_for_outcome()`` raises RunbookFailed). Raises ConfigError for an unknown
     runbook or variable; a failing step is recorded in the result (``exit_code``), not raised.
+    An interrupt (KeyboardInterrupt) is re-raised after the transcript is written, with the
+    step it stopped recorded as failed ("interrupted", exit 130).
     """
     runbook = find(ctx, name, directory)
     started_at = ctx.clock()
@@ -110,6 +114,19 @@ def run(
             outcome = run_step(step_run, step, rendered, dry_run)
         except OpskitError as exc:
             outcome = StepResult(step, FAILED, error=exc.one_line(), exit_code=exc.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (the CLI turns it into KeyboardInterrupt) during a step, often one
+            # that hangs: what the earlier steps did (a restore, a cut-over) must still be on
+            # record, so the transcript is written, naming the step, before the interrupt goes up.
+            outcome = StepResult(step, FAILED, error="interrupted (SIGINT or SIGTERM)", exit_code=INTERRUPTED)
+            outcome.seconds = time.monotonic() - begin
+            result.results.append(outcome)
+            result.seconds = time.monotonic() - origin
+            result.transcript = write_transcript(ctx, result, transcript_dir)
+            say(f"    -> interrupted ({outcome.seconds:.1f} s)")
+            say(f"transcript: {result.transcript}")
+            log.warning("runbook interrupted", runbook=runbook.name, step=step.index, transcript=str(result.transcript))
+            raise
         outcome.seconds = time.monotonic() - begin
         result.results.append(outcome)
         if outcome.output:
