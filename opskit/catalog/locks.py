@@ -17,12 +17,15 @@ daemons, a CronJob and a person at a terminal)::
   from a thread; :meth:`RepositoryLock.check` says whether the lock is still there (an
   ``opskit unlock --all`` may have removed it).
 - **Stale**: a lock not refreshed for :data:`STALE_AFTER` (by its own time and by the storage's
-  modification time, so one host's slow clock does not make a live lock look dead; a
+  modification time, aged by the storage's clock when this run has just written its own lock,
+  so one host's slow or fast clock does not make a live lock look dead; a
   ``refreshed`` time in the future, a writer's fast clock, counts for nothing), or one
   written on this host by a process that no longer exists. Stale locks never block anyone;
   the next run on the same host removes those of its dead processes, ``opskit unlock`` the rest.
 - **Releasing** deletes the lock at the end of the run, also on an error and on SIGTERM (the
-  CLI turns SIGTERM into an unwinding exception; the daemon sets the cancel event).
+  CLI turns SIGTERM into an unwinding exception; the daemon sets the cancel event); where the
+  bucket's default retention refuses the delete, the lock is hidden behind a delete marker
+  (:func:`remove_lock_object`).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ from typing import Any
 
 from opskit.catalog.layout import format_time, parse_time
 from opskit.core.clock import Clock
-from opskit.core.errors import LockHeld, ObjectNotFound, OpskitError
+from opskit.core.errors import LockHeld, ObjectLocked, ObjectNotFound, OpskitError
 from opskit.core.log import get_logger
-from opskit.storage.base import Storage, join_key
+from opskit.storage.base import HidesRetained, Storage, join_key
 
 log = get_logger(__name__)
 
@@ -130,7 +133,9 @@ class LockRecord:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or malformed field: {exc}") from exc
 
-    def is_stale(self, now: datetime, stale_after: timedelta = STALE_AFTER) -> bool:
+    def is_stale(
+        self, now: datetime, stale_after: timedelta = STALE_AFTER, storage_now: datetime | None = None
+    ) -> bool:
         """Return True when this lock no longer protects anything.
 
         Stale means: not refreshed for ``stale_after`` by both its own clock and the storage's
@@ -138,14 +143,20 @@ class LockRecord:
         ``refreshed`` time ahead of ``now`` by more than :data:`CLOCK_TOLERANCE` comes from a
         writer whose clock runs fast: only the storage's time counts then, or such a lock
         would block everyone until its future time plus ``stale_after``.
+
+        ``storage_now`` is the storage's own current time (the modification time of a lock this
+        run has just written): the storage's modification time is then aged by the storage's
+        clock, not by ``now``, so a judge whose clock runs fast does not see a live lock as
+        stale (and one whose clock runs slow does not keep a dead lock for hours).
         """
         if self.writer_gone():
             return True
         if self.modified is None:
             return now - self.refreshed > stale_after
+        stored_age = (storage_now or now) - self.modified
         if self.clock_ahead(now) is not None:
-            return now - self.modified > stale_after
-        return now - max(self.refreshed, self.modified) > stale_after
+            return stored_age > stale_after
+        return now - self.refreshed > stale_after and stored_age > stale_after
 
     def writer_gone(self) -> bool:
         """Return True when this lock's writer ran here (same host, same pid namespace) and its pid is gone.
@@ -210,6 +221,23 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_lock_object(storage: Storage, key: str) -> None:
+    """Delete a lock object, or hide it where the store's retention refuses the delete.
+
+    A bucket with S3 Object Lock *default* retention locks every new object, lock objects
+    included: a plain delete is refused (ObjectLocked), and a lock that stays listed would block
+    every conflicting run until it went stale, 10 min after each run. A delete marker hides it
+    (its retained versions expire with their retention). Raises StorageError, and ObjectLocked
+    on a store that cannot hide objects (GCS, Azure retention policies).
+    """
+    try:
+        storage.delete(key)
+    except ObjectLocked:
+        if not isinstance(storage, HidesRetained):
+            raise
+        storage.hide(key)
 
 
 @dataclass(frozen=True)
@@ -291,6 +319,13 @@ class RepositoryLock:
         self.record = replace(self.record, refreshed=self.clock())
         with self.storage.writer(self.record.key) as out:
             out.write(self.record.to_json())
+        if self._stop.is_set():
+            # release() ran while this rewrite was under way (a slow store outlasts its 5 s wait)
+            # and may have deleted the lock before the rewrite landed: remove it again, or a
+            # long-lived process (the daemon, whose pid stays alive) would leave a live-looking
+            # lock blocking every conflicting run for STALE_AFTER.
+            with suppress(OpskitError):
+                remove_lock_object(self.storage, self.record.key)
 
     def check(self) -> None:
         """Raise LockHeld (exit 7) when this run's lock is no longer in the storage.
@@ -312,7 +347,7 @@ class RepositoryLock:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:
-            self.storage.delete(self.record.key)
+            remove_lock_object(self.storage, self.record.key)
         except OpskitError as exc:
             log.warning("could not remove the repository lock; it goes stale", key=self.record.key, error=str(exc))
 
@@ -352,22 +387,32 @@ def acquire_lock(
         if storage.create(record.key, record.to_json()):
             break  # a random id taken already is astronomically rare; draw again if so
     try:
-        others = [other for other in list_locks(storage, target) if other.id != record.id]
+        listed = list_locks(storage, target)
+        # Our own lock, just written, carries the storage's time: staleness is judged by it.
+        storage_now = next((lock.modified for lock in listed if lock.id == record.id), None)
+        others = [other for other in listed if other.id != record.id]
         # A lock of a process gone from this host is certainly dead (restic removes these too):
         # remove it now, so a killed run leaves nothing behind once the next run starts.
         for other in others:
             if other.writer_gone():
-                with suppress(OpskitError):
-                    storage.delete(other.key)
-                log.info("removed the lock of a run that is gone", key=other.key, operation=other.operation)
-        conflicts = [other for other in others if (exclusive or other.exclusive) and not other.is_stale(now)]
+                try:
+                    remove_lock_object(storage, other.key)
+                except OpskitError as exc:
+                    log.info("could not remove the lock of a run that is gone", key=other.key, error=exc.one_line())
+                else:
+                    log.info("removed the lock of a run that is gone", key=other.key, operation=other.operation)
+        conflicts = [
+            other
+            for other in others
+            if (exclusive or other.exclusive) and not other.is_stale(now, storage_now=storage_now)
+        ]
     except BaseException:
         with suppress(OpskitError):
-            storage.delete(record.key)
+            remove_lock_object(storage, record.key)
         raise
     if conflicts:
         with suppress(OpskitError):
-            storage.delete(record.key)
+            remove_lock_object(storage, record.key)
         first = conflicts[0]
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
         raise LockHeld(
@@ -415,5 +460,5 @@ def remove_locks(
     doomed += [item.key for item in unreadable]
     if not dry_run:
         for key in doomed:
-            storage.delete(key)
+            remove_lock_object(storage, key)
     return doomed

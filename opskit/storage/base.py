@@ -169,6 +169,20 @@ class ServerSideCopy(Protocol):
 
 
 @runtime_checkable
+class HidesRetained(Protocol):
+    """Optional: make an object stop being listed although retention keeps its bytes (S3 Object Lock).
+
+    For records opskit removes as part of its own protocol (lock objects): on a bucket whose
+    *default* retention locks every new object, :meth:`Storage.delete` is refused, and a lock
+    that cannot be removed would block every other run until it went stale.
+    """
+
+    def hide(self, key: str) -> None:
+        """Hide ``key`` behind a delete marker (its retained versions stay). Raises StorageError."""
+        ...
+
+
+@runtime_checkable
 class IncompleteUploads(Protocol):
     """Optional: list and abort uploads that were started and never completed (S3 multipart)."""
 

@@ -292,6 +292,16 @@ class S3Storage:
             return
         self._call("deleting", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
 
+    def hide(self, key: str) -> None:
+        """Hide ``key`` behind a delete marker: a DeleteObject without a version id.
+
+        On a bucket with Object Lock (always versioned) S3 accepts it even when every version is
+        under retention, and the key no longer lists or exists; the retained versions stay until
+        their date. On a bucket without versioning it is a plain delete. Raises StorageError.
+        """
+        name = self.keys.full(key)
+        self._call("hiding", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
+
     # ------------------------------------------------------------------ immutability
 
     def lock_state(self) -> LockState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from opskit import catalog
 from opskit.catalog.locks import STALE_AFTER, LockRecord, pid_namespace
 from opskit.core.errors import LockHeld
 from opskit.storage.base import Storage, StorageConfig
+from opskit.storage.local import LocalStorage
 from opskit.storage.registry import open_storage
 
 # The real time: staleness also counts the storage's own modification time of a lock. Set
@@ -89,10 +91,23 @@ def test_nothing_runs_beside_a_prune(storage: Storage) -> None:
             catalog.acquire_lock(storage, "app", operation, clock=clock)
 
 
-def test_a_lock_not_refreshed_for_ten_minutes_blocks_nobody(storage: Storage) -> None:
-    plant(storage, operation="prune", exclusive=True, created=NOW, refreshed=NOW)
+def backdate(storage: Storage, key: str, age: timedelta) -> None:
+    """Set the storage's own modification time of ``key`` to ``age`` ago (local disk: its mtime).
 
-    with catalog.locked(storage, "app", "backup", clock=lambda: LATER):
+    Staleness is judged by the storage's clock, so a lock that went stale must be old by that
+    clock; an object store's time cannot be set, which is why such tests run on local disk.
+    """
+    assert isinstance(storage, LocalStorage)
+    then = (datetime.now(UTC) - age).timestamp()
+    os.utime(storage.root / key, (then, then))
+
+
+def test_a_lock_not_refreshed_for_ten_minutes_blocks_nobody(local_storage: StorageConfig) -> None:
+    storage = open_storage(local_storage)
+    lock = plant(storage, operation="prune", exclusive=True, created=NOW - (LATER - NOW), refreshed=NOW - (LATER - NOW))
+    backdate(storage, lock.key, LATER - NOW)
+
+    with catalog.locked(storage, "app", "backup", clock=clock):
         pass
 
 
