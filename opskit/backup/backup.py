@@ -39,7 +39,7 @@ from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, ConfigError, CopyFailed, LockHeld, OpskitError
 from opskit.core.log import get_logger
-from opskit.pg import commands, connection, databases, facts, locks, tools
+from opskit.pg import commands, connection, databases, facts, locks, passfiles, tools
 from opskit.pipeline import recipient_fingerprint
 from opskit.storage.base import Storage
 
@@ -143,6 +143,11 @@ class _Preflight:
             bin_dir = target.pg_bin_dir or ctx.config.tools.pg_bin_dir
             self.pg_dump = tools.find_tool("pg_dump", self.server.major, bin_dir)
             self.pg_dumpall = tools.find_tool("pg_dumpall", self.server.major, bin_dir)
+            self.state_dir = ctx.config.tools.state_dir
+            if connection.password(target) or connection.secret_params(target):
+                # The password file's folder, checked before anything is written: a state_dir that
+                # cannot hold it is a configuration error (exit 2), not a failure after the lock.
+                passfiles.passfile_dir(self.state_dir)
             self._lock()
         except BaseException:
             self.conn.close()
@@ -204,12 +209,24 @@ class _FactsThread(threading.Thread):
             from opskit.flyway import version as flyway_version
 
             with connection.connect(self.target, autocommit=True, application_name="opskit backup facts") as conn:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
+
+                def begin() -> None:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.snapshot_id)))
+
+                def restart() -> None:
+                    # A new transaction on the same snapshot (importable while the exporting one is
+                    # open, which it is until the manifest): the locks of the tables counted so far
+                    # are released, so thousands of tables do not run the server's lock table out.
+                    conn.execute("ROLLBACK")
+                    begin()
+
+                begin()
                 self.result = facts.collect(
                     conn,
                     fingerprint_tables=self.target.fingerprint_tables,
                     fingerprint_max_bytes=self.target.fingerprint_max_bytes,
+                    restart=restart,
                 )
                 self.result.migration_version = flyway_version.migration_version(conn)
                 conn.execute("ROLLBACK")
@@ -251,7 +268,10 @@ def _dump_and_commit(
     facts_thread = _FactsThread(target, snapshot_id)
     facts_thread.start()
     phases: dict[str, float] = {}
-    with connection.password_env(target, ctx.state_dir) as env:
+    # Not ctx.state_dir, which creates the folder: a backup without a password needs none, so a
+    # state_dir that cannot be created (the default ./.opskit-state under a read-only working
+    # directory: a cron job in /, a container's read-only root) must not fail it with exit 1.
+    with connection.password_env(target, pre.state_dir) as env:
         dump_argv = commands.pg_dump_argv(pre.pg_dump, target, snapshot=snapshot_id)
         phase_start = time.monotonic()
         dump = stream.store_tool_output(

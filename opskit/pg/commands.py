@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from psycopg.conninfo import make_conninfo
+
 from opskit.config.model import TargetConfig
 from opskit.pg.connection import conninfo
 from opskit.pg.tools import Tool
@@ -72,10 +74,23 @@ def pg_dumpall_globals_argv(tool: Tool, target: TargetConfig, *, database: str, 
     ``database`` is the one pg_dumpall connects to; a role that is not a ``superuser`` gets
     ``--no-role-passwords``, since only superusers may read pg_authid, where password hashes live.
     """
-    argv = [tool.path, dbname_arg(target), f"--database={database}", "--globals-only", "--no-password"]
+    argv = [tool.path, dbname_arg(target), f"--database={database_arg(database)}", "--globals-only", "--no-password"]
     if not superuser:
         argv.append("--no-role-passwords")
     return argv
+
+
+def database_arg(database: str) -> str:
+    """Return ``database`` as a value libpq reads as that name where it takes a dbname "or a connection string".
+
+    pg_dumpall's ``--database`` goes to libpq as ``dbname`` with expand_dbname on, so a name with
+    an ``=`` or a ``postgresql://`` prefix would be parsed as a connection string and fail
+    (https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PQCONNECTDBPARAMS). Such a
+    name is passed as the connection string ``dbname='...'`` (quoted as libpq quotes), any other as it is.
+    """
+    if "=" not in database and not database.startswith(("postgresql://", "postgres://")):
+        return database
+    return make_conninfo(dbname=database)
 
 
 def pg_basebackup_argv(tool: Tool, target: TargetConfig) -> list[str]:

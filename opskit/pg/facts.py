@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,14 @@ SELECT
 
 
 DEFAULT_FINGERPRINT_MAX_BYTES = 1024**3
+
+# How many tables :func:`collect` reads in one transaction when it may start new ones. Every table
+# it counts (and the indexes the planner opens for it) stays locked (AccessShareLock) until its
+# transaction ends, on top of pg_dump's own lock on each table; in one transaction a database of a
+# few thousand tables runs the server's shared lock table out ("out of shared memory", the limit is
+# max_locks_per_transaction x max_connections for the whole server,
+# https://www.postgresql.org/docs/current/runtime-config-locks.html) where pg_dump alone would not.
+TABLES_PER_TRANSACTION = 50
 
 # How a manifest's row counts were taken (its ``row_counts`` field): "only" each table's own rows
 # (``count(*) FROM ONLY``, what pg_dump's COPY of the table holds), or "inclusive" with the rows of
@@ -176,6 +184,7 @@ def collect(
     fingerprint_tables: Sequence[str] = (),
     fingerprint_max_bytes: int = DEFAULT_FINGERPRINT_MAX_BYTES,
     inclusive: bool = False,
+    restart: Callable[[], None] | None = None,
 ) -> SnapshotFacts:
     """Collect row counts, fingerprints and object counts on ``conn``'s snapshot; return them.
 
@@ -183,15 +192,23 @@ def collect(
     ``inclusive`` (to compare with a manifest that counted so). ``fingerprint_tables`` are
     patterns (see :func:`select_fingerprint_tables`); fingerprints need a transaction
     (``SET LOCAL``), which the backup's snapshot connection and a non-autocommit connection both have.
+    ``restart``, when given, ends ``conn``'s transaction and opens the next one on the same
+    snapshot; it is called every :data:`TABLES_PER_TRANSACTION` tables, so the locks this
+    collection holds stay bounded whatever the number of tables. Raises psycopg.Error.
     """
     names = list(tables) if tables is not None else list_tables(conn)
-    chosen = set(select_fingerprint_tables(conn, names, fingerprint_tables, fingerprint_max_bytes))
     facts = SnapshotFacts()
-    for schema, table in names:
-        fingerprint = fingerprint_table(conn, schema, table) if (schema, table) in chosen else None
-        facts.tables.append(
-            TableFacts(schema, table, rows=count_rows(conn, schema, table, inclusive), fingerprint=fingerprint)
-        )
+    for start in range(0, len(names), TABLES_PER_TRANSACTION):
+        if start and restart is not None:
+            restart()
+        batch = names[start : start + TABLES_PER_TRANSACTION]
+        # Chosen per batch: a glob's pg_table_size locks each table it measures, too.
+        chosen = set(select_fingerprint_tables(conn, batch, fingerprint_tables, fingerprint_max_bytes))
+        for schema, table in batch:
+            fingerprint = fingerprint_table(conn, schema, table) if (schema, table) in chosen else None
+            facts.tables.append(
+                TableFacts(schema, table, rows=count_rows(conn, schema, table, inclusive), fingerprint=fingerprint)
+            )
     facts.objects = object_counts(conn)
     return facts
 
