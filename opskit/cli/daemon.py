@@ -33,7 +33,8 @@ def register(group: click.Group) -> None:
 
         Several replicas may run against one control database: each scheduled slot runs once.
         On SIGTERM the running job gets the shutdown grace period to finish, then is aborted
-        cleanly (no manifest written) and the daemon exits 0.
+        cleanly (no manifest written) and the daemon exits 0. SIGHUP re-reads the job files
+        (a bad one is refused and the current jobs keep running).
         """
         from opskit.daemon import service
 

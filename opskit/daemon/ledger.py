@@ -11,6 +11,11 @@ Several daemons may share one control database. Before running a slot a replica:
    returned a row runs the slot. At start-up (catch-up) a slot whose row did not end in
    ``success`` may be claimed again: nobody else can be running it while we hold the
    job lock.
+3. a slot whose row was claimed before the slot was due (by the control database's clock, more
+   than :data:`~opskit.plan.timeline.CLOCK_SKEW` early) was claimed by a replica whose clock ran
+   ahead: that run covered no real slot. Once the slot is really due it is claimed again (once),
+   so a wrong clock that was corrected never silently skips the real run. A claim of a slot that
+   lies ahead of the database's clock is logged as a warning naming the difference.
 
 Result values: ``running``, ``success``, ``failed``, ``aborted``.
 """
@@ -32,7 +37,9 @@ from psycopg.rows import dict_row
 from opskit.core.errors import UnreachableError
 from opskit.core.log import get_logger
 from opskit.core.redaction import redact_text
+from opskit.core.units import format_duration
 from opskit.pg import locks
+from opskit.plan.timeline import CLOCK_SKEW
 from opskit.secrets.references import Secret
 
 log = get_logger(__name__)
@@ -171,20 +178,46 @@ class Ledger:
             row = conn.execute(
                 sql.SQL(
                     "INSERT INTO {table} (job, slot, owner) VALUES (%s, %s, %s) "
-                    "ON CONFLICT DO NOTHING RETURNING attempt"
+                    "ON CONFLICT DO NOTHING RETURNING attempt, claimed_at"
                 ).format(table=self.table),
                 (job, slot, self.owner),
             ).fetchone()
             if row is not None:
+                if slot - row[1] > CLOCK_SKEW:
+                    log.warning(
+                        "slot claimed before it is due by the control database's clock: this host's clock is ahead",
+                        job=job,
+                        slot=slot.isoformat(),
+                        database_time=row[1].isoformat(),
+                        ahead=format_duration(slot - row[1]),
+                    )
                 return int(row[0])
-            if not retry_unsuccessful:
+            existing = conn.execute(
+                sql.SQL("SELECT claimed_at, result, now() FROM {table} WHERE job = %s AND slot = %s FOR UPDATE").format(
+                    table=self.table
+                ),
+                (job, slot),
+            ).fetchone()
+            if existing is None:
                 return None
-            # We hold the job's session lock, so a 'running' row is a dead replica's.
+            claimed_at, result, db_now = existing
+            early = claimed_early(slot, claimed_at, db_now)
+            if early:
+                log.warning(
+                    "slot was claimed before it was due (a clock that ran ahead): running it now",
+                    job=job,
+                    slot=slot.isoformat(),
+                    claimed_at=claimed_at.isoformat(),
+                    result=result,
+                )
+            elif not retry_unsuccessful or result == SUCCESS:
+                return None
+            # We hold the job's session lock, so a 'running' row is a dead replica's (or an early one's).
             row = conn.execute(
                 sql.SQL(
                     "UPDATE {table} SET owner = %s, attempt = attempt + 1, claimed_at = now(), "
                     "finished_at = NULL, result = 'running', error = NULL, details = NULL "
-                    "WHERE job = %s AND slot = %s AND result <> 'success' RETURNING attempt"
+                    "WHERE job = %s AND slot = %s RETURNING attempt"
                 ).format(table=self.table),
                 (self.owner, job, slot),
             ).fetchone()
@@ -243,6 +276,17 @@ class Ledger:
         with self.connect() as conn:
             cursor = conn.cursor(row_factory=dict_row)
             return list(cursor.execute(query, params).fetchall())
+
+
+def claimed_early(slot: datetime, claimed_at: datetime, db_now: datetime) -> bool:
+    """Return True when a row of ``slot`` was claimed before the slot was due and the slot is due now.
+
+    Both times are the control database's (``claimed_at`` is its ``now()`` at the claim): a row
+    claimed more than CLOCK_SKEW before its slot came from a replica whose clock ran ahead. It is
+    reclaimable only once the slot is really due, so replicas whose clocks are still ahead do not
+    run it again and again; the reclaim stamps a due ``claimed_at``, so it happens once.
+    """
+    return slot - claimed_at > CLOCK_SKEW and db_now >= slot - CLOCK_SKEW
 
 
 def _release(conn: psycopg.Connection[Any]) -> None:

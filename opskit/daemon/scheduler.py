@@ -6,12 +6,14 @@
 - Each firing computes its slot (the latest scheduled time at or before now), claims it in
   the ledger, and only then calls the action. At start-up each job's latest due slot, if it
   is within the job's misfire grace and has no successful run, is caught up.
+- ``replace_jobs()`` (SIGHUP): the job files are read again and scheduled in place of the old ones.
 - ``stop()`` (SIGTERM/SIGINT): stop claiming; let running jobs finish for up to the grace
   period; then set ``ctx.cancel`` so they abort cleanly (no manifest, uploads aborted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from typing import Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from opskit import actions
@@ -42,6 +45,8 @@ log = get_logger(__name__)
 HEARTBEAT_SECONDS = 5.0
 # How long cancelled actions get to unwind (abort uploads, kill pg_dump) after the grace period.
 ABORT_WAIT = timedelta(seconds=20)
+# Worker threads beyond one per job: jobs added by a reload (SIGHUP) get their own thread too.
+RELOAD_HEADROOM = 8
 
 
 @dataclass
@@ -119,6 +124,7 @@ class Runner:
             notify(
                 Event(FAILURE, job.name, job.action, job.target, slot.isoformat(), error=exc.one_line()),
                 self.notify_settings,
+                self.cancel,
             )
             return None
         if claim is None:
@@ -203,10 +209,13 @@ class Scheduler:
         self.shutdown_grace = shutdown_grace
         self.last_heartbeat = time.monotonic()
         self.started = False
+        # One thread per job plus one for a catch-up run, so no job waits for another's thread, and
+        # room for jobs a reload adds (threads start only when used).
+        self.workers = len(jobs) + 1 + RELOAD_HEADROOM
         self._aps = BackgroundScheduler(
             timezone="UTC",
             executors={
-                "default": ThreadPoolExecutor(max_workers=max(2, len(jobs) + 1)),
+                "default": ThreadPoolExecutor(max_workers=self.workers),
                 # Its own executor: a heartbeat must not queue behind long jobs.
                 "heartbeat": ThreadPoolExecutor(max_workers=1),
             },
@@ -215,7 +224,41 @@ class Scheduler:
 
     def start(self, catch_up: bool = True) -> None:
         """Add every job, start the scheduler thread, and queue catch-up runs of unrun due slots."""
-        for job in self.jobs:
+        self._add_jobs(self.jobs)
+        self._aps.add_job(
+            self._beat, "interval", seconds=HEARTBEAT_SECONDS, id="opskit-heartbeat", executor="heartbeat"
+        )
+        self._aps.start()
+        self.started = True
+        if catch_up:
+            self._queue_catch_up()
+        self._log_scheduled(self.jobs)
+
+    def replace_jobs(self, jobs: list[Job]) -> tuple[list[str], list[str]]:
+        """Schedule ``jobs`` instead of the current ones (SIGHUP); return (added, removed) job names.
+
+        A run in progress finishes as it started (its thread holds its own Job); a removed job
+        fires no more, a changed one fires on its new schedule. No catch-up runs are queued:
+        catch-up is for slots a stopped daemon missed, and this one was running.
+        """
+        old, new = {job.name for job in self.jobs}, {job.name for job in jobs}
+        for name in sorted(old - new):
+            with contextlib.suppress(JobLookupError):  # a job can be gone already only if never added
+                self._aps.remove_job(name)
+        self._add_jobs(jobs)
+        self.jobs = jobs
+        if len(jobs) + 1 > self.workers:
+            # The pool is sized at start; past it a due job waits for another's thread to free up.
+            log.warning(
+                "more jobs than worker threads: a due job may wait for another to finish; restart the daemon",
+                jobs=len(jobs),
+                workers=self.workers,
+            )
+        self._log_scheduled(jobs)
+        return sorted(new - old), sorted(old - new)
+
+    def _add_jobs(self, jobs: list[Job]) -> None:
+        for job in jobs:
             self._aps.add_job(
                 self.runner.fire,
                 trigger=job.trigger,
@@ -227,14 +270,9 @@ class Scheduler:
                 max_instances=1,
                 replace_existing=True,
             )
-        self._aps.add_job(
-            self._beat, "interval", seconds=HEARTBEAT_SECONDS, id="opskit-heartbeat", executor="heartbeat"
-        )
-        self._aps.start()
-        self.started = True
-        if catch_up:
-            self._queue_catch_up()
-        for job in self.jobs:
+
+    def _log_scheduled(self, jobs: list[Job]) -> None:
+        for job in jobs:
             aps_job = self._aps.get_job(job.name)
             log.info(
                 "job scheduled",

@@ -64,6 +64,7 @@ class Daemon:
     scheduler: Scheduler
     metrics: Metrics
     server: HealthServer
+    jobs_dir: Path = Path("jobs")
 
     def livez(self) -> tuple[bool, dict[str, Any]]:
         """Return (alive, detail) with no external calls."""
@@ -98,11 +99,47 @@ class Daemon:
         self.server.start()
         self.scheduler.start()
 
+    def reload(self) -> bool:
+        """Read the job files again and schedule them in place of the current ones (SIGHUP); return True if done.
+
+        A bad job file changes nothing: the daemon logs why and keeps the jobs it has, so a typo
+        saved while it runs never stops the backups. Only the job files are re-read; a change to
+        the config file (targets, storages, [daemon]) needs a restart.
+        """
+        try:
+            jobs = load_valid_jobs(self.ctx, self.jobs_dir)
+        except ConfigError as exc:
+            log.error(
+                "job files not reloaded: the daemon keeps its current jobs",
+                jobs_dir=str(self.jobs_dir),
+                error=exc.message,
+                jobs=[job.name for job in self.jobs],
+            )
+            return False
+        added, removed = self.scheduler.replace_jobs(jobs)
+        self.jobs = jobs
+        log.info("job files reloaded", jobs=[job.name for job in jobs], added=added, removed=removed)
+        return True
+
     def stop(self) -> bool:
         """Stop scheduling and running (see Scheduler.stop), then close the HTTP server."""
         finished = self.scheduler.stop()
         self.server.stop()
         return finished
+
+
+def load_valid_jobs(ctx: AppContext, jobs_dir: Path) -> list[Job]:
+    """Return the jobs of ``jobs_dir``, every file validated and every action resolved.
+
+    Raises ConfigError naming the first bad job file and why.
+    """
+    jobs = load_jobs(jobs_dir, ctx.config)
+    for job in jobs:
+        try:
+            resolve_action(job.action)
+        except ConfigError as exc:
+            raise ConfigError(f"job file {job.source}: {exc.message}", hint=exc.hint) from exc
+    return jobs
 
 
 def build_daemon(ctx: AppContext, jobs_dir: Path | None = None, listen: str | None = None) -> Daemon:
@@ -112,12 +149,8 @@ def build_daemon(ctx: AppContext, jobs_dir: Path | None = None, listen: str | No
     UnreachableError when the control database cannot be reached.
     """
     settings = settings_of(ctx.config)
-    jobs = load_jobs(jobs_dir or settings.jobs_dir, ctx.config)
-    for job in jobs:
-        try:
-            resolve_action(job.action)
-        except ConfigError as exc:
-            raise ConfigError(f"job file {job.source}: {exc.message}", hint=exc.hint) from exc
+    jobs_dir = jobs_dir or settings.jobs_dir
+    jobs = load_valid_jobs(ctx, jobs_dir)
     try:
         host, port = parse_listen(listen or settings.listen)
     except ValueError as exc:
@@ -137,26 +170,38 @@ def build_daemon(ctx: AppContext, jobs_dir: Path | None = None, listen: str | No
         readyz=lambda: holder["daemon"].readyz(),
         metrics=metrics.exposition,
     )
-    daemon = Daemon(ctx, jobs, ledger, runner, scheduler, metrics, server)
+    daemon = Daemon(ctx, jobs, ledger, runner, scheduler, metrics, server, jobs_dir)
     holder["daemon"] = daemon
     return daemon
 
 
 def run(ctx: AppContext, jobs_dir: Path | None = None, listen: str | None = None) -> int:
-    """Run the daemon until SIGTERM or SIGINT; return the exit code (0 after a clean stop)."""
+    """Run the daemon until SIGTERM or SIGINT, re-reading the job files on SIGHUP; return the exit code.
+
+    Returns 0 after a clean stop. SIGHUP's default action would end the process at once, in the
+    middle of a run (no abort, its ledger row left ``running``): it is what ``systemctl reload``
+    and a closed terminal send, so it reloads instead (:meth:`Daemon.reload`).
+    """
     daemon = build_daemon(ctx, jobs_dir, listen)
     stop = threading.Event()
+    reload = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            log.info("signal received: reloading job files", signal="SIGHUP")
+            reload.set()
+            return
         log.info("signal received: stopping", signal=signal.Signals(signum).name)
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         daemon.start()
         log.info("daemon started", jobs=[job.name for job in daemon.jobs], ledger=daemon.ledger.table_name)
         while not stop.wait(1.0):
-            pass
+            if reload.is_set():
+                reload.clear()
+                daemon.reload()
         finished = daemon.stop()
     finally:
         for sig, handler in previous.items():

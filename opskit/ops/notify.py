@@ -24,11 +24,18 @@ short log (the summary line and the error):
 A notification is a side channel: whatever happens while sending it is logged as a
 warning and never changes the result of the job it describes. Only the standard library
 is used for HTTP, so the daemon needs no extra dependency to alert.
+
+A notification never holds up a daemon's shutdown: given the run's ``cancel`` event, a request
+in flight when it is set is abandoned and no retry follows; one sent after it (the final
+``aborted`` signal) gets a single attempt of at most :data:`CANCELLED_TIMEOUT`. Without that a
+receiver that accepts and never answers (3 attempts of 10 s) outlived the shutdown grace, so
+the daemon exited 1 with the run's ledger row left ``running``.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +51,10 @@ START, SUCCESS, FAILURE, ABORTED = "start", "success", "failure", "aborted"
 
 log = get_logger(__name__)
 EVENT_KINDS = (START, SUCCESS, FAILURE, ABORTED)
+# The one attempt a notification sent after a cancel gets: well inside the daemon's 20 s abort wait.
+CANCELLED_TIMEOUT = 5.0
+# How often a request waiting on a receiver checks the run's cancel event.
+_CANCEL_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,10 @@ class _SendFailed(Exception):
     """One HTTP attempt failed in a way worth retrying."""
 
 
+class _Abandoned(Exception):
+    """The run was cancelled while a request waited on its receiver."""
+
+
 def _post(url: str, body: bytes, content_type: str, timeout: float) -> None:
     # urllib.request (http.client, ssl) and tenacity load only when a notification is sent:
     # every verb imports this module, few runs send anything (~12 ms of start-up).
@@ -123,28 +138,92 @@ def _post(url: str, body: bytes, content_type: str, timeout: float) -> None:
         raise _SendFailed(str(reason)) from exc
 
 
-def send(url: str, body: bytes, content_type: str, settings: NotifySettings) -> bool:
+def send(
+    url: str, body: bytes, content_type: str, settings: NotifySettings, cancel: threading.Event | None = None
+) -> bool:
     """POST ``body`` to ``url`` with bounded retries; return True on success.
 
-    Never raises: every failure becomes a structlog warning naming the URL without secrets.
+    With ``cancel`` (the run's event), a request in flight when it is set is abandoned and not
+    retried, and a send that starts after it makes one attempt of at most :data:`CANCELLED_TIMEOUT`
+    seconds: a notification never holds up a shutdown. Never raises: every failure becomes a
+    structlog warning naming the URL without secrets.
     """
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+    import time
+
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_when_event_set, wait_exponential
+    from tenacity.stop import stop_base
 
     shown = _shown_url(url)
+    timeout = settings.timeout.total_seconds()
+    attempts = settings.attempts
+    watch = cancel
+    if cancel is not None and cancel.is_set():
+        # The run is being aborted: this is its last word, so send it, but briefly and once.
+        attempts, timeout, watch = 1, min(timeout, CANCELLED_TIMEOUT), None
+    stop: stop_base = stop_after_attempt(attempts)
+    if watch is not None:
+        stop = stop | stop_when_event_set(watch)
+
+    def sleep(seconds: float) -> None:
+        # A backoff sleep ends early when the run is cancelled (the stop above then ends the loop).
+        if watch is not None:
+            watch.wait(seconds)
+        else:
+            time.sleep(seconds)
+
     retrying = Retrying(
-        stop=stop_after_attempt(settings.attempts),
+        stop=stop,
         wait=wait_exponential(multiplier=0.5, max=5),
         retry=retry_if_exception_type(_SendFailed),
         reraise=True,
+        sleep=sleep,
     )
     try:
         for attempt in retrying:
             with attempt:
-                _post(url, body, content_type, settings.timeout.total_seconds())
+                _post_watched(url, body, content_type, timeout, watch)
+    except _Abandoned:
+        log.warning("notification abandoned: the run was cancelled", url=shown)
+        return False
     except (_SendFailed, OpskitError) as exc:
-        log.warning("notification not delivered", url=shown, error=str(exc), attempts=settings.attempts)
+        if watch is not None and watch.is_set():
+            log.warning("notification abandoned: the run was cancelled", url=shown, error=str(exc))
+            return False
+        log.warning("notification not delivered", url=shown, error=str(exc), attempts=attempts)
         return False
     return True
+
+
+def _post_watched(url: str, body: bytes, content_type: str, timeout: float, cancel: threading.Event | None) -> None:
+    """Run :func:`_post`; with ``cancel``, in a helper thread that is abandoned when it is set.
+
+    Raises what _post raises, or _Abandoned. A socket read cannot be interrupted from another
+    thread, so the abandoned request ends on its own timeout (a daemon thread: it never keeps
+    the process alive).
+    """
+    if cancel is None:
+        _post(url, body, content_type, timeout)
+        return
+    if cancel.is_set():
+        raise _Abandoned()
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def post() -> None:
+        try:
+            _post(url, body, content_type, timeout)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=post, name="opskit-notify", daemon=True).start()
+    while not done.wait(_CANCEL_POLL):
+        if cancel.is_set():
+            raise _Abandoned()
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
 
 
 def _shown_url(url: str) -> str:
@@ -212,20 +291,23 @@ def ping_refs(event: Event, settings: NotifySettings) -> list[SecretRef]:
     return refs
 
 
-def notify(event: Event, settings: NotifySettings | None) -> None:
+def notify(event: Event, settings: NotifySettings | None, cancel: threading.Event | None = None) -> None:
     """Send ``event`` to every ping URL of its run and (for failures, or all with ``on_success``) webhook.
 
+    ``cancel`` is the run's cancel event (see :func:`send`: a shutdown never waits on a receiver).
     Never raises and never changes the job's result; failures are logged as warnings.
     """
     if settings is None:
         return
+    if event.kind == START and cancel is not None and cancel.is_set():
+        return  # the run will not start: its final (aborted) signal says so
     try:
         text = event.log_text().encode("utf-8")
         for ref in ping_refs(event, settings):
             base = _resolve(ref)
             url = ping_request(base, event) if base is not None else None
             if url is not None:
-                send(url, text, "text/plain; charset=utf-8", settings)
+                send(url, text, "text/plain; charset=utf-8", settings, cancel)
         wanted = event.kind in (FAILURE, ABORTED) or (event.kind == SUCCESS and settings.on_success)
         if not wanted:
             return
@@ -234,6 +316,6 @@ def notify(event: Event, settings: NotifySettings | None) -> None:
         for ref in settings.webhooks:
             url = _resolve(ref)
             if url is not None:
-                send(url, body, "application/json", settings)
+                send(url, body, "application/json", settings, cancel)
     except Exception as exc:  # a bug here must not fail the job it reports on
         log.warning("notification failed unexpectedly", error=f"{type(exc).__name__}: {exc}")

@@ -28,7 +28,7 @@ import structlog
 
 from opskit.catalog.runs import RunRecord, write_run
 from opskit.context import AppContext
-from opskit.core.errors import ConfigError, OpskitError
+from opskit.core.errors import Cancelled, ConfigError, OpskitError
 from opskit.core.log import get_logger
 from opskit.ops import hooks as hooks_mod
 from opskit.ops.notify import ABORTED, FAILURE, START, SUCCESS, Event, notify
@@ -63,10 +63,13 @@ def observed(
     settings = ctx.config.notify
     started_at, started = ctx.clock(), time.monotonic()
     with structlog.contextvars.bound_contextvars(verb=verb):
-        notify(Event(START, job or "", verb, target_name, slot), settings)
+        notify(Event(START, job or "", verb, target_name, slot), settings, ctx.cancel)
         result: Any = None
         outcome_error: OpskitError | None = None
         try:
+            if ctx.cancel.is_set():
+                # Cancelled while the start signal was sent (a slow receiver): nothing starts.
+                raise Cancelled("the run was cancelled (shutdown requested) before it started; nothing was done")
             hooks_mod.run_hooks(ctx, ctx.config.hooks, "before", verb, env)
             result = call()
             details = details_of(result)
@@ -182,6 +185,7 @@ def _finish(
     notify(
         Event(kind, job or "", verb, target, slot, duration, error, details, exit_code=exit_code),
         ctx.config.notify,
+        ctx.cancel,
     )
 
 
