@@ -125,7 +125,7 @@ class OpskitGroup(click.Group):
             raise
         except KeyboardInterrupt as interrupt:
             _echo_json_interrupt(ctx, interrupt)
-            click.echo("opskit: interrupted; nothing was committed for the run in progress", err=True)
+            click.echo(f"opskit: interrupted; {_interrupted_state(interrupt)}", err=True)
             sys.exit(130)
         except Exception as exc:
             if getattr(ctx.obj, "debug", False):
@@ -214,6 +214,16 @@ def _echo_json_interrupt(ctx: click.Context, interrupt: KeyboardInterrupt) -> No
     _echo_json_error(
         ctx, 130, "Interrupted", f"interrupted by {signal_name}", "the run was stopped; run it again to finish it"
     )
+
+
+def _interrupted_state(interrupt: KeyboardInterrupt) -> str:
+    """Return what an interrupted run left: the note its verb added (a runbook's), else "nothing was committed ...".
+
+    A verb's run commits nothing before it finishes (uploads aborted, no manifest), except a
+    runbook, whose earlier steps stay done: it adds a note saying so (``add_note``).
+    """
+    notes = [str(note) for note in getattr(interrupt, "__notes__", ())]
+    return notes[-1] if notes else "nothing was committed for the run in progress"
 
 
 def _terminate(signum: int, _frame: Any) -> None:

@@ -97,7 +97,8 @@ def run(
     ``database`` names the staging database (default ``opskit_drill_<target>_<id>``).
     Failed checks and breached objectives are in the report (``report.raise_for_verdict()``
     turns them into exit 5 / 6). Raises ConfigError (2) when no staging target is configured
-    or no backup matches, UnreachableError (3) when staging or the storage cannot be reached.
+    or no backup matches, UnreachableError (3) when staging or the storage cannot be reached,
+    or the staging role may not create the staging database (no CREATEDB).
     """
     if pitr:
         from opskit.drill import pitr as pitr_drill  # a logical drill pays for none of it
@@ -311,7 +312,8 @@ def _restore(
 
     A failed restore is a failed check (False). Raises ConfigError when the staging database
     exists already, and any error with exit code 3 (staging or the storage unreachable or
-    refusing the credentials): the drill could not run, which is no verdict on the backup.
+    refusing the credentials), including UnreachableError when the staging role may not create
+    the database (no CREATEDB): the drill could not run, which is no verdict on the backup.
     """
     with clock.phase(result.phases, "restore") as timing:
         try:
@@ -334,6 +336,16 @@ def _restore(
                 # could not run, which says nothing about the backup. Exit 3, and no "fail" verdict
                 # recorded against a backup that was never tried.
                 raise
+            if isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                # CREATE DATABASE refused (pg/databases.py raises RestoreFailed from it): the staging
+                # role lacks CREATEDB, so not one byte of the backup reached pg_restore. The staging
+                # server refuses us, like one refusing the credentials: exit 3, no verdict.
+                reason = exc.__cause__.diag.message_primary or str(exc.__cause__)
+                raise UnreachableError(
+                    f"staging target '{staging.name}' refused to create the drill's database '{database}': {reason}",
+                    hint="the staging role needs CREATEDB (ALTER ROLE ... CREATEDB) or to be a superuser; "
+                    "the backup was not tried, so no verdict was recorded",
+                ) from exc
             result.checks.append(Check("restore", "pg_restore completes", "exit 0", exc.message, False))
             return False
         timing.bytes = restored.bytes_restored

@@ -59,7 +59,11 @@ def find(ctx: AppContext, name: str, directory: str | Path | None = None) -> Run
 
 
 def load(path: Path) -> Runbook:
-    """Parse and validate one runbook file. Raises ConfigError listing every problem (``At 'steps[2].x'``)."""
+    """Parse and validate one runbook file, every field of every step; return the Runbook.
+
+    Raises ConfigError naming the file and listing every problem, each step's as
+    ``step 3 (name): At 'steps[2].x': must be ...``.
+    """
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -72,18 +76,30 @@ def load(path: Path) -> Runbook:
     steps = []
     raw_steps = root.get("steps", list, [], "an array of tables [[steps]]")
     for index, item in enumerate(raw_steps):
-        section = Section(item, f"steps[{index}]", errors)
+        # Each step's problems are collected apart, then named by the step as `runbook show`
+        # and a failed run number it ("step 2 (Restore ...)"), beside the TOML path.
+        step_errors = ConfigErrors()
+        section = Section(item, f"steps[{index}]", step_errors)
         kind = section.str("kind", "note")
         if kind not in KINDS:
-            errors.add(section.key_path("kind"), f"must be one of {', '.join(KINDS)}, not '{kind}'")
+            step_errors.add(section.key_path("kind"), f"must be one of {', '.join(KINDS)}, not '{kind}'")
         name = section.str("name", "")
         fields = {k: v for k, v in section.raw.items() if k not in ("kind", "name")}
         check_step(kind, section, fields)
-        steps.append(Step(index + 1, kind, name or default_name(kind, fields), fields))
+        step = Step(index + 1, kind, name or default_name(kind, fields), fields)
+        errors.problems += [f"step {step.index} ({step.name}): {problem}" for problem in step_errors.problems]
+        steps.append(step)
     if not steps:
         errors.add("steps", "a runbook needs at least one [[steps]]")
     root.finish()
-    errors.raise_if_any(path)
+    if errors.problems:
+        # One line naming the file (as a job file's error does), not "the configuration": a
+        # runbook is checked whole when it loads, so no step of a malformed one ever runs.
+        raise ConfigError(
+            f"runbook file {path}: " + "; ".join(errors.problems),
+            hint="fix the runbook file; no step was run",
+            problems=errors.problems,
+        )
     return Runbook(path.stem, path, title, description, tuple(variables), tuple(steps))
 
 

@@ -92,7 +92,8 @@ def run(
     (its ``raise_for_outcome()`` raises RunbookFailed). Raises ConfigError for an unknown
     runbook or variable; a failing step is recorded in the result (``exit_code``), not raised.
     An interrupt (KeyboardInterrupt) is re-raised after the transcript is written, with the
-    step it stopped recorded as failed ("interrupted", exit 130).
+    step it stopped recorded as failed ("interrupted", exit 130) and :func:`interrupted_note`
+    added to it as a note (the line the CLI prints).
     """
     runbook = find(ctx, name, directory)
     started_at = ctx.clock()
@@ -114,7 +115,7 @@ def run(
             outcome = run_step(step_run, step, rendered, dry_run)
         except OpskitError as exc:
             outcome = StepResult(step, FAILED, error=exc.one_line(), exit_code=exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             # Ctrl-C or SIGTERM (the CLI turns it into KeyboardInterrupt) during a step, often one
             # that hangs: what the earlier steps did (a restore, a cut-over) must still be on
             # record, so the transcript is written, naming the step, before the interrupt goes up.
@@ -126,6 +127,9 @@ def run(
             say(f"    -> interrupted ({outcome.seconds:.1f} s)")
             say(f"transcript: {result.transcript}")
             log.warning("runbook interrupted", runbook=runbook.name, step=step.index, transcript=str(result.transcript))
+            # The CLI's interrupt line reads this note: "nothing was committed" would be false
+            # here, where earlier steps may have restored, backed up or cut over.
+            interrupt.add_note(interrupted_note(result))
             raise
         outcome.seconds = time.monotonic() - begin
         result.results.append(outcome)
@@ -146,3 +150,22 @@ def run(
         transcript=str(result.transcript),
     )
     return result
+
+
+def interrupted_note(result: RunbookResult) -> str:
+    """Return what an interrupted run leaves behind, for the CLI's interrupt line: the step, what stays, the transcript.
+
+    ``result`` holds the steps attempted, the interrupted one last. A step of a runbook is not
+    undone when a later one is stopped, so the line must not say that nothing was committed.
+    """
+    stopped = result.results[-1].step
+    total = len(result.runbook.steps)
+    where = f"runbook '{result.runbook.name}' stopped at step {stopped.index} of {total} ({stopped.name})"
+    if result.dry_run:
+        where += "; a dry run, so no step changed anything"
+    elif stopped.index == 1:
+        where += ", before any other step ran"
+    else:
+        earlier = "step 1" if stopped.index == 2 else f"steps 1-{stopped.index - 1}"
+        where += f"; what {earlier} did stays done (nothing is undone)"
+    return f"{where}; transcript: {result.transcript}"

@@ -7,7 +7,7 @@ a new kind is one entry here. The kinds:
   :mod:`opskit.actions` (``action`` + ``args``) whose result the action table renders;
 - ``sql``: a query on a configured target; ``expect`` checks, ``capture`` stores a variable;
 - ``shell``: an argv, never a shell;
-- ``confirm``: a yes/no question (``--yes`` answers yes);
+- ``confirm``: a yes/no question (``--yes`` answers yes: the step is ok, "confirmed by --yes");
 - ``note``: text for the operator (shown in a dry run too).
 
 Every kind also takes ``when`` or ``unless``: an opskit command line (argv after
@@ -20,6 +20,7 @@ it must be a command that changes nothing.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -66,8 +67,10 @@ class StepKind:
     """One kind of step.
 
     ``describe(rendered, prefix)`` returns what the step does ("would run: ...") or "" when
-    there is nothing to say; ``run`` returns its StepResult and may raise OpskitError (the
-    runner records it as a failure); ``check`` adds kind-specific problems to the section.
+    there is nothing to say; ``default_name(fields)`` its name when it has none ("" when the
+    fields are too malformed to name it: the kind's name is used); ``run`` returns its
+    StepResult and may raise OpskitError (the runner records it as a failure); ``check`` adds
+    kind-specific problems to the section.
     """
 
     name: str
@@ -87,8 +90,41 @@ def _check_opskit(section: Section, fields: Mapping[str, Any]) -> None:
     if ("command" in fields) == ("action" in fields):
         section.errors.add(section.path, "an 'opskit' step needs exactly one of 'command' (CLI argv) or 'action'")
     allowed = actions.step_actions()
-    if "action" in fields and fields["action"] not in allowed:
+    action = fields.get("action")
+    if "action" in fields and action not in allowed:
         section.errors.add(section.key_path("action"), f"must be one of {', '.join(sorted(allowed))}")
+    if "args" in fields and "action" not in fields:
+        section.errors.add(section.key_path("args"), "is for an 'action' step; a 'command' step takes its argv")
+    elif isinstance(action, str) and action in allowed and isinstance(fields.get("args"), Mapping):
+        _check_action_args(section, action, fields["args"])
+
+
+def _check_action_args(section: Section, action: str, args: Mapping[str, Any]) -> None:
+    """Record every ``args`` key that action ``action``'s function does not take (it would fail when the step runs).
+
+    Only the names are checked: a value may be a ``${variable}``, whose type is known only then.
+    """
+    row = actions.spec(action)
+    try:
+        parameters = inspect.signature(actions.resolve(action)).parameters.values()
+    except ConfigError as exc:  # its module is not part of this build
+        section.errors.add(section.key_path("action"), exc.one_line())
+        return
+    except (TypeError, ValueError):
+        return  # a callable whose signature cannot be read: the call itself will say
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    taken = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"ctx"}
+    # A step may write an argument under the name the step format gave it (step_args).
+    known = sorted(
+        {key for key, name in row.step_args.items() if name in taken} | (taken - set(row.step_args.values()))
+    )
+    for key in args:
+        if row.step_args.get(key, key) not in taken:
+            section.errors.add(
+                section.key_path(f"args.{key}"),
+                f"action '{action}' takes no argument '{key}' (its arguments: {', '.join(known) or 'none'})",
+            )
 
 
 def _describe_opskit(rendered: Rendered, prefix: str) -> str:
@@ -127,7 +163,9 @@ def _action_step(ctx: AppContext, step: Step, rendered: Rendered) -> StepResult:
 
 
 def _opskit_name(fields: Mapping[str, Any]) -> str:
-    return "opskit " + (" ".join(fields.get("command", [])) or str(fields.get("action")))
+    action = fields.get("action")
+    what = " ".join(_strings(fields.get("command"))) or (action if isinstance(action, str) else "")
+    return f"opskit {what}" if what else ""
 
 
 # --------------------------------------------------------------------------- shell (and the opskit child)
@@ -188,7 +226,14 @@ def _is_log_line(line: str) -> bool:
 
 
 def _shell_name(fields: Mapping[str, Any]) -> str:
-    return " ".join(fields.get("argv", []))
+    return " ".join(_strings(fields.get("argv")))
+
+
+def _strings(value: object) -> list[str]:
+    """Return ``value`` when it is a list of strings, else [] (a malformed argv still names its step; load refuses it)."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return []
 
 
 # --------------------------------------------------------------------------- sql
@@ -282,7 +327,8 @@ def _describe_confirm(rendered: Rendered, prefix: str) -> str:
 def _run_confirm(run: StepRun, step: Step, rendered: Rendered) -> StepResult:
     prompt = str(rendered["prompt"])
     if run.yes:
-        return StepResult(step, SKIPPED, output=f"{prompt} -> yes (--yes)", rendered=rendered)
+        # Answered, not skipped: the run went on because --yes said yes, and the record must say so.
+        return StepResult(step, OK, output=f"{prompt} -> yes (confirmed by --yes)", rendered=rendered)
     if run.confirm is None:
         return StepResult(
             step,
@@ -372,23 +418,111 @@ KINDS: dict[str, StepKind] = {
 }
 
 
+def _what(value: object) -> str:
+    """Return how a wrong TOML value reads in an error: "the string 'zero'", "the number 6", "a list"."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return f"a {type(value).__name__}"  # a TOML date or time
+
+
+def _is_exit_code(value: object) -> bool:
+    # bool is an int in Python; a TOML `true` is not an exit code.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
 def _check_argv(section: Section, key: str, value: object) -> None:
     if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-        section.errors.add(section.key_path(key), "must be a non-empty list of strings")
+        section.errors.add(section.key_path(key), f"must be a non-empty list of strings, not {_what(value)}")
 
 
 def _check_duration(section: Section, key: str, value: object) -> None:
+    if not isinstance(value, str):
+        section.errors.add(section.key_path(key), f"must be a duration such as '10m' or '2h', not {_what(value)}")
+        return
     try:
-        parse_duration(str(value))
+        duration = parse_duration(value)
     except ValueError as exc:
         section.errors.add(section.key_path(key), str(exc))
+        return
+    except OverflowError:  # '99999999999999999999d' does not fit a timedelta
+        section.errors.add(section.key_path(key), f"'{value}' is too long a duration")
+        return
+    if duration <= timedelta(0):
+        section.errors.add(section.key_path(key), f"must be longer than 0s, not '{value}'")
 
 
-# Keys that mean the same in every kind that has them, checked after the kind's own checks.
+def _check_text(section: Section, key: str, value: object) -> None:
+    if not (isinstance(value, str) and value.strip()):
+        section.errors.add(section.key_path(key), f"must be a non-empty string, not {_what(value)}")
+
+
+def _check_exit_code(section: Section, key: str, value: object) -> None:
+    if not _is_exit_code(value):
+        section.errors.add(
+            section.key_path(key), f"must be an exit code (an integer from 0 to 255), not {_what(value)}"
+        )
+
+
+def _check_exit_codes(section: Section, key: str, value: object) -> None:
+    expects = "a non-empty list of exit codes (integers from 0 to 255)"
+    if not (isinstance(value, list) and value):
+        section.errors.add(section.key_path(key), f"must be {expects}, not {_what(value)}")
+        return
+    wrong = [v for v in value if not _is_exit_code(v)]
+    if wrong:
+        section.errors.add(section.key_path(key), f"must be {expects}, not a list holding {_what(wrong[0])}")
+
+
+def _check_table(section: Section, key: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        section.errors.add(
+            section.key_path(key), f'must be a table of arguments such as {{ target = "app" }}, not {_what(value)}'
+        )
+
+
+def _check_expected(section: Section, key: str, value: object) -> None:
+    # Compared with the first column of the first row as text (see _same): a scalar, never a list or table.
+    if not isinstance(value, str | int | float | bool):
+        section.errors.add(section.key_path(key), f"must be a string, number or boolean, not {_what(value)}")
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_variable_name(section: Section, key: str, value: object) -> None:
+    # The captured value is used as ${name}: only a name string.Template accepts can be.
+    if not (isinstance(value, str) and _NAME_RE.fullmatch(value)):
+        section.errors.add(
+            section.key_path(key),
+            f"must be a variable name (letters, digits and _, not first a digit), not {_what(value)}",
+        )
+
+
+# Every key of every kind, checked after the kind's own checks: a value of the wrong type is
+# refused when the file loads, before any step runs, instead of failing its step later (after
+# earlier steps may have restored or dropped something). A key means the same in every kind.
 _FIELD_CHECKS: dict[str, Callable[[Section, str, object], None]] = {
-    "command": _check_argv,
-    "argv": _check_argv,
+    "command": _check_argv,  # "action" is checked by its kind: one of the step actions
+    "args": _check_table,
+    "allow_exit": _check_exit_codes,
     "timeout": _check_duration,
+    "target": _check_text,
+    "database": _check_text,
+    "query": _check_text,
+    "expect": _check_expected,
+    "capture": _check_variable_name,
+    "argv": _check_argv,
+    "expect_exit": _check_exit_code,
+    "prompt": _check_text,
+    "text": _check_text,
     "when": _check_argv,
     "unless": _check_argv,
 }
@@ -421,7 +555,7 @@ def default_name(kind: str, fields: Mapping[str, Any]) -> str:
     step_kind = KINDS.get(kind)
     if step_kind is None or step_kind.default_name is None:
         return kind
-    return step_kind.default_name(fields)
+    return step_kind.default_name(fields) or kind  # "" for a malformed argv, which the load refuses
 
 
 def describe(step: Step, rendered: Rendered, prefix: str = "would ") -> str:

@@ -169,3 +169,38 @@ def test_a_drill_before_a_moment_in_the_future_is_refused_with_exit_2_and_restor
     assert errors[0].endswith("; give the moment the incident began, in UTC (check the year and the time zone)")
     assert staging_db not in _databases_like(source_db)
     assert not list(folder.glob("verify-*.json"))
+
+
+@pytest.fixture
+def role_without_createdb() -> Iterator[str]:
+    """A login role on the shared server that may connect but not create databases; dropped afterwards."""
+    role = f"opskit_t_nocreatedb_{secrets.token_hex(4)}"
+    with _admin() as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN NOCREATEDB NOSUPERUSER')
+    yield role
+    with _admin() as conn:
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_drill_whose_staging_role_lacks_createdb_exits_3_and_records_no_failure_against_the_backup(
+    source_db: str, tmp_path: Path, role_without_createdb: str
+) -> None:
+    config = _config(tmp_path, source_db, f"{SERVER}/postgres")
+    folder = _backup(config)
+    config = _config(tmp_path, source_db, f"postgresql://{role_without_createdb}@127.0.0.1:5432/postgres")
+    staging_db = f"{source_db}_drill"
+
+    result = CliRunner().invoke(
+        main, ["--config", str(config), "drill", "restore", "--target", "app", "--database", staging_db]
+    )
+
+    assert result.exit_code == 3, result.output
+    assert _error_lines(result.stderr) == [
+        f"opskit: error: staging target 'staging' refused to create the drill's database '{staging_db}': "
+        "permission denied to create database; the staging role needs CREATEDB (ALTER ROLE ... CREATEDB) or to be "
+        "a superuser; the backup was not tried, so no verdict was recorded"
+    ]
+    # The drill's environment, not the backup: no "fail" verdict, no failed drill report, no database.
+    assert not list(folder.glob("verify-*.json"))
+    assert not (tmp_path / "backups" / "app" / "drills").exists()
+    assert staging_db not in _databases_like(source_db)

@@ -65,11 +65,12 @@ def test_a_runbook_interrupted_in_a_hanging_step_writes_its_transcript_and_exits
             run.communicate()
 
     assert run.returncode == 130, stderr
-    assert [line for line in stderr.splitlines() if line.startswith("opskit:")] == [
-        "opskit: interrupted; nothing was committed for the run in progress"
-    ]
     written = list(transcripts.glob("hangs-*.md"))
     assert len(written) == 1
+    assert [line for line in stderr.splitlines() if line.startswith("opskit:")] == [
+        "opskit: interrupted; runbook 'hangs' stopped at step 2 of 3 (Hangs); what step 1 did stays done "
+        f"(nothing is undone); transcript: {written[0]}"
+    ]
     assert f"transcript: {written[0]}" in stdout.splitlines()
     text = written[0].read_text()
     assert "### 1. Write down what was done (shell): ok" in text

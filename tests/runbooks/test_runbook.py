@@ -83,7 +83,7 @@ def test_the_quarterly_drill_runbook_drills_the_newest_backup(ctx: AppContext, t
     assert len(list((tmp_path / "reports").glob("*.json"))) == 1
     transcript = result.transcript.read_text() if result.transcript else ""
     assert "drill restore" in transcript and "PASS" in transcript
-    assert "-> yes (--yes)" in transcript
+    assert "-> yes (confirmed by --yes)" in transcript
 
 
 def test_restore_to_new_server_replays_globals_then_the_database(
