@@ -63,8 +63,10 @@ def pin(
 def unpin(ctx: AppContext, selector: str, target: str | None = None, storage: str | None = None) -> PinResult:
     """Remove the pin of the backup ``selector`` names; unpinning an unpinned backup is not an error.
 
-    Returns the PinResult (``changed`` empty when it was not pinned anywhere). Raises
-    ConfigError when no storage holds the backup.
+    Returns the PinResult (``changed`` empty when it was not pinned anywhere). A pin a bucket's
+    default retention keeps is hidden instead (``catalog.remove_pin``). Raises ConfigError when
+    no storage holds the backup, LockHeld (exit 7) while a prune runs, StorageError (ObjectLocked
+    where the store can neither delete nor hide the pin).
     """
     target_name, backup_id, storages = _resolve(ctx, selector, target, storage)
     changed = []

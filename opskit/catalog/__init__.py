@@ -56,6 +56,7 @@ from opskit.catalog.locks import (
     live_backup_ids,
     locked,
     locks_prefix,
+    read_storage_time,
     remove_locks,
 )
 from opskit.catalog.manifest import Artifact, Manifest
@@ -142,6 +143,7 @@ __all__ = [
     "pinned_ids",
     "read_json",
     "read_manifest",
+    "read_storage_time",
     "read_verification",
     "record_verification",
     "remove_locks",

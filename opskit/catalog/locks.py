@@ -17,8 +17,9 @@ daemons, a CronJob and a person at a terminal)::
   from a thread; :meth:`RepositoryLock.check` says whether the lock is still there (an
   ``opskit unlock --all`` may have removed it).
 - **Stale**: a lock not refreshed for :data:`STALE_AFTER` (by its own time and by the storage's
-  modification time, aged by the storage's clock when this run has just written its own lock,
-  so one host's slow or fast clock does not make a live lock look dead; a
+  modification time, both aged by the storage's clock: the time of this run's own lock, just
+  written, or of a probe object (:func:`read_storage_time`) for ``unlock`` and a dry run, so a
+  judge whose clock is slow or fast does not see a live lock as dead or a dead one as live; a
   ``refreshed`` time in the future, a writer's fast clock, counts for nothing), or one
   written on this host by a process that no longer exists. Stale locks never block anyone;
   the next run on the same host removes those of its dead processes, ``opskit unlock`` the rest.
@@ -35,6 +36,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -43,9 +45,9 @@ from typing import Any
 
 from opskit.catalog.layout import format_time, parse_time
 from opskit.core.clock import Clock
-from opskit.core.errors import LockHeld, ObjectLocked, ObjectNotFound, OpskitError
+from opskit.core.errors import LockHeld, ObjectNotFound, OpskitError, StorageError
 from opskit.core.log import get_logger
-from opskit.storage.base import HidesRetained, Storage, join_key
+from opskit.storage.base import Storage, delete_or_hide, join_key, storage_time
 
 log = get_logger(__name__)
 
@@ -140,23 +142,25 @@ class LockRecord:
 
         Stale means: not refreshed for ``stale_after`` by both its own clock and the storage's
         (the newer of the two counts), or written on this host by a pid that is gone. A
-        ``refreshed`` time ahead of ``now`` by more than :data:`CLOCK_TOLERANCE` comes from a
-        writer whose clock runs fast: only the storage's time counts then, or such a lock
+        ``refreshed`` time ahead of the judge's time by more than :data:`CLOCK_TOLERANCE` comes
+        from a writer whose clock runs fast: only the storage's time counts then, or such a lock
         would block everyone until its future time plus ``stale_after``.
 
         ``storage_now`` is the storage's own current time (the modification time of a lock this
-        run has just written): the storage's modification time is then aged by the storage's
-        clock, not by ``now``, so a judge whose clock runs fast does not see a live lock as
-        stale (and one whose clock runs slow does not keep a dead lock for hours).
+        run has just written, or of a probe: :func:`read_storage_time`). When given, it is the
+        judge's time and ``now`` is not used: this host's clock running fast must not make a
+        live lock look stale, nor one running slow keep a dead lock. ``now`` judges only where
+        the storage's time is unknown.
         """
         if self.writer_gone():
             return True
+        judge = storage_now or now
         if self.modified is None:
-            return now - self.refreshed > stale_after
-        stored_age = (storage_now or now) - self.modified
-        if self.clock_ahead(now) is not None:
+            return judge - self.refreshed > stale_after
+        stored_age = judge - self.modified
+        if self.clock_ahead(judge) is not None:
             return stored_age > stale_after
-        return now - self.refreshed > stale_after and stored_age > stale_after
+        return judge - self.refreshed > stale_after and stored_age > stale_after
 
     def writer_gone(self) -> bool:
         """Return True when this lock's writer ran here (same host, same pid namespace) and its pid is gone.
@@ -175,22 +179,31 @@ class LockRecord:
         ahead = self.refreshed - now
         return ahead if ahead > CLOCK_TOLERANCE else None
 
-    def describe(self, now: datetime | None = None) -> str:
+    def describe(self, now: datetime | None = None, storage_now: datetime | None = None) -> str:
         """Return the holder in words: ``prune (exclusive) by pid 12 on host 'db1' since <time>``.
 
-        With ``now``, a ``refreshed`` time in the future is explained: the writer's clock is ahead.
+        With ``now`` (this host's time) a clock that is off is named, judged by ``storage_now``
+        (the storage's time, see :meth:`is_stale`) when given: a ``refreshed`` time in the
+        future of the storage's says the writer's clock is ahead; this host's clock running
+        behind or ahead of the storage's says so instead (its times would mislead the reader).
         """
         kind = "exclusive" if self.exclusive else "shared"
-        ahead = self.clock_ahead(now) if now is not None else None
+        judge = storage_now or now
+        ahead = self.clock_ahead(judge) if judge is not None else None
+        # Which time the staleness is judged by, for a reader who sees times that do not add up.
+        judged = (
+            f"the storage's time, {format_time(self.modified.replace(microsecond=0))}"
+            if self.modified
+            else "its own time"
+        )
+        ours = storage_now - now if storage_now is not None and now is not None else timedelta(0)
         skew = ""
         if ahead is not None:
-            # Its times are the writer's clock's: say which time the staleness is judged by instead.
-            judged = (
-                f"the storage's time, {format_time(self.modified.replace(microsecond=0))}"
-                if self.modified
-                else "its own time"
-            )
             skew = f" ({_rounded(ahead)} in the future: the writer's clock is ahead; judged by {judged})"
+        elif ours > CLOCK_TOLERANCE:
+            skew = f" (this host's clock runs {_rounded(ours)} behind the storage's; judged by {judged})"
+        elif -ours > CLOCK_TOLERANCE:
+            skew = f" (this host's clock runs {_rounded(-ours)} ahead of the storage's; judged by {judged})"
         return (
             f"{self.operation} ({kind}) by pid {self.pid} on host '{self.host}' since {format_time(self.created)}"
             f", refreshed {format_time(self.refreshed)}{skew}"
@@ -198,8 +211,10 @@ class LockRecord:
 
 
 def _rounded(delta: timedelta) -> str:
-    """Return ``delta`` in words to the minute: ``3h 0min``, ``12 min``."""
-    minutes = int(delta.total_seconds() // 60)
+    """Return ``delta`` in words to the nearest minute: ``3h 0min``, ``12 min``."""
+    # To the nearest: the storage's time is a request later than this host's (or, at whole
+    # seconds, a moment earlier), and 2h 59min 59s reads as "3h 0min".
+    minutes = int((delta.total_seconds() + 30) // 60)
     return f"{minutes // 60}h {minutes % 60}min" if minutes >= 60 else f"{minutes} min"
 
 
@@ -229,15 +244,32 @@ def remove_lock_object(storage: Storage, key: str) -> None:
     A bucket with S3 Object Lock *default* retention locks every new object, lock objects
     included: a plain delete is refused (ObjectLocked), and a lock that stays listed would block
     every conflicting run until it went stale, 10 min after each run. A delete marker hides it
-    (its retained versions expire with their retention). Raises StorageError, and ObjectLocked
-    on a store that cannot hide objects (GCS, Azure retention policies).
+    (:func:`opskit.storage.base.delete_or_hide`). Raises StorageError, and ObjectLocked on a
+    store that cannot hide objects (GCS, Azure retention policies).
+    """
+    delete_or_hide(storage, key)
+
+
+def read_storage_time(storage: Storage, target: str, *, required: bool = True) -> datetime | None:
+    """Return the storage's current time, from a probe object written and removed under the target's locks.
+
+    For judging locks where this run has written no lock of its own (``opskit unlock``, a dry
+    run's sweep). The probe is not a ``.json`` object, so :func:`list_locks` never reads it.
+    With ``required=False`` a storage that refuses the probe (a read-only credential, in a run
+    that writes nothing else) gives None and a warning: the caller judges by its own clock, as
+    before. Raises StorageError when ``required``.
     """
     try:
-        storage.delete(key)
-    except ObjectLocked:
-        if not isinstance(storage, HidesRetained):
+        return storage_time(storage, locks_prefix(target))
+    except StorageError as exc:
+        if required:
             raise
-        storage.hide(key)
+        log.warning(
+            "the storage's time could not be read; locks are judged by this host's clock",
+            storage=storage.name,
+            error=exc.one_line(),
+        )
+        return None
 
 
 @dataclass(frozen=True)
@@ -274,10 +306,23 @@ def list_locks(storage: Storage, target: str, unreadable: list[UnreadableLock] |
     return found
 
 
-def live_backup_ids(storage: Storage, target: str, now: datetime) -> frozenset[str]:
-    """Return the backup ids named by live (not stale) locks: runs still writing them. Raises StorageError."""
+def live_backup_ids(
+    storage: Storage, target: str, now: datetime, *, held: RepositoryLock | None = None
+) -> frozenset[str]:
+    """Return the backup ids named by live (not stale) locks: runs still writing them.
+
+    Judged by the storage's time: that of ``held`` (this run's lock, as prune's sweep holds),
+    else a probe's (:func:`read_storage_time`; a dry run that may not write judges by ``now``).
+    Raises StorageError.
+    """
+    locks = [lock for lock in list_locks(storage, target) if lock.backup_id]
+    if not locks:
+        return frozenset()
+    storage_now = held.storage_now() if held is not None else None
+    if storage_now is None:
+        storage_now = read_storage_time(storage, target, required=held is not None)
     return frozenset(
-        lock.backup_id for lock in list_locks(storage, target) if lock.backup_id and not lock.is_stale(now)
+        lock.backup_id for lock in locks if lock.backup_id and not lock.is_stale(now, storage_now=storage_now)
     )
 
 
@@ -285,12 +330,21 @@ class RepositoryLock:
     """A lock this process holds: refreshed by a thread until :meth:`release`."""
 
     def __init__(
-        self, storage: Storage, record: LockRecord, clock: Clock, refresh_every: timedelta = REFRESH_EVERY
+        self,
+        storage: Storage,
+        record: LockRecord,
+        clock: Clock,
+        refresh_every: timedelta = REFRESH_EVERY,
+        storage_now: datetime | None = None,
     ) -> None:
         self.storage = storage
         self.record = record
         self.clock = clock
         self.refresh_every = refresh_every
+        # The storage's time when the lock was taken (its own modification time), and when that
+        # was by the monotonic clock: storage_now() projects it without another request.
+        self._storage_taken = storage_now
+        self._monotonic_taken = time.monotonic()
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, name="opskit-lock-refresh", daemon=True)
@@ -298,6 +352,16 @@ class RepositoryLock:
     def start(self) -> None:
         """Start the refresh thread."""
         self._thread.start()
+
+    def storage_now(self) -> datetime | None:
+        """Return the storage's current time: its time when this lock was written plus the time since.
+
+        The elapsed time is this host's monotonic clock's, which a wrong wall clock does not
+        affect. Returns None when the lock's own modification time was not read back.
+        """
+        if self._storage_taken is None:
+            return None
+        return self._storage_taken + timedelta(seconds=time.monotonic() - self._monotonic_taken)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_every.total_seconds()):
@@ -416,12 +480,12 @@ def acquire_lock(
         first = conflicts[0]
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
         raise LockHeld(
-            f"target '{target}' in storage '{storage.name}' is locked by {first.describe(now)}{more}",
+            f"target '{target}' in storage '{storage.name}' is locked by {first.describe(now, storage_now)}{more}",
             hint=f"this {operation} changed nothing; run it again once that run ends. If that run is gone, "
             f"its lock goes stale after {int(STALE_AFTER.total_seconds() // 60)} min without a refresh and "
             f"'opskit unlock --target {target}' removes it",
         )
-    held = RepositoryLock(storage, record, clock, refresh_every)
+    held = RepositoryLock(storage, record, clock, refresh_every, storage_now)
     held.start()
     log.debug("repository lock taken", key=record.key, operation=operation, exclusive=exclusive)
     return held
@@ -449,14 +513,26 @@ def locked(
 
 
 def remove_locks(
-    storage: Storage, target: str, *, now: datetime, stale_only: bool = True, dry_run: bool = False
+    storage: Storage,
+    target: str,
+    *,
+    now: datetime,
+    storage_now: datetime | None = None,
+    stale_only: bool = True,
+    dry_run: bool = False,
 ) -> list[str]:
     """Remove the stale locks of ``target`` (every lock with ``stale_only=False``) and unreadable lock objects.
 
-    Returns the keys removed (or that would be, with ``dry_run``). Raises StorageError.
+    Staleness is judged by ``storage_now``, the storage's time (:func:`read_storage_time`),
+    when given, else by ``now`` (see :meth:`LockRecord.is_stale`). Returns the keys removed (or
+    that would be, with ``dry_run``). Raises StorageError.
     """
     unreadable: list[UnreadableLock] = []
-    doomed = [lock.key for lock in list_locks(storage, target, unreadable) if not stale_only or lock.is_stale(now)]
+    doomed = [
+        lock.key
+        for lock in list_locks(storage, target, unreadable)
+        if not stale_only or lock.is_stale(now, storage_now=storage_now)
+    ]
     doomed += [item.key for item in unreadable]
     if not dry_run:
         for key in doomed:

@@ -1,8 +1,9 @@
 """Pins: a ``pin.json`` marker next to a backup's manifest keeps the backup from retention.
 
 The manifest is never rewritten (it is the commit marker, and its checksums are what
-verification trusts), so a pin is a small object of its own, removed by deleting it.
-Only the marker's presence matters to retention; its fields say who pinned and why.
+verification trusts), so a pin is a small object of its own, removed by deleting it (or
+hiding it, where a bucket's default retention refuses the delete). Only the marker's presence matters to retention; its fields say who
+pinned and why.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 from opskit.catalog.layout import PIN_NAME, format_time, pin_key, split_backup_key
 from opskit.catalog.manifest import Manifest
 from opskit.catalog.objects import write_json
-from opskit.storage.base import Storage
+from opskit.storage.base import Storage, delete_or_hide
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,18 @@ def write_pin(storage: Storage, pin: Pin) -> bool:
 
 
 def remove_pin(storage: Storage, target: str, backup_id: str) -> bool:
-    """Delete the pin of a backup; return True when there was one. Raises StorageError."""
+    """Delete the pin of a backup; return True when there was one.
+
+    On an S3 bucket with Object Lock *default* retention the pin object is retained like every
+    new object and its delete is refused: it is hidden behind a delete marker instead, after
+    which no listing or existence check sees it, so retention decides about the backup again
+    (its retained version waits out its date). Raises StorageError, and ObjectLocked where the
+    store can neither delete nor hide it (a GCS or Azure retention policy).
+    """
     key = pin_key(target, backup_id)
     if not storage.exists(key):
         return False
-    storage.delete(key)
+    delete_or_hide(storage, key)
     return True
 
 

@@ -33,7 +33,9 @@ def unlock(
 ) -> None:
     """Remove stale repository locks: not refreshed for 10 minutes, or left by a process gone from this host.
 
-    A live lock is kept (and listed) unless --all is given.
+    A live lock is kept (and listed) unless --all is given. Locks are aged by the storage's
+    clock (read from a small probe object, written and removed, also with --dry-run), never
+    by this host's.
     """
     from opskit.ops import unlock as action
 

@@ -322,7 +322,7 @@ def _sweep(
     A directory a live lock names (a backup or copy still writing it) is never swept, whatever
     the grace period: an artifact committed before the manifest is not a leftover yet.
     """
-    alive = catalog.live_backup_ids(store, target, now)
+    alive = catalog.live_backup_ids(store, target, now, held=lock)  # judged by the storage's time
     groups: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in store.list(f"{target}/"):
         parts = info.key.split("/")

@@ -1,7 +1,8 @@
 """``opskit unlock``: remove repository locks that protect nothing (or, with ``all_locks``, every lock).
 
-A lock is stale when its holder stopped refreshing it (``catalog.locks.STALE_AFTER``) or
-was written on this host by a process that is gone; stale locks already block nobody, so
+A lock is stale when its holder stopped refreshing it (``catalog.locks.STALE_AFTER``, by the
+storage's time, read from a probe object: never by this host's clock) or was written on this
+host by a process that is gone; stale locks already block nobody, so
 removing them is tidying. Removing a live lock (``all_locks``) is for an operator who knows
 its holder is dead on a host opskit cannot see: the holder's next destructive step notices
 and stops with exit 7.
@@ -61,10 +62,18 @@ def run(
             if storage is not None and storage_name != storage:
                 continue
             store = ctx.storage(storage_name)
-            for lock in catalog.list_locks(store, name):
-                if not all_locks and not lock.is_stale(now):
-                    report.kept.append((name, storage_name, lock.describe(now)))
-            for key in catalog.remove_locks(store, name, now=now, stale_only=not all_locks, dry_run=dry_run):
-                report.removed.append((name, storage_name, key))
+            locks = catalog.list_locks(store, name)
+            # unlock writes no lock of its own, so the storage's time comes from a probe: this
+            # host's clock running fast would remove live locks, running slow keep dead ones.
+            # Only when there is a lock to judge; --all judges none. A dry run on a read-only
+            # credential judges by this host's clock (with a warning) rather than fail.
+            storage_now = catalog.read_storage_time(store, name, required=not dry_run) if locks and not all_locks else None
+            for lock in locks:
+                if not all_locks and not lock.is_stale(now, storage_now=storage_now):
+                    report.kept.append((name, storage_name, lock.describe(now, storage_now)))
+            removed = catalog.remove_locks(
+                store, name, now=now, storage_now=storage_now, stale_only=not all_locks, dry_run=dry_run
+            )
+            report.removed.extend((name, storage_name, key) for key in removed)
     log.info("unlock finished", removed=len(report.removed), kept=len(report.kept), dry_run=dry_run)
     return report

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from opskit.core.errors import ObjectLocked
+from opskit.core.errors import ObjectLocked, StorageError
 
 # Chunk size used by every streaming stage: large enough for throughput, small enough
 # that memory never grows with the database (ARCHITECTURE.md: 1-16 MiB).
@@ -208,6 +208,55 @@ def probe_round_trip(storage: Storage) -> None:
     with storage.reader(probe) as inp:
         inp.read()
     storage.delete(probe)
+
+
+def delete_or_hide(storage: Storage, key: str) -> None:
+    """Delete ``key``, or hide it where the store's retention refuses the delete.
+
+    For records opskit removes as part of its own protocol (locks, pins, clock probes): on an S3
+    bucket with Object Lock *default* retention every new object is retained, so a plain delete
+    is refused (ObjectLocked) and the record would stay listed; a delete marker hides it (its
+    retained versions expire with their retention). Raises StorageError, and ObjectLocked on a
+    store that cannot hide objects (GCS, Azure retention policies).
+    """
+    try:
+        storage.delete(key)
+    except ObjectLocked:
+        if not isinstance(storage, HidesRetained):
+            raise
+        storage.hide(key)
+
+
+CLOCK_PROBE_PREFIX = ".opskit-clock-"
+
+
+def storage_time(storage: Storage, prefix: str) -> datetime:
+    """Return the storage's own current time: the modification time of a probe object it just stored.
+
+    The probe (a few bytes under ``prefix``, named :data:`CLOCK_PROBE_PREFIX` + a random id) is
+    written create-if-absent, listed back for its modification time, and removed (hidden on a
+    bucket whose default retention refuses the delete; left for its retention to end where the
+    store can do neither). Every backend stamps an object with its own clock (local disk: the
+    kernel's of the host or NFS server holding the files; S3, GCS, Azure: the service's), so the
+    answer does not depend on this host's clock; S3 and Azure keep whole seconds, so it may be up
+    to a second early. Raises StorageError (a read-only credential cannot write the probe).
+    """
+    key = join_key(prefix, f"{CLOCK_PROBE_PREFIX}{secrets.token_hex(6)}")
+    while not storage.create(key, b"clock"):
+        key = join_key(prefix, f"{CLOCK_PROBE_PREFIX}{secrets.token_hex(6)}")  # taken: astronomically rare
+    try:
+        stamped = next((info.modified for info in storage.list(key) if info.key == key), None)
+    finally:
+        # ObjectLocked: a GCS or Azure retention policy; a few bytes wait out their retention,
+        # and no record reader looks at them.
+        with suppress(ObjectLocked):
+            delete_or_hide(storage, key)
+    if stamped is None:
+        raise StorageError(
+            f"storage '{storage.name}': the clock probe '{key}' was not listed right after it was written",
+            hint="the store's listing lags its writes; run again",
+        )
+    return stamped
 
 
 def delete_refused(

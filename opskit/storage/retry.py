@@ -93,6 +93,18 @@ class RetryPolicy:
             error=f"{type(exc).__name__}: {exc}" if exc else None,
         )
 
+    def attempts_made(self, exc: BaseException) -> str:
+        """Return how the request that raised ``exc`` was tried, for an error line.
+
+        ``after 5 attempts`` for an error this policy retries (it gave up after the last), and
+        ``(not retried)`` for one it does not (a missing bucket, denied access: another attempt
+        gets the same answer), so the line does not send the operator after a flaky network.
+        """
+        if not self.is_transient(exc):
+            return "(not retried)"
+        attempts = max(1, self.max_attempts)
+        return f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+
     def backoff(self, attempt: int) -> float:
         """Return the wait in seconds after failed attempt number ``attempt`` (1-based), without jitter."""
         return min(self.initial_wait * 2 ** (attempt - 1), self.max_wait)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 import boto3
 import botocore.exceptions as bex
@@ -41,6 +41,7 @@ from opskit.core.errors import (
     StorageError,
     UnreachableError,
 )
+from opskit.core.log import get_logger
 from opskit.storage import s3_errors, s3_lock
 from opskit.storage.base import CHUNK_SIZE, Immutability, LockState, ObjectInfo, Storage
 from opskit.storage.cloud import KeySpace, MiB, PartSchedule, PartWriter, resuming_stream, split_url
@@ -49,6 +50,10 @@ from opskit.storage.s3_upload import MultipartUpload
 
 if TYPE_CHECKING:
     from opskit.storage.base import StorageConfig
+
+T = TypeVar("T")
+
+log = get_logger(__name__)
 
 # Two parts upload while a third fills, so the part size sets most of what a backup holds in
 # memory: 8 MiB keeps that at ~32 MiB (16 MiB parts held twice that, measured in
@@ -78,6 +83,10 @@ class S3Storage:
         immutable = self.options.get("immutable")
         self.immutability: Immutability | None = immutable if isinstance(immutable, Immutability) else None
         self._lock_state: LockState | None = None
+        # boto3's checksums are off for a custom endpoint (see _build_client) until a bucket
+        # refuses a write without one (_checksum_fallback); on AWS and with Object Lock, always on.
+        self._checksums_configured = self.endpoint_url is None or self.immutability is not None
+        self._checksums = self._checksums_configured
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -97,10 +106,32 @@ class S3Storage:
         """
         with self._client_lock:
             if self._client is None:
-                self._client = self._build_client()
+                self._client = self._build_client(checksums=self._checksums)
             return self._client
 
-    def _build_client(self) -> Any:
+    def _checksum_fallback(self, fn: Callable[[], T]) -> T:
+        """Return ``fn()``; when the store refused it for want of a checksum, send checksums from now on and run it again.
+
+        A bucket with Object Lock *default* retention locks every new object, and S3 refuses a
+        write of a retained object without a Content-MD5 or checksum header
+        (MissingUploadObjectWithObjectLockHeaders): on a custom endpoint without ``immutable``,
+        where checksums start off, every write would fail. A store that has Object Lock takes
+        checksums; asking each bucket for its setting up front would cost every other store a
+        request. ``fn`` must fetch ``self.client`` when called. Raises what ``fn`` raises.
+        """
+        try:
+            return fn()
+        except Exception as exc:
+            if self._checksums_configured or not s3_errors.checksum_required(exc):
+                raise
+            with self._client_lock:
+                if not self._checksums:
+                    self._checksums = True
+                    self._client = None  # rebuilt with checksums by the next access
+                    log.info("the bucket requires a checksum on every write: sending them", storage=self.name)
+            return fn()
+
+    def _build_client(self, *, checksums: bool) -> Any:
         opts = self.options
         session_args: dict[str, Any] = {}
         if opts.get("profile"):
@@ -121,10 +152,12 @@ class S3Storage:
         }
         if opts.get("path_style"):
             config_args["s3"] = {"addressing_style": "path"}
-        if self.endpoint_url and self.immutability is None:
+        if not checksums:
             # Stores other than AWS (older MinIO and Ceph releases) reject the CRC checksums
             # boto3 >= 1.36 sends by default; opskit checks sha256 end to end anyway. Not with
-            # Object Lock: S3 requires a checksum on every write that carries a retention.
+            # Object Lock (``immutable``, or a default retention): S3 requires a
+            # checksum on every write that carries a retention, a default one included: a
+            # bucket that refuses a write for want of one turns them on (_checksum_fallback).
             config_args["request_checksum_calculation"] = "when_required"
             config_args["response_checksum_validation"] = "when_required"
         try:
@@ -146,7 +179,7 @@ class S3Storage:
     def _call(self, action: str, key: str | None, fn: Callable[[], Any]) -> Any:
         """Run one S3 request with retries; translate the final error. Returns the request's result."""
         try:
-            return self.retry.call(fn, action, key)
+            return self._checksum_fallback(lambda: self.retry.call(fn, action, key))
         except OpskitError:
             raise
         except Exception as exc:
@@ -158,12 +191,11 @@ class S3Storage:
         if s3_errors.error_code(exc) in s3_errors.NOT_FOUND_CODES and key:
             return ObjectNotFound(f"storage '{self.name}' has no object '{key}'")
         cause = s3_errors.describe(exc, self.bucket)
-        attempts = self.retry.max_attempts
         hint = s3_errors.hint(exc) or "check the store's health and run again"
         if action.startswith(("starting upload", "uploading", "completing", "writing", "putting")):
             hint = f"nothing was committed; {hint}"
         return StorageError(
-            f"storage '{self.name}' ({self.url}): {what} failed after up to {attempts} attempts: {cause}",
+            f"storage '{self.name}' ({self.url}): {what} failed {self.retry.attempts_made(exc)}: {cause}",
             hint=hint,
             unreachable=s3_errors.refused(exc),
         )
@@ -221,12 +253,14 @@ class S3Storage:
         """
         name = self.keys.full(key)
         try:
-            self.retry.call(
-                lambda: self.client.put_object(
-                    Bucket=self.bucket, Key=name, Body=data, IfNoneMatch="*", **self._write_args()
-                ),
-                "creating",
-                key,
+            self._checksum_fallback(
+                lambda: self.retry.call(
+                    lambda: self.client.put_object(
+                        Bucket=self.bucket, Key=name, Body=data, IfNoneMatch="*", **self._write_args()
+                    ),
+                    "creating",
+                    key,
+                )
             )
         except OpskitError:
             raise
@@ -338,13 +372,13 @@ class S3Storage:
         """
         probe = self.keys.full(f".opskit-probe-{secrets.token_hex(6)}")
         try:
-            client = self.client
-            put = client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **self._write_args())
-            client.get_object(Bucket=self.bucket, Key=probe)["Body"].read()
+            put = self._checksum_fallback(
+                lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **self._write_args())
+            )
+            self.client.get_object(Bucket=self.bucket, Key=probe)["Body"].read()
             # On a versioned bucket (any with Object Lock) delete the version itself: a plain
             # delete would leave the probe's bytes behind a delete marker on every check.
-            version = {"VersionId": put["VersionId"]} if put.get("VersionId") else {}
-            client.delete_object(Bucket=self.bucket, Key=probe, **version)
+            s3_lock.remove_probe(self, probe, put.get("VersionId"))
         except ConfigError:
             raise
         except Exception as exc:

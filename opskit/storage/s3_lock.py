@@ -122,6 +122,26 @@ def _retention_of(s: S3Like, name: str, version: str) -> datetime | None:
     return until if isinstance(until, datetime) else None
 
 
+def remove_probe(s: S3Like, name: str, version: str | None) -> None:
+    """Remove the writability probe ``name`` (its ``version`` where the bucket is versioned).
+
+    On a bucket with Object Lock *default* retention the probe itself is retained and S3 refuses
+    the version delete (403): it is hidden behind a delete marker instead (the retained version
+    goes with its date), since the probe proved what it had to. Raises the client's exception
+    for any other failure (the caller words it).
+    """
+    if version is None:
+        s.client.delete_object(Bucket=s.bucket, Key=name)
+        return
+    try:
+        s.client.delete_object(Bucket=s.bucket, Key=name, VersionId=version)
+    except Exception as exc:
+        until = _retention_of(s, name, version) if _status(exc) == 403 else None
+        if until is None or until <= datetime.now(UTC):
+            raise
+        s.client.delete_object(Bucket=s.bucket, Key=name)
+
+
 def retained_until(s: S3Like, name: str, key: str) -> datetime | None:
     """Return the Object Lock retain-until date of the object's current version (None: not locked).
 

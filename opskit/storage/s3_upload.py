@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Protocol
 
 from opskit.core.errors import StorageError
@@ -45,10 +44,10 @@ class MultipartUpload:
         with self._lock:
             if self.upload_id is None:
                 s = self.storage
-                start = partial(
-                    s.client.create_multipart_upload, Bucket=s.bucket, Key=self.name, **s._write_args(), **self.lock
-                )
-                response = s._call("starting upload of", self.key, start)
+                args = {"Bucket": s.bucket, "Key": self.name, **s._write_args(), **self.lock}
+                # A lambda, not a partial: the client is fetched per attempt (it is rebuilt
+                # when a bucket turns out to require checksums).
+                response = s._call("starting upload of", self.key, lambda: s.client.create_multipart_upload(**args))
                 self.upload_id = str(response["UploadId"])
             return self.upload_id
 
@@ -91,8 +90,12 @@ class MultipartUpload:
         if self.upload_id is None:
             return
         s = self.storage
-        abort = partial(s.client.abort_multipart_upload, Bucket=s.bucket, Key=self.name, UploadId=self.upload_id)
+        upload_id = self.upload_id
         # The original error matters more; an upload left behind is swept by `opskit prune`
         # (abort_incomplete_uploads) and is invisible meanwhile.
         with contextlib.suppress(StorageError):
-            s._call("aborting upload of", self.key, abort)
+            s._call(
+                "aborting upload of",
+                self.key,
+                lambda: s.client.abort_multipart_upload(Bucket=s.bucket, Key=self.name, UploadId=upload_id),
+            )

@@ -91,8 +91,9 @@ def test_unlock_keeps_a_fresh_fast_clock_lock_and_says_the_writers_clock_is_ahea
     [(_, _, holder)] = report.kept
     assert "3h 0min in the future: the writer's clock is ahead; judged by the storage's time" in holder
 
-    later = make_context([local_storage], policy=None, clock=lambda: LATER)
-    assert [key for _, _, key in unlock.run(later, target="app").removed] == [planted.key]
+    # Ten minutes after its last write by the storage's clock (unlock judges by it, not by its own).
+    backdate(ctx.storage(local_storage.name), planted.key, LATER - NOW)
+    assert [key for _, _, key in unlock.run(ctx, target="app").removed] == [planted.key]
 
 
 def test_the_unlock_command_names_the_fast_clock(
