@@ -312,7 +312,8 @@ EXIT_CODES: dict[int, str] = {
     6: "objective breached (RPO/RTO)",
     7: "lock held by another run",
     130: "interrupted: Ctrl-C (SIGINT) or SIGTERM (`docker stop`, a CronJob's deadline); every open upload is"
-    " aborted, nothing of the run is committed",
+    " aborted, nothing of the step in progress is committed (a runbook's earlier steps stay done: its line names"
+    " the step it stopped at and the transcript)",
     141: "stdout closed by its reader (a pipe into `head -1`); nothing else went wrong",
 }
 """Every exit code opskit uses and what it means (the rule is the module docstring's); the README's table is this."""
