@@ -8,6 +8,8 @@ from pathlib import Path
 
 from opskit.config.model import Config, TargetConfig
 from opskit.core.clock import Clock, utc_now
+from opskit.core.errors import ConfigError
+from opskit.pg import connection, passfiles
 from opskit.storage.base import Storage, StorageConfig
 from opskit.storage.registry import open_storage
 
@@ -47,7 +49,40 @@ class AppContext:
 
     @property
     def state_dir(self) -> Path:
-        """Return the directory for local state (a parallel restore's TOC copy or spool file); created on first use."""
+        """Return the directory for local state (a parallel restore's TOC copy or spool file); created on first use.
+
+        Raises ConfigError (exit 2) naming it when it cannot be created (see :func:`prepare_state_dir`).
+        """
+        return prepare_state_dir(self.config.tools.state_dir)
+
+    def password_state_dir(self, target: TargetConfig) -> Path:
+        """Return ``tools.state_dir`` for ``target``'s client tools, checked now if they will need a password file.
+
+        A target with a password (or secret connection parameters) gets its tools' password files
+        in ``<state_dir>/pgpass/``, which is created here (0700), so a state_dir that cannot hold
+        them fails in preflight, before anything is written. A target without one needs no local
+        state: the directory is neither checked nor created, so the default ``./.opskit-state`` under
+        a read-only working directory (a cron job in /, a container's read-only root) fails nothing.
+        Raises ConfigError (exit 2).
+        """
         path = self.config.tools.state_dir
-        path.mkdir(parents=True, exist_ok=True)
+        if connection.password(target) or connection.secret_params(target):
+            passfiles.passfile_dir(path)
         return path
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Create ``path`` (``tools.state_dir``) with its parents if missing; return it.
+
+    Raises ConfigError (exit 2) naming the directory and ``tools.state_dir`` when it cannot be
+    created: below a regular file, or the relative default in a read-only working directory,
+    which would otherwise surface as an unexpected OSError (exit 1) in the middle of a run.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the state directory {path.absolute()}: {exc.strerror or exc}",
+            hint="tools.state_dir must be a directory opskit can create and write",
+        ) from exc
+    return path

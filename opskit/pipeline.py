@@ -231,7 +231,10 @@ def parse_recipients(recipients: Sequence[str]) -> list[Any]:
         try:
             parsed.append(pyrage.x25519.Recipient.from_str(text))
         except Exception as exc:
-            raise ConfigError(f"encryption recipient '{text}' is not a valid age public key: {exc}") from exc
+            raise ConfigError(
+                f"encryption recipient '{text}' is not a valid age public key: {exc}",
+                hint="copy it again from 'age-keygen -y' of its identity; nothing was written",
+            ) from exc
     return parsed
 
 

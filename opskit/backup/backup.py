@@ -39,8 +39,8 @@ from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, ConfigError, CopyFailed, LockHeld, OpskitError
 from opskit.core.log import get_logger
-from opskit.pg import commands, connection, databases, facts, locks, passfiles, tools
-from opskit.pipeline import recipient_fingerprint
+from opskit.pg import commands, connection, databases, facts, locks, tools
+from opskit.pipeline import parse_recipients, recipient_fingerprint
 from opskit.storage.base import Storage
 
 log = get_logger(__name__)
@@ -143,11 +143,11 @@ class _Preflight:
             bin_dir = target.pg_bin_dir or ctx.config.tools.pg_bin_dir
             self.pg_dump = tools.find_tool("pg_dump", self.server.major, bin_dir)
             self.pg_dumpall = tools.find_tool("pg_dumpall", self.server.major, bin_dir)
-            self.state_dir = ctx.config.tools.state_dir
-            if connection.password(target) or connection.secret_params(target):
-                # The password file's folder, checked before anything is written: a state_dir that
-                # cannot hold it is a configuration error (exit 2), not a failure after the lock.
-                passfiles.passfile_dir(self.state_dir)
+            # Checked before anything is written: a state_dir that cannot hold the password file,
+            # or a malformed age recipient, is a configuration error (exit 2), not a failure after
+            # the lock with pg_dump running.
+            self.state_dir = ctx.password_state_dir(target)
+            parse_recipients(ctx.config.encryption.recipients)
             self._lock()
         except BaseException:
             self.conn.close()

@@ -4,7 +4,8 @@ Order of work, as for a logical backup (:mod:`opskit.backup.backup`):
 
 1. Preflight: connect, read the server's facts, refuse a cluster with extra tablespaces
    (``-Ft -D -`` streams one tar: the per-tablespace tars are not handled yet), choose a
-   pg_basebackup at least as new as the server, take the target's backup lock (exit 7),
+   pg_basebackup at least as new as the server, check that ``tools.state_dir`` can hold the
+   password file when there is a password (exit 2), take the target's backup lock (exit 7),
    check the primary storage is writable (exit 3).
 2. Stream ``pg_basebackup -Ft -D - -X none --checkpoint=fast`` through sha256 -> zstd ->
    [age] -> sha256 into ``<target>/<id>/base.tar.zst[.age]`` (the manifest's ``db``
@@ -38,6 +39,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -56,7 +58,7 @@ from opskit.core.errors import BackupFailed, ConfigError, LockHeld
 from opskit.core.log import get_logger
 from opskit.core.units import format_duration
 from opskit.pg import commands, connection, locks, tools
-from opskit.pipeline import StoreResult, compress_and_store, recipient_fingerprint
+from opskit.pipeline import StoreResult, compress_and_store, parse_recipients, recipient_fingerprint
 from opskit.storage.base import Storage, join_key
 from opskit.wal import layout
 
@@ -88,8 +90,9 @@ def run(
 ) -> BackupResult:
     """Take one base backup of ``target``'s cluster and return it once its manifest is committed.
 
-    Raises ConfigError (2) for a cluster with several tablespaces, UnreachableError (3) in
-    preflight, LockHeld (7) when another backup of the target runs, BackupFailed (4) when
+    Raises ConfigError (2) for a cluster with several tablespaces or, with a password, a
+    ``tools.state_dir`` that cannot hold its password file (before the lock), UnreachableError
+    (3) in preflight, LockHeld (7) when another backup of the target runs, BackupFailed (4) when
     pg_basebackup or the upload fails, or the server has not archived the backup's last WAL
     segment within ``wal.archive_wait_timeout`` (nothing is left visible).
     """
@@ -101,6 +104,10 @@ def run(
         segment_size = _preflight(conn, target_config)
         bin_dir = target_config.pg_bin_dir or ctx.config.tools.pg_bin_dir
         tool = tools.find_tool("pg_basebackup", server.major, bin_dir)
+        # Checked before the lock and the first object: a state_dir that cannot hold the password
+        # file is a configuration error (exit 2); without a password none is needed or created.
+        state_dir = ctx.password_state_dir(target_config)
+        parse_recipients(ctx.config.encryption.recipients)  # a malformed key: exit 2 before the lock, not mid-stream
         if not locks.try_lock(conn, lock_key(target_config.name), session=True):
             raise LockHeld(
                 f"another backup of target '{target_config.name}' is running (its lock is held)",
@@ -114,7 +121,18 @@ def run(
         with catalog.locked(storage, target_config.name, "backup", clock=ctx.clock, backup_id=backup_id):
             try:
                 manifest = _stream_and_commit(
-                    ctx, conn, target_config, storage, tool, server, segment_size, backup_id, started_at, labels, extra
+                    ctx,
+                    conn,
+                    target_config,
+                    storage,
+                    tool,
+                    server,
+                    segment_size,
+                    state_dir,
+                    backup_id,
+                    started_at,
+                    labels,
+                    extra,
                 )
             except BaseException:
                 stream.remove_partial_backup(storage, target_config.name, backup_id)
@@ -166,6 +184,7 @@ def _stream_and_commit(
     tool: tools.Tool,
     server: connection.ServerFacts,
     segment_size: int,
+    state_dir: Path,
     backup_id: str,
     started_at: datetime,
     labels: Sequence[str],
@@ -179,7 +198,7 @@ def _stream_and_commit(
     key = tar_key(target.name, backup_id, encrypted)
     phase_start = time.monotonic()
     timeout = (ctx.config.wal or WalSettings()).archive_wait_timeout.total_seconds()
-    with connection.password_env(target, ctx.state_dir) as env, ArchiveWait(conn, application_name, timeout) as wait:
+    with connection.password_env(target, state_dir) as env, ArchiveWait(conn, application_name, timeout) as wait:
         try:
             stored, captured = _store_tar(ctx, target, storage, argv, env, key)
         except BackupFailed as exc:

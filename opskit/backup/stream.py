@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opskit.catalog import Artifact, Manifest, backup_prefix
+from opskit.catalog import Artifact, Manifest, backup_prefix, manifest_key
 from opskit.config.model import TargetConfig
 from opskit.context import AppContext
 from opskit.core.errors import BackupFailed, Cancelled, OpskitError
@@ -97,14 +97,18 @@ def artifact(name: str, key: str, stored: StoreResult, encryption: dict[str, Any
 
 
 def remove_partial_backup(storage: Storage, target: str, backup_id: str) -> None:
-    """Delete the artifacts a failed run already committed (best effort: prune sweeps what is left).
+    """Delete the objects a failed run already committed (best effort: prune sweeps what is left).
 
-    No manifest exists for the run, so nothing here is listed as a backup; removing the
-    objects keeps the storage free of orphans right away.
+    ``manifest.json`` goes first, when the run got as far as writing it (a late error, a second
+    SIGTERM): the manifest is what lists a backup, so a cleanup cut short after any delete
+    leaves unlisted objects for prune, never a listed backup whose dump is gone. The rest
+    follow in key order.
     """
+    manifest = manifest_key(target, backup_id)
     try:
-        for info in list(storage.list(backup_prefix(target, backup_id) + "/")):
-            storage.delete(info.key)
+        keys = [info.key for info in storage.list(backup_prefix(target, backup_id) + "/")]
+        for key in sorted(keys, key=lambda key: (key != manifest, key)):  # False sorts first: the manifest
+            storage.delete(key)
     except Exception as exc:
         log.warning(
             "could not remove a failed backup's artifacts; prune will sweep them", backup_id=backup_id, error=str(exc)

@@ -396,6 +396,10 @@ def run_post_checks(
         tables=tables,
         fingerprint_tables=[f"{s}.{n}" for s, n in fingerprinted],
         inclusive=manifest.counts_children,  # like with like: an old manifest counted children too
+        # The restored copy does not change: a commit every few tables (each fingerprint's SET
+        # LOCAL stays inside one) keeps the locks of thousands of tables from running the
+        # staging server's lock table out.
+        restart=conn.commit,
     )
     conn.rollback()  # ends the transaction SET LOCAL needed
     context = PostCheckContext(ctx, settings, manifest, conn, actual, fingerprinted)

@@ -8,6 +8,7 @@ temporary file.
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import threading
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 from opskit.core.execute import Child, spawn
 from opskit.pg.commands import pg_restore_list_argv
 from opskit.pg.tools import Tool
+
+# The count in the header pg_restore --list prints ("; TOC Entries: 4"), not the "; Selected TOC Entries:" title.
+_HEADER_ENTRIES = re.compile(r"^;\s+TOC Entries: (\d+)\s*$", re.MULTILINE)
 
 
 class TocReader:
@@ -70,16 +74,34 @@ class TocReader:
     @property
     def entries(self) -> int:
         """Return how many table-of-contents entries pg_restore listed."""
-        text = b"".join(self._output).decode("utf-8", "replace")
-        return sum(1 for line in text.splitlines() if line.strip() and not line.startswith(";"))
+        return sum(1 for line in self._text().splitlines() if line.strip() and not line.startswith(";"))
+
+    @property
+    def header_entries(self) -> int | None:
+        """Return the entry count the archive's header gives (``; TOC Entries: N``); None when no header was printed."""
+        found = _HEADER_ENTRIES.search(self._text())
+        return int(found.group(1)) if found else None
 
     @property
     def readable(self) -> bool:
-        """Return True when pg_restore exited 0 and listed at least one entry."""
-        return self.returncode == 0 and self.entries > 0
+        """Return True when pg_restore exited 0 after printing the archive's header, with at least one entry in it.
+
+        The listed entries alone do not decide: a database without objects lists none, although
+        its archive is whole. pg_dump always writes ENCODING, STDSTRINGS and SEARCHPATH entries,
+        which the header counts and ``--list`` leaves out (pg_restore handles them itself). What
+        is not a readable archive (not one at all, a cut header or TOC) makes pg_restore exit
+        non-zero before it prints a header.
+        """
+        header = self.header_entries
+        return self.returncode == 0 and header is not None and header > 0
 
     def describe(self) -> str:
         """Return what was found, for a check's 'actual' column."""
         if self.readable:
+            if self.entries == 0:
+                return f"0 entries (a database without objects: {self.header_entries} in the archive's header)"
             return f"{self.entries} entries"
         return f"exit {self.returncode}" + (f": {self.stderr}" if self.stderr else "") + f", {self.entries} entries"
+
+    def _text(self) -> str:
+        return b"".join(self._output).decode("utf-8", "replace")

@@ -319,6 +319,10 @@ def restore_backup(
         # One transaction is one connection: pg_restore refuses --single-transaction with --jobs.
         log.warning("--clean restores in one transaction, on one connection: --jobs is ignored", jobs=jobs)
         jobs = 1
+    # The state directory is checked before anything is created or cleaned: one that cannot be made
+    # is exit 2 with one line, not an OSError after the new database exists. The --jobs routes and
+    # --clean's order file need it; --jobs 1 needs it only for a password file.
+    state_dir = ctx.state_dir if jobs > 1 or clean else ctx.password_state_dir(server)
     created = False
     order: list[TocEntry] | None = None  # --clean over an existing database: the entries in an order it can drop
     if databases.database_exists(server, database):
@@ -343,7 +347,7 @@ def restore_backup(
         command = PgRestoreCommand(
             pg_restore, server, database, exit_on_error=exit_on_error, clean=clean, no_owner=no_owner
         )
-        with connection.password_env(server, ctx.state_dir) as env:
+        with connection.password_env(server, state_dir) as env:
             if jobs > 1:
                 parallel.restore(ctx, backup, command, env, jobs, result)
             else:
@@ -449,15 +453,18 @@ def _check_rows(server: TargetConfig, database: str, manifest: Manifest, result:
     After the loader route the counts are the ones PostgreSQL reported for the COPYs into the new
     database, so the tables are not scanned again (on a large database that scan would add
     minutes to the restore); otherwise, or when a table of the manifest is not among the loaded
-    ones, every table is counted. Into an existing database (``--clean``), tables the backup
-    does not hold were left alone: they are listed in ``extra_tables``, not compared.
+    ones, every table is counted, a few tables per transaction. Into an existing database
+    (``--clean``), tables the backup does not hold were left alone: they are listed in
+    ``extra_tables``, not compared.
     """
     loaded = result.rows_loaded
     if loaded is not None and all(t.qualified in loaded for t in manifest.tables):
         actual = [TableFacts(t.schema, t.name, loaded[t.qualified]) for t in manifest.tables]
     else:  # not loaded by opskit, or a table's name did not match: count them
         with connection.connect(server, dbname=database, application_name="opskit restore check") as conn:
-            actual = facts.collect(conn, inclusive=manifest.counts_children).tables
+            # A commit every few tables: in one transaction every table counted (and its indexes)
+            # stays locked, and thousands of tables run the server's lock table out after the load.
+            actual = facts.collect(conn, inclusive=manifest.counts_children, restart=conn.commit).tables
     if not result.created:
         backed_up = {t.qualified for t in manifest.tables}
         result.extra_tables = sorted(t.qualified for t in actual if t.qualified not in backed_up)
