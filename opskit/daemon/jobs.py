@@ -8,6 +8,7 @@ A job file::
     # interval = "1h"              # a duration: 2s, 15m, 1h, 1d
     timezone = "UTC"               # IANA zone the cron fields are read in
     misfire_grace_time = "1h"      # a run this late still happens; later ones are skipped
+    timeout = "6h"                 # a run still going after this is cancelled (default: none)
     [args]                         # keyword arguments of the action's run() (opskit/actions.py)
     labels = ["scheduled"]
 
@@ -17,6 +18,11 @@ restricted day-of-month with a restricted day-of-week while APScheduler ANDs the
 that restricts both is refused; write such schedules as a table of APScheduler fields, e.g.
 ``cron = { month = "1,4,7,10", day = "1st mon", hour = "6", minute = "0" }`` for the first
 Monday of each quarter.
+
+``timeout`` has no default: opskit cannot know how long a backup of a given database may
+rightly take, and cancelling a good 7-hour dump is worse than the RPO alert a hung one raises.
+Set it below the job's period, so a run stuck on a lock is cancelled before its next slot would be
+skipped. A ``wal-stream`` job refuses it: its run lasts until the daemon stops.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ DEFAULT_MISFIRE_GRACE = timedelta(hours=1)
 # replica computes the same slots and the ledger can tell them apart.
 INTERVAL_ANCHOR = datetime(2000, 1, 3, tzinfo=UTC)
 _CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+# Actions whose run is not meant to end (the WAL streamer): a timeout would only stop it.
+UNBOUNDED_ACTIONS = frozenset({"wal-stream"})
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 # Actions registered by name in-process (tests register fakes); everything else is imported lazily.
@@ -69,6 +77,7 @@ class Job:
     timezone: tzinfo = UTC
     misfire_grace_time: timedelta = DEFAULT_MISFIRE_GRACE
     args: Mapping[str, Any] = field(default_factory=dict)
+    timeout: timedelta | None = None  # a run still going after this is cancelled (None: never)
 
 
 # --------------------------------------------------------------------------- action registry
@@ -270,6 +279,11 @@ def parse_job(name: str, raw: Mapping[str, Any], config: Config, source: Path | 
     grace = section.duration("misfire_grace_time", DEFAULT_MISFIRE_GRACE) or DEFAULT_MISFIRE_GRACE
     if grace < timedelta(seconds=1):
         errors.add("misfire_grace_time", "must be at least 1s (a run this late still happens)")
+    timeout = section.duration("timeout", None)
+    if timeout is not None and timeout < timedelta(seconds=1):
+        errors.add("timeout", "must be at least 1s (a run still going after it is cancelled)")
+    elif timeout is not None and action in UNBOUNDED_ACTIONS:
+        errors.add("timeout", f"action '{action}' runs until the daemon stops; a timeout would end it")
     trigger, schedule = _parse_schedule(section, timezone)
     args_section = section.table("args")
     args = dict(args_section.raw)
@@ -295,6 +309,7 @@ def parse_job(name: str, raw: Mapping[str, Any], config: Config, source: Path | 
         timezone=timezone,
         misfire_grace_time=grace,
         args=args,
+        timeout=timeout,
     )
 
 

@@ -17,7 +17,12 @@ Several daemons may share one control database. Before running a slot a replica:
    so a wrong clock that was corrected never silently skips the real run. A claim of a slot that
    lies ahead of the database's clock is logged as a warning naming the difference.
 
-Result values: ``running``, ``success``, ``failed``, ``aborted``.
+4. a replica that finds the job's lock held reads the job's newest ``running`` row: when it
+   is an earlier slot, the slot it fired for is skipped (the job is still busy), and the runner
+   says so with that run's slot and owner (:class:`Busy`).
+
+Result values: ``running``, ``success``, ``failed``, ``aborted`` (a shutdown cancelled it),
+``timed_out`` (the job's ``timeout`` cancelled it).
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from opskit.secrets.references import Secret
 
 log = get_logger(__name__)
 
-RUNNING, SUCCESS, FAILED, ABORTED = "running", "success", "failed", "aborted"
-RESULTS = (RUNNING, SUCCESS, FAILED, ABORTED)
+RUNNING, SUCCESS, FAILED, ABORTED, TIMED_OUT = "running", "success", "failed", "aborted", "timed_out"
+RESULTS = (RUNNING, SUCCESS, FAILED, ABORTED, TIMED_OUT)
+# Results that mean the job did not do its work (an abort at shutdown is neither success nor failure).
+FAILURES = (FAILED, TIMED_OUT)
 
 
 def default_owner() -> str:
@@ -61,6 +68,27 @@ class Claim:
     slot: datetime
     attempt: int
     conn: psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The job's lock is held by another run: the newest ``running`` row of the job, when one was found.
+
+    ``slot`` is None when no such row was read (the holder finished in between, or the read failed).
+    """
+
+    job: str
+    slot: datetime | None = None
+    owner: str | None = None
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobResults:
+    """When a job's newest successful and newest failed (or timed-out) runs finished, by the database's clock."""
+
+    last_success: datetime | None = None
+    last_failure: datetime | None = None
 
 
 class Ledger:
@@ -149,15 +177,25 @@ class Ledger:
     def claim(self, job: str, slot: datetime, retry_unsuccessful: bool = False) -> Claim | None:
         """Claim (job, slot) for this replica; return the Claim, or None when it is not ours to run.
 
-        None means another replica holds the job (still running an earlier slot) or the slot was
-        already claimed. With ``retry_unsuccessful`` (start-up catch-up) a slot that ended in
-        anything but success, or whose claimer died, is claimed again. Raises UnreachableError.
+        None means another run holds the job (see :meth:`try_claim`) or the slot was already
+        claimed. Raises UnreachableError.
+        """
+        claim = self.try_claim(job, slot, retry_unsuccessful)
+        return claim if isinstance(claim, Claim) else None
+
+    def try_claim(self, job: str, slot: datetime, retry_unsuccessful: bool = False) -> Claim | Busy | None:
+        """Claim (job, slot) for this replica; return the Claim, Busy, or None when the slot was claimed already.
+
+        Busy means another run holds the job's lock (on this replica or another) and names it.
+        With ``retry_unsuccessful`` (start-up catch-up) a slot that ended in anything but
+        success, or whose claimer died, is claimed again. Raises UnreachableError.
         """
         conn = self.connect()
         try:
             if not locks.try_lock(conn, self._lock_key(job), session=True):
+                busy = self._busy(conn, job)
                 conn.close()
-                return None
+                return busy
             attempt = self._insert_or_reclaim(conn, job, slot, retry_unsuccessful)
         except psycopg.Error as exc:
             conn.close()
@@ -169,6 +207,19 @@ class Ledger:
             _release(conn)
             return None
         return Claim(job=job, slot=slot, attempt=attempt, conn=conn)
+
+    def _busy(self, conn: psycopg.Connection[Any], job: str) -> Busy:
+        """Return the job's newest ``running`` row as Busy (holder unknown when there is none)."""
+        row = conn.execute(
+            sql.SQL(
+                "SELECT slot, owner, claimed_at FROM {table} WHERE job = %s AND result = 'running' "
+                "ORDER BY claimed_at DESC LIMIT 1"
+            ).format(table=self.table),
+            (job,),
+        ).fetchone()
+        if row is None:
+            return Busy(job)
+        return Busy(job, slot=row[0], owner=str(row[1]), claimed_at=row[2])
 
     def _insert_or_reclaim(
         self, conn: psycopg.Connection[Any], job: str, slot: datetime, retry_unsuccessful: bool
@@ -262,6 +313,23 @@ class Ledger:
                 (job, slot),
             ).fetchone()
         return str(row[0]) if row else None
+
+    def job_results(self) -> dict[str, JobResults]:
+        """Return {job: when its newest success and newest failure finished}, for every job in the ledger.
+
+        The metrics of a freshly started daemon come from here, so a job that failed last night
+        still shows as failing after a restart. Raises UnreachableError.
+        """
+        query = sql.SQL(
+            "SELECT job, max(finished_at) FILTER (WHERE result = %s), "
+            "max(finished_at) FILTER (WHERE result = ANY(%s)) FROM {table} GROUP BY job"
+        ).format(table=self.table)
+        try:
+            with self.connect() as conn:
+                rows = conn.execute(query, (SUCCESS, list(FAILURES))).fetchall()
+        except psycopg.Error as exc:
+            raise UnreachableError(f"job ledger cannot be read: {str(exc).strip()}") from exc
+        return {str(job): JobResults(success, failure) for job, success, failure in rows}
 
     def runs(self, job: str | None = None) -> list[dict[str, Any]]:
         """Return the recorded runs (of one job, or all), oldest slot first."""

@@ -1,14 +1,24 @@
 """The daemon's run loop: APScheduler fires jobs, the ledger decides who runs a slot.
 
 - APScheduler 3.11 ``BackgroundScheduler``: ``coalesce=True`` (a backlog of missed slots
-  becomes one run), ``max_instances=1``, and a ``misfire_grace_time`` in hours per job
+  becomes one run), ``max_instances=2`` (one run, and one firing that finds it still running
+  and says so: APScheduler's own ``max_instances=1`` would drop that slot with a line that names
+  neither the slot nor the run in the way), and a ``misfire_grace_time`` in hours per job
   (APScheduler's default of one second silently skips a run that starts a little late).
 - Each firing computes its slot (the latest scheduled time at or before now), claims it in
   the ledger, and only then calls the action. At start-up each job's latest due slot, if it
   is within the job's misfire grace and has no successful run, is caught up.
+- A slot that fires while its job still runs an earlier slot (here or on another replica) is
+  skipped with a warning naming the slot and the run in the way, and counted
+  (``opskit_job_skipped_total``). A slot older than the run in progress (a catch-up that
+  started late) is superseded by that run, not skipped.
+- A job's ``timeout``: when a run outlasts it, the run's own cancel event is set (what a
+  shutdown does to every run), the ledger records ``timed_out``.
 - ``replace_jobs()`` (SIGHUP): the job files are read again and scheduled in place of the old ones.
 - ``stop()`` (SIGTERM/SIGINT): stop claiming; let running jobs finish for up to the grace
   period; then set ``ctx.cancel`` so they abort cleanly (no manifest, uploads aborted).
+  Each run has a cancel event of its own, set by the shutdown (:class:`ShutdownEvent`) or by
+  its job's timeout, so a timeout cancels one run and a shutdown all of them.
 """
 
 from __future__ import annotations
@@ -33,9 +43,10 @@ from opskit.context import AppContext
 from opskit.core.clock import utc_now
 from opskit.core.errors import OpskitError
 from opskit.core.log import get_logger
+from opskit.core.units import format_duration
 from opskit.daemon import ledger as ledger_mod
 from opskit.daemon.jobs import Job, previous_fire_time, resolve_action
-from opskit.daemon.ledger import Ledger
+from opskit.daemon.ledger import Busy, Ledger
 from opskit.ops.metrics import Metrics
 from opskit.ops.notify import ABORTED, FAILURE, SUCCESS, Event, notify
 from opskit.ops.signals import details_of
@@ -47,6 +58,51 @@ HEARTBEAT_SECONDS = 5.0
 ABORT_WAIT = timedelta(seconds=20)
 # Worker threads beyond one per job: jobs added by a reload (SIGHUP) get their own thread too.
 RELOAD_HEADROOM = 8
+# APScheduler instances per job: the run, plus the firing of a later slot that finds it running
+# (Runner.fire returns at once after saying so).
+MAX_INSTANCES = 2
+# How a ledger result reads in the metrics (opskit_job_runs_total's result label).
+_METRIC_RESULTS = {
+    ledger_mod.SUCCESS: "success",
+    ledger_mod.FAILED: "failure",
+    ledger_mod.ABORTED: "aborted",
+    ledger_mod.TIMED_OUT: "timed_out",
+}
+
+
+class ShutdownEvent(threading.Event):
+    """The daemon's shutdown flag: setting it also sets the cancel event of every run linked to it.
+
+    Each run gets an event of its own (its job's timeout sets only that one); the shutdown has to
+    reach all of them, through the same ``ctx.cancel`` every action already watches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guard = threading.Lock()
+        self._runs: set[threading.Event] = set()
+
+    def set(self) -> None:
+        """Set the flag and the cancel event of every linked run."""
+        with self._guard:
+            super().set()
+            runs = list(self._runs)
+        for run in runs:
+            run.set()
+
+    def link(self) -> threading.Event:
+        """Return a new run cancel event, set now if the shutdown already began, and with it from then on."""
+        run = threading.Event()
+        with self._guard:
+            self._runs.add(run)
+            if self.is_set():
+                run.set()
+        return run
+
+    def unlink(self, run: threading.Event) -> None:
+        """Forget a finished run's event."""
+        with self._guard:
+            self._runs.discard(run)
 
 
 @dataclass
@@ -78,7 +134,7 @@ class Runner:
         self.metrics = metrics
         self.notify_settings = notify_settings
         self.clock = clock
-        self.cancel = threading.Event()
+        self.cancel = ShutdownEvent()
         self.stopping = threading.Event()
         self.metrics_ctx = metrics_ctx or AppContext(config=config, clock=clock)
         self._running: dict[str, datetime] = {}
@@ -109,7 +165,8 @@ class Runner:
         """Run ``job`` for ``slot`` (default: the latest slot at or before now) if this replica claims it.
 
         Returns the outcome, or None when the slot was not ours (claimed elsewhere, job busy,
-        shutting down, ledger unreachable). Never raises: it is called from scheduler threads.
+        shutting down, ledger unreachable). A slot skipped because the job still runs an earlier
+        one is a warning and a count (:meth:`_skipped`). Never raises: it is called from scheduler threads.
         """
         if self.stopping.is_set():
             return None
@@ -117,8 +174,17 @@ class Runner:
         slot = slot or previous_fire_time(job.trigger, now)
         if slot is None:
             return None
+        running_slot = self.running.get(job.name)
+        if running_slot is not None:
+            # This replica runs the job: no need to ask the ledger who holds it.
+            if running_slot < slot:
+                self._skipped(job, slot, Busy(job.name, running_slot, self.ledger.owner))
+            return None
         try:
-            claim = self.ledger.claim(job.name, slot, retry_unsuccessful=catch_up)
+            claim = self.ledger.try_claim(job.name, slot, retry_unsuccessful=catch_up)
+            if isinstance(claim, Busy) and claim.slot is None:
+                # The lock was held but no run is recorded: its holder finished in between. Once more.
+                claim = self.ledger.try_claim(job.name, slot, retry_unsuccessful=catch_up)
         except OpskitError as exc:
             log.error("job not run: cannot claim", job=job.name, slot=slot.isoformat(), error=exc.message)
             notify(
@@ -127,7 +193,12 @@ class Runner:
                 self.cancel,
             )
             return None
-        if claim is None:
+        if isinstance(claim, Busy) and (claim.slot is None or claim.slot < slot):
+            self._skipped(job, slot, claim)
+            return None
+        if claim is None or isinstance(claim, Busy):
+            # Claimed already, or the run in progress is of this slot or a newer one (a catch-up that
+            # started late): nothing is lost.
             log.debug("slot not ours", job=job.name, slot=slot.isoformat())
             return None
         with self._idle:
@@ -142,52 +213,103 @@ class Runner:
         self._after_run(job, outcome)
         return outcome
 
+    def _skipped(self, job: Job, slot: datetime, busy: Busy) -> None:
+        """Say that ``slot`` of ``job`` will not run because ``busy`` holds the job, and count it."""
+        log.warning(
+            "slot skipped: the job is still running an earlier slot",
+            job=job.name,
+            slot=slot.isoformat(),
+            running_slot=busy.slot.isoformat() if busy.slot else None,
+            running_owner=busy.owner,
+            running_since=busy.claimed_at.isoformat() if busy.claimed_at else None,
+        )
+        self.metrics.record_job_skip(job.name)
+
     def _run_claimed(self, job: Job, slot: datetime, catch_up: bool, attempt: int) -> RunOutcome:
         slot_text = slot.isoformat()
         with structlog.contextvars.bound_contextvars(job=job.name, target=job.target, slot=slot_text):
             # Pings, webhooks, hooks and the run record are sent by actions.call, as for a CLI run.
             log.info("job started", action=job.action, catch_up=catch_up, attempt=attempt)
-            started = time.monotonic()
-            details: dict[str, Any] = {}
-            error: str | None = None
+            cancel = self.cancel.link()
+            timed_out = threading.Event()
+            timer = self._start_timeout(job, cancel, timed_out)
             try:
-                action = resolve_action(job.action)
-                ctx = AppContext(config=self.config, clock=self.clock, cancel=self.cancel)
-                # Some actions report a failed outcome in their result (a drill check, a failed copy):
-                # raise_outcome turns it into the error, after the run's signals went out.
-                result = actions.call(
-                    job.action,
-                    ctx,
-                    job=job.name,
-                    slot=slot_text,
-                    raise_outcome=True,
-                    function=action,
-                    target=job.target,
-                    **dict(job.args),
-                )
-                details = details_of(result)
-                outcome = ledger_mod.SUCCESS
-            except OpskitError as exc:
-                error = exc.one_line()
-                outcome = ledger_mod.ABORTED if self.cancel.is_set() else ledger_mod.FAILED
-            except Exception as exc:  # a bug in an action must not kill the scheduler thread
-                error = f"unexpected error: {type(exc).__name__}: {exc}"
-                outcome = ledger_mod.ABORTED if self.cancel.is_set() else ledger_mod.FAILED
-                log.exception("job raised an unexpected error", action=job.action)
-            duration = time.monotonic() - started
-            # The one summary line per run.
-            log_method = log.info if outcome == ledger_mod.SUCCESS else log.error
-            log_method(
-                "job finished",
-                action=job.action,
-                result=outcome,
-                duration_seconds=round(duration, 3),
-                error=error,
-                **{k: v for k, v in details.items() if k in ("backup_id", "size")},
+                return self._call(job, slot, cancel, timed_out)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self.cancel.unlink(cancel)
+
+    def _start_timeout(self, job: Job, cancel: threading.Event, timed_out: threading.Event) -> threading.Timer | None:
+        """Return a started timer that cancels the run at the job's timeout (None: the job has none)."""
+        if job.timeout is None:
+            return None
+        timeout = job.timeout
+        context = structlog.contextvars.get_contextvars()
+
+        def expire() -> None:
+            if cancel.is_set():
+                return  # a shutdown got there first: the run is aborted, not timed out
+            timed_out.set()
+            with structlog.contextvars.bound_contextvars(**context):
+                log.error("job timed out: cancelling the run", action=job.action, timeout=format_duration(timeout))
+            cancel.set()
+
+        timer = threading.Timer(timeout.total_seconds(), expire)
+        timer.name = f"opskit-timeout:{job.name}"
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _call(self, job: Job, slot: datetime, cancel: threading.Event, timed_out: threading.Event) -> RunOutcome:
+        """Call the job's action with the run's cancel event; return how the run ended (never raises)."""
+        started = time.monotonic()
+        details: dict[str, Any] = {}
+        error: str | None = None
+        try:
+            action = resolve_action(job.action)
+            ctx = AppContext(config=self.config, clock=self.clock, cancel=cancel)
+            # Some actions report a failed outcome in their result (a drill check, a failed copy):
+            # raise_outcome turns it into the error, after the run's signals went out.
+            result = actions.call(
+                job.action,
+                ctx,
+                job=job.name,
+                slot=slot.isoformat(),
+                raise_outcome=True,
+                function=action,
+                target=job.target,
+                **dict(job.args),
             )
-            return RunOutcome(job.name, slot, outcome, duration, error, details)
+            details = details_of(result)
+            outcome = ledger_mod.SUCCESS
+        except OpskitError as exc:
+            error, outcome = self._failed(job, exc.one_line(), timed_out)
+        except Exception as exc:  # a bug in an action must not kill the scheduler thread
+            error, outcome = self._failed(job, f"unexpected error: {type(exc).__name__}: {exc}", timed_out)
+            log.exception("job raised an unexpected error", action=job.action)
+        duration = time.monotonic() - started
+        # The one summary line per run.
+        log_method = log.info if outcome == ledger_mod.SUCCESS else log.error
+        log_method(
+            "job finished",
+            action=job.action,
+            result=outcome,
+            duration_seconds=round(duration, 3),
+            error=error,
+            **{k: v for k, v in details.items() if k in ("backup_id", "size")},
+        )
+        return RunOutcome(job.name, slot, outcome, duration, error, details)
+
+    def _failed(self, job: Job, error: str, timed_out: threading.Event) -> tuple[str, str]:
+        """Return (error, ledger result) of a run that raised ``error``: timed out, aborted by a shutdown, or failed."""
+        if timed_out.is_set() and job.timeout is not None:
+            # The action's own words say "cancelled (shutdown requested)": the cause was the timeout.
+            return f"timed out after {format_duration(job.timeout)} (the job's timeout): {error}", ledger_mod.TIMED_OUT
+        return error, (ledger_mod.ABORTED if self.cancel.is_set() else ledger_mod.FAILED)
 
     def _after_run(self, job: Job, outcome: RunOutcome) -> None:
+        self.metrics.record_job_run(job.name, job.action, _METRIC_RESULTS[outcome.result], self.clock())
         kind = {ledger_mod.SUCCESS: SUCCESS, ledger_mod.ABORTED: ABORTED}.get(outcome.result, FAILURE)
         if job.action == "backup":
             target = job.target or (next(iter(self.config.targets)) if len(self.config.targets) == 1 else None)
@@ -267,7 +389,7 @@ class Scheduler:
                 name=job.name,
                 misfire_grace_time=int(job.misfire_grace_time.total_seconds()),
                 coalesce=True,
-                max_instances=1,
+                max_instances=MAX_INSTANCES,
                 replace_existing=True,
             )
 

@@ -90,8 +90,9 @@ class Daemon:
         return ready, {"checks": checks}
 
     def start(self) -> None:
-        """Create the ledger table, compute metrics from the catalog, start HTTP and the scheduler."""
+        """Create the ledger table, compute metrics from the catalog and the ledger, start HTTP and the scheduler."""
         self.ledger.ensure_table()
+        self._job_metrics()
         try:
             self.metrics.refresh(self.ctx, _targets_of(self.ctx.config, self.jobs))
         except OpskitError as exc:  # metrics must not stop the daemon from running backups
@@ -116,10 +117,31 @@ class Daemon:
                 jobs=[job.name for job in self.jobs],
             )
             return False
+        old = self.jobs
         added, removed = self.scheduler.replace_jobs(jobs)
         self.jobs = jobs
+        # A removed job's series would otherwise stay exported, and a failing one alert for ever.
+        self.metrics.forget_jobs((job.name, job.action) for job in old if job.name in removed)
+        self._job_metrics()
         log.info("job files reloaded", jobs=[job.name for job in jobs], added=added, removed=removed)
         return True
+
+    def _job_metrics(self) -> None:
+        """Export every current job's run counts (zeros until it runs) and its last success and failure times.
+
+        The times come from the ledger (every replica's runs), so a restart forgets no failure. Never
+        raises: an unreadable ledger is a warning, and the times then follow this process's runs only.
+        """
+        self.metrics.add_jobs((job.name, job.action) for job in self.jobs)
+        names = {job.name for job in self.jobs}
+        try:
+            results = self.ledger.job_results()
+        except OpskitError as exc:
+            log.warning("job metrics not read from the ledger", error=exc.message)
+            return
+        self.metrics.set_job_results(
+            {name: (found.last_success, found.last_failure) for name, found in results.items() if name in names}
+        )
 
     def stop(self) -> bool:
         """Stop scheduling and running (see Scheduler.stop), then close the HTTP server."""

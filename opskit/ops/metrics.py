@@ -1,7 +1,7 @@
 """Prometheus metrics, shared by ``opskit daemon`` (/metrics) and ``opskit metrics --textfile``.
 
 Names follow docs/operations.md §5: timestamps rather than ages (Prometheus
-computes ``time() - x``), no backup ids in labels. Every value except the run counter is
+computes ``time() - x``), no backup ids in labels. Every value except the run counters is
 computed from what is stored (manifests, drill reports), so a freshly started daemon or a
 one-shot ``opskit metrics`` run tells the truth; the daemon recomputes a target's values
 after each of its runs.
@@ -32,6 +32,14 @@ Where a stored fact comes from:
   (one query, only for a target with a ``[wal]`` section or archived WAL). A streamer running in
   this process also moves ``opskit_wal_last_archived_timestamp_seconds`` to its newest stored
   segment at each scrape.
+- job families (only the daemon exports them; ``opskit metrics --textfile`` has no jobs), labelled
+  ``job_name``, not ``job``, which Prometheus sets to the scrape job (an exported ``job`` label
+  would become ``exported_job``): ``opskit_job_runs_total{job_name,action,result}`` counts this
+  process's runs of every job (success, failure, aborted, timed_out), ``opskit_job_skipped_total``
+  the slots it skipped because the job was still running, and
+  ``opskit_job_last_success_timestamp_seconds`` / ``opskit_job_last_failure_timestamp_seconds``
+  (failure: failed or timed out) come from the ledger at start (every replica's runs) and move
+  with this process's runs.
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ log = get_logger(__name__)
 disable_created_metrics()
 
 RUN_RESULTS = ("success", "failure", "aborted")
+# A job run's result in the metrics: the backup counter's words, plus a run its job timeout cancelled.
+JOB_RESULTS = (*RUN_RESULTS, "timed_out")
 
 
 class Metrics:
@@ -183,6 +193,30 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.job_runs = Counter(
+            "opskit_job_runs_total",
+            "Job runs by this process, by job, action and result (success, failure, aborted, timed_out).",
+            ["job_name", "action", "result"],
+            registry=r,
+        )
+        self.job_skipped = Counter(
+            "opskit_job_skipped_total",
+            "Scheduled slots this process did not run because the job was still running an earlier slot.",
+            ["job_name"],
+            registry=r,
+        )
+        self.job_last_success = Gauge(
+            "opskit_job_last_success_timestamp_seconds",
+            "When the job's newest successful run finished (Unix time; from the ledger at start).",
+            ["job_name"],
+            registry=r,
+        )
+        self.job_last_failure = Gauge(
+            "opskit_job_last_failure_timestamp_seconds",
+            "When the job's newest failed or timed-out run finished (Unix time; from the ledger at start).",
+            ["job_name"],
+            registry=r,
+        )
         self.wal = WalCollector()
         r.register(self.wal)
         self.build_info = Gauge("opskit_build_info", "opskit version running.", ["version"], registry=r)
@@ -193,6 +227,46 @@ class Metrics:
     def record_run(self, target: str, result: str) -> None:
         """Count one backup run of ``target`` ending in ``result`` (success, failure or aborted)."""
         self.backup_runs.labels(target=target, result=result).inc()
+
+    def add_jobs(self, jobs: Iterable[tuple[str, str]]) -> None:
+        """Export zero run and skip counts for every (job, action), so ``increase()`` sees a job's first run."""
+        with self._lock:
+            for job, action in jobs:
+                for result in JOB_RESULTS:
+                    self.job_runs.labels(job_name=job, action=action, result=result)
+                self.job_skipped.labels(job_name=job)
+
+    def forget_jobs(self, jobs: Iterable[tuple[str, str]]) -> None:
+        """Stop exporting every series of these (job, action) pairs (jobs a reload removed)."""
+        with self._lock:
+            for job, action in jobs:
+                for result in JOB_RESULTS:
+                    _remove(self.job_runs, job, action, result)
+                for family in (self.job_skipped, self.job_last_success, self.job_last_failure):
+                    _remove(family, job)
+
+    def record_job_run(self, job: str, action: str, result: str, finished: datetime) -> None:
+        """Count one run of ``job`` ending in ``result`` (one of JOB_RESULTS) and move its last-success/failure time."""
+        with self._lock:
+            self.job_runs.labels(job_name=job, action=action, result=result).inc()
+            if result == "success":
+                self.job_last_success.labels(job_name=job).set(finished.timestamp())
+            elif result in ("failure", "timed_out"):
+                self.job_last_failure.labels(job_name=job).set(finished.timestamp())
+
+    def record_job_skip(self, job: str) -> None:
+        """Count one slot of ``job`` skipped because the job was still running."""
+        with self._lock:
+            self.job_skipped.labels(job_name=job).inc()
+
+    def set_job_results(self, results: Mapping[str, tuple[datetime | None, datetime | None]]) -> None:
+        """Set each job's last success and last failure times from ``{job: (success, failure)}`` (the ledger)."""
+        with self._lock:
+            for job, (success, failure) in results.items():
+                if success is not None:
+                    self.job_last_success.labels(job_name=job).set(success.timestamp())
+                if failure is not None:
+                    self.job_last_failure.labels(job_name=job).set(failure.timestamp())
 
     def count_stored_runs(self, ctx: AppContext, targets: Iterable[str] | None = None) -> None:
         """Add the backup runs recorded in each target's primary storage (``catalog.runs``) to the run counter.
@@ -466,7 +540,7 @@ def _metric_targets(ctx: AppContext, targets: Iterable[str] | None) -> list[str]
     return [t.name for name in names for t in server_backup.covered_targets(ctx, ctx.config.target(name))]
 
 
-def _remove(gauge: Gauge, *labels: str) -> None:
+def _remove(gauge: Gauge | Counter, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         gauge.remove(*labels)
 

@@ -78,6 +78,12 @@ def test_the_misfire_grace_time_defaults_to_an_hour_not_one_second(config: Confi
     assert job.misfire_grace_time == timedelta(hours=1)
 
 
+def test_a_job_has_no_timeout_unless_its_file_sets_one(config: Config) -> None:
+    assert parse_job("j", {"action": "backup", "interval": "1h"}, config).timeout is None
+    job = parse_job("j", {"action": "backup", "interval": "1h", "timeout": "50m"}, config)
+    assert job.timeout == timedelta(minutes=50)
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -92,6 +98,10 @@ def test_the_misfire_grace_time_defaults_to_an_hour_not_one_second(config: Confi
         ('action = "backup"\ninterval = "1h"\ntimezone = "Mars/Olympus"\n', "unknown time zone"),
         ('action = "backup"\ncron = "0 6 1-7 1,4,7,10 1"\n', "restricts both day-of-month and day-of-week"),
         ('action = "backup"\ninterval = "1h"\n[args]\ntarget = "app"\n', "top-level 'target'"),
+        ('action = "backup"\ninterval = "1h"\ntimeout = "0s"\n', "At 'timeout': must be at least 1s"),
+        ('action = "backup"\ninterval = "1h"\ntimeout = "forever"\n', "At 'timeout':"),
+        ('action = "backup"\ninterval = "1h"\ntimeout = 3600\n', "At 'timeout':"),
+        ('action = "wal-stream"\ninterval = "1m"\ntimeout = "6h"\n', "'wal-stream' runs until the daemon stops"),
     ],
 )
 def test_a_bad_job_file_fails_with_the_file_and_the_reason(

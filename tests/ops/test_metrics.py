@@ -41,6 +41,11 @@ SPEC_NAMES = {
     "opskit_wal_spool_limit_bytes",
     "opskit_wal_ship_failures_total",
     "opskit_wal_stream_storage_up",
+    # The daemon's job families (docs/operations.md §5), always declared, with series once jobs exist.
+    "opskit_job_runs_total",
+    "opskit_job_skipped_total",
+    "opskit_job_last_success_timestamp_seconds",
+    "opskit_job_last_failure_timestamp_seconds",
 }
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -150,7 +155,8 @@ def test_values_come_from_the_stored_catalog_so_a_restart_tells_the_truth(config
     assert sample(text, "opskit_backup_runs_total", target="app", result="failure") == 0
     assert sample(text, "opskit_build_info", version=__import__("opskit").__version__) == 1
     names = {m.group(1) for m in re.finditer(r"^# TYPE (\w+) ", text, re.M)}
-    names = {n + "_total" if n in ("opskit_backup_runs", "opskit_wal_ship_failures") else n for n in names}
+    counters = ("opskit_backup_runs", "opskit_wal_ship_failures", "opskit_job_runs", "opskit_job_skipped")
+    names = {n + "_total" if n in counters else n for n in names}
     assert names == SPEC_NAMES
     assert "backup_id" not in text
 
