@@ -67,7 +67,9 @@ def run(
             # host's clock running fast would remove live locks, running slow keep dead ones.
             # Only when there is a lock to judge; --all judges none. A dry run on a read-only
             # credential judges by this host's clock (with a warning) rather than fail.
-            storage_now = catalog.read_storage_time(store, name, required=not dry_run) if locks and not all_locks else None
+            storage_now = (
+                catalog.read_storage_time(store, name, required=not dry_run) if locks and not all_locks else None
+            )
             for lock in locks:
                 if not all_locks and not lock.is_stale(now, storage_now=storage_now):
                     report.kept.append((name, storage_name, lock.describe(now, storage_now)))
