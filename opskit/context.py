@@ -9,7 +9,6 @@ from pathlib import Path
 from opskit.config.model import Config, TargetConfig
 from opskit.core.clock import Clock, utc_now
 from opskit.core.errors import ConfigError
-from opskit.pg import connection, passfiles
 from opskit.storage.base import Storage, StorageConfig
 from opskit.storage.registry import open_storage
 
@@ -66,6 +65,10 @@ class AppContext:
         Raises ConfigError (exit 2).
         """
         path = self.config.tools.state_dir
+        # Imported here: the context is built by every command, wal fetch (a restore_command) included,
+        # which must start without psycopg (tests/wal/test_fetch_startup.py).
+        from opskit.pg import connection, passfiles
+
         if connection.password(target) or connection.secret_params(target):
             passfiles.passfile_dir(path)
         return path

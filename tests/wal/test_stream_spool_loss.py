@@ -19,6 +19,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from opskit.core.log import configure_logging
 from opskit.wal import layout
 from opskit.wal.stream import prepare_spool
 from tests.wal.cluster import ArchivingCluster
@@ -138,6 +139,9 @@ def test_a_spool_that_lost_wal_pg_receivewal_had_received_is_warned_about(tmp_pa
 
 
 def test_a_first_start_with_both_slots_at_one_position_and_an_empty_spool_is_no_warning(tmp_path: Path) -> None:
+    # At INFO: an earlier test in this worker may have left the level at WARNING (a CLI run with
+    # -q), and structlog filters by level before capture_logs sees the event.
+    configure_logging(json_logs=True)
     with capture_logs() as logs:
         marker = prepare_spool(tmp_path, 2 * SEGMENT + 40, 1, SEGMENT, spooled_end=2 * SEGMENT + 40)
 
