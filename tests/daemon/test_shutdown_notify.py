@@ -8,45 +8,23 @@ does not start, the final signal gets one short attempt, and the ledger says ``a
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from opskit.daemon.ledger import ABORTED, Ledger
 from tests.daemon.test_process import Daemon, start_daemon, wait_for  # noqa: F401 (start_daemon is a fixture)
+from tests.ops.test_notify_cancel import silent_url  # noqa: F401 (a fixture: a receiver that never answers)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def silent_receiver() -> Iterator[str]:
-    """Yield the URL of a server that accepts every connection and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    for conn in accepted:
-        conn.close()
 
 
 def test_sigterm_while_the_start_ping_hangs_exits_0_in_the_grace_and_records_the_run_aborted(
     pg_database: str,
     tmp_path: Path,
-    silent_receiver: str,
+    silent_url: tuple[str, list[object]],  # noqa: F811 - the fixture imported above
     start_daemon: Callable[..., Daemon],  # noqa: F811 - the fixture imported above
 ) -> None:
     backups = tmp_path / "backups"
@@ -55,7 +33,7 @@ def test_sigterm_while_the_start_ping_hangs_exits_0_in_the_grace_and_records_the
         f'[targets.app]\ndsn = "{pg_database}"\nstorages = ["local"]\n'
         '[daemon]\nshutdown_grace = "1s"\n'
         # The defaults: three attempts of 10 s each, which outlast grace + abort wait (21 s).
-        f'[notify]\npings = ["{silent_receiver}/ping"]\ntimeout = "10s"\nattempts = 3\n'
+        f'[notify]\npings = ["{silent_url[0]}"]\ntimeout = "10s"\nattempts = 3\n'
     )
     # An hourly interval: the current slot is caught up at start, and nothing else runs.
     daemon = start_daemon(config, {"hourly": 'action = "backup"\ntarget = "app"\ninterval = "1h"\n'})
