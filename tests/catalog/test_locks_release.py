@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +23,8 @@ from opskit.cli import main
 from opskit.storage.base import Immutability, ObjectInfo, StorageConfig
 from opskit.storage.local import LocalStorage
 from opskit.storage.registry import open_storage
-from tests.servers import s3_client, unique_name
+from tests.servers import s3_client
+from tests.storage.test_s3_default_retention import default_retention_bucket as new_retention_bucket
 
 
 def clock() -> datetime:
@@ -33,23 +33,12 @@ def clock() -> datetime:
 
 @pytest.fixture
 def default_retention_bucket(s3_bucket: StorageConfig) -> StorageConfig:
-    """Return a config for a fresh moto bucket with Object Lock and a default retention of one day.
+    """Return a config for a fresh moto bucket with a default retention of one day, ``immutable`` set.
 
     What an operator gets by following the 'enable Object Lock' advice with
     put-object-lock-configuration and a rule: every new object, lock objects too, is retained.
     """
-    client: Any = s3_client(str(s3_bucket.options["endpoint_url"]))
-    bucket = unique_name("opskit-t-dflt")
-    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-    client.put_object_lock_configuration(
-        Bucket=bucket,
-        ObjectLockConfiguration={
-            "ObjectLockEnabled": "Enabled",
-            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
-        },
-    )
-    options = {**s3_bucket.options, "immutable": Immutability(mode="governance", days=1)}
-    return replace(s3_bucket, name="vault", url=f"s3://{bucket}/backups", options=options)
+    return new_retention_bucket(s3_bucket, immutable=Immutability(mode="governance", days=1))
 
 
 def retained_versions(config: StorageConfig, prefix: str) -> list[str]:
